@@ -1,0 +1,41 @@
+# `make run` and `make test` do all set-up on a fresh machine: they create .venv
+# if missing and install the project (re-installed when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint format compare clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run the default simulation (digits, 10 clients, FD)
+run: $(STAMP)
+	$(BIN)/fedkd-sim
+
+## lint, format check, then the test suite
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## regenerate the comparison table in README.md (docs/comparison.md)
+compare: $(STAMP)
+	$(BIN)/fedkd-compare
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""The fedkd ClientApp: one Flower message in, one reply out, per round.
+
+The client learns which data it holds from ``context.node_config``
+(``partition-id``, ``num-partitions``) and everything else from the run config
+the server sends. Its personal model lives in ``context.state`` between rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients import wire
+from clients.round import round_generator, run_round
+from clients.runtime import client_tensors, configure_torch, data_key
+from fedkd.knowledge import ModelWeights
+from fedkd.models import build_model, spec_for_client
+from fedkd.train import evaluate, resolve_device
+from fedkd.weights import arrays_to_model, model_to_arrays
+
+MODEL_STATE = "model"
+
+app = ClientApp()
+
+
+def partition_id(context: Context, cfg: dict[str, Any]) -> int:
+    node = context.node_config
+    if "partition-id" not in node:
+        raise ValueError(
+            "node config has no 'partition-id'; start the SuperNode with --node-config \"partition-id=0 num-partitions=N\""
+        )
+    pid = int(node["partition-id"])
+    parts = int(node.get("num-partitions", cfg["num_clients"]))
+    if parts != cfg["num_clients"]:
+        raise ValueError(
+            f"node config num-partitions={parts} disagrees with the run's num_clients={cfg['num_clients']}"
+        )
+    return pid
+
+
+def load_model(context: Context, cfg: dict[str, Any], pid: int, data) -> torch.nn.Module:
+    """The client's personal model: restored from context.state, else freshly seeded."""
+    torch.manual_seed(cfg["seed"] * 7919 + pid)
+    spec = spec_for_client(cfg["model"], pid)
+    model = build_model(spec, data.input_shape, data.num_classes, int(cfg["model"]["feature_dim"]))
+    if MODEL_STATE in context.state.array_records:
+        arrays_to_model(model, wire.record_to_arrays(context.state.array_records[MODEL_STATE]))
+    return model
+
+
+def _setup(message: Message, context: Context):
+    server_round, cfg, plan = wire.read_config(message.content)
+    configure_torch(int(cfg["simulation"]["torch_threads"]))
+    pid = partition_id(context, cfg)
+    data = client_tensors(data_key(cfg), pid)
+    device = resolve_device(cfg["client"]["device"])
+    model = load_model(context, cfg, pid, data).to(device)
+    return server_round, cfg, plan, pid, data, device, model
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    start = time.perf_counter()
+    server_round, cfg, plan, pid, data, device, model = _setup(message, context)
+    received = wire.get_payload(message.content)
+    request = message.content.array_records.get(wire.REQUEST)
+    indices = wire.record_to_arrays(request)["indices"] if request is not None else None
+    output = run_round(
+        model,
+        data,
+        plan=plan,
+        client_cfg=cfg["client"],
+        received=received,
+        request_indices=indices,
+        generator=round_generator(int(cfg["seed"]), server_round, pid),
+        server_round=server_round,
+        device=device,
+    )
+    context.state[MODEL_STATE] = wire.arrays_to_record(model_to_arrays(model))
+    content = RecordDict()
+    if output.payload is not None:
+        wire.put_payload(content, output.payload)
+    output.metrics.update(partition_id=pid, client_time=time.perf_counter() - start)
+    content[wire.METRICS] = MetricRecord(_clean(output.metrics))
+    return Message(content=content, reply_to=message)
+
+
+@app.query()
+def hello(message: Message, context: Context) -> Message:
+    """Start-up handshake: report the partition id and warm the data cache."""
+    cfg = json.loads(str(message.content.config_records[wire.CONFIG]["cfg"]))
+    pid = partition_id(context, cfg)
+    data = client_tensors(data_key(cfg), pid)
+    metrics = {"partition_id": pid, "num_train": len(data.train_y)}
+    return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=message)
+
+
+@app.evaluate()
+def evaluate_model(message: Message, context: Context) -> Message:
+    """Evaluate received weights (e.g. the final FedAvg model) or the personal model."""
+    server_round, cfg, _plan, pid, data, device, model = _setup(message, context)
+    received = wire.get_payload(message.content)
+    if isinstance(received, ModelWeights):
+        arrays_to_model(model, received.arrays)
+    batch = int(cfg["client"]["eval_batch_size"])
+    local_acc, local_loss = evaluate(model, data.test_x.to(device), data.test_y.to(device), batch)
+    global_acc, global_loss = evaluate(
+        model, data.global_x.to(device), data.global_y.to(device), batch
+    )
+    metrics = {
+        "partition_id": pid,
+        "eval_round": server_round,
+        "local_test_acc": local_acc,
+        "local_test_loss": local_loss,
+        "global_test_acc": global_acc,
+        "global_test_loss": global_loss,
+    }
+    return Message(
+        content=RecordDict({wire.METRICS: MetricRecord(_clean(metrics))}), reply_to=message
+    )
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, float | int]:
+    """MetricRecord accepts only int/float; numpy scalars are converted."""
+    return {
+        k: (int(v) if isinstance(v, (int, np.integer)) else float(v)) for k, v in metrics.items()
+    }

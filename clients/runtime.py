@@ -1,0 +1,70 @@
+"""Per-process client resources: the federated data and torch settings.
+
+Ray keeps a client process (actor) alive across rounds and runs many virtual
+clients in it, so data is built once per process and per data config, not per
+round. Everything here is derived from the run config, so any process can serve
+any client and produce the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from fedkd.data import FederatedData, build_federated_data
+
+DATA_KEYS = ("seed", "num_clients", "dataset", "partition", "split")
+
+
+@dataclass(frozen=True)
+class ClientTensors:
+    """One client's data as tensors (views of the cached numpy arrays)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    global_x: torch.Tensor
+    global_y: torch.Tensor
+    public_x: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def data_key(cfg: dict[str, Any]) -> str:
+    """The part of the run config that determines the data, as a cache key."""
+    return json.dumps({k: cfg[k] for k in DATA_KEYS}, sort_keys=True)
+
+
+@lru_cache(maxsize=4)
+def federated_data(key: str) -> FederatedData:
+    return build_federated_data(json.loads(key))
+
+
+@lru_cache(maxsize=4096)
+def client_tensors(key: str, partition_id: int) -> ClientTensors:
+    fed = federated_data(key)
+    if not 0 <= partition_id < len(fed.clients):
+        raise ValueError(f"partition-id {partition_id} is outside 0..{len(fed.clients) - 1}")
+    part = fed.clients[partition_id]
+    return ClientTensors(
+        train_x=torch.from_numpy(part.train.x),
+        train_y=torch.from_numpy(part.train.y),
+        test_x=torch.from_numpy(part.test.x),
+        test_y=torch.from_numpy(part.test.y),
+        global_x=torch.from_numpy(fed.global_test.x),
+        global_y=torch.from_numpy(fed.global_test.y),
+        public_x=torch.from_numpy(fed.public_x),
+        num_classes=fed.num_classes,
+        input_shape=fed.input_shape,
+    )
+
+
+def configure_torch(threads: int) -> None:
+    """Pin torch's intra-op threads: Ray runs one client per core."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,75 @@
+"""The wire format shared by the ClientApp and the ServerApp.
+
+One round is one Flower message each way. A message's RecordDict holds:
+
+- ``config`` (ConfigRecord): ``round``, ``cfg`` (the run config as JSON) and
+  ``plan`` (the strategy's instructions to the client, as JSON);
+- ``knowledge`` (ArrayRecord) + ``knowledge_meta`` (ConfigRecord, ``kind`` + the
+  payload's scalar metadata): a typed payload from :mod:`fedkd.knowledge`;
+- ``weights`` (ArrayRecord): model weights, only for weight-sharing baselines;
+- ``request`` (ArrayRecord): e.g. the public-set ``indices`` to predict on;
+- ``metrics`` (MetricRecord, replies only): training and evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedkd.errors import PayloadError
+from fedkd.knowledge import decode
+
+CONFIG = "config"
+KNOWLEDGE = "knowledge"
+KNOWLEDGE_META = "knowledge_meta"
+WEIGHTS = "weights"
+REQUEST = "request"
+METRICS = "metrics"
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in arrays.items()})
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def put_payload(content: RecordDict, payload: Any) -> None:
+    """Store a knowledge payload (``fedkd.knowledge``) in a message's content."""
+    content[KNOWLEDGE] = arrays_to_record(payload.to_arrays())
+    content[KNOWLEDGE_META] = ConfigRecord({"kind": payload.kind, **payload.meta()})
+
+
+def get_payload(content: RecordDict) -> Any | None:
+    """The typed payload in ``content`` or None; malformed records raise PayloadError."""
+    if KNOWLEDGE not in content.array_records:
+        return None
+    if KNOWLEDGE_META not in content.config_records:
+        raise PayloadError("knowledge arrays arrived without knowledge_meta")
+    meta = dict(content.config_records[KNOWLEDGE_META])
+    kind = meta.pop("kind", None)
+    if not isinstance(kind, str):
+        raise PayloadError("knowledge_meta has no 'kind'")
+    return decode(kind, record_to_arrays(content.array_records[KNOWLEDGE]), meta)
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of array data a message carries (knowledge, weights, request)."""
+    return sum(
+        record.count_bytes()
+        for key, record in content.array_records.items()
+        if key in (KNOWLEDGE, WEIGHTS, REQUEST)
+    )
+
+
+def make_config(server_round: int, cfg_json: str, plan: dict[str, Any]) -> ConfigRecord:
+    return ConfigRecord({"round": server_round, "cfg": cfg_json, "plan": json.dumps(plan)})
+
+
+def read_config(content: RecordDict) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    record = content.config_records[CONFIG]
+    return int(record["round"]), json.loads(str(record["cfg"])), json.loads(str(record["plan"]))

@@ -1,0 +1,147 @@
+"""``build_federated_data``: source -> global test, public set, per-client train/test.
+
+Order matters and is fixed: the balanced global test set is taken first (from the
+official test split when there is one), then the unlabelled public set, then the
+rest is partitioned over clients. Each step has its own RNG stream derived from the
+run seed, so every process that calls this gets identical arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fedkd.data.registry import DATASETS, PARTITIONERS
+from fedkd.data.types import ArrayDataset, ClientData, FederatedData, SourceData
+from fedkd.errors import ConfigError, DataError
+
+# RNG stream tags: one independent stream per step, all derived from the run seed.
+_GLOBAL_TEST, _PUBLIC, _LOCAL_SPLIT = 1, 2, 3
+
+
+def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    section = cfg.get(key)
+    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
+        raise ConfigError(f"{key} must be a mapping with a 'name' (got {section!r})")
+    return section
+
+
+def _fraction(split: Mapping[str, Any], key: str, default: float) -> float:
+    value = split.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"split.{key} must be in [0, 1) (got {value!r})")
+    return float(value)
+
+
+def _int(cfg: Mapping[str, Any], key: str, default: Any, minimum: int) -> int:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an int >= {minimum} (got {value!r})")
+    return value
+
+
+def _balanced_sample(
+    y: np.ndarray, num_classes: int, per_class: int, rng: np.random.Generator, where: str
+) -> np.ndarray:
+    """``per_class`` random indices of every class, in random order; DataError if short."""
+    picked = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < per_class:
+            raise DataError(
+                f"class {c} has {len(idx)} samples in the {where}; "
+                f"split.global_test_per_class asks for {per_class}"
+            )
+        picked.append(rng.choice(idx, per_class, replace=False))
+    return rng.permutation(np.concatenate(picked)).astype(np.int64)
+
+
+def _check_partitions(parts: list[np.ndarray], n: int, k: int, name: str) -> list[np.ndarray]:
+    """Partitioners are pluggable: make sure one returned disjoint, valid index arrays."""
+    if len(parts) != k:
+        raise DataError(f"partitioner '{name}' returned {len(parts)} partitions for {k} clients")
+    parts = [np.asarray(p, dtype=np.int64) for p in parts]
+    flat = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= n):
+        raise DataError(f"partitioner '{name}' returned indices outside [0, {n})")
+    if np.bincount(flat, minlength=n).max(initial=0) > 1:
+        raise DataError(f"partitioner '{name}' returned overlapping partitions")
+    return parts
+
+
+def _local_split(idx: np.ndarray, k: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split partition ``k`` into (train, test) indices; at least one of each."""
+    n = len(idx)
+    if n < 2:
+        raise DataError(
+            f"partition {k} has {n} samples; need at least 2 (lower num_clients or raise partition.alpha)"
+        )
+    n_test = min(max(int(round(n * frac)), 1), n - 1)
+    perm = np.random.default_rng([seed, _LOCAL_SPLIT, k]).permutation(idx)
+    return perm[n_test:], perm[:n_test]
+
+
+def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
+    """Build every client's data, the public inputs and the global test set from ``cfg``.
+
+    ``cfg`` is the whole run config as a plain dict (keys ``seed``, ``num_clients``,
+    ``dataset``, ``partition``, ``split``). Deterministic given the config.
+    """
+    seed = _int(cfg, "seed", None, 0)
+    num_clients = _int(cfg, "num_clients", None, 1)
+    dataset_cfg, partition_cfg = _section(cfg, "dataset"), _section(cfg, "partition")
+    split = cfg.get("split") or {}
+    per_class = _int(split, "global_test_per_class", 30, 0)
+    public_fraction = _fraction(split, "public_fraction", 0.15)
+    local_test_fraction = _fraction(split, "local_test_fraction", 0.25)
+    loader = DATASETS.get(dataset_cfg["name"])
+    partitioner = PARTITIONERS.get(partition_cfg["name"])
+
+    source: SourceData = loader(dataset_cfg, seed)
+    x, y, num_classes = source.x, source.y, source.num_classes
+
+    # 1. balanced global test set: from the official test split, else out of the pool
+    rng = np.random.default_rng([seed, _GLOBAL_TEST])
+    if source.test is not None:
+        t = _balanced_sample(source.test.y, num_classes, per_class, rng, "test split")
+        global_test = ArrayDataset(x=source.test.x[t], y=source.test.y[t])
+        pool = np.arange(len(y), dtype=np.int64)
+    else:
+        t = _balanced_sample(y, num_classes, per_class, rng, "pool")
+        global_test = ArrayDataset(x=x[t], y=y[t])
+        keep = np.ones(len(y), dtype=bool)
+        keep[t] = False
+        pool = np.flatnonzero(keep)
+
+    # 2. public/transfer inputs (labels dropped), 3. the rest is private
+    shuffled = np.random.default_rng([seed, _PUBLIC]).permutation(pool)
+    n_public = int(round(public_fraction * len(pool)))
+    public = np.sort(shuffled[:n_public])
+    private = np.sort(shuffled[n_public:])
+    if len(private) < num_clients:
+        raise DataError(
+            f"fewer samples ({len(private)}) than clients ({num_clients}) left for the clients "
+            f"after the global test and public sets; lower num_clients or use more data"
+        )
+
+    # 4. partition the private pool, 5. split each partition into local train/test
+    parts = partitioner(y[private], num_clients, seed, partition_cfg)
+    parts = _check_partitions(parts, len(private), num_clients, partition_cfg["name"])
+    clients = []
+    for k, part in enumerate(parts):
+        train, test = _local_split(private[part], k, local_test_fraction, seed)
+        clients.append(
+            ClientData(
+                train=ArrayDataset(x=x[train], y=y[train]),
+                test=ArrayDataset(x=x[test], y=y[test]),
+            )
+        )
+    return FederatedData(
+        clients=clients,
+        public_x=x[public],
+        global_test=global_test,
+        num_classes=num_classes,
+        input_shape=tuple(source.input_shape),
+    )

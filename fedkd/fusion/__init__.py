@@ -1,0 +1,22 @@
+"""Pure numpy fusion functions: client knowledge in, fused knowledge out (no Flower)."""
+
+from fedkd.fusion.class_logits import class_mean, leave_one_out
+from fedkd.fusion.prototypes import prototype_mean
+from fedkd.fusion.public import era, public_mean, sharpen_entropy, softmax
+from fedkd.fusion.reduce import REDUCERS, mean, median, per_class_reduce, reduce, trimmed_mean
+
+__all__ = [
+    "REDUCERS",
+    "class_mean",
+    "era",
+    "leave_one_out",
+    "mean",
+    "median",
+    "per_class_reduce",
+    "prototype_mean",
+    "public_mean",
+    "reduce",
+    "sharpen_entropy",
+    "softmax",
+    "trimmed_mean",
+]

@@ -1,0 +1,159 @@
+"""Plain PyTorch loops: local training, distillation, evaluation, prediction.
+
+nanoGPT-style: no trainer classes, no callbacks. Every loop draws its batch
+order from an explicit ``torch.Generator`` so a client's round is reproducible
+given (seed, round, client) no matter which process runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fedkd.errors import ConfigError
+from fedkd.registry import Registry
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("sgd")(torch.optim.SGD)
+OPTIMIZERS.register("adam")(torch.optim.Adam)
+OPTIMIZERS.register("adamw")(torch.optim.AdamW)
+
+# A regulariser added to the supervised loss: (features, logits, labels) -> scalar.
+Regulariser = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def make_optimizer(params: Any, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Build an optimizer from ``{name: sgd, lr: 0.05, ...}``."""
+    options = {k: v for k, v in cfg.items() if k != "name"}
+    try:
+        return OPTIMIZERS.get(cfg["name"])(params, **options)
+    except TypeError as err:
+        raise ConfigError(f"optimizer '{cfg['name']}': {err}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("client.device is 'cuda' but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+@dataclass
+class TrainResult:
+    loss: float  # mean supervised (cross-entropy) loss over the round
+    reg_loss: float  # mean regulariser loss (0 without one)
+    class_logit_sums: np.ndarray | None = None  # [C, C] sum of logits per true label
+    class_counts: np.ndarray | None = None  # [C] samples seen per label
+
+
+def train_supervised(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    regulariser: Regulariser | None = None,
+    num_classes: int | None = None,
+) -> TrainResult:
+    """Cross-entropy training, optionally plus a regulariser (FD, FedProto).
+
+    With ``num_classes`` the per-label logit sums of the training forward passes
+    are accumulated, as FD (Jeong et al. 2018) does: its upload is built from the
+    logits seen during local training, not from a separate pass.
+    """
+    model.train()
+    ce = nn.CrossEntropyLoss()
+    total, total_reg, steps = 0.0, 0.0, 0
+    sums = counts = None
+    if num_classes is not None:
+        sums = torch.zeros(num_classes, num_classes)
+        counts = torch.zeros(num_classes)
+    for _ in range(epochs):
+        for idx in _batches(len(y), batch_size, generator):
+            xb, yb = x[idx], y[idx]
+            features, logits = model(xb)
+            loss = ce(logits, yb)
+            reg = regulariser(features, logits, yb) if regulariser is not None else None
+            optimizer.zero_grad(set_to_none=True)
+            (loss + reg if reg is not None else loss).backward()
+            optimizer.step()
+            total += loss.item()
+            total_reg += reg.item() if reg is not None else 0.0
+            steps += 1
+            if sums is not None:
+                detached = logits.detach().float().cpu()
+                sums.index_add_(0, yb.cpu(), detached)
+                counts += torch.bincount(yb.cpu(), minlength=num_classes)
+    return TrainResult(
+        loss=total / max(steps, 1),
+        reg_loss=total_reg / max(steps, 1),
+        class_logit_sums=None if sums is None else sums.numpy(),
+        class_counts=None if counts is None else counts.numpy().astype(np.int64),
+    )
+
+
+def distill(
+    model: nn.Module,
+    x: Tensor,
+    targets: Tensor,
+    *,
+    loss_fn: Callable[..., Tensor],
+    temperature: float,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> float:
+    """Fit the model's logits to precomputed targets on public inputs; mean loss."""
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for idx in _batches(len(x), batch_size, generator):
+            _, logits = model(x[idx])
+            loss = loss_fn(logits, targets[idx], temperature=temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Features and logits in eval mode, batched."""
+    model.eval()
+    feats, logits = [], []
+    for start in range(0, len(x), batch_size):
+        f, z = model(x[start : start + batch_size])
+        feats.append(f)
+        logits.append(z)
+    if not feats:
+        raise ValueError("predict() called on an empty input")
+    return torch.cat(feats), torch.cat(logits)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the model's head on (x, y)."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    _, logits = predict(model, x, batch_size)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    acc = (logits.argmax(dim=1) == y).float().mean().item()
+    return acc, loss

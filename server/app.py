@@ -1,0 +1,117 @@
+"""The fedkd ServerApp: builds the run from the config and drives the strategy.
+
+``make_server_app(cfg, run_dir)`` is what the simulation launcher uses;
+``app`` is the same ServerApp for ``flwr run .`` and real deployments, where
+the config is composed from ``configs/`` with the Flower run config as
+overrides (one schema, one set of defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedkd.config import check_config, compose
+from fedkd.data import build_federated_data
+from fedkd.models import build_model, spec_for_client
+from server.recorder import RunRecorder
+from server.strategies import STRATEGIES, RunInfo
+
+log = logging.getLogger("fedkd")
+
+
+def prepare_run(cfg: dict[str, Any]) -> RunInfo:
+    """Check the whole config and the data before any client starts.
+
+    Raises a FedkdError (one line) for unknown names, bad values, data that
+    cannot be split as asked, or a strategy that refuses the models.
+    """
+    check_config(cfg)
+    strategy = STRATEGIES.get(cfg["strategy"]["name"])
+    strategy.check_config(cfg)
+    fed = build_federated_data(cfg)
+    for pid in range(len(fed.clients)):
+        spec = spec_for_client(cfg["model"], pid)
+        build_model(spec, fed.input_shape, fed.num_classes, int(cfg["model"]["feature_dim"]))
+    return RunInfo(
+        num_clients=int(cfg["num_clients"]),
+        num_classes=fed.num_classes,
+        num_public=len(fed.public_x),
+        input_shape=tuple(fed.input_shape),
+        feature_dim=int(cfg["model"]["feature_dim"]),
+        cfg=cfg,
+        cfg_json=json.dumps(cfg, sort_keys=True),
+    )
+
+
+def run_server(
+    grid: Grid, cfg: dict[str, Any], run_dir: str | Path, info: RunInfo | None = None
+) -> dict[str, Any]:
+    """Run every round and write the run's outputs; returns the summary."""
+    info = info or prepare_run(cfg)
+    logs = cfg["logging"]
+    recorder = RunRecorder(
+        run_dir,
+        num_rounds=int(cfg["num_rounds"]),
+        tensorboard=bool(logs["tensorboard"]),
+        progress=bool(logs["progress"]),
+        table=bool(logs["table"]),
+    )
+    strategy = STRATEGIES.get(cfg["strategy"]["name"])(info, recorder)
+    try:
+        strategy.start(
+            grid, num_rounds=int(cfg["num_rounds"]), timeout=float(cfg["server"]["round_timeout"])
+        )
+    finally:
+        summary = recorder.finish(
+            {
+                "strategy": cfg["strategy"]["name"],
+                "dataset": cfg["dataset"]["name"],
+                "num_clients": cfg["num_clients"],
+                "num_rounds": cfg["num_rounds"],
+                "seed": cfg["seed"],
+                "dropped_replies": dict(strategy.dropped),
+            }
+        )
+    return summary
+
+
+def make_server_app(
+    cfg: dict[str, Any], run_dir: str | Path, info: RunInfo | None = None
+) -> ServerApp:
+    """A ServerApp bound to an already composed config (simulation launcher)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, cfg, run_dir, info)
+
+    return server_app
+
+
+def overrides_from_run_config(run_config: dict[str, Any]) -> list[str]:
+    """Flower run config entries are Hydra overrides: ``{"partition.alpha": 0.1}``."""
+    return [
+        f"{key}={json.dumps(value) if isinstance(value, str) and ' ' in value else value}"
+        for key, value in run_config.items()
+        if key != "run_dir"
+    ]
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_config = dict(context.run_config)
+    cfg = compose(overrides_from_run_config(run_config))
+    run_dir = run_config.get("run_dir") or Path("outputs") / "flwr" / datetime.now().strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
+    run_server(grid, cfg, run_dir)

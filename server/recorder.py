@@ -1,0 +1,256 @@
+"""Everything a run writes: TensorBoard, metrics.jsonl, summary.json, console.
+
+Written by the server process only. Per-client scalars go to
+``tensorboard/client_<id>/`` (same tag names for every client, so TensorBoard
+overlays them) and cross-client statistics to ``tensorboard/server/``.
+
+A client's reply may evaluate a model from an earlier round (FedAvg evaluates
+the global model it receives), so metrics are keyed by the round of the model
+they describe and a round is written once it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+EVAL_KEYS = ("local_test_acc", "local_test_loss", "global_test_acc", "global_test_loss")
+CLIENT_SCALARS = (
+    "train_loss",
+    "distill_loss",
+    "local_test_acc",
+    "global_test_acc",
+    "local_test_loss",
+    "global_test_loss",
+    "bytes_up",
+    "bytes_down",
+    "num_train",
+)
+ACCURACIES = ("local_test_acc", "global_test_acc")
+
+log = logging.getLogger("fedkd")
+
+
+class RunRecorder:
+    """Collects per-client metrics by round and writes them out."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        num_rounds: int,
+        tensorboard: bool = True,
+        progress: bool = True,
+        table: bool = True,
+        console: Console | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.num_rounds = num_rounds
+        self.console = console or Console(stderr=False)
+        self.show_table = table
+        self._pending: dict[int, dict[int, dict[str, float]]] = defaultdict(
+            lambda: defaultdict(dict)
+        )
+        self._server: dict[int, dict[str, float]] = defaultdict(dict)
+        self._rounds: list[dict[str, Any]] = []  # one row per written round
+        self._clients: dict[int, list[dict[str, float]]] = defaultdict(list)
+        self._written: set[int] = set()
+        self._start = time.perf_counter()
+        self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self._writers: dict[str, Any] = {}
+        self._tensorboard = tensorboard
+        self._progress: Progress | None = None
+        if progress:
+            self._progress = Progress(
+                TextColumn("[bold]round {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=num_rounds)
+
+    # ------------------------------------------------------------ input
+    def client(self, server_round: int, client_id: int, metrics: dict[str, float]) -> None:
+        """Record one client's reply; evaluation keys go to the round they describe."""
+        eval_round = int(metrics.get("eval_round", server_round))
+        for key, value in metrics.items():
+            if key in ("eval_round", "partition_id"):
+                continue
+            target = eval_round if key in EVAL_KEYS else server_round
+            self._pending[target][client_id][key] = float(value)
+
+    def server(self, server_round: int, scalars: dict[str, float]) -> None:
+        self._server[server_round].update({k: float(v) for k, v in scalars.items()})
+
+    def end_round(self, server_round: int, complete_upto: int) -> None:
+        """Write every round <= ``complete_upto`` that is still pending; advance progress."""
+        for rnd in sorted(
+            r for r in list(self._pending) + list(self._server) if r <= complete_upto
+        ):
+            if rnd not in self._written:
+                self._write_round(rnd)
+        if self._progress is not None:
+            last = self._rounds[-1] if self._rounds else {}
+            desc = " ".join(
+                f"{k.replace('_test_acc', '')} {last[k]:.3f}"
+                for k in ACCURACIES
+                if k in last and not math.isnan(last[k])
+            )
+            self._progress.update(self._task, completed=server_round, description=desc)
+
+    # ------------------------------------------------------------ output
+    def _writer(self, name: str):
+        if name not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[name] = SummaryWriter(log_dir=str(self.run_dir / "tensorboard" / name))
+        return self._writers[name]
+
+    def _write_round(self, rnd: int) -> None:
+        self._written.add(rnd)
+        clients = self._pending.pop(rnd, {})
+        server = self._server.pop(rnd, {})
+        for cid in sorted(clients):
+            values = clients[cid]
+            self._jsonl.write(json.dumps({"round": rnd, "client": cid, **values}) + "\n")
+            self._clients[cid].append({"round": rnd, **values})
+            if self._tensorboard:
+                writer = self._writer(f"client_{cid}")
+                for key in CLIENT_SCALARS:
+                    if key in values and not math.isnan(values[key]):
+                        writer.add_scalar(key, values[key], rnd)
+        row: dict[str, Any] = {"round": rnd, "num_clients": len(clients)}
+        for key in ACCURACIES:
+            vals = np.array(
+                [c[key] for c in clients.values() if key in c and not math.isnan(c[key])]
+            )
+            if len(vals):
+                row.update(
+                    {
+                        key: float(vals.mean()),
+                        f"{key}_std": float(vals.std()),
+                        f"{key}_min": float(vals.min()),
+                        f"{key}_max": float(vals.max()),
+                    }
+                )
+        for key in ("bytes_up", "bytes_down"):
+            row[key] = float(sum(c.get(key, 0.0) for c in clients.values()))
+        row.update(server)
+        self._rounds.append(row)
+        self._jsonl.flush()
+        if self._tensorboard:
+            writer = self._writer("server")
+            for key, value in row.items():
+                if key != "round" and isinstance(value, float) and not math.isnan(value):
+                    writer.add_scalar(
+                        key.replace("_std", "/std").replace("_min", "/min").replace("_max", "/max"),
+                        value,
+                        rnd,
+                    )
+            for w in self._writers.values():
+                w.flush()
+
+    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write everything still pending, summary.json and the console table."""
+        for rnd in sorted(set(self._pending) | set(self._server)):
+            if rnd not in self._written:
+                self._write_round(rnd)
+        if self._progress is not None:
+            self._progress.stop()
+        self._jsonl.close()
+        for writer in self._writers.values():
+            writer.close()
+        summary = self._summary(extra or {})
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        if self.show_table:
+            self._print_table(summary)
+        return summary
+
+    def _summary(self, extra: dict[str, Any]) -> dict[str, Any]:
+        rounds = self._rounds
+        final: dict[str, Any] = {}
+        for key in ACCURACIES:
+            series = [(r["round"], r[key]) for r in rounds if key in r]
+            if series:
+                best_round, best = max(series, key=lambda t: t[1])
+                final[key] = {
+                    "best": best,
+                    "best_round": best_round,
+                    "last": series[-1][1],
+                    "last_round": series[-1][0],
+                }
+        traffic = [r for r in rounds if r.get("bytes_up", 0) or r.get("bytes_down", 0)]
+        per_round = {
+            key: float(np.mean([r[key] for r in traffic])) if traffic else 0.0
+            for key in ("bytes_up", "bytes_down")
+        }
+        per_round["total"] = per_round["bytes_up"] + per_round["bytes_down"]
+        clients = {}
+        for cid, history in sorted(self._clients.items()):
+            entry: dict[str, Any] = {}
+            for key in ACCURACIES:
+                vals = [h[key] for h in history if key in h]
+                if vals:
+                    entry[f"{key}_last"] = vals[-1]
+                    entry[f"{key}_best"] = max(vals)
+            entry["num_train"] = next((h["num_train"] for h in history if "num_train" in h), None)
+            clients[str(cid)] = entry
+        return {
+            **extra,
+            "wall_time_s": time.perf_counter() - self._start,
+            "final": final,
+            "bytes_per_round": per_round,
+            "rounds": rounds,
+            "clients": clients,
+        }
+
+    def _print_table(self, summary: dict[str, Any]) -> None:
+        table = Table(title=f"per-client accuracy ({self.run_dir})")
+        for col in ("client", "train n", "local last", "local best", "global last", "global best"):
+            table.add_column(col, justify="right")
+        for cid, entry in summary["clients"].items():
+            table.add_row(
+                cid,
+                str(entry.get("num_train")),
+                *(
+                    f"{entry.get(k, float('nan')):.3f}"
+                    for k in (
+                        "local_test_acc_last",
+                        "local_test_acc_best",
+                        "global_test_acc_last",
+                        "global_test_acc_best",
+                    )
+                ),
+            )
+        final = summary["final"]
+        if final:
+            table.add_section()
+            table.add_row(
+                "mean",
+                "",
+                f"{final['local_test_acc']['last']:.3f}",
+                f"{final['local_test_acc']['best']:.3f}",
+                f"{final['global_test_acc']['last']:.3f}",
+                f"{final['global_test_acc']['best']:.3f}",
+            )
+        self.console.print(table)
+        self.console.print(
+            f"bytes/round up {summary['bytes_per_round']['bytes_up']:.0f} down {summary['bytes_per_round']['bytes_down']:.0f}"
+            f"  wall {summary['wall_time_s']:.1f}s  -> {self.run_dir}"
+        )

@@ -1,0 +1,297 @@
+"""The base class of every fedkd strategy: a Flower ``Strategy`` over knowledge.
+
+A subclass says what the clients do (``plan``), what the server sends each of
+them (``payload_for``, ``request_for``) and how uploads are fused (``fuse``);
+the base class does sampling, message building, reply validation, byte
+accounting and metric recording. One round is one exchange: the train reply
+carries the client's evaluation, so ``configure_evaluate`` sends nothing except
+for strategies with a server model to evaluate at the end (FedAvg).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from clients import wire
+from fedkd.errors import ConfigError, PayloadError
+from server.recorder import RunRecorder
+
+log = logging.getLogger("fedkd")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the server knows about the run before it starts."""
+
+    num_clients: int
+    num_classes: int
+    num_public: int
+    input_shape: tuple[int, ...]
+    feature_dim: int
+    cfg: dict[str, Any]
+    cfg_json: str
+
+
+class FedkdStrategy(Strategy):
+    name: ClassVar[str] = ""
+    upload_kind: ClassVar[str | None] = None  # fedkd.knowledge kind every reply must carry
+    final_evaluation: ClassVar[bool] = False  # send one evaluate exchange after the last round
+
+    def __init__(self, info: RunInfo, recorder: RunRecorder | None = None) -> None:
+        self.info = info
+        self.cfg = info.cfg
+        self.params: dict[str, Any] = info.cfg["strategy"]
+        server = info.cfg["server"]
+        self.fraction_train = float(server["fraction_train"])
+        self.min_train_clients = int(server["min_train_clients"])
+        self.recorder = recorder
+        self.rng = np.random.default_rng(int(info.cfg["seed"]))
+        self.node_of: dict[int, int] = {}  # client (partition) id -> node id
+        self.client_of: dict[int, int] = {}  # node id -> client id
+        self.dropped: Counter[str] = Counter()
+
+    # ---------------------------------------------------------------- hooks
+    @classmethod
+    def check_config(cls, cfg: dict[str, Any]) -> None:
+        """Raise ConfigError for bad strategy options; runs before Ray starts."""
+
+    def plan(self, server_round: int) -> dict[str, Any]:
+        return {"extract": {"kind": "none"}}
+
+    def payload_for(self, server_round: int, client_id: int) -> Any | None:
+        """The knowledge payload to send ``client_id`` this round (None: nothing)."""
+        return None
+
+    def request_for(self, server_round: int) -> dict[str, np.ndarray] | None:
+        """Arrays every sampled client receives with its instructions (e.g. indices)."""
+        return None
+
+    def check_upload(self, server_round: int, payload: Any) -> None:
+        """Extra strategy-specific checks on a validated upload."""
+
+    def fuse(
+        self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
+    ) -> dict[str, float]:
+        """Fuse this round's uploads (client id -> payload); return diagnostics."""
+        return {}
+
+    # ------------------------------------------------------------ sampling
+    def connect(self, grid: Grid, timeout: float) -> None:
+        """Wait for all clients and learn their partition ids with one query."""
+        deadline = time.monotonic() + timeout
+        while len(nodes := list(grid.get_node_ids())) < self.info.num_clients:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(nodes)} of {self.info.num_clients} clients connected within {timeout:.0f}s"
+                )
+            time.sleep(0.05)
+        queries = [
+            Message(
+                content=RecordDict({wire.CONFIG: ConfigRecord({"cfg": self.info.cfg_json})}),
+                dst_node_id=n,
+                message_type=MessageType.QUERY,
+            )
+            for n in nodes
+        ]
+        for reply in grid.send_and_receive(queries, timeout=timeout):
+            if reply.has_error():
+                raise RuntimeError(
+                    f"node {reply.metadata.src_node_id} failed to start: {reply.error.reason}"
+                )
+            cid = int(reply.content.metric_records[wire.METRICS]["partition_id"])
+            if cid in self.node_of:
+                raise ConfigError(f"two nodes claim partition-id {cid}")
+            self.node_of[cid] = reply.metadata.src_node_id
+            self.client_of[reply.metadata.src_node_id] = cid
+
+    def sample(self) -> list[int]:
+        """Client ids for this round: seeded, so the same seed samples the same clients."""
+        ids = sorted(self.node_of)
+        size = max(self.min_train_clients, int(round(self.fraction_train * len(ids))))
+        size = min(size, len(ids))
+        if size == len(ids):
+            return ids
+        return sorted(self.rng.choice(ids, size=size, replace=False).tolist())
+
+    # ------------------------------------------------------ Flower Strategy
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        plan = self.plan(server_round)
+        request = self.request_for(server_round)
+        messages = []
+        self._bytes_down: dict[int, int] = {}
+        for cid in self.sample():
+            content = RecordDict(
+                {wire.CONFIG: wire.make_config(server_round, self.info.cfg_json, plan)}
+            )
+            payload = self.payload_for(server_round, cid)
+            if payload is not None:
+                wire.put_payload(content, payload)
+            if request is not None:
+                content[wire.REQUEST] = wire.arrays_to_record(request)
+            self._bytes_down[cid] = wire.payload_bytes(content)
+            messages.append(
+                Message(
+                    content=content, dst_node_id=self.node_of[cid], message_type=MessageType.TRAIN
+                )
+            )
+        return messages
+
+    def _valid_replies(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        validate: Callable[[int, Any], None] | None,
+    ):
+        """(client id, metrics, payload) of every usable reply; the rest are dropped with a reason."""
+        accepted = []
+        for msg in replies:
+            cid = self.client_of.get(msg.metadata.src_node_id, -1)
+            if msg.has_error():
+                self._drop(server_round, cid, "client_error", msg.error.reason)
+                continue
+            try:
+                if wire.METRICS not in msg.content.metric_records:
+                    raise PayloadError("reply has no metrics record")
+                metrics = dict(msg.content.metric_records[wire.METRICS])
+                payload = wire.get_payload(msg.content)
+                if validate is not None:
+                    validate(server_round, payload)
+            except PayloadError as err:
+                self._drop(server_round, cid, "invalid_payload", str(err))
+                continue
+            metrics["bytes_up"] = wire.payload_bytes(msg.content)
+            accepted.append((cid, metrics, payload))
+        return accepted
+
+    def _validate_upload(self, server_round: int, payload: Any) -> None:
+        if self.upload_kind is None:
+            return
+        if payload is None or payload.kind != self.upload_kind:
+            got = "nothing" if payload is None else payload.kind
+            raise PayloadError(f"expected a '{self.upload_kind}' payload, got {got}")
+        payload.validate(
+            num_classes=self.info.num_classes,
+            num_public=self.info.num_public,
+            feature_dim=self.info.feature_dim,
+        )
+        self.check_upload(server_round, payload)
+
+    def _drop(self, server_round: int, cid: int, reason: str, detail: str) -> None:
+        self.dropped[reason] += 1
+        log.warning(
+            "round %d: dropped reply of client %d (%s): %s", server_round, cid, reason, detail
+        )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        before = sum(self.dropped.values())
+        accepted = self._valid_replies(server_round, replies, self._validate_upload)
+        uploads, num_train = {}, {}
+        for cid, metrics, payload in accepted:
+            metrics["bytes_down"] = self._bytes_down.get(cid, 0)
+            if self.recorder is not None:
+                self.recorder.client(server_round, cid, metrics)
+            uploads[cid] = payload
+            num_train[cid] = int(metrics.get("num_train", 1))
+        diagnostics: dict[str, float] = {
+            "replies": float(len(accepted)),
+            "dropped": float(sum(self.dropped.values()) - before),
+        }
+        if len(accepted) < self.min_train_clients:
+            log.warning(
+                "round %d: %d valid replies < min_train_clients=%d; knowledge not updated",
+                server_round,
+                len(accepted),
+                self.min_train_clients,
+            )
+        elif self.upload_kind is not None:
+            diagnostics.update(self.fuse(server_round, uploads, num_train))
+        return None, MetricRecord(diagnostics)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if not self.final_evaluation or server_round != int(self.cfg["num_rounds"]):
+            return []
+        messages = []
+        for cid in sorted(self.node_of):
+            content = RecordDict(
+                {wire.CONFIG: wire.make_config(server_round, self.info.cfg_json, {})}
+            )
+            payload = self.payload_for(server_round + 1, cid)
+            if payload is not None:
+                wire.put_payload(content, payload)
+            messages.append(
+                Message(
+                    content=content,
+                    dst_node_id=self.node_of[cid],
+                    message_type=MessageType.EVALUATE,
+                )
+            )
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        accepted = self._valid_replies(server_round, replies, None)
+        for cid, metrics, _ in accepted:
+            metrics.pop("bytes_up", None)
+            if self.recorder is not None:
+                self.recorder.client(server_round, cid, metrics)
+        return MetricRecord({"replies": float(len(accepted))}) if accepted else None
+
+    def summary(self) -> None:
+        log.info("strategy %s: %s", self.name, self.params)
+
+    # ------------------------------------------------------------ the loop
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run ``num_rounds`` rounds of one exchange each (Flower's loop sends two)."""
+        self.summary()
+        result = Result()
+        self.connect(grid, timeout)
+        eval_lag = 1 if self.final_evaluation else 0
+        empty = ArrayRecord()
+        for rnd in range(1, num_rounds + 1):
+            started = time.perf_counter()
+            replies = grid.send_and_receive(
+                self.configure_train(rnd, empty, ConfigRecord(), grid), timeout=timeout
+            )
+            _, metrics = self.aggregate_train(rnd, replies)
+            if metrics is not None:
+                result.train_metrics_clientapp[rnd] = metrics
+                if self.recorder is not None:
+                    self.recorder.server(
+                        rnd, {**dict(metrics), "round_time_s": time.perf_counter() - started}
+                    )
+            if self.recorder is not None:
+                self.recorder.end_round(rnd, complete_upto=rnd - eval_lag)
+        evaluate = self.configure_evaluate(num_rounds, empty, ConfigRecord(), grid)
+        if evaluate:
+            metrics = self.aggregate_evaluate(
+                num_rounds, grid.send_and_receive(evaluate, timeout=timeout)
+            )
+            if metrics is not None:
+                result.evaluate_metrics_clientapp[num_rounds] = metrics
+        return result

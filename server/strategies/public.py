@@ -1,0 +1,64 @@
+"""Shared machinery for strategies that exchange predictions on the public set.
+
+Round ``r`` sends each client the fused targets on round ``r-1``'s subset (to
+distil on) and the indices of round ``r``'s subset (to predict on), so one
+exchange per round carries both directions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedkd.errors import ConfigError, PayloadError
+from fedkd.knowledge import PublicLogits
+from server.strategies.base import FedkdStrategy, RunInfo
+
+
+class PublicSetStrategy(FedkdStrategy):
+    upload_kind = "public_logits"
+    subset_key: str = ""  # strategy option holding the per-round subset size
+    upload_space: str = "logits"
+
+    @classmethod
+    def subset_size(cls, cfg: dict[str, Any]) -> int:
+        size = int(cfg["strategy"][cls.subset_key])
+        if size < 1:
+            raise ConfigError(f"strategy.{cls.subset_key} must be >= 1 (got {size})")
+        return size
+
+    def __init__(self, info: RunInfo, recorder=None) -> None:
+        super().__init__(info, recorder)
+        if info.num_public < 1:
+            raise ConfigError("this strategy needs a public set; split.public_fraction is 0")
+        self.size = min(self.subset_size(self.cfg), info.num_public)
+        self.indices: dict[int, np.ndarray] = {}
+        self.targets: PublicLogits | None = None
+
+    def indices_for(self, server_round: int) -> np.ndarray:
+        """The round's subset of the public set: fresh, seeded, sorted."""
+        if server_round not in self.indices:
+            chosen = self.rng.choice(self.info.num_public, size=self.size, replace=False)
+            self.indices[server_round] = np.sort(chosen).astype(np.int64)
+        return self.indices[server_round]
+
+    def request_for(self, server_round: int) -> dict[str, np.ndarray]:
+        return {"indices": self.indices_for(server_round)}
+
+    def payload_for(self, server_round: int, client_id: int) -> PublicLogits | None:
+        return self.targets
+
+    def check_upload(self, server_round: int, payload: PublicLogits) -> None:
+        if payload.space != self.upload_space:
+            raise PayloadError(
+                f"expected {self.upload_space} on the public set, got {payload.space}"
+            )
+        if not np.array_equal(payload.indices, self.indices_for(server_round)):
+            raise PayloadError(
+                "uploaded public-set indices differ from the ones requested this round"
+            )
+
+    def stacked(self, uploads: dict[int, Any]) -> tuple[list[int], np.ndarray]:
+        ids = sorted(uploads)
+        return ids, np.stack([uploads[i].values for i in ids]).astype(np.float64)
