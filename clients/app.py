@@ -7,7 +7,6 @@ the server sends. Its personal model lives in ``context.state`` between rounds.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -26,15 +25,18 @@ from fedkd.weights import arrays_to_model, model_to_arrays
 
 MODEL_STATE = "model"
 
+NODE_CONFIG_HELP = (
+    "node config needs 'partition-id' and 'num-partitions'; start the SuperNode with "
+    '--node-config "partition-id=0 num-partitions=N"'
+)
+
 app = ClientApp()
 
 
 def partition_id(context: Context, cfg: dict[str, Any]) -> int:
     node = context.node_config
     if "partition-id" not in node:
-        raise ValueError(
-            "node config has no 'partition-id'; start the SuperNode with --node-config \"partition-id=0 num-partitions=N\""
-        )
+        raise ValueError(NODE_CONFIG_HELP)
     pid = int(node["partition-id"])
     parts = int(node.get("num-partitions", cfg["num_clients"]))
     if parts != cfg["num_clients"]:
@@ -93,11 +95,14 @@ def train(message: Message, context: Context) -> Message:
 
 @app.query()
 def hello(message: Message, context: Context) -> Message:
-    """Start-up handshake: report the partition id and warm the data cache."""
-    cfg = json.loads(str(message.content.config_records[wire.CONFIG]["cfg"]))
-    pid = partition_id(context, cfg)
-    data = client_tensors(data_key(cfg), pid)
-    metrics = {"partition_id": pid, "num_train": len(data.train_y)}
+    """Start-up handshake: which partition this node holds, out of how many."""
+    node = context.node_config
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise ValueError(NODE_CONFIG_HELP)
+    metrics = {
+        "partition_id": int(node["partition-id"]),
+        "num_partitions": int(node["num-partitions"]),
+    }
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=message)
 
 

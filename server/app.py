@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedkd.config import check_config, compose
 from fedkd.data import build_federated_data
+from fedkd.errors import ConfigError
 from fedkd.models import build_model, spec_for_client
 from server.recorder import RunRecorder
+from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
 
 log = logging.getLogger("fedkd")
@@ -51,7 +54,11 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
 
 
 def run_server(
-    grid: Grid, cfg: dict[str, Any], run_dir: str | Path, info: RunInfo | None = None
+    grid: Grid,
+    cfg: dict[str, Any],
+    run_dir: str | Path,
+    info: RunInfo | None = None,
+    roster: Roster | None = None,
 ) -> dict[str, Any]:
     """Run every round and write the run's outputs; returns the summary."""
     info = info or prepare_run(cfg)
@@ -63,7 +70,7 @@ def run_server(
         progress=bool(logs["progress"]),
         table=bool(logs["table"]),
     )
-    strategy = STRATEGIES.get(cfg["strategy"]["name"])(info, recorder)
+    strategy = STRATEGIES.get(cfg["strategy"]["name"])(info, recorder, roster)
     try:
         strategy.start(
             grid, num_rounds=int(cfg["num_rounds"]), timeout=float(cfg["server"]["round_timeout"])
@@ -89,19 +96,15 @@ def make_server_app(
     server_app = ServerApp()
 
     @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
+    def _main(grid: Grid, context: Context) -> None:
         run_server(grid, cfg, run_dir, info)
 
     return server_app
 
 
 def overrides_from_run_config(run_config: dict[str, Any]) -> list[str]:
-    """Flower run config entries are Hydra overrides: ``{"partition.alpha": 0.1}``."""
-    return [
-        f"{key}={json.dumps(value) if isinstance(value, str) and ' ' in value else value}"
-        for key, value in run_config.items()
-        if key != "run_dir"
-    ]
+    """The run config's ``overrides`` string, split like a shell command line."""
+    return shlex.split(str(run_config.get("overrides", "")))
 
 
 app = ServerApp()
@@ -109,9 +112,19 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """``flwr run``: the run config overrides configs/; the clients say how many they are."""
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
-    run_dir = run_config.get("run_dir") or Path("outputs") / "flwr" / datetime.now().strftime(
-        "%Y-%m-%d_%H-%M-%S"
-    )
-    run_server(grid, cfg, run_dir)
+    roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]))
+    overrides = overrides_from_run_config(run_config)
+    if (
+        any(o.startswith("num_clients=") for o in overrides)
+        and cfg["num_clients"] != roster.num_partitions
+    ):
+        raise ConfigError(
+            f"overrides set num_clients={cfg['num_clients']} but the SuperNodes hold "
+            f"{roster.num_partitions} partitions"
+        )
+    cfg["num_clients"] = roster.num_partitions
+    default_dir = Path("outputs") / "flwr" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run_server(grid, cfg, run_config.get("run_dir") or default_dir, roster=roster)

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from clients import wire
 from fedkd.errors import ConfigError, PayloadError
 from server.recorder import RunRecorder
+from server.roster import Roster, discover
 
 log = logging.getLogger("fedkd")
 
@@ -47,7 +48,9 @@ class FedkdStrategy(Strategy):
     upload_kind: ClassVar[str | None] = None  # fedkd.knowledge kind every reply must carry
     final_evaluation: ClassVar[bool] = False  # send one evaluate exchange after the last round
 
-    def __init__(self, info: RunInfo, recorder: RunRecorder | None = None) -> None:
+    def __init__(
+        self, info: RunInfo, recorder: RunRecorder | None = None, roster: Roster | None = None
+    ) -> None:
         self.info = info
         self.cfg = info.cfg
         self.params: dict[str, Any] = info.cfg["strategy"]
@@ -58,9 +61,15 @@ class FedkdStrategy(Strategy):
         self.rng = np.random.default_rng(int(info.cfg["seed"]))
         self.node_of: dict[int, int] = {}  # client (partition) id -> node id
         self.client_of: dict[int, int] = {}  # node id -> client id
+        if roster is not None:
+            self.use_roster(roster)
+        self.setup()
         self.dropped: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- hooks
+    def setup(self) -> None:
+        """Initialise strategy state (called at the end of ``__init__``)."""
+
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
         """Raise ConfigError for bad strategy options; runs before Ray starts."""
@@ -86,33 +95,12 @@ class FedkdStrategy(Strategy):
         return {}
 
     # ------------------------------------------------------------ sampling
-    def connect(self, grid: Grid, timeout: float) -> None:
-        """Wait for all clients and learn their partition ids with one query."""
-        deadline = time.monotonic() + timeout
-        while len(nodes := list(grid.get_node_ids())) < self.info.num_clients:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"only {len(nodes)} of {self.info.num_clients} clients connected within {timeout:.0f}s"
-                )
-            time.sleep(0.05)
-        queries = [
-            Message(
-                content=RecordDict({wire.CONFIG: ConfigRecord({"cfg": self.info.cfg_json})}),
-                dst_node_id=n,
-                message_type=MessageType.QUERY,
+    def use_roster(self, roster: Roster) -> None:
+        if roster.num_partitions != self.info.num_clients:
+            raise ConfigError(
+                f"the clients hold {roster.num_partitions} partitions but num_clients={self.info.num_clients}"
             )
-            for n in nodes
-        ]
-        for reply in grid.send_and_receive(queries, timeout=timeout):
-            if reply.has_error():
-                raise RuntimeError(
-                    f"node {reply.metadata.src_node_id} failed to start: {reply.error.reason}"
-                )
-            cid = int(reply.content.metric_records[wire.METRICS]["partition_id"])
-            if cid in self.node_of:
-                raise ConfigError(f"two nodes claim partition-id {cid}")
-            self.node_of[cid] = reply.metadata.src_node_id
-            self.client_of[reply.metadata.src_node_id] = cid
+        self.node_of, self.client_of = dict(roster.node_of), roster.client_of
 
     def sample(self) -> list[int]:
         """Client ids for this round: seeded, so the same seed samples the same clients."""
@@ -270,7 +258,8 @@ class FedkdStrategy(Strategy):
         """Run ``num_rounds`` rounds of one exchange each (Flower's loop sends two)."""
         self.summary()
         result = Result()
-        self.connect(grid, timeout)
+        if not self.node_of:
+            self.use_roster(discover(grid, timeout, expected=self.info.num_clients))
         eval_lag = 1 if self.final_evaluation else 0
         empty = ArrayRecord()
         for rnd in range(1, num_rounds + 1):

@@ -48,8 +48,8 @@ class DSFL(PublicSetStrategy):
         check_space(p["distill_loss"], "probs")
         REDUCERS.get(p["reducer"])
 
-    def __init__(self, info, recorder=None) -> None:
-        super().__init__(info, recorder)
+    def setup(self) -> None:
+        super().setup()
         sharpen_logits = self.params["aggregation"] == "era" and self.params["era_on"] == "logits"
         self.upload_space = "logits" if sharpen_logits else "probs"
 

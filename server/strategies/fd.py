@@ -22,7 +22,7 @@ from fedkd.errors import ConfigError
 from fedkd.fusion import REDUCERS, class_mean, leave_one_out
 from fedkd.knowledge import ClassLogits
 from fedkd.losses import LOSSES, check_space
-from server.strategies.base import FedkdStrategy, RunInfo
+from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
 
 
@@ -55,8 +55,7 @@ class FD(FedkdStrategy):
         check_space(params["loss"], "logits")
         REDUCERS.get(params["reducer"])
 
-    def __init__(self, info: RunInfo, recorder=None) -> None:
-        super().__init__(info, recorder)
+    def setup(self) -> None:
         self.teachers: dict[int, ClassLogits] = {}
         self.global_teacher: ClassLogits | None = None
 

@@ -22,7 +22,7 @@ from fedkd.fusion import REDUCERS
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, is_homogeneous, spec_for_client
 from fedkd.weights import model_to_arrays
-from server.strategies.base import FedkdStrategy, RunInfo
+from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
 
 
@@ -40,11 +40,12 @@ class FedAvg(FedkdStrategy):
                 f"but model.family has {len(cfg['model']['family'])} different specs (use model=mlp)"
             )
 
-    def __init__(self, info: RunInfo, recorder=None) -> None:
-        super().__init__(info, recorder)
+    def setup(self) -> None:
         torch.manual_seed(int(self.cfg["seed"]) * 7919)
         spec = spec_for_client(self.cfg["model"], 0)
-        model = build_model(spec, info.input_shape, info.num_classes, info.feature_dim)
+        model = build_model(
+            spec, self.info.input_shape, self.info.num_classes, self.info.feature_dim
+        )
         self.global_weights = model_to_arrays(model)
 
     def plan(self, server_round: int) -> dict[str, Any]:

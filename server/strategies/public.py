@@ -13,7 +13,7 @@ import numpy as np
 
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import PublicLogits
-from server.strategies.base import FedkdStrategy, RunInfo
+from server.strategies.base import FedkdStrategy
 
 
 class PublicSetStrategy(FedkdStrategy):
@@ -28,11 +28,10 @@ class PublicSetStrategy(FedkdStrategy):
             raise ConfigError(f"strategy.{cls.subset_key} must be >= 1 (got {size})")
         return size
 
-    def __init__(self, info: RunInfo, recorder=None) -> None:
-        super().__init__(info, recorder)
-        if info.num_public < 1:
+    def setup(self) -> None:
+        if self.info.num_public < 1:
             raise ConfigError("this strategy needs a public set; split.public_fraction is 0")
-        self.size = min(self.subset_size(self.cfg), info.num_public)
+        self.size = min(self.subset_size(self.cfg), self.info.num_public)
         self.indices: dict[int, np.ndarray] = {}
         self.targets: PublicLogits | None = None
 

@@ -1,0 +1,155 @@
+"""Server strategies without a network: fusion state and reply validation.
+
+Uploads are real payloads; the expected fused values are computed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedkd.config import compose
+from fedkd.errors import ConfigError, PayloadError
+from fedkd.knowledge import ClassLogits, ModelWeights, PublicLogits
+from server.app import prepare_run
+from server.strategies import STRATEGIES, RunInfo
+
+
+def info_for(*overrides: str, num_classes: int = 2, num_public: int = 4) -> RunInfo:
+    cfg = compose(["num_clients=3", *overrides])
+    return RunInfo(
+        num_clients=3,
+        num_classes=num_classes,
+        num_public=num_public,
+        input_shape=(1, 8, 8),
+        feature_dim=int(cfg["model"]["feature_dim"]),
+        cfg=cfg,
+        cfg_json=json.dumps(cfg),
+    )
+
+
+def test_registry_lists_the_five_baselines():
+    assert {"local", "fedavg", "fd", "fedmd", "dsfl"} <= set(STRATEGIES.names())
+
+
+def test_fd_mean_and_leave_one_out_teachers():
+    fd = STRATEGIES.get("fd")(info_for("strategy.teacher=loo"))
+    uploads = {
+        0: ClassLogits(
+            logits=np.array([[2.0, 0.0], [0.0, 0.0]], np.float32), counts=np.array([5, 0])
+        ),
+        1: ClassLogits(
+            logits=np.array([[4.0, 2.0], [1.0, 3.0]], np.float32), counts=np.array([1, 2])
+        ),
+        2: ClassLogits(
+            logits=np.array([[0.0, 0.0], [3.0, 5.0]], np.float32), counts=np.array([0, 4])
+        ),
+    }
+    fd.fuse(1, uploads, {0: 5, 1: 3, 2: 4})
+    # class 0: clients 0 and 1 -> mean of [2,0] and [4,2] = [3,1]; class 1: clients 1, 2 -> [2,4]
+    np.testing.assert_allclose(fd.global_teacher.logits, [[3, 1], [2, 4]])
+    np.testing.assert_array_equal(fd.global_teacher.counts, [2, 2])
+    # client 0 without itself: class 0 from client 1 only, class 1 from 1 and 2
+    np.testing.assert_allclose(fd.payload_for(2, 0).logits, [[4, 2], [2, 4]])
+    # client 2: class 0 from clients 0, 1 = [3, 1]; class 1 from client 1 = [1, 3]
+    np.testing.assert_allclose(fd.payload_for(2, 2).logits, [[3, 1], [1, 3]])
+    # a client that did not upload gets the plain mean
+    np.testing.assert_allclose(fd.payload_for(2, 7).logits, [[3, 1], [2, 4]])
+
+
+def test_fd_rejects_wrong_payloads():
+    fd = STRATEGIES.get("fd")(info_for())
+    with pytest.raises(PayloadError, match="expected a 'class_logits' payload"):
+        fd._validate_upload(
+            1,
+            PublicLogits(
+                indices=np.array([0]), values=np.zeros((1, 2), np.float32), space="logits"
+            ),
+        )
+    with pytest.raises(PayloadError):
+        fd._validate_upload(
+            1, ClassLogits(logits=np.full((2, 2), np.nan, np.float32), counts=np.array([1, 1]))
+        )
+    with pytest.raises(PayloadError):  # three classes, the run has two
+        fd._validate_upload(
+            1, ClassLogits(logits=np.zeros((3, 3), np.float32), counts=np.array([1, 1, 1]))
+        )
+
+
+def test_dsfl_era_sharpens_the_mean_of_probabilities():
+    dsfl = STRATEGIES.get("dsfl")(info_for("strategy=dsfl", "strategy.open_size=2"))
+    idx = dsfl.indices_for(1)
+    uploads = {
+        0: PublicLogits(
+            indices=idx, values=np.array([[0.8, 0.2], [0.5, 0.5]], np.float32), space="probs"
+        ),
+        1: PublicLogits(
+            indices=idx, values=np.array([[0.6, 0.4], [0.5, 0.5]], np.float32), space="probs"
+        ),
+    }
+    for payload in uploads.values():
+        dsfl._validate_upload(1, payload)
+    dsfl.fuse(1, uploads, {0: 1, 1: 1})
+    # mean [0.7, 0.3] -> softmax([7, 3]) = [1/(1+e^-4), e^-4/(1+e^-4)]
+    first = 1 / (1 + np.exp(-4))
+    np.testing.assert_allclose(dsfl.targets.values, [[first, 1 - first], [0.5, 0.5]], rtol=1e-5)
+    assert dsfl.targets.space == "probs"
+    np.testing.assert_array_equal(dsfl.targets.indices, idx)
+
+
+def test_dsfl_refuses_indices_it_did_not_ask_for():
+    dsfl = STRATEGIES.get("dsfl")(info_for("strategy=dsfl", "strategy.open_size=2"))
+    asked = dsfl.indices_for(1)
+    other = np.setdiff1d(np.arange(4), asked)[:2]
+    with pytest.raises(PayloadError, match="indices"):
+        dsfl._validate_upload(
+            1, PublicLogits(indices=other, values=np.full((2, 2), 0.5, np.float32), space="probs")
+        )
+
+
+def test_public_subsets_are_fresh_seeded_and_reproducible():
+    a = STRATEGIES.get("fedmd")(
+        info_for("strategy=fedmd", "strategy.alignment_size=2", num_public=50)
+    )
+    b = STRATEGIES.get("fedmd")(
+        info_for("strategy=fedmd", "strategy.alignment_size=2", num_public=50)
+    )
+    rounds_a = [a.indices_for(r).tolist() for r in (1, 2, 3)]
+    assert rounds_a == [b.indices_for(r).tolist() for r in (1, 2, 3)]
+    assert len({tuple(r) for r in rounds_a}) > 1
+
+
+def test_fedmd_consensus_is_the_mean_of_logits():
+    fedmd = STRATEGIES.get("fedmd")(info_for("strategy=fedmd", "strategy.alignment_size=1"))
+    idx = fedmd.indices_for(1)
+    uploads = {
+        0: PublicLogits(indices=idx, values=np.array([[1.0, -3.0]], np.float32), space="logits"),
+        1: PublicLogits(indices=idx, values=np.array([[3.0, 1.0]], np.float32), space="logits"),
+    }
+    fedmd.fuse(1, uploads, {0: 1, 1: 1})
+    np.testing.assert_allclose(fedmd.targets.values, [[2.0, -1.0]])
+    assert fedmd.targets.space == "logits"
+
+
+def test_fedavg_weighted_average():
+    fedavg = STRATEGIES.get("fedavg")(info_for("strategy=fedavg", "model=mlp"))
+    shapes = {k: v.shape for k, v in fedavg.global_weights.items()}
+    ones = ModelWeights({k: np.ones(s, np.float32) for k, s in shapes.items()})
+    fours = ModelWeights({k: np.full(s, 4.0, np.float32) for k, s in shapes.items()})
+    fedavg.fuse(1, {0: ones, 1: fours}, {0: 2, 1: 1})  # (2*1 + 1*4) / 3 = 2
+    for value in fedavg.global_weights.values():
+        np.testing.assert_allclose(value, 2.0)
+
+
+def test_fedavg_refuses_heterogeneous_models():
+    with pytest.raises(ConfigError, match="identical models"):
+        prepare_run(compose(["strategy=fedavg", "model=mlp_hetero"]))
+
+
+def test_prepare_run_reports_the_data_and_model_facts():
+    info = prepare_run(compose([]))
+    assert info.num_classes == 10
+    assert info.num_public > 0
+    assert info.input_shape == (1, 8, 8)

@@ -1,0 +1,68 @@
+"""Payloads survive the trip through Flower records; malformed records are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from clients import wire
+from fedkd.errors import PayloadError
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits
+
+PAYLOADS = [
+    PublicLogits(
+        indices=np.array([0, 3, 5]), values=np.full((3, 4), 0.25, np.float32), space="probs"
+    ),
+    PublicLogits(
+        indices=np.array([1]), values=np.array([[1.5, -2.0, 0.0, 3.0]], np.float32), space="logits"
+    ),
+    ClassLogits(
+        logits=np.arange(16, dtype=np.float32).reshape(4, 4), counts=np.array([3, 0, 1, 2])
+    ),
+    Prototypes(prototypes=np.ones((4, 2), np.float32), counts=np.array([1, 1, 0, 2])),
+    ModelWeights({"w": np.eye(2, dtype=np.float32), "b": np.zeros(2, np.float32)}),
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: p.kind)
+def test_round_trip_through_records(payload):
+    content = RecordDict()
+    wire.put_payload(content, payload)
+    back = wire.get_payload(content)
+    assert type(back) is type(payload)
+    original, restored = payload.to_arrays(), back.to_arrays()
+    assert original.keys() == restored.keys()
+    for key in original:
+        np.testing.assert_array_equal(original[key], restored[key])
+    assert back.meta() == payload.meta()
+    assert wire.payload_bytes(content) >= sum(a.nbytes for a in original.values())
+
+
+def test_no_knowledge_is_none():
+    assert wire.get_payload(RecordDict()) is None
+
+
+def test_arrays_without_meta_are_refused():
+    content = RecordDict({wire.KNOWLEDGE: ArrayRecord()})
+    with pytest.raises(PayloadError, match="knowledge_meta"):
+        wire.get_payload(content)
+
+
+def test_unknown_kind_is_refused():
+    content = RecordDict(
+        {
+            wire.KNOWLEDGE: wire.arrays_to_record({"x": np.zeros(2)}),
+            wire.KNOWLEDGE_META: ConfigRecord({"kind": "nonsense"}),
+        }
+    )
+    with pytest.raises(PayloadError):
+        wire.get_payload(content)
+
+
+def test_missing_array_is_refused():
+    content = RecordDict()
+    wire.put_payload(content, PAYLOADS[2])
+    del content.array_records[wire.KNOWLEDGE]["counts"]
+    with pytest.raises(PayloadError):
+        wire.get_payload(content)
