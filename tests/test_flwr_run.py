@@ -1,0 +1,141 @@
+"""``flwr run .`` runs this project as a Flower App (local simulation SuperLink).
+
+The test starts the SuperLink itself on free loopback ports (so ``flwr`` finds
+it instead of spawning a detached one) and kills its whole process group by id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthy(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live process it started, by parent id or Flower's --parent-pid."""
+    found, frontier = [root], [root]
+    while frontier:
+        parent = frontier.pop()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in found:
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            state = stat.rsplit(")", 1)[1].split()[0]
+            adopted = (
+                b"--parent-pid" in cmdline
+                and cmdline[cmdline.index(b"--parent-pid") + 1] == str(parent).encode()
+            )
+            if state != "Z" and (ppid == parent or adopted):
+                found.append(int(entry.name))
+                frontier.append(int(entry.name))
+    return found
+
+
+def test_flwr_run_dot_completes(tmp_path):
+    flwr = BIN / "flwr"
+    if not flwr.exists():
+        pytest.skip("flwr CLI not installed beside this interpreter")
+    port = free_port()  # Flower 1.41 serves every SuperLink API over one HTTP port
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    project = tmp_path / "app"
+    shutil.copytree(
+        ROOT,
+        project,
+        ignore=shutil.ignore_patterns(".venv", ".git", "outputs", "multirun", "__pycache__"),
+    )
+    superlink = subprocess.Popen(
+        [
+            str(BIN / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+        ],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not healthy(port):
+            assert superlink.poll() is None, "flower-superlink exited during start-up"
+            assert time.monotonic() < deadline, "flower-superlink did not become healthy"
+            time.sleep(0.2)
+        run_dir = tmp_path / "run"
+        result = subprocess.run(
+            [
+                str(flwr),
+                "run",
+                ".",
+                "--stream",
+                "-c",
+                f"overrides='num_rounds=2 logging.progress=false' run_dir='{run_dir}'",
+            ],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert "Successfully started run" in result.stdout, result.stdout + result.stderr
+        deadline = time.monotonic() + 120
+        while not (run_dir / "summary.json").exists():
+            assert time.monotonic() < deadline, f"no summary.json:\n{result.stdout[-3000:]}"
+            time.sleep(0.5)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["num_rounds"] == 2
+        assert summary["num_clients"] == 2  # Flower's default local federation: 2 SuperNodes
+        assert sorted(summary["clients"]) == ["0", "1"]
+    finally:
+        for pid in process_tree(superlink.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        superlink.wait(timeout=30)
+    assert not [pid for pid in process_tree(superlink.pid) if pid != superlink.pid]
