@@ -227,7 +227,7 @@ class RunRecorder:
         for cid, entry in summary["clients"].items():
             table.add_row(
                 cid,
-                str(entry.get("num_train")),
+                str(int(entry["num_train"])) if entry.get("num_train") is not None else "",
                 *(
                     f"{entry.get(k, float('nan')):.3f}"
                     for k in (
