@@ -5,17 +5,22 @@ it sent and what knowledge to extract, so a new strategy needs no client edit
 as long as it uses these building blocks:
 
 ``plan = {
-    "load_weights": bool,              # replace the model by the received weights (FedAvg)
-    "eval_received": bool,             # evaluate the received weights before training
-    "distill": None | {"loss", "temperature", "epochs", "batch_size", "optimizer", "when"},
-                                       # fit public-set targets, "before" or "after" training
-    "regulariser": None | {"loss", "beta", "temperature"},   # per-label teacher (FD)
-    "extract": {"kind": "none" | "class_logits" | "public" | "weights",
-                "space": "logits" | "probs", "temperature": float},
+    "load_weights": bool,          # replace the model by the received weights (FedAvg, FedDF)
+    "eval_received": bool,         # evaluate the received weights before training
+    "distill": None | {"loss", "temperature", "epochs", "batch_size", "optimizer",
+                       "when": "before" | "after", "ce_weight"},
+                                   # fit received public-set targets before or after training
+    "regulariser": None | {"kind": "class_logits" | "prototypes", "loss", "beta", "temperature"},
+                                   # per-label teacher term added to CE (FD logits, FedProto prototypes)
+    "evaluate_prototypes": bool,   # also report nearest-received-prototype accuracy (FedProto)
+    "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "weights",
+                "space": "logits" | "probs", "temperature": float,
+                "at": "end" | "after_train"},
 }``
 
 Order inside a round: load -> [evaluate received] -> distil (before) -> train
-(+ regulariser) -> distil (after) -> evaluate -> extract.
+(+ regulariser) -> [extract, if at after_train] -> distil (after) -> evaluate
+-> [extract, if at end].
 """
 
 from __future__ import annotations
@@ -29,10 +34,23 @@ from torch import Tensor, nn
 
 from clients.runtime import ClientTensors
 from fedkd.errors import PayloadError
-from fedkd.knowledge import ClassLogits, ModelWeights, PublicLogits
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits
 from fedkd.losses import LOSSES, check_space
-from fedkd.train import distill, evaluate, make_optimizer, predict, train_supervised
+from fedkd.train import (
+    TrainResult,
+    distill,
+    evaluate,
+    make_optimizer,
+    predict,
+    train_supervised,
+)
 from fedkd.weights import arrays_to_model, model_to_arrays
+
+# regulariser kind -> (payload type, the loss's target space, payload field holding the table)
+REGULARISERS = {
+    "class_logits": (ClassLogits, "logits", "logits"),
+    "prototypes": (Prototypes, "features", "prototypes"),
+}
 
 
 @dataclass
@@ -46,19 +64,29 @@ def round_generator(seed: int, server_round: int, partition_id: int) -> torch.Ge
     return torch.Generator().manual_seed(seed * 1_000_003 + server_round * 10_007 + partition_id)
 
 
-def _fd_regulariser(teacher: ClassLogits, spec: dict[str, Any], device: torch.device):
-    """FD's online distillation term: beta * D(student(x), teacher[y]) on labels the teacher has."""
-    loss_fn = LOSSES.get(spec["loss"])
-    check_space(spec["loss"], "logits")
-    table = torch.from_numpy(teacher.logits.astype(np.float32)).to(device)
-    present = torch.from_numpy(teacher.counts > 0).to(device)
-    beta, temperature = float(spec["beta"]), float(spec["temperature"])
+def _regulariser(received: Any, spec: dict[str, Any], device: torch.device):
+    """``beta * D(output(x), table[y])`` on the labels the received table covers.
 
-    def regulariser(_features: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+    FD (Jeong et al. 2018): the output is the logits and the table the per-label
+    teacher logits; FedProto (Tan et al. 2022): the features and the global
+    prototypes, with MSE.
+    """
+    payload_type, space, table_field = REGULARISERS[spec["kind"]]
+    if not isinstance(received, payload_type):
+        return None
+    check_space(spec["loss"], space)
+    loss_fn = LOSSES.get(spec["loss"])
+    table = torch.from_numpy(np.asarray(getattr(received, table_field), np.float32)).to(device)
+    present = torch.from_numpy(np.asarray(received.counts) > 0).to(device)
+    beta, temperature = float(spec["beta"]), float(spec.get("temperature", 1.0))
+    use_features = space == "features"
+
+    def regulariser(features: Tensor, logits: Tensor, y: Tensor) -> Tensor:
         mask = present[y]
+        output = features if use_features else logits
         if not bool(mask.any()):
-            return logits.sum() * 0.0
-        return beta * loss_fn(logits[mask], table[y[mask]], temperature=temperature)
+            return output.sum() * 0.0
+        return beta * loss_fn(output[mask], table[y[mask]], temperature=temperature)
 
     return regulariser
 
@@ -68,33 +96,50 @@ def _distill_public(
 ) -> float:
     check_space(spec["loss"], teacher.space)
     indices = torch.from_numpy(teacher.indices.astype(np.int64))
-    x = data.public_x[indices].to(device)
-    targets = torch.from_numpy(teacher.values.astype(np.float32)).to(device)
     optimizer = make_optimizer(model.parameters(), spec.get("optimizer") or client_cfg["optimizer"])
+    ce_weight = float(spec.get("ce_weight", 0.0))
     return distill(
         model,
-        x,
-        targets,
+        data.public_x[indices].to(device),
+        torch.from_numpy(teacher.values.astype(np.float32)).to(device),
         loss_fn=LOSSES.get(spec["loss"]),
         temperature=float(spec.get("temperature", 1.0)),
         epochs=int(spec["epochs"]),
         batch_size=int(spec["batch_size"]),
         optimizer=optimizer,
         generator=gen,
+        ce_data=(data.train_x.to(device), data.train_y.to(device)) if ce_weight > 0 else None,
+        ce_weight=ce_weight,
     )
 
 
-def _evaluate(model, data: ClientTensors, batch: int, device) -> dict[str, float]:
-    local_acc, local_loss = evaluate(model, data.test_x.to(device), data.test_y.to(device), batch)
-    global_acc, global_loss = evaluate(
-        model, data.global_x.to(device), data.global_y.to(device), batch
-    )
-    return {
-        "local_test_acc": local_acc,
-        "local_test_loss": local_loss,
-        "global_test_acc": global_acc,
-        "global_test_loss": global_loss,
-    }
+@torch.no_grad()
+def nearest_prototype_accuracy(
+    model: nn.Module, x: Tensor, y: Tensor, protos: Prototypes, batch: int
+) -> float:
+    """FedProto inference: the label of the nearest present global prototype (squared L2)."""
+    present = np.flatnonzero(np.asarray(protos.counts) > 0)
+    if len(y) == 0 or len(present) == 0:
+        return float("nan")
+    features, _ = predict(model, x, batch)
+    table = torch.from_numpy(np.asarray(protos.prototypes, np.float32)[present]).to(features.device)
+    nearest = torch.cdist(features, table).argmin(dim=1).cpu().numpy()
+    return float((present[nearest] == y.cpu().numpy()).mean())
+
+
+def _evaluate(
+    model, data: ClientTensors, batch: int, device, protos: Prototypes | None = None
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, x, y in (
+        ("local_test", data.test_x, data.test_y),
+        ("global_test", data.global_x, data.global_y),
+    ):
+        x, y = x.to(device), y.to(device)
+        out[f"{name}_acc"], out[f"{name}_loss"] = evaluate(model, x, y, batch)
+        if protos is not None:
+            out[f"{name}_proto_acc"] = nearest_prototype_accuracy(model, x, y, protos, batch)
+    return out
 
 
 def run_round(
@@ -115,31 +160,27 @@ def run_round(
         "num_local_test": len(data.test_y),
     }
     eval_batch = int(client_cfg["eval_batch_size"])
+    extract = plan.get("extract", {"kind": "none"})
+    distill_spec = plan.get("distill") if isinstance(received, PublicLogits) else None
+    protos = (
+        received if plan.get("evaluate_prototypes") and isinstance(received, Prototypes) else None
+    )
 
     if plan.get("load_weights"):
         if not isinstance(received, ModelWeights):
             raise PayloadError("plan asks to load weights but no ModelWeights were sent")
         arrays_to_model(model, received.arrays)
     if plan.get("eval_received"):
-        metrics.update(_evaluate(model, data, eval_batch, device))
-        metrics["eval_round"] = server_round - 1
+        metrics.update(_evaluate(model, data, eval_batch, device), eval_round=server_round - 1)
 
-    distill_spec = plan.get("distill")
     distill_loss = 0.0
-    if (
-        distill_spec
-        and isinstance(received, PublicLogits)
-        and distill_spec.get("when", "before") == "before"
-    ):
+    if distill_spec and distill_spec.get("when", "before") == "before":
         distill_loss = _distill_public(
             model, data, received, distill_spec, client_cfg, generator, device
         )
 
     reg_spec = plan.get("regulariser")
-    regulariser = None
-    if reg_spec and isinstance(received, ClassLogits):
-        regulariser = _fd_regulariser(received, reg_spec, device)
-    extract = plan.get("extract", {"kind": "none"})
+    collect = extract["kind"] if extract["kind"] in ("class_logits", "prototypes") else None
     result = train_supervised(
         model,
         data.train_x.to(device),
@@ -148,49 +189,45 @@ def run_round(
         batch_size=int(client_cfg["batch_size"]),
         optimizer=make_optimizer(model.parameters(), client_cfg["optimizer"]),
         generator=generator,
-        regulariser=regulariser,
-        num_classes=data.num_classes if extract["kind"] == "class_logits" else None,
+        regulariser=_regulariser(received, reg_spec, device) if reg_spec else None,
+        collect=collect,
+        num_classes=data.num_classes,
     )
-    if distill_spec and isinstance(received, PublicLogits) and distill_spec.get("when") == "after":
+    payload = None
+    if extract.get("at", "end") == "after_train":
+        payload = _extract(model, data, extract, result, request_indices, eval_batch, device)
+
+    if distill_spec and distill_spec.get("when") == "after":
         distill_loss = _distill_public(
             model, data, received, distill_spec, client_cfg, generator, device
         )
 
     metrics.update(train_loss=result.loss, distill_loss=distill_loss + result.reg_loss)
     if not plan.get("eval_received"):
-        metrics.update(_evaluate(model, data, eval_batch, device))
-        metrics["eval_round"] = server_round
-
-    return RoundOutput(
-        payload=_extract(model, data, extract, result, request_indices, eval_batch, device),
-        metrics=metrics,
-    )
+        metrics.update(_evaluate(model, data, eval_batch, device, protos), eval_round=server_round)
+    if extract.get("at", "end") == "end":
+        payload = _extract(model, data, extract, result, request_indices, eval_batch, device)
+    return RoundOutput(payload=payload, metrics=metrics)
 
 
-def _extract(model, data: ClientTensors, spec, result, request_indices, batch, device):
+def _extract(model, data: ClientTensors, spec, result: TrainResult, request_indices, batch, device):
     kind = spec["kind"]
     if kind == "none":
         return None
     if kind == "weights":
         return ModelWeights(model_to_arrays(model))
     if kind == "class_logits":
-        counts = result.class_counts
-        means = result.class_logit_sums / np.maximum(counts, 1)[:, None]
-        return ClassLogits(logits=means.astype(np.float32), counts=counts)
+        return ClassLogits(logits=result.class_means(), counts=result.class_counts)
+    if kind == "prototypes":
+        return Prototypes(prototypes=result.class_means(), counts=result.class_counts)
     if kind == "public":
         if request_indices is None:
             raise PayloadError("plan asks for public-set predictions but no indices were sent")
         idx = torch.from_numpy(request_indices.astype(np.int64))
         _, logits = predict(model, data.public_x[idx].to(device), batch)
         space = spec.get("space", "logits")
-        values = (
-            logits
-            if space == "logits"
-            else torch.softmax(logits / float(spec.get("temperature", 1.0)), dim=1)
-        )
-        return PublicLogits(
-            indices=request_indices.astype(np.int64),
-            values=values.cpu().numpy().astype(np.float32),
-            space=space,
-        )
+        if space == "probs":
+            logits = torch.softmax(logits / float(spec.get("temperature", 1.0)), dim=1)
+        values = logits.cpu().numpy().astype(np.float32)
+        return PublicLogits(indices=request_indices.astype(np.int64), values=values, space=space)
     raise PayloadError(f"unknown extract kind '{kind}' in the strategy's plan")

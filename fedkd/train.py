@@ -54,8 +54,14 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Te
 class TrainResult:
     loss: float  # mean supervised (cross-entropy) loss over the round
     reg_loss: float  # mean regulariser loss (0 without one)
-    class_logit_sums: np.ndarray | None = None  # [C, C] sum of logits per true label
+    class_sums: np.ndarray | None = None  # [C, D] per-label sum of logits or features
     class_counts: np.ndarray | None = None  # [C] samples seen per label
+
+    def class_means(self) -> np.ndarray:
+        """Per-label means of what was collected; rows of unseen labels are 0."""
+        if self.class_sums is None or self.class_counts is None:
+            raise ValueError("nothing was collected during training")
+        return (self.class_sums / np.maximum(self.class_counts, 1)[:, None]).astype(np.float32)
 
 
 def train_supervised(
@@ -68,21 +74,25 @@ def train_supervised(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     regulariser: Regulariser | None = None,
+    collect: str | None = None,
     num_classes: int | None = None,
 ) -> TrainResult:
     """Cross-entropy training, optionally plus a regulariser (FD, FedProto).
 
-    With ``num_classes`` the per-label logit sums of the training forward passes
-    are accumulated, as FD (Jeong et al. 2018) does: its upload is built from the
-    logits seen during local training, not from a separate pass.
+    ``collect="class_logits"`` (FD, Jeong et al. 2018) or ``"prototypes"``
+    (FedProto, Tan et al. 2022) accumulates per-label sums of the logits or
+    features of the *training* forward passes, as both reference codes do,
+    instead of running a separate pass.
     """
+    if collect not in (None, "class_logits", "prototypes"):
+        raise ValueError(f"collect must be None, 'class_logits' or 'prototypes' (got {collect!r})")
+    if collect is not None and num_classes is None:
+        raise ValueError("collect needs num_classes")
     model.train()
     ce = nn.CrossEntropyLoss()
     total, total_reg, steps = 0.0, 0.0, 0
-    sums = counts = None
-    if num_classes is not None:
-        sums = torch.zeros(num_classes, num_classes)
-        counts = torch.zeros(num_classes)
+    sums: Tensor | None = None
+    counts = torch.zeros(num_classes) if collect is not None else None
     for _ in range(epochs):
         for idx in _batches(len(y), batch_size, generator):
             xb, yb = x[idx], y[idx]
@@ -95,14 +105,16 @@ def train_supervised(
             total += loss.item()
             total_reg += reg.item() if reg is not None else 0.0
             steps += 1
-            if sums is not None:
-                detached = logits.detach().float().cpu()
-                sums.index_add_(0, yb.cpu(), detached)
+            if counts is not None:
+                values = (logits if collect == "class_logits" else features).detach().float().cpu()
+                if sums is None:
+                    sums = torch.zeros(num_classes, values.shape[1])
+                sums.index_add_(0, yb.cpu(), values)
                 counts += torch.bincount(yb.cpu(), minlength=num_classes)
     return TrainResult(
         loss=total / max(steps, 1),
         reg_loss=total_reg / max(steps, 1),
-        class_logit_sums=None if sums is None else sums.numpy(),
+        class_sums=None if sums is None else sums.numpy(),
         class_counts=None if counts is None else counts.numpy().astype(np.int64),
     )
 
@@ -118,14 +130,29 @@ def distill(
     batch_size: int,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    ce_data: tuple[Tensor, Tensor] | None = None,
+    ce_weight: float = 0.0,
 ) -> float:
-    """Fit the model's logits to precomputed targets on public inputs; mean loss."""
+    """Fit the model's logits to precomputed targets on public inputs; mean loss.
+
+    With ``ce_weight > 0`` every step also adds ``ce_weight * CE`` on a random
+    batch of ``ce_data`` (KnFu's optional guard against forgetting).
+    """
     model.train()
     total, steps = 0.0, 0
+    use_ce = ce_data is not None and ce_weight > 0 and len(ce_data[1]) > 0
     for _ in range(epochs):
         for idx in _batches(len(x), batch_size, generator):
             _, logits = model(x[idx])
             loss = loss_fn(logits, targets[idx], temperature=temperature)
+            if use_ce:
+                pick = torch.randint(
+                    len(ce_data[1]), (min(batch_size, len(ce_data[1])),), generator=generator
+                )
+                _, private_logits = model(ce_data[0][pick])
+                loss = loss + ce_weight * nn.functional.cross_entropy(
+                    private_logits, ce_data[1][pick]
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -24,19 +24,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-EVAL_KEYS = ("local_test_acc", "local_test_loss", "global_test_acc", "global_test_loss")
-CLIENT_SCALARS = (
-    "train_loss",
-    "distill_loss",
+EVAL_PREFIXES = ("local_test", "global_test")  # metrics that describe an evaluated model
+NOT_SCALARS = ("client_time", "num_local_test")  # kept in metrics.jsonl, not plotted
+ACCURACIES = (
     "local_test_acc",
     "global_test_acc",
-    "local_test_loss",
-    "global_test_loss",
-    "bytes_up",
-    "bytes_down",
-    "num_train",
-)
-ACCURACIES = ("local_test_acc", "global_test_acc")
+)  # headline metrics: progress line, table, summary
+
+
+def is_eval_key(key: str) -> bool:
+    return key.startswith(EVAL_PREFIXES)
+
 
 log = logging.getLogger("fedkd")
 
@@ -92,8 +90,29 @@ class RunRecorder:
         for key, value in metrics.items():
             if key in ("eval_round", "partition_id"):
                 continue
-            target = eval_round if key in EVAL_KEYS else server_round
+            target = eval_round if is_eval_key(key) else server_round
             self._pending[target][client_id][key] = float(value)
+
+    def client_extra(self, server_round: int, client_id: int, values: dict[str, Any]) -> None:
+        """JSON values (e.g. a row of fusion weights) for this client's metrics.jsonl line."""
+        self._pending[server_round][client_id].update(values)
+
+    def image(
+        self, server_round: int, tag: str, matrix: np.ndarray, xlabel: str = "", ylabel: str = ""
+    ) -> None:
+        """A heatmap of ``matrix`` in the server's TensorBoard images (e.g. fusion weights)."""
+        if not self._tensorboard:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        shown = ax.imshow(matrix, cmap="viridis", vmin=0.0)
+        fig.colorbar(shown, ax=ax)
+        ax.set(title=f"{tag} (round {server_round})", xlabel=xlabel, ylabel=ylabel)
+        self._writer("server").add_figure(tag, fig, server_round, close=True)
 
     def server(self, server_round: int, scalars: dict[str, float]) -> None:
         self._server[server_round].update({k: float(v) for k, v in scalars.items()})
@@ -132,13 +151,22 @@ class RunRecorder:
             self._clients[cid].append({"round": rnd, **values})
             if self._tensorboard:
                 writer = self._writer(f"client_{cid}")
-                for key in CLIENT_SCALARS:
-                    if key in values and not math.isnan(values[key]):
-                        writer.add_scalar(key, values[key], rnd)
+                for key, value in values.items():
+                    if (
+                        isinstance(value, float)
+                        and key not in NOT_SCALARS
+                        and not math.isnan(value)
+                    ):
+                        writer.add_scalar(key, value, rnd)
         row: dict[str, Any] = {"round": rnd, "num_clients": len(clients)}
-        for key in ACCURACIES:
+        acc_keys = sorted({k for c in clients.values() for k in c if k.endswith("_acc")})
+        for key in acc_keys:
             vals = np.array(
-                [c[key] for c in clients.values() if key in c and not math.isnan(c[key])]
+                [
+                    c[key]
+                    for c in clients.values()
+                    if isinstance(c.get(key), float) and not math.isnan(c[key])
+                ]
             )
             if len(vals):
                 row.update(
@@ -185,7 +213,7 @@ class RunRecorder:
     def _summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         rounds = self._rounds
         final: dict[str, Any] = {}
-        for key in ACCURACIES:
+        for key in sorted({k for r in rounds for k in r if k.endswith("_acc")}):
             series = [(r["round"], r[key]) for r in rounds if key in r]
             if series:
                 best_round, best = max(series, key=lambda t: t[1])
@@ -204,8 +232,8 @@ class RunRecorder:
         clients = {}
         for cid, history in sorted(self._clients.items()):
             entry: dict[str, Any] = {}
-            for key in ACCURACIES:
-                vals = [h[key] for h in history if key in h]
+            for key in sorted({k for h in history for k in h if k.endswith("_acc")}):
+                vals = [h[key] for h in history if key in h and not math.isnan(h[key])]
                 if vals:
                     entry[f"{key}_last"] = vals[-1]
                     entry[f"{key}_best"] = max(vals)

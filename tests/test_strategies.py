@@ -64,17 +64,18 @@ def test_fd_rejects_wrong_payloads():
     with pytest.raises(PayloadError, match="expected a 'class_logits' payload"):
         fd._validate_upload(
             1,
+            0,
             PublicLogits(
                 indices=np.array([0]), values=np.zeros((1, 2), np.float32), space="logits"
             ),
         )
     with pytest.raises(PayloadError):
         fd._validate_upload(
-            1, ClassLogits(logits=np.full((2, 2), np.nan, np.float32), counts=np.array([1, 1]))
+            1, 0, ClassLogits(logits=np.full((2, 2), np.nan, np.float32), counts=np.array([1, 1]))
         )
     with pytest.raises(PayloadError):  # three classes, the run has two
         fd._validate_upload(
-            1, ClassLogits(logits=np.zeros((3, 3), np.float32), counts=np.array([1, 1, 1]))
+            1, 0, ClassLogits(logits=np.zeros((3, 3), np.float32), counts=np.array([1, 1, 1]))
         )
 
 
@@ -90,7 +91,7 @@ def test_dsfl_era_sharpens_the_mean_of_probabilities():
         ),
     }
     for payload in uploads.values():
-        dsfl._validate_upload(1, payload)
+        dsfl._validate_upload(1, 0, payload)
     dsfl.fuse(1, uploads, {0: 1, 1: 1})
     # mean [0.7, 0.3] -> softmax([7, 3]) = [1/(1+e^-4), e^-4/(1+e^-4)]
     first = 1 / (1 + np.exp(-4))
@@ -105,7 +106,9 @@ def test_dsfl_refuses_indices_it_did_not_ask_for():
     other = np.setdiff1d(np.arange(4), asked)[:2]
     with pytest.raises(PayloadError, match="indices"):
         dsfl._validate_upload(
-            1, PublicLogits(indices=other, values=np.full((2, 2), 0.5, np.float32), space="probs")
+            1,
+            0,
+            PublicLogits(indices=other, values=np.full((2, 2), 0.5, np.float32), space="probs"),
         )
 
 
@@ -135,11 +138,11 @@ def test_fedmd_consensus_is_the_mean_of_logits():
 
 def test_fedavg_weighted_average():
     fedavg = STRATEGIES.get("fedavg")(info_for("strategy=fedavg", "model=mlp"))
-    shapes = {k: v.shape for k, v in fedavg.global_weights.items()}
+    shapes = {k: v.shape for k, v in fedavg.weights[fedavg.group_of[0]].items()}
     ones = ModelWeights({k: np.ones(s, np.float32) for k, s in shapes.items()})
     fours = ModelWeights({k: np.full(s, 4.0, np.float32) for k, s in shapes.items()})
     fedavg.fuse(1, {0: ones, 1: fours}, {0: 2, 1: 1})  # (2*1 + 1*4) / 3 = 2
-    for value in fedavg.global_weights.values():
+    for value in fedavg.weights[fedavg.group_of[0]].values():
         np.testing.assert_allclose(value, 2.0)
 
 

@@ -18,7 +18,7 @@ from fedkd.data.types import ArrayDataset, ClientData, FederatedData, SourceData
 from fedkd.errors import ConfigError, DataError
 
 # RNG stream tags: one independent stream per step, all derived from the run seed.
-_GLOBAL_TEST, _PUBLIC, _LOCAL_SPLIT = 1, 2, 3
+_GLOBAL_TEST, _PUBLIC, _LOCAL_SPLIT, _SERVER_VAL = 1, 2, 3, 4
 
 
 def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -43,7 +43,12 @@ def _int(cfg: Mapping[str, Any], key: str, default: Any, minimum: int) -> int:
 
 
 def _balanced_sample(
-    y: np.ndarray, num_classes: int, per_class: int, rng: np.random.Generator, where: str
+    y: np.ndarray,
+    num_classes: int,
+    per_class: int,
+    rng: np.random.Generator,
+    where: str,
+    key: str = "global_test_per_class",
 ) -> np.ndarray:
     """``per_class`` random indices of every class, in random order; DataError if short."""
     picked = []
@@ -51,8 +56,7 @@ def _balanced_sample(
         idx = np.flatnonzero(y == c)
         if len(idx) < per_class:
             raise DataError(
-                f"class {c} has {len(idx)} samples in the {where}; "
-                f"split.global_test_per_class asks for {per_class}"
+                f"class {c} has {len(idx)} samples in the {where}; split.{key} asks for {per_class}"
             )
         picked.append(rng.choice(idx, per_class, replace=False))
     return rng.permutation(np.concatenate(picked)).astype(np.int64)
@@ -94,6 +98,7 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
     dataset_cfg, partition_cfg = _section(cfg, "dataset"), _section(cfg, "partition")
     split = cfg.get("split") or {}
     per_class = _int(split, "global_test_per_class", 30, 0)
+    server_val_per_class = _int(split, "server_val_per_class", 0, 0)
     public_fraction = _fraction(split, "public_fraction", 0.15)
     local_test_fraction = _fraction(split, "local_test_fraction", 0.25)
     loader = DATASETS.get(dataset_cfg["name"])
@@ -114,6 +119,18 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
         keep = np.ones(len(y), dtype=bool)
         keep[t] = False
         pool = np.flatnonzero(keep)
+
+    # 1b. optional labelled server validation set (FedDF's early stopping), out of the pool
+    server_val = None
+    if server_val_per_class > 0:
+        rng = np.random.default_rng([seed, _SERVER_VAL])
+        v = pool[
+            _balanced_sample(
+                y[pool], num_classes, server_val_per_class, rng, "pool", "server_val_per_class"
+            )
+        ]
+        server_val = ArrayDataset(x=x[v], y=y[v])
+        pool = np.setdiff1d(pool, v)
 
     # 2. public/transfer inputs (labels dropped), 3. the rest is private
     shuffled = np.random.default_rng([seed, _PUBLIC]).permutation(pool)
@@ -144,4 +161,5 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
         global_test=global_test,
         num_classes=num_classes,
         input_shape=tuple(source.input_shape),
+        server_val=server_val,
     )

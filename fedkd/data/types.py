@@ -56,6 +56,9 @@ class FederatedData:
     global_test: ArrayDataset  # shared, class-balanced
     num_classes: int
     input_shape: tuple[int, ...]
+    server_val: ArrayDataset | None = (
+        None  # labelled, balanced; only if split.server_val_per_class > 0
+    )
 
 
 DatasetLoader = Callable[[Mapping[str, Any], int], SourceData]

@@ -1,6 +1,7 @@
 """Pure numpy fusion functions: client knowledge in, fused knowledge out (no Flower)."""
 
 from fedkd.fusion.class_logits import class_mean, leave_one_out
+from fedkd.fusion.knfu import divergence_matrix, epd, fusion_weights, personalised_fusion
 from fedkd.fusion.prototypes import prototype_mean
 from fedkd.fusion.public import era, public_mean, sharpen_entropy, softmax
 from fedkd.fusion.reduce import REDUCERS, mean, median, per_class_reduce, reduce, trimmed_mean
@@ -8,11 +9,15 @@ from fedkd.fusion.reduce import REDUCERS, mean, median, per_class_reduce, reduce
 __all__ = [
     "REDUCERS",
     "class_mean",
+    "divergence_matrix",
+    "epd",
     "era",
+    "fusion_weights",
     "leave_one_out",
     "mean",
     "median",
     "per_class_reduce",
+    "personalised_fusion",
     "prototype_mean",
     "public_mean",
     "reduce",

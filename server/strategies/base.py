@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from clients import wire
 from fedkd.errors import ConfigError, PayloadError
+from fedkd.fusion import reduce
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
 
@@ -74,6 +75,24 @@ class FedkdStrategy(Strategy):
     def check_config(cls, cfg: dict[str, Any]) -> None:
         """Raise ConfigError for bad strategy options; runs before Ray starts."""
 
+    @staticmethod
+    def check_reducer(params: dict[str, Any]) -> None:
+        """The robust-fusion option (``reducer`` + ``reducer_params``) must be usable."""
+        reduce(
+            params.get("reducer", "mean"),
+            np.zeros((3, 1)),
+            None,
+            params.get("reducer_params") or {},
+        )
+
+    @property
+    def reducer(self) -> dict[str, Any]:
+        """Keyword arguments selecting the configured reducer for fedkd.fusion functions."""
+        return {
+            "reducer": self.params.get("reducer", "mean"),
+            "reducer_params": self.params.get("reducer_params") or {},
+        }
+
     def plan(self, server_round: int) -> dict[str, Any]:
         return {"extract": {"kind": "none"}}
 
@@ -85,7 +104,7 @@ class FedkdStrategy(Strategy):
         """Arrays every sampled client receives with its instructions (e.g. indices)."""
         return None
 
-    def check_upload(self, server_round: int, payload: Any) -> None:
+    def check_upload(self, server_round: int, client_id: int, payload: Any) -> None:
         """Extra strategy-specific checks on a validated upload."""
 
     def fuse(
@@ -140,7 +159,7 @@ class FedkdStrategy(Strategy):
         self,
         server_round: int,
         replies: Iterable[Message],
-        validate: Callable[[int, Any], None] | None,
+        validate: Callable[[int, int, Any], None] | None,
     ):
         """(client id, metrics, payload) of every usable reply; the rest are dropped with a reason."""
         accepted = []
@@ -155,7 +174,7 @@ class FedkdStrategy(Strategy):
                 metrics = dict(msg.content.metric_records[wire.METRICS])
                 payload = wire.get_payload(msg.content)
                 if validate is not None:
-                    validate(server_round, payload)
+                    validate(server_round, cid, payload)
             except PayloadError as err:
                 self._drop(server_round, cid, "invalid_payload", str(err))
                 continue
@@ -163,7 +182,7 @@ class FedkdStrategy(Strategy):
             accepted.append((cid, metrics, payload))
         return accepted
 
-    def _validate_upload(self, server_round: int, payload: Any) -> None:
+    def _validate_upload(self, server_round: int, client_id: int, payload: Any) -> None:
         if self.upload_kind is None:
             return
         if payload is None or payload.kind != self.upload_kind:
@@ -174,7 +193,7 @@ class FedkdStrategy(Strategy):
             num_public=self.info.num_public,
             feature_dim=self.info.feature_dim,
         )
-        self.check_upload(server_round, payload)
+        self.check_upload(server_round, client_id, payload)
 
     def _drop(self, server_round: int, cid: int, reason: str, detail: str) -> None:
         self.dropped[reason] += 1

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedkd.errors import ConfigError
-from fedkd.fusion import REDUCERS, era, public_mean, sharpen_entropy
+from fedkd.fusion import era, public_mean, sharpen_entropy
 from fedkd.knowledge import PublicLogits
 from fedkd.losses import LOSSES, check_space
 from server.strategies.public import PublicSetStrategy
@@ -46,7 +46,7 @@ class DSFL(PublicSetStrategy):
             )
         LOSSES.get(p["distill_loss"])
         check_space(p["distill_loss"], "probs")
-        REDUCERS.get(p["reducer"])
+        cls.check_reducer(p)
 
     def setup(self) -> None:
         super().setup()
@@ -70,7 +70,7 @@ class DSFL(PublicSetStrategy):
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
         _, values = self.stacked(uploads)
-        mean = public_mean(values, reducer=self.params["reducer"])
+        mean = public_mean(values, **self.reducer)
         if self.params["aggregation"] == "sa":
             target = mean / mean.sum(axis=1, keepdims=True)
         else:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedkd.errors import ConfigError
-from fedkd.fusion import REDUCERS, class_mean, leave_one_out
+from fedkd.fusion import class_mean, leave_one_out
 from fedkd.knowledge import ClassLogits
 from fedkd.losses import LOSSES, check_space
 from server.strategies.base import FedkdStrategy
@@ -53,7 +53,7 @@ class FD(FedkdStrategy):
             raise ConfigError(f"strategy.temperature must be > 0 (got {params['temperature']})")
         LOSSES.get(params["loss"])
         check_space(params["loss"], "logits")
-        REDUCERS.get(params["reducer"])
+        cls.check_reducer(params)
 
     def setup(self) -> None:
         self.teachers: dict[int, ClassLogits] = {}
@@ -62,7 +62,12 @@ class FD(FedkdStrategy):
     def plan(self, server_round: int) -> dict[str, Any]:
         p = self.params
         return {
-            "regulariser": {"loss": p["loss"], "beta": p["beta"], "temperature": p["temperature"]},
+            "regulariser": {
+                "kind": "class_logits",
+                "loss": p["loss"],
+                "beta": p["beta"],
+                "temperature": p["temperature"],
+            },
             "extract": {"kind": "class_logits"},
         }
 
@@ -75,16 +80,15 @@ class FD(FedkdStrategy):
         ids = sorted(uploads)
         logits = np.stack([uploads[i].logits for i in ids]).astype(np.float64)
         counts = np.stack([uploads[i].counts for i in ids])
-        teacher, present = class_mean(
-            logits, counts, reducer=self.params["reducer"], weighted=bool(self.params["weighted"])
-        )
+        weighted = bool(self.params["weighted"])
+        teacher, present = class_mean(logits, counts, weighted=weighted, **self.reducer)
         # counts of the teacher: how many clients contributed to each label row
         self.global_teacher = ClassLogits(
             logits=teacher.astype(np.float32), counts=(counts > 0).sum(axis=0).astype(np.int64)
         )
         self.teachers = {}
         if self.params["teacher"] == "loo":
-            loo, loo_present = leave_one_out(logits, counts)
+            loo, loo_present = leave_one_out(logits, counts, weighted=weighted, **self.reducer)
             for row, cid in enumerate(ids):
                 contributors = (counts > 0).sum(axis=0) - (counts[row] > 0)
                 self.teachers[cid] = ClassLogits(

@@ -1,8 +1,9 @@
 """``fedavg``: FedAvg (McMahan et al. 2017, arXiv 1602.05629), the weight-sharing reference.
 
 Clients load the global weights, train locally, upload their weights; the server
-averages them (weighted by training samples by default). It needs identical
-models on every client and refuses heterogeneous model families.
+averages them (weighted by training samples by default). Plain FedAvg needs
+identical models on every client and refuses heterogeneous model families;
+the averaging itself works per architecture group, which FedDF builds on.
 
 Our choices: each round's reply evaluates the *received* global model (so the
 numbers describe the FedAvg model, not a locally fine-tuned one), reported at
@@ -12,6 +13,7 @@ measures the final global model. Round 0 is the shared initial model.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -31,53 +33,76 @@ class FedAvg(FedkdStrategy):
     name = "fedavg"
     upload_kind = "model_weights"
     final_evaluation = True
+    homogeneous_only = True
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
-        if not is_homogeneous(cfg["model"], int(cfg["num_clients"])):
+        if cls.homogeneous_only and not is_homogeneous(cfg["model"], int(cfg["num_clients"])):
             raise ConfigError(
-                "strategy 'fedavg' averages weights and needs identical models on every client, "
+                f"strategy '{cls.name}' averages weights and needs identical models on every client, "
                 f"but model.family has {len(cfg['model']['family'])} different specs (use model=mlp)"
             )
 
     def setup(self) -> None:
-        torch.manual_seed(int(self.cfg["seed"]) * 7919)
-        spec = spec_for_client(self.cfg["model"], 0)
-        model = build_model(
+        """One weight set per architecture group, initialised from the group's first client's seed."""
+        self.specs: dict[str, dict[str, Any]] = {}
+        self.group_of: dict[int, str] = {}
+        for cid in range(self.info.num_clients):
+            spec = spec_for_client(self.cfg["model"], cid)
+            key = json.dumps(spec, sort_keys=True)
+            self.group_of[cid] = key
+            self.specs.setdefault(key, spec)
+        self.weights: dict[str, dict[str, np.ndarray]] = {}
+        for key, spec in self.specs.items():
+            first = min(c for c, k in self.group_of.items() if k == key)
+            self.weights[key] = model_to_arrays(self.build(spec, seed_offset=first))
+
+    def build(self, spec: dict[str, Any], seed_offset: int | None = None) -> torch.nn.Module:
+        if seed_offset is not None:
+            torch.manual_seed(int(self.cfg["seed"]) * 7919 + seed_offset)
+        return build_model(
             spec, self.info.input_shape, self.info.num_classes, self.info.feature_dim
         )
-        self.global_weights = model_to_arrays(model)
 
     def plan(self, server_round: int) -> dict[str, Any]:
         return {"load_weights": True, "eval_received": True, "extract": {"kind": "weights"}}
 
     def payload_for(self, server_round: int, client_id: int) -> ModelWeights:
-        return ModelWeights(self.global_weights)
+        return ModelWeights(self.weights[self.group_of[client_id]])
 
-    def check_upload(self, server_round: int, payload: ModelWeights) -> None:
-        for key, ref in self.global_weights.items():
-            got = payload.arrays.get(key)
-            if got is None or got.shape != ref.shape:
-                raise PayloadError(f"weights '{key}' missing or of the wrong shape")
+    def check_upload(self, server_round: int, client_id: int, payload: ModelWeights) -> None:
+        expected = self.weights[self.group_of[client_id]]
+        if set(payload.arrays) != set(expected):
+            raise PayloadError("weights do not match the client's architecture (different keys)")
+        for key, ref in expected.items():
+            if payload.arrays[key].shape != ref.shape:
+                raise PayloadError(
+                    f"weight '{key}' has shape {payload.arrays[key].shape}, expected {ref.shape}"
+                )
+
+    def average(self, uploads: dict[int, Any], num_train: dict[int, int]) -> None:
+        """(Weighted) average of each architecture group's uploads."""
+        mean = REDUCERS.get("mean")
+        for key in self.weights:
+            ids = sorted(cid for cid in uploads if self.group_of[cid] == key)
+            if not ids:
+                continue
+            weights = (
+                np.array([num_train[i] for i in ids], np.float64)
+                if self.params.get("weighted", True)
+                else None
+            )
+            fused = {}
+            for name, ref in self.weights[key].items():
+                value = mean(
+                    np.stack([uploads[i].arrays[name] for i in ids]).astype(np.float64), weights
+                )
+                integer = np.issubdtype(ref.dtype, np.integer)
+                fused[name] = (np.rint(value) if integer else value).astype(ref.dtype)
+            self.weights[key] = fused
 
     def fuse(
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
-        ids = sorted(uploads)
-        weights = (
-            np.array([num_train[i] for i in ids], dtype=np.float64)
-            if self.params.get("weighted", True)
-            else None
-        )
-        mean = REDUCERS.get("mean")
-        fused = {}
-        for key, ref in self.global_weights.items():
-            stacked = np.stack([uploads[i].arrays[key] for i in ids]).astype(np.float64)
-            value = mean(stacked, weights)
-            fused[key] = (
-                np.rint(value).astype(ref.dtype)
-                if np.issubdtype(ref.dtype, np.integer)
-                else value.astype(ref.dtype)
-            )
-        self.global_weights = fused
+        self.average(uploads, num_train)
         return {}

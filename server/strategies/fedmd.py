@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedkd.fusion import REDUCERS, public_mean
+from fedkd.fusion import public_mean
 from fedkd.knowledge import PublicLogits
 from fedkd.losses import LOSSES, check_space
 from server.strategies.public import PublicSetStrategy
@@ -32,7 +32,7 @@ class FedMD(PublicSetStrategy):
         cls.subset_size(cfg)
         LOSSES.get(params["digest_loss"])
         check_space(params["digest_loss"], "logits")
-        REDUCERS.get(params["reducer"])
+        cls.check_reducer(params)
 
     def plan(self, server_round: int) -> dict[str, Any]:
         p = self.params
@@ -51,7 +51,7 @@ class FedMD(PublicSetStrategy):
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
         _, values = self.stacked(uploads)
-        consensus = public_mean(values, reducer=self.params["reducer"])
+        consensus = public_mean(values, **self.reducer)
         self.targets = PublicLogits(
             indices=self.indices_for(server_round),
             values=consensus.astype("float32"),

@@ -48,7 +48,7 @@ class PublicSetStrategy(FedkdStrategy):
     def payload_for(self, server_round: int, client_id: int) -> PublicLogits | None:
         return self.targets
 
-    def check_upload(self, server_round: int, payload: PublicLogits) -> None:
+    def check_upload(self, server_round: int, client_id: int, payload: PublicLogits) -> None:
         if payload.space != self.upload_space:
             raise PayloadError(
                 f"expected {self.upload_space} on the public set, got {payload.space}"
