@@ -16,11 +16,11 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import wire
-from clients.round import round_generator, run_round
+from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
-from fedkd.train import evaluate, resolve_device
+from fedkd.train import resolve_device
 from fedkd.weights import arrays_to_model, model_to_arrays
 
 MODEL_STATE = "model"
@@ -113,22 +113,12 @@ def evaluate_model(message: Message, context: Context) -> Message:
     received = wire.get_payload(message.content)
     if isinstance(received, ModelWeights):
         arrays_to_model(model, received.arrays)
-    batch = int(cfg["client"]["eval_batch_size"])
-    local_acc, local_loss = evaluate(model, data.test_x.to(device), data.test_y.to(device), batch)
-    global_acc, global_loss = evaluate(
-        model, data.global_x.to(device), data.global_y.to(device), batch
-    )
     metrics = {
         "partition_id": pid,
-        "eval_round": server_round,
-        "local_test_acc": local_acc,
-        "local_test_loss": local_loss,
-        "global_test_acc": global_acc,
-        "global_test_loss": global_loss,
+        **evaluate_client(model, data, int(cfg["client"]["eval_batch_size"]), device),
     }
-    return Message(
-        content=RecordDict({wire.METRICS: MetricRecord(_clean(metrics))}), reply_to=message
-    )
+    content = RecordDict({wire.METRICS: MetricRecord(_clean(metrics))})
+    return Message(content=content, reply_to=message)
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, float | int]:

@@ -127,7 +127,7 @@ def nearest_prototype_accuracy(
     return float((present[nearest] == y.cpu().numpy()).mean())
 
 
-def _evaluate(
+def evaluate_client(
     model, data: ClientTensors, batch: int, device, protos: Prototypes | None = None
 ) -> dict[str, float]:
     out: dict[str, float] = {}
@@ -171,7 +171,9 @@ def run_round(
             raise PayloadError("plan asks to load weights but no ModelWeights were sent")
         arrays_to_model(model, received.arrays)
     if plan.get("eval_received"):
-        metrics.update(_evaluate(model, data, eval_batch, device), eval_round=server_round - 1)
+        metrics.update(
+            evaluate_client(model, data, eval_batch, device), eval_round=server_round - 1
+        )
 
     distill_loss = 0.0
     if distill_spec and distill_spec.get("when", "before") == "before":
@@ -204,7 +206,9 @@ def run_round(
 
     metrics.update(train_loss=result.loss, distill_loss=distill_loss + result.reg_loss)
     if not plan.get("eval_received"):
-        metrics.update(_evaluate(model, data, eval_batch, device, protos), eval_round=server_round)
+        metrics.update(
+            evaluate_client(model, data, eval_batch, device, protos), eval_round=server_round
+        )
     if extract.get("at", "end") == "end":
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device)
     return RoundOutput(payload=payload, metrics=metrics)

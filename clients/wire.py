@@ -6,7 +6,6 @@ One round is one Flower message each way. A message's RecordDict holds:
   ``plan`` (the strategy's instructions to the client, as JSON);
 - ``knowledge`` (ArrayRecord) + ``knowledge_meta`` (ConfigRecord, ``kind`` + the
   payload's scalar metadata): a typed payload from :mod:`fedkd.knowledge`;
-- ``weights`` (ArrayRecord): model weights, only for weight-sharing baselines;
 - ``request`` (ArrayRecord): e.g. the public-set ``indices`` to predict on;
 - ``metrics`` (MetricRecord, replies only): training and evaluation metrics.
 """
@@ -25,7 +24,6 @@ from fedkd.knowledge import decode
 CONFIG = "config"
 KNOWLEDGE = "knowledge"
 KNOWLEDGE_META = "knowledge_meta"
-WEIGHTS = "weights"
 REQUEST = "request"
 METRICS = "metrics"
 
@@ -58,11 +56,11 @@ def get_payload(content: RecordDict) -> Any | None:
 
 
 def payload_bytes(content: RecordDict) -> int:
-    """Bytes of array data a message carries (knowledge, weights, request)."""
+    """Bytes of array data a message carries (knowledge, incl. weights, and request)."""
     return sum(
         record.count_bytes()
         for key, record in content.array_records.items()
-        if key in (KNOWLEDGE, WEIGHTS, REQUEST)
+        if key in (KNOWLEDGE, REQUEST)
     )
 
 

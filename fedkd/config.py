@@ -75,6 +75,10 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"server.fraction_train must be in (0, 1] (got {server['fraction_train']})"
         )
+    if int(server["min_train_clients"]) < 1:
+        raise ConfigError(
+            f"server.min_train_clients must be >= 1 (got {server['min_train_clients']})"
+        )
     if int(server["min_train_clients"]) > int(cfg["num_clients"]):
         raise ConfigError(
             f"server.min_train_clients={server['min_train_clients']} exceeds num_clients={cfg['num_clients']}"

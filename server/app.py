@@ -15,13 +15,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from clients.runtime import data_key, federated_data
 from fedkd.config import check_config, compose
-from fedkd.data import build_federated_data
 from fedkd.errors import ConfigError
 from fedkd.models import build_model, spec_for_client
+from fedkd.train import make_optimizer
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
@@ -35,10 +37,12 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
     Raises a FedkdError (one line) for unknown names, bad values, data that
     cannot be split as asked, or a strategy that refuses the models.
     """
-    check_config(cfg)
-    strategy = STRATEGIES.get(cfg["strategy"]["name"])
-    strategy.check_config(cfg)
-    fed = build_federated_data(cfg)
+    strategy = check_options(cfg)
+    fed = federated_data(data_key(cfg))
+    if strategy.needs_public_set and len(fed.public_x) == 0:
+        raise ConfigError(
+            f"strategy '{strategy.name}' needs a public set, but split.public_fraction gives none"
+        )
     for pid in range(len(fed.clients)):
         spec = spec_for_client(cfg["model"], pid)
         build_model(spec, fed.input_shape, fed.num_classes, int(cfg["model"]["feature_dim"]))
@@ -53,6 +57,42 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
     )
 
 
+def check_options(cfg: dict[str, Any]) -> type:
+    """Every check that needs no data; returns the strategy class."""
+    check_config(cfg)
+    strategy = STRATEGIES.get(cfg["strategy"]["name"])
+    strategy.check_config(cfg)
+    check_optimizers(cfg)
+    return strategy
+
+
+def check_optimizers(cfg: dict[str, Any]) -> None:
+    """Build every optimizer the run names on a dummy parameter, so a typo fails now."""
+    specs = {
+        "client.optimizer": cfg["client"]["optimizer"],
+        "client.distill.optimizer": cfg["client"]["distill"]["optimizer"],
+    }
+    specs.update(
+        {f"strategy.{k}": v for k, v in cfg["strategy"].items() if k.endswith("optimizer")}
+    )
+    dummy = [torch.nn.Parameter(torch.zeros(1))]
+    for where, spec in specs.items():
+        if spec is None:
+            continue
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"{where} must be a mapping with a 'name' (got {spec!r})")
+        try:
+            make_optimizer(dummy, spec)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+    for key in ("epochs", "batch_size"):
+        value = cfg["client"]["distill"][key]
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"client.distill.{key} must be an integer >= 1 (got {value!r})")
+
+
 def run_server(
     grid: Grid,
     cfg: dict[str, Any],
@@ -62,22 +102,29 @@ def run_server(
 ) -> dict[str, Any]:
     """Run every round and write the run's outputs; returns the summary."""
     info = info or prepare_run(cfg)
+    strategy = STRATEGIES.get(cfg["strategy"]["name"])(
+        info, None, roster
+    )  # fails before any output
     logs = cfg["logging"]
-    recorder = RunRecorder(
+    strategy.recorder = recorder = RunRecorder(
         run_dir,
         num_rounds=int(cfg["num_rounds"]),
         tensorboard=bool(logs["tensorboard"]),
         progress=bool(logs["progress"]),
         table=bool(logs["table"]),
     )
-    strategy = STRATEGIES.get(cfg["strategy"]["name"])(info, recorder, roster)
+    status: dict[str, Any] = {"status": "finished"}
     try:
         strategy.start(
             grid, num_rounds=int(cfg["num_rounds"]), timeout=float(cfg["server"]["round_timeout"])
         )
+    except BaseException as err:  # record what was computed, then re-raise
+        status = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        raise
     finally:
         summary = recorder.finish(
             {
+                **status,
                 "strategy": cfg["strategy"]["name"],
                 "dataset": cfg["dataset"]["name"],
                 "num_clients": cfg["num_clients"],
@@ -115,6 +162,7 @@ def main(grid: Grid, context: Context) -> None:
     """``flwr run``: the run config overrides configs/; the clients say how many they are."""
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
+    check_options(cfg)  # fail on a bad config before waiting for SuperNodes
     roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]))
     overrides = overrides_from_run_config(run_config)
     if (

@@ -25,7 +25,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 EVAL_PREFIXES = ("local_test", "global_test")  # metrics that describe an evaluated model
-NOT_SCALARS = ("client_time", "num_local_test")  # kept in metrics.jsonl, not plotted
+NOT_SCALARS = ("num_local_test",)  # kept in metrics.jsonl, not plotted
+TIMINGS = ("client_time",)  # wall-clock: TensorBoard only, so metrics.jsonl is reproducible
 ACCURACIES = (
     "local_test_acc",
     "global_test_acc",
@@ -37,6 +38,17 @@ def is_eval_key(key: str) -> bool:
 
 
 log = logging.getLogger("fedkd")
+
+
+def finite_or_null(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 class RunRecorder:
@@ -65,7 +77,7 @@ class RunRecorder:
         self._clients: dict[int, list[dict[str, float]]] = defaultdict(list)
         self._written: set[int] = set()
         self._start = time.perf_counter()
-        self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self._jsonl = (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8")
         self._writers: dict[str, Any] = {}
         self._tensorboard = tensorboard
         self._progress: Progress | None = None
@@ -147,7 +159,12 @@ class RunRecorder:
         server = self._server.pop(rnd, {})
         for cid in sorted(clients):
             values = clients[cid]
-            self._jsonl.write(json.dumps({"round": rnd, "client": cid, **values}) + "\n")
+            line = {
+                "round": rnd,
+                "client": cid,
+                **{k: v for k, v in values.items() if k not in TIMINGS},
+            }
+            self._jsonl.write(json.dumps(finite_or_null(line)) + "\n")
             self._clients[cid].append({"round": rnd, **values})
             if self._tensorboard:
                 writer = self._writer(f"client_{cid}")
@@ -205,7 +222,8 @@ class RunRecorder:
         for writer in self._writers.values():
             writer.close()
         summary = self._summary(extra or {})
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        text = json.dumps(finite_or_null(summary), indent=2)
+        (self.run_dir / "summary.json").write_text(text, encoding="utf-8")
         if self.show_table:
             self._print_table(summary)
         return summary
@@ -269,14 +287,12 @@ class RunRecorder:
         final = summary["final"]
         if final:
             table.add_section()
-            table.add_row(
-                "mean",
-                "",
-                f"{final['local_test_acc']['last']:.3f}",
-                f"{final['local_test_acc']['best']:.3f}",
-                f"{final['global_test_acc']['last']:.3f}",
-                f"{final['global_test_acc']['best']:.3f}",
-            )
+            cells = [
+                f"{final[key][which]:.3f}" if key in final else "n/a"
+                for key in ACCURACIES
+                for which in ("last", "best")
+            ]
+            table.add_row("mean", "", *cells)
         self.console.print(table)
         self.console.print(
             f"bytes/round up {summary['bytes_per_round']['bytes_up']:.0f} down {summary['bytes_per_round']['bytes_down']:.0f}"

@@ -44,10 +44,15 @@ class RunInfo:
     cfg_json: str
 
 
+class FusionError(RuntimeError):
+    """Fusion produced unusable knowledge; the round keeps the previous knowledge."""
+
+
 class FedkdStrategy(Strategy):
     name: ClassVar[str] = ""
     upload_kind: ClassVar[str | None] = None  # fedkd.knowledge kind every reply must carry
     final_evaluation: ClassVar[bool] = False  # send one evaluate exchange after the last round
+    needs_public_set: ClassVar[bool] = False
 
     def __init__(
         self, info: RunInfo, recorder: RunRecorder | None = None, roster: Roster | None = None
@@ -59,7 +64,9 @@ class FedkdStrategy(Strategy):
         self.fraction_train = float(server["fraction_train"])
         self.min_train_clients = int(server["min_train_clients"])
         self.recorder = recorder
-        self.rng = np.random.default_rng(int(info.cfg["seed"]))
+        self.seed = int(info.cfg["seed"])
+        self._round = 0
+        self._bytes_down: dict[int, int] = {}  # client id -> bytes sent this round
         self.node_of: dict[int, int] = {}  # client (partition) id -> node id
         self.client_of: dict[int, int] = {}  # node id -> client id
         if roster is not None:
@@ -76,12 +83,13 @@ class FedkdStrategy(Strategy):
         """Raise ConfigError for bad strategy options; runs before Ray starts."""
 
     @staticmethod
-    def check_reducer(params: dict[str, Any]) -> None:
+    def check_reducer(params: dict[str, Any], weighted: bool = False) -> None:
         """The robust-fusion option (``reducer`` + ``reducer_params``) must be usable."""
+        weights = np.ones(3) if weighted else None
         reduce(
             params.get("reducer", "mean"),
             np.zeros((3, 1)),
-            None,
+            weights,
             params.get("reducer_params") or {},
         )
 
@@ -128,16 +136,25 @@ class FedkdStrategy(Strategy):
         size = min(size, len(ids))
         if size == len(ids):
             return ids
-        return sorted(self.rng.choice(ids, size=size, replace=False).tolist())
+        rng = self.rng_for(self._round, "sample")
+        return sorted(rng.choice(ids, size=size, replace=False).tolist())
+
+    STREAMS = {"sample": 1, "public": 2}
+
+    def rng_for(self, server_round: int, stream: str) -> np.random.Generator:
+        """An independent seeded stream per (round, purpose): sampling more or fewer
+        clients never changes which public samples a round uses."""
+        return np.random.default_rng([self.seed, server_round, self.STREAMS[stream]])
 
     # ------------------------------------------------------ Flower Strategy
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._round = server_round
         plan = self.plan(server_round)
         request = self.request_for(server_round)
         messages = []
-        self._bytes_down: dict[int, int] = {}
+        self._bytes_down = {}
         for cid in self.sample():
             content = RecordDict(
                 {wire.CONFIG: wire.make_config(server_round, self.info.cfg_json, plan)}
@@ -172,6 +189,9 @@ class FedkdStrategy(Strategy):
                 if wire.METRICS not in msg.content.metric_records:
                     raise PayloadError("reply has no metrics record")
                 metrics = dict(msg.content.metric_records[wire.METRICS])
+                num_train = metrics.get("num_train", 1)
+                if not isinstance(num_train, int) or num_train < 0:
+                    raise PayloadError(f"metric num_train must be an int >= 0 (got {num_train!r})")
                 payload = wire.get_payload(msg.content)
                 if validate is not None:
                     validate(server_round, cid, payload)
@@ -193,6 +213,13 @@ class FedkdStrategy(Strategy):
             num_public=self.info.num_public,
             feature_dim=self.info.feature_dim,
         )
+        for name, array in payload.to_arrays().items():
+            # float64 values beyond float32's range would turn into Inf once fused
+            if (
+                np.issubdtype(array.dtype, np.floating)
+                and not np.isfinite(array.astype(np.float32)).all()
+            ):
+                raise PayloadError(f"'{name}' has values outside the float32 range")
         self.check_upload(server_round, client_id, payload)
 
     def _drop(self, server_round: int, cid: int, reason: str, detail: str) -> None:
@@ -205,10 +232,24 @@ class FedkdStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         before = sum(self.dropped.values())
+        replies = list(replies)
+        missing = len(self._bytes_down) - len(replies)
+        if missing > 0:
+            self.dropped["no_reply"] += missing
+            log.warning("round %d: %d sampled clients did not reply in time", server_round, missing)
+        errors = [m.error.reason for m in replies if m.has_error()]
+        if replies and len(errors) == len(replies):
+            raise RuntimeError(
+                f"round {server_round}: every client failed; first error: {errors[0]}"
+            )
         accepted = self._valid_replies(server_round, replies, self._validate_upload)
         uploads, num_train = {}, {}
+        eval_round = (
+            server_round - 1 if self.plan(server_round).get("eval_received") else server_round
+        )
         for cid, metrics, payload in accepted:
             metrics["bytes_down"] = self._bytes_down.get(cid, 0)
+            metrics["eval_round"] = eval_round
             if self.recorder is not None:
                 self.recorder.client(server_round, cid, metrics)
             uploads[cid] = payload
@@ -225,8 +266,21 @@ class FedkdStrategy(Strategy):
                 self.min_train_clients,
             )
         elif self.upload_kind is not None:
-            diagnostics.update(self.fuse(server_round, uploads, num_train))
+            try:
+                diagnostics.update(self.fuse(server_round, uploads, num_train))
+            except FusionError as err:
+                self.dropped["fusion_failed"] += 1
+                log.warning(
+                    "round %d: fusion skipped, previous knowledge kept: %s", server_round, err
+                )
         return None, MetricRecord(diagnostics)
+
+    @staticmethod
+    def require_finite(name: str, array: np.ndarray) -> np.ndarray:
+        """Fused knowledge must be finite; raising keeps the previous round's knowledge."""
+        if not np.isfinite(array).all():
+            raise FusionError(f"fused {name} contains NaN or Inf")
+        return array
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -72,10 +72,14 @@ class DSFL(PublicSetStrategy):
         _, values = self.stacked(uploads)
         mean = public_mean(values, **self.reducer)
         if self.params["aggregation"] == "sa":
-            target = mean / mean.sum(axis=1, keepdims=True)
+            # a robust reducer can return an all-zero row; such a sample gets a uniform target
+            sums = mean.sum(axis=1, keepdims=True)
+            target = np.where(sums > 0, mean / np.where(sums > 0, sums, 1.0), 1.0 / mean.shape[1])
         else:
             target = era(mean, float(self.params["era_temperature"]))
         self.targets = PublicLogits(
-            indices=self.indices_for(server_round), values=target.astype(np.float32), space="probs"
+            indices=self.indices_for(server_round),
+            values=self.require_finite("soft labels", target).astype(np.float32),
+            space="probs",
         )
         return {"target_entropy": float(sharpen_entropy(target).mean())}

@@ -19,20 +19,11 @@ from typing import Any
 import numpy as np
 
 from fedkd.errors import ConfigError
-from fedkd.fusion import class_mean, leave_one_out
+from fedkd.fusion import class_mean, leave_one_out, sharpen_entropy, softmax
 from fedkd.knowledge import ClassLogits
 from fedkd.losses import LOSSES, check_space
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
-
-
-def mean_entropy(logits: np.ndarray, present: np.ndarray) -> float:
-    rows = logits[present]
-    if not len(rows):
-        return float("nan")
-    z = rows - rows.max(axis=1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    return float(-(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1).mean())
 
 
 @STRATEGIES.register("fd")
@@ -53,7 +44,7 @@ class FD(FedkdStrategy):
             raise ConfigError(f"strategy.temperature must be > 0 (got {params['temperature']})")
         LOSSES.get(params["loss"])
         check_space(params["loss"], "logits")
-        cls.check_reducer(params)
+        cls.check_reducer(params, weighted=bool(params["weighted"]))
 
     def setup(self) -> None:
         self.teachers: dict[int, ClassLogits] = {}
@@ -83,8 +74,10 @@ class FD(FedkdStrategy):
         weighted = bool(self.params["weighted"])
         teacher, present = class_mean(logits, counts, weighted=weighted, **self.reducer)
         # counts of the teacher: how many clients contributed to each label row
+        self.require_finite("teacher logits", teacher[present])
         self.global_teacher = ClassLogits(
-            logits=teacher.astype(np.float32), counts=(counts > 0).sum(axis=0).astype(np.int64)
+            logits=np.where(present[:, None], teacher, 0.0).astype(np.float32),
+            counts=(counts > 0).sum(axis=0).astype(np.int64),
         )
         self.teachers = {}
         if self.params["teacher"] == "loo":
@@ -95,7 +88,8 @@ class FD(FedkdStrategy):
                     logits=np.where(loo_present[row][:, None], loo[row], 0.0).astype(np.float32),
                     counts=np.where(loo_present[row], contributors, 0).astype(np.int64),
                 )
+        entropy = sharpen_entropy(softmax(teacher[present])).mean() if present.any() else np.nan
         return {
-            "teacher_entropy": mean_entropy(teacher, present),
+            "teacher_entropy": float(entropy),
             "teacher_classes": float(present.sum()),
         }

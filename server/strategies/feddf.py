@@ -36,6 +36,7 @@ from server.strategies.registry import STRATEGIES
 class FedDF(FedAvg):
     name = "feddf"
     homogeneous_only = False
+    needs_public_set = True
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -44,8 +45,6 @@ class FedDF(FedAvg):
             raise ConfigError(
                 "feddf early-stops on a labelled server validation split: set split.server_val_per_class >= 1"
             )
-        if float(cfg["split"]["public_fraction"]) <= 0:
-            raise ConfigError("feddf distils on the public set: split.public_fraction must be > 0")
         for key in ("max_steps", "batch_size", "eval_every", "patience"):
             if int(p[key]) < 1:
                 raise ConfigError(f"strategy.{key} must be >= 1 (got {p[key]})")

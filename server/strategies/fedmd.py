@@ -54,7 +54,7 @@ class FedMD(PublicSetStrategy):
         consensus = public_mean(values, **self.reducer)
         self.targets = PublicLogits(
             indices=self.indices_for(server_round),
-            values=consensus.astype("float32"),
+            values=self.require_finite("consensus", consensus).astype("float32"),
             space="logits",
         )
         return {"consensus_spread": float(values.std(axis=0).mean())}

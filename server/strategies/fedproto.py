@@ -41,7 +41,7 @@ class FedProto(FedkdStrategy):
             raise ConfigError(f"strategy.lambda must be >= 0 (got {params['lambda']})")
         LOSSES.get(params["loss"])
         check_space(params["loss"], "features")
-        cls.check_reducer(params)
+        cls.check_reducer(params, weighted=bool(params["weighted"]))
 
     def setup(self) -> None:
         self.global_prototypes: Prototypes | None = None
@@ -66,6 +66,7 @@ class FedProto(FedkdStrategy):
         fused, present = prototype_mean(
             protos, counts, weighted=bool(self.params["weighted"]), **self.reducer
         )
+        self.require_finite("prototypes", fused[present])
         contributors = (counts > 0).sum(axis=0).astype(np.int64)
         self.global_prototypes = Prototypes(
             prototypes=np.where(present[:, None], fused, 0.0).astype(np.float32),

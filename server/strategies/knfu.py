@@ -97,7 +97,7 @@ class KnFu(PublicSetStrategy):
         weights = fusion_weights(
             divergence, float(p["beta"]), p["gating"], p["threshold"], p["top_m"]
         )
-        fused = personalised_fusion(probs, weights)
+        fused = self.require_finite("soft labels", personalised_fusion(probs, weights))
         indices = self.indices_for(server_round)
         self.personal = {
             cid: PublicLogits(indices=indices, values=fused[row].astype(np.float32), space="probs")

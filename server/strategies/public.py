@@ -18,6 +18,7 @@ from server.strategies.base import FedkdStrategy
 
 class PublicSetStrategy(FedkdStrategy):
     upload_kind = "public_logits"
+    needs_public_set = True
     subset_key: str = ""  # strategy option holding the per-round subset size
     upload_space: str = "logits"
 
@@ -29,8 +30,6 @@ class PublicSetStrategy(FedkdStrategy):
         return size
 
     def setup(self) -> None:
-        if self.info.num_public < 1:
-            raise ConfigError("this strategy needs a public set; split.public_fraction is 0")
         self.size = min(self.subset_size(self.cfg), self.info.num_public)
         self.indices: dict[int, np.ndarray] = {}
         self.targets: PublicLogits | None = None
@@ -38,7 +37,9 @@ class PublicSetStrategy(FedkdStrategy):
     def indices_for(self, server_round: int) -> np.ndarray:
         """The round's subset of the public set: fresh, seeded, sorted."""
         if server_round not in self.indices:
-            chosen = self.rng.choice(self.info.num_public, size=self.size, replace=False)
+            chosen = self.rng_for(server_round, "public").choice(
+                self.info.num_public, size=self.size, replace=False
+            )
             self.indices[server_round] = np.sort(chosen).astype(np.int64)
         return self.indices[server_round]
 
@@ -59,5 +60,6 @@ class PublicSetStrategy(FedkdStrategy):
             )
 
     def stacked(self, uploads: dict[int, Any]) -> tuple[list[int], np.ndarray]:
+        """Client ids in order and their values stacked ``[K, N, C]``."""
         ids = sorted(uploads)
         return ids, np.stack([uploads[i].values for i in ids]).astype(np.float64)
