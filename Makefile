@@ -33,9 +33,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## regenerate the comparison table in README.md (docs/comparison.md)
+## regenerate the README comparison tables (docs/comparison-*.md and .csv)
 compare: $(STAMP)
-	$(BIN)/fedkd-compare
+	$(BIN)/fedkd-compare --preset baselines
+	$(BIN)/fedkd-compare --preset fusion
+	$(BIN)/fedkd-compare --preset knfu-claim
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

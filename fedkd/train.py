@@ -28,8 +28,8 @@ Regulariser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def make_optimizer(params: Any, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """Build an optimizer from ``{name: sgd, lr: 0.05, ...}``."""
-    options = {k: v for k, v in cfg.items() if k != "name"}
+    """Build an optimizer from ``{name: sgd, lr: 0.05, ...}``; null options are left out."""
+    options = {k: v for k, v in cfg.items() if k != "name" and v is not None}
     try:
         return OPTIMIZERS.get(cfg["name"])(params, **options)
     except TypeError as err:

@@ -288,3 +288,16 @@ def test_prototype_mean_weighted_median_is_refused() -> None:
 def test_prototype_negative_counts() -> None:
     with pytest.raises(PayloadError, match="counts must be non-negative"):
         prototype_mean(PROTOS, np.array([[1, -1], [1, 1]]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_robust_reducers_match_numpy_with_outliers(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(9, 4, 3))
+    values[rng.integers(0, 9, size=2)] = 1e6  # two boosted clients
+    np.testing.assert_allclose(median(values), np.median(values, axis=0))
+    ordered = np.sort(values, axis=0)
+    np.testing.assert_allclose(trimmed_mean(values, trim=0.25), ordered[2:-2].mean(axis=0))
+    assert np.abs(median(values)).max() < 10  # the outliers do not move the robust estimates
+    assert np.abs(trimmed_mean(values, trim=0.25)).max() < 10
+    assert np.abs(mean(values)).max() > 1e4

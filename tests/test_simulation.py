@@ -58,6 +58,9 @@ STRATEGY_ARGS = {
     "fedmd": [],
     "dsfl": [],
     "fedavg": ["model=mlp"],
+    "knfu": [],
+    "fedproto": [],
+    "feddf": [],
 }
 
 
@@ -85,7 +88,7 @@ def test_every_strategy_completes_with_all_clients(runs, name):
     assert 0.0 < summary["final"]["local_test_acc"]["last"] <= 1.0
 
 
-@pytest.mark.parametrize("name", ["fd", "fedmd", "dsfl"])
+@pytest.mark.parametrize("name", ["fd", "fedmd", "dsfl", "knfu", "fedproto"])
 def test_knowledge_is_exchanged_and_used(runs, name):
     rows = read_metrics(runs[name])
     first = [r for r in rows if r["round"] == 1]
@@ -100,6 +103,48 @@ def test_knowledge_is_exchanged_and_used(runs, name):
 def test_local_exchanges_nothing(runs):
     rows = read_metrics(runs["local"])
     assert all(r["bytes_up"] == 0 and r["bytes_down"] == 0 and r["distill_loss"] == 0 for r in rows)
+
+
+def test_knfu_logs_fusion_weights(runs):
+    rows = read_metrics(runs["knfu"])
+    for row in (r for r in rows if r["round"] >= 1):
+        weights = row["fusion_weights"]
+        assert sorted(weights) == [str(c) for c in range(5)]
+        assert abs(sum(weights.values()) - 1) < 1e-4
+        assert weights[str(row["client"])] == max(weights.values())  # self-weight is the largest
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(
+        str(runs["knfu"] / "tensorboard" / "server"), size_guidance={"images": 0}
+    )
+    acc.Reload()
+    assert "fusion_weights" in acc.Tags()["images"]
+    assert len(acc.Images("fusion_weights")) == 3
+
+
+def test_fedproto_reports_nearest_prototype_accuracy(runs):
+    rows = read_metrics(runs["fedproto"])
+    later = [r for r in rows if r["round"] >= 2]
+    assert all(
+        0 <= r["local_test_proto_acc"] <= 1 and 0 <= r["global_test_proto_acc"] <= 1 for r in later
+    )
+    summary = json.loads((runs["fedproto"] / "summary.json").read_text())
+    assert "global_test_proto_acc" in summary["final"]
+
+
+def test_feddf_distils_a_server_model_per_architecture(runs):
+    summary = json.loads((runs["feddf"] / "summary.json").read_text())
+    rounds = [r for r in summary["rounds"] if r["round"] >= 1]
+    assert all(r["distill_steps"] > 0 for r in rounds if "distill_steps" in r)
+    assert {
+        "server_model_acc/group_0",
+        "server_model_acc/group_1",
+        "server_model_acc/group_2",
+    } <= set(rounds[0])
+    rows = read_metrics(runs["feddf"])
+    for rnd in (1, 2, 3):  # clients of one architecture group hold the same distilled model
+        accs = {r["client"]: round(r["global_test_acc"], 6) for r in rows if r["round"] == rnd}
+        assert accs[0] == accs[3] and accs[1] == accs[4]
 
 
 def test_fedavg_clients_evaluate_one_global_model(runs):
@@ -129,10 +174,7 @@ def test_same_seed_gives_identical_metrics(runs, tmp_path):
     result = run_cli(["strategy=fd", *SMALL], again)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k != "client_time"} for r in rows]
-
-    assert strip(read_metrics(again)) == strip(read_metrics(runs["fd"]))
+    assert (again / "metrics.jsonl").read_text() == (runs["fd"] / "metrics.jsonl").read_text()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 
 from fedkd.config import compose
 from fedkd.errors import ConfigError, PayloadError
-from fedkd.knowledge import ClassLogits, ModelWeights, PublicLogits
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits
 from server.app import prepare_run
 from server.strategies import STRATEGIES, RunInfo
 
@@ -156,3 +156,101 @@ def test_prepare_run_reports_the_data_and_model_facts():
     assert info.num_classes == 10
     assert info.num_public > 0
     assert info.input_shape == (1, 8, 8)
+
+
+def test_knfu_sends_each_client_its_own_fusion():
+    knfu = STRATEGIES.get("knfu")(info_for("strategy=knfu", num_public=2))
+    idx = knfu.indices_for(1)
+    a = np.array([[0.9, 0.1], [0.8, 0.2]], np.float32)
+    b = np.array([[0.1, 0.9], [0.2, 0.8]], np.float32)
+    uploads = {
+        0: PublicLogits(idx, a, "probs"),
+        1: PublicLogits(idx, a, "probs"),
+        2: PublicLogits(idx, b, "probs"),
+    }
+    for cid, payload in uploads.items():
+        knfu._validate_upload(1, cid, payload)
+    knfu.fuse(1, uploads, {0: 1, 1: 1, 2: 1})
+    q0, q2 = knfu.payload_for(2, 0).values, knfu.payload_for(2, 2).values
+    # clients 0 and 1 agree, client 2 is far: each side mostly keeps its own knowledge
+    assert q0[0, 0] > 0.85 and q2[0, 1] > 0.85
+    assert not np.allclose(q0, q2)
+    np.testing.assert_allclose(knfu.payload_for(2, 0).values, knfu.payload_for(2, 1).values)
+    assert knfu.payload_for(2, 7) is None  # no upload, no EPD, nothing to personalise
+
+
+def test_knfu_with_beta_zero_is_uniform_fusion():
+    knfu = STRATEGIES.get("knfu")(info_for("strategy=knfu", "strategy.beta=0", num_public=1))
+    idx = knfu.indices_for(1)
+    uploads = {
+        0: PublicLogits(idx, np.array([[1.0, 0.0]], np.float32), "probs"),
+        1: PublicLogits(idx, np.array([[0.0, 1.0]], np.float32), "probs"),
+    }
+    knfu.fuse(1, uploads, {0: 1, 1: 1})
+    np.testing.assert_allclose(knfu.payload_for(2, 0).values, [[0.5, 0.5]])
+
+
+def test_fedproto_averages_prototypes_of_clients_that_have_the_class():
+    info = info_for("strategy=fedproto")
+    proto = STRATEGIES.get("fedproto")(info)
+    d = info.feature_dim
+    p0 = np.zeros((2, d), np.float32)
+    p0[0] = 1.0
+    p1 = np.zeros((2, d), np.float32)
+    p1[0], p1[1] = 3.0, 5.0
+    uploads = {0: Prototypes(p0, np.array([4, 0])), 1: Prototypes(p1, np.array([1, 2]))}
+    proto.fuse(1, uploads, {0: 4, 1: 3})
+    np.testing.assert_allclose(proto.global_prototypes.prototypes[0], 2.0)  # (1 + 3) / 2
+    np.testing.assert_allclose(proto.global_prototypes.prototypes[1], 5.0)  # client 1 only
+    np.testing.assert_array_equal(proto.global_prototypes.counts, [2, 1])
+
+
+def test_nearest_prototype_classifier_on_a_toy_case():
+    import torch
+
+    from clients.round import nearest_prototype_accuracy
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x, x
+
+    protos = Prototypes(
+        np.array([[0.0, 0.0], [10.0, 10.0], [0.0, 0.0]], np.float32), np.array([1, 1, 0])
+    )
+    x = torch.tensor([[1.0, 0.5], [9.0, 9.5], [6.0, 6.0], [0.2, 0.1]])
+    y = torch.tensor([0, 1, 1, 2])  # class 2 has no prototype, so its sample cannot be right
+    assert nearest_prototype_accuracy(Identity(), x, y, protos, batch=2) == 0.75
+
+
+def test_payload_beyond_float32_range_is_rejected():
+    fd = STRATEGIES.get("fd")(info_for())
+    huge = ClassLogits(logits=np.full((2, 2), 1e300, np.float64), counts=np.array([1, 1]))
+    with pytest.raises(PayloadError, match="float32"):
+        fd._validate_upload(1, 0, huge)
+
+
+def test_non_finite_fusion_keeps_previous_knowledge():
+    from server.strategies.base import FusionError
+
+    with pytest.raises(FusionError):
+        STRATEGIES.get("fd").require_finite("teacher", np.array([1.0, np.inf]))
+
+
+def test_median_with_weights_is_refused_before_the_run():
+    with pytest.raises(ConfigError):
+        prepare_run(compose(["strategy.reducer=median", "strategy.weighted=true"]))
+
+
+def test_unknown_client_optimizer_is_refused_before_the_run():
+    with pytest.raises(ConfigError, match="client.optimizer"):
+        prepare_run(compose(["client.optimizer.name=nosuchopt"]))
+
+
+def test_public_set_strategies_need_a_public_set():
+    with pytest.raises(ConfigError, match="public set"):
+        prepare_run(compose(["strategy=dsfl", "split.public_fraction=0"]))
+
+
+def test_feddf_needs_a_server_validation_split():
+    with pytest.raises(ConfigError, match="server_val_per_class"):
+        prepare_run(compose(["strategy=feddf", "split.server_val_per_class=0"]))

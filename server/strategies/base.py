@@ -214,11 +214,13 @@ class FedkdStrategy(Strategy):
             feature_dim=self.info.feature_dim,
         )
         for name, array in payload.to_arrays().items():
+            with np.errstate(over="ignore"):
+                in_range = (
+                    not np.issubdtype(array.dtype, np.floating)
+                    or np.isfinite(array.astype(np.float32)).all()
+                )
             # float64 values beyond float32's range would turn into Inf once fused
-            if (
-                np.issubdtype(array.dtype, np.floating)
-                and not np.isfinite(array.astype(np.float32)).all()
-            ):
+            if not in_range:
                 raise PayloadError(f"'{name}' has values outside the float32 range")
         self.check_upload(server_round, client_id, payload)
 
