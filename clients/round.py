@@ -13,8 +13,8 @@ as long as it uses these building blocks:
     "regulariser": None | {"kind": "class_logits" | "prototypes", "loss", "beta", "temperature"},
                                    # per-label teacher term added to CE (FD logits, FedProto prototypes)
     "evaluate_prototypes": bool,   # also report nearest-received-prototype accuracy (FedProto)
-    "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "weights",
-                "space": "logits" | "probs", "temperature": float,
+    "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "votes" | "weights",
+                "space": "logits" | "probs", "temperature": float, "top_k": int,
                 "at": "end" | "after_train"},
 }``
 
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from clients.runtime import ClientTensors
 from fedkd.errors import PayloadError
-from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 from fedkd.losses import LOSSES, check_space
 from fedkd.train import (
     TrainResult,
@@ -224,11 +224,16 @@ def _extract(model, data: ClientTensors, spec, result: TrainResult, request_indi
         return ClassLogits(logits=result.class_means(), counts=result.class_counts)
     if kind == "prototypes":
         return Prototypes(prototypes=result.class_means(), counts=result.class_counts)
-    if kind == "public":
+    if kind in ("public", "votes"):
         if request_indices is None:
             raise PayloadError("plan asks for public-set predictions but no indices were sent")
         idx = torch.from_numpy(request_indices.astype(np.int64))
         _, logits = predict(model, data.public_x[idx].to(device), batch)
+        if kind == "votes":  # labels only: the top-k classes, best first
+            top = (
+                logits.topk(int(spec.get("top_k", 1)), dim=1).indices.cpu().numpy().astype(np.int64)
+            )
+            return Votes(indices=request_indices.astype(np.int64), votes=top)
         space = spec.get("space", "logits")
         if space == "probs":
             logits = torch.softmax(logits / float(spec.get("temperature", 1.0)), dim=1)

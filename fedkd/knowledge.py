@@ -184,6 +184,54 @@ class PublicLogits(Payload):
         self._check_bytes(max_bytes)
 
 
+@PAYLOADS.register("votes")
+@dataclass(frozen=True, eq=False)
+class Votes(Payload):
+    """Class votes ``[N, k]`` (top-k, best first; -1 = abstain) on public samples ``indices [N]``.
+
+    Alignment voting (FedKA-style federated voting, PATE teachers): a client
+    reveals only labels, not scores.
+    """
+
+    kind: ClassVar[str] = "votes"
+    indices: np.ndarray
+    votes: np.ndarray
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"indices": self.indices, "votes": self.votes}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Votes:
+        _check_keys(cls.kind, "array", arrays, {"indices", "votes"})
+        _check_keys(cls.kind, "meta", meta, set())
+        return cls(indices=arrays["indices"], votes=arrays["votes"])
+
+    def validate(
+        self,
+        *,
+        num_classes: int,
+        num_public: int | None = None,
+        feature_dim: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        k = self.kind
+        idx = _int_array(f"{k}.indices", self.indices, 1)
+        votes = _int_array(f"{k}.votes", self.votes, 2)
+        if votes.shape[0] != idx.shape[0]:
+            raise PayloadError(f"{k}: {votes.shape[0]} vote rows but {idx.shape[0]} indices")
+        if votes.size and (votes.min() < -1 or votes.max() >= num_classes):
+            raise PayloadError(
+                f"{k}.votes: class ids must be in [-1, {num_classes}), got {votes.min()}..{votes.max()}"
+            )
+        if idx.size and (idx.min() < 0 or (num_public is not None and idx.max() >= num_public)):
+            raise PayloadError(
+                f"{k}.indices: out of range [0, {num_public}): {idx.min()}..{idx.max()}"
+            )
+        if np.unique(idx).size != idx.size:
+            raise PayloadError(f"{k}.indices: contains duplicates")
+        self._check_bytes(max_bytes)
+
+
 @dataclass(frozen=True, eq=False)
 class _PerClass(Payload):
     """Shared logic for per-class payloads: one ``[C, D]`` value array + ``counts [C]``."""

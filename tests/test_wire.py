@@ -8,7 +8,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from clients import wire
 from fedkd.errors import PayloadError
-from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 
 PAYLOADS = [
     PublicLogits(
@@ -22,6 +22,7 @@ PAYLOADS = [
     ),
     Prototypes(prototypes=np.ones((4, 2), np.float32), counts=np.array([1, 1, 0, 2])),
     ModelWeights({"w": np.eye(2, dtype=np.float32), "b": np.zeros(2, np.float32)}),
+    Votes(indices=np.array([4, 1]), votes=np.array([[2, 0], [-1, -1]])),
 ]
 
 
@@ -66,3 +67,18 @@ def test_missing_array_is_refused():
     del content.array_records[wire.KNOWLEDGE]["counts"]
     with pytest.raises(PayloadError):
         wire.get_payload(content)
+
+
+@pytest.mark.parametrize(
+    ("votes", "indices", "message"),
+    [
+        (np.array([[0], [5]]), np.array([0, 1]), "class ids"),
+        (np.array([[0], [1]]), np.array([0, 0]), "duplicates"),
+        (np.array([[0], [1]]), np.array([0, 9]), "out of range"),
+        (np.array([[0.5], [1.0]]), np.array([0, 1]), "integer"),
+        (np.array([[0]]), np.array([0, 1]), "rows"),
+    ],
+)
+def test_votes_validation(votes, indices, message):
+    with pytest.raises(PayloadError, match=message):
+        Votes(indices=indices, votes=votes).validate(num_classes=4, num_public=5)
