@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format compare clean
+.PHONY: install run test lint format compare figure clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ compare: $(STAMP)
 	$(BIN)/fedkd-compare --preset baselines
 	$(BIN)/fedkd-compare --preset fusion
 	$(BIN)/fedkd-compare --preset knfu-claim
+
+## regenerate the example report in docs/figures/ (default run, 20 rounds; under a minute)
+figure: $(STAMP)
+	rm -rf outputs/figure-run
+	$(BIN)/fedkd-sim logging.level=quiet hydra.run.dir=outputs/figure-run
+	$(BIN)/fedkd-report outputs/figure-run --out docs/figures
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

@@ -24,7 +24,7 @@ from fedkd.config import check_config, compose
 from fedkd.errors import ConfigError
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import make_optimizer
-from server.recorder import RunRecorder
+from server.recorder import RunRecorder, console_options
 from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
 
@@ -105,7 +105,7 @@ def run_server(
     strategy = STRATEGIES.get(cfg["strategy"]["name"])(
         info, None, roster
     )  # fails before any output
-    logs = cfg["logging"]
+    logs = {**cfg["logging"], **console_options(cfg["logging"])}
     strategy.recorder = recorder = RunRecorder(
         run_dir,
         num_rounds=int(cfg["num_rounds"]),

@@ -2,7 +2,11 @@
 
 Written by the server process only. Per-client scalars go to
 ``tensorboard/client_<id>/`` (same tag names for every client, so TensorBoard
-overlays them) and cross-client statistics to ``tensorboard/server/``.
+overlays them), cross-client statistics to ``tensorboard/server/`` and the
+run's hyperparameters (the flattened config) with its final metrics to
+``tensorboard/hparams/`` for TensorBoard's HParams tab. The final per-client
+table also goes to ``table.txt`` and a line per round to the ``fedkd.rounds``
+logger (Hydra's ``run.log``; the console only at ``logging.level=verbose``).
 
 A client's reply may evaluate a model from an earlier round (FedAvg evaluates
 the global model it receives), so metrics are keyed by the round of the model
@@ -11,11 +15,13 @@ they describe and a round is written once it is complete.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,80 @@ def is_eval_key(key: str) -> bool:
 
 
 log = logging.getLogger("fedkd")
+round_log = logging.getLogger("fedkd.rounds")  # a line per round: run.log; console when verbose
+
+# logging.level: what the console shows (run.log, table.txt and TensorBoard are always written)
+LEVELS = ("quiet", "normal", "verbose")
+
+
+def console_options(logs: Mapping[str, Any]) -> dict[str, bool]:
+    """``progress``/``table``/``verbose`` after applying ``logging.level``.
+
+    ``quiet`` turns all three off (the console shows warnings and errors only),
+    ``verbose`` turns ``verbose`` on (per-round lines, Flower/Ray INFO logs) and
+    ``normal`` (or no level) keeps the three keys as they are.
+    """
+    from fedkd.errors import ConfigError
+
+    level = logs.get("level") or "normal"
+    if level not in LEVELS:
+        raise ConfigError(f"logging.level must be one of {', '.join(LEVELS)} (got {level!r})")
+    options = {
+        key: bool(logs.get(key, key != "verbose")) for key in ("progress", "table", "verbose")
+    }
+    if level == "quiet":
+        options = dict.fromkeys(options, False)
+    elif level == "verbose":
+        options["verbose"] = True
+    return options
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"strategy.name": "fd", ...}``: nested mappings joined by dots, lists as compact JSON."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value, separators=(",", ":"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def hparams_of(cfg: Mapping[str, Any]) -> dict[str, float | int | str]:
+    """The flattened config as HParams values (numbers and strings; ``logging.*`` left out)."""
+    out: dict[str, float | int | str] = {}
+    for key, value in flatten_config(cfg).items():
+        if key.startswith("logging."):
+            continue
+        if isinstance(value, bool) or value is None:  # torch would store bools as 1.0/0.0
+            out[key] = json.dumps(value)
+        elif isinstance(value, (int, float)):
+            out[key] = value
+        else:
+            out[key] = str(value)
+    return out
+
+
+def final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """``final.<metric>.best/last`` (and bytes per round) from a run's summary."""
+    out = {}
+    for key, entry in summary.get("final", {}).items():
+        for which in ("best", "last"):
+            value = entry.get(which)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out[f"final.{key}.{which}"] = float(value)
+    total = summary.get("bytes_per_round", {}).get("total")
+    if isinstance(total, (int, float)):
+        out["bytes_per_round.total"] = float(total)
+    return out
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def finite_or_null(value: Any) -> Any:
@@ -63,8 +143,11 @@ class RunRecorder:
         progress: bool = True,
         table: bool = True,
         console: Console | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
+        """``config``: the run's config for the HParams record (default: ``run_dir/config.yaml``)."""
         self.run_dir = Path(run_dir)
+        self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.num_rounds = num_rounds
         self.console = console or Console(stderr=False)
@@ -76,6 +159,8 @@ class RunRecorder:
         self._rounds: list[dict[str, Any]] = []  # one row per written round
         self._clients: dict[int, list[dict[str, float]]] = defaultdict(list)
         self._written: set[int] = set()
+        self._logged = 0  # rows of self._rounds already logged
+        self._first_round_end: tuple[int, float] | None = None
         self._start = time.perf_counter()
         self._jsonl = (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8")
         self._writers: dict[str, Any] = {}
@@ -144,6 +229,40 @@ class RunRecorder:
                 if k in last and not math.isnan(last[k])
             )
             self._progress.update(self._task, completed=server_round, description=desc)
+        self._log_rounds(server_round)
+
+    def _log_rounds(self, server_round: int) -> None:
+        """A line per newly written round (elapsed and ETA over server rounds)."""
+        for row in self._rounds[self._logged :]:
+            self._log_round(row, server_round)
+        self._logged = len(self._rounds)
+
+    def _log_round(self, row: dict[str, Any], server_round: int) -> None:
+        now = time.perf_counter()
+        elapsed = now - self._start
+        if self._first_round_end is None:
+            self._first_round_end = (server_round, now)
+        first, first_end = self._first_round_end
+        left = max(self.num_rounds - server_round, 0)
+        if server_round > first:  # rate after the first round (which includes start-up)
+            eta = (now - first_end) / (server_round - first) * left
+        else:
+            eta = elapsed / max(server_round, 1) * left
+        accs = "  ".join(
+            f"{k} {row[k]:.4f} ± {row.get(f'{k}_std', 0.0):.4f}"
+            for k in ACCURACIES
+            if k in row and not math.isnan(row[k])
+        )
+        round_log.info(
+            "round %d/%d  %s  bytes up %.0f down %.0f  elapsed %s eta %s",
+            row["round"],
+            self.num_rounds,
+            accs or "no accuracy",
+            row.get("bytes_up", 0.0),
+            row.get("bytes_down", 0.0),
+            _clock(elapsed),
+            _clock(eta),
+        )
 
     # ------------------------------------------------------------ output
     def _writer(self, name: str):
@@ -212,21 +331,68 @@ class RunRecorder:
                 w.flush()
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write everything still pending, summary.json and the console table."""
+        """Write everything still pending, summary.json, HParams, table.txt and the console table."""
         for rnd in sorted(set(self._pending) | set(self._server)):
             if rnd not in self._written:
                 self._write_round(rnd)
         if self._progress is not None:
             self._progress.stop()
+        self._log_rounds(self.num_rounds)
         self._jsonl.close()
-        for writer in self._writers.values():
-            writer.close()
         summary = self._summary(extra or {})
         text = json.dumps(finite_or_null(summary), indent=2)
         (self.run_dir / "summary.json").write_text(text, encoding="utf-8")
+        if self._tensorboard:
+            try:
+                self._write_hparams(summary)
+            except Exception as err:  # the HParams record must not lose the run's results
+                log.warning("could not write TensorBoard hparams: %s", err)
+        for writer in self._writers.values():
+            writer.close()
+        table = self._table(summary)
+        plain = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+        plain.print(table)
+        plain.print(self._traffic_line(summary))
+        (self.run_dir / "table.txt").write_text(plain.file.getvalue(), encoding="utf-8")
         if self.show_table:
-            self._print_table(summary)
+            self.console.print(table)
+            self.console.print(self._traffic_line(summary))
         return summary
+
+    def _run_config(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        if self.config is not None:
+            return dict(self.config)
+        path = self.run_dir / "config.yaml"
+        if path.exists():
+            from omegaconf import OmegaConf
+
+            loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            if isinstance(loaded, dict):
+                return loaded
+        # no config.yaml (``flwr run``): what the summary knows, under the config's key names
+        names = {"strategy": "strategy.name", "dataset": "dataset.name"}
+        keys = ("strategy", "dataset", "num_clients", "num_rounds", "seed")
+        return {names.get(k, k): summary[k] for k in keys if k in summary}
+
+    def _write_hparams(self, summary: dict[str, Any]) -> None:
+        """HParams session in ``tensorboard/hparams/``: flattened config and ``final.*`` metrics.
+
+        No experiment summary is written: TensorBoard then builds the HParams
+        table from every run's session (so runs of different strategies show
+        the union of their keys) and takes as metrics the scalars of the
+        session folder, which holds only the final metrics.
+        """
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = final_metrics(summary)
+        _, session_start, session_end = hparams(hparams_of(self._run_config(summary)), metrics)
+        writer = self._writer("hparams")
+        step = max((r["round"] for r in self._rounds), default=0)
+        writer.file_writer.add_summary(session_start, step)
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value, step)
+        writer.file_writer.add_summary(session_end, step)
+        writer.flush()
 
     def _summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         rounds = self._rounds
@@ -266,7 +432,7 @@ class RunRecorder:
             "clients": clients,
         }
 
-    def _print_table(self, summary: dict[str, Any]) -> None:
+    def _table(self, summary: dict[str, Any]) -> Table:
         table = Table(title=f"per-client accuracy ({self.run_dir})")
         for col in ("client", "train n", "local last", "local best", "global last", "global best"):
             table.add_column(col, justify="right")
@@ -293,8 +459,10 @@ class RunRecorder:
                 for which in ("last", "best")
             ]
             table.add_row("mean", "", *cells)
-        self.console.print(table)
-        self.console.print(
+        return table
+
+    def _traffic_line(self, summary: dict[str, Any]) -> str:
+        return (
             f"bytes/round up {summary['bytes_per_round']['bytes_up']:.0f} down {summary['bytes_per_round']['bytes_down']:.0f}"
             f"  wall {summary['wall_time_s']:.1f}s  -> {self.run_dir}"
         )

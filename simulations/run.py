@@ -48,13 +48,45 @@ def quiet_libraries(verbose: bool) -> None:
     flwr_logger.setLevel(logging.INFO if verbose else logging.ERROR)
 
 
+class _CurrentStdout:
+    """Writes to whatever ``sys.stdout`` is now: a live rich progress bar redirects it."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def console_logging(logs: dict[str, Any]) -> None:
+    """Hydra's console handler per ``logging.level``; its file handler (run.log) keeps everything.
+
+    quiet: warnings and errors only; normal: no per-round lines (the progress bar
+    shows them); verbose: per-round lines too, printed above the progress bar.
+    """
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.StreamHandler) or isinstance(
+            handler, logging.FileHandler
+        ):
+            continue
+        if logs.get("level") == "quiet":
+            handler.setLevel(logging.WARNING)
+        if logs["verbose"]:
+            if handler.stream is sys.stdout:
+                handler.setStream(_CurrentStdout())  # type: ignore[arg-type]
+        else:
+            handler.addFilter(lambda record: not record.name.startswith("fedkd.rounds"))
+
+
 def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Check ``cfg``, then run the simulation and return its summary."""
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
     from server.app import make_server_app, prepare_run
+    from server.recorder import console_options
 
+    cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
     info = prepare_run(cfg)  # raises FedkdError before Ray starts
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -80,8 +112,12 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
+    from server.recorder import console_options
+
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
+        plain["logging"].update(console_options(plain["logging"]))
+        console_logging(plain["logging"])
         simulate(plain, HydraConfig.get().runtime.output_dir)
     except FedkdError as err:
         print(f"fedkd-sim: error: {err}", file=sys.stderr)

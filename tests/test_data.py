@@ -427,7 +427,9 @@ def test_build_errors() -> None:
         for bad in (1.0, -0.1):
             with pytest.raises(ConfigError, match=f"split.{key}"):
                 build_federated_data(run_cfg(DIGITS, iid, split={key: bad}))
-    with pytest.raises(ConfigError, match="unknown dataset 'nope'; known: digits, hf, synthetic"):
+    with pytest.raises(
+        ConfigError, match="unknown dataset 'nope'; known: digits, digits_domains, hf, synthetic"
+    ):
         build_federated_data(run_cfg({"name": "nope"}, iid))
     with pytest.raises(ConfigError, match="unknown partitioner"):
         build_federated_data(run_cfg(DIGITS, {"name": "nope"}))

@@ -52,7 +52,13 @@ ALL = [probs_payload, logits_payload, class_logits_payload, prototypes_payload, 
 
 # ---------------------------------------------------------------- round trips / registry
 def test_registry_kinds() -> None:
-    assert PAYLOADS.names() == ["class_logits", "model_weights", "prototypes", "public_logits"]
+    assert PAYLOADS.names() == [
+        "class_logits",
+        "model_weights",
+        "prototypes",
+        "public_logits",
+        "votes",
+    ]
     for kind in PAYLOADS.names():
         assert PAYLOADS.get(kind).kind == kind
 
@@ -128,8 +134,8 @@ def test_from_arrays_bad_space() -> None:
 
 
 def test_decode_unknown_kind() -> None:
-    with pytest.raises(PayloadError, match="unknown payload kind 'votes'; known: class_logits"):
-        decode("votes", {}, {})
+    with pytest.raises(PayloadError, match="unknown payload kind 'ballots'; known: class_logits"):
+        decode("ballots", {}, {})
 
 
 # ---------------------------------------------------------------- PublicLogits validation

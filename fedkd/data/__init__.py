@@ -5,7 +5,14 @@ Importing this package imports every dataset and partitioner module so their
 libraries (``datasets``, ``flwr_datasets``, scikit-learn) load only when used.
 """
 
-from fedkd.data import digits, hf, partition, synthetic  # noqa: F401  (registration)
+from fedkd.data import (  # noqa: F401  (registration)
+    digits,
+    domain_partition,
+    domains,
+    hf,
+    partition,
+    synthetic,
+)
 from fedkd.data.registry import DATASETS, PARTITIONERS
 from fedkd.data.splits import build_federated_data
 from fedkd.data.types import ArrayDataset, ClientData, FederatedData, SourceData

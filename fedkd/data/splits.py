@@ -4,6 +4,16 @@ Order matters and is fixed: the balanced global test set is taken first (from th
 official test split when there is one), then the unlabelled public set, then the
 rest is partitioned over clients. Each step has its own RNG stream derived from the
 run seed, so every process that calls this gets identical arrays.
+
+Leave-one-domain-out (``split.target_domain: <name>``, for datasets with domains such
+as ``digits_domains``; FedKA, ALGORITHMS.md §2): the target domain's samples are both
+the unlabelled public set (``public_x``, inputs only) and the global test set (the same
+samples with their labels, for evaluation only: transductive, as FedKA evaluates on its
+adaptation split). Every source-domain sample goes to the private pool, so
+``split.global_test_per_class``, ``split.public_fraction`` and an official test split are
+ignored in this mode; ``split.server_val_per_class > 0`` still takes a balanced labelled
+server validation set, out of the source-domain pool. ``split.target_domain: null``
+(the default) keeps the behaviour above; a domain dataset is then pooled across domains.
 """
 
 from __future__ import annotations
@@ -14,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from fedkd.data.registry import DATASETS, PARTITIONERS
-from fedkd.data.types import ArrayDataset, ClientData, FederatedData, SourceData
+from fedkd.data.types import (
+    DOMAIN_NAMES_KEY,
+    DOMAINS_KEY,
+    ArrayDataset,
+    ClientData,
+    FederatedData,
+    SourceData,
+)
 from fedkd.errors import ConfigError, DataError
 
 # RNG stream tags: one independent stream per step, all derived from the run seed.
@@ -87,11 +104,45 @@ def _local_split(idx: np.ndarray, k: int, frac: float, seed: int) -> tuple[np.nd
     return perm[n_test:], perm[:n_test]
 
 
+def _target_domain(split: Mapping[str, Any], source: SourceData, dataset: str) -> int | None:
+    """The id of ``split.target_domain`` in ``source.domain_names``; None when unset."""
+    name = split.get("target_domain")
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ConfigError(f"split.target_domain must be a domain name or null (got {name!r})")
+    if source.domains is None or source.domain_names is None:
+        raise ConfigError(
+            f"split.target_domain={name!r} needs a dataset with domains (e.g. dataset=digits_domains); "
+            f"dataset '{dataset}' has none"
+        )
+    names = list(source.domain_names)
+    if name not in names:
+        raise ConfigError(
+            f"split.target_domain={name!r} is not a domain of dataset '{dataset}'; "
+            f"domains: {', '.join(names)}"
+        )
+    if len(names) < 2:
+        raise ConfigError(
+            f"split.target_domain={name!r} leaves no source domain; dataset '{dataset}' "
+            f"must have at least two domains"
+        )
+    return names.index(name)
+
+
+def _client_domains(
+    parts: list[np.ndarray], domains: np.ndarray, names: tuple[str, ...]
+) -> list[str]:
+    """Each partition's domain name; ``a+b`` (ids ascending) if it mixes domains."""
+    return ["+".join(names[d] for d in np.unique(domains[p])) for p in parts]
+
+
 def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
     """Build every client's data, the public inputs and the global test set from ``cfg``.
 
     ``cfg`` is the whole run config as a plain dict (keys ``seed``, ``num_clients``,
-    ``dataset``, ``partition``, ``split``). Deterministic given the config.
+    ``dataset``, ``partition``, ``split``). Deterministic given the config. With
+    ``split.target_domain`` set, the target domain is held out (see the module docstring).
     """
     seed = _int(cfg, "seed", None, 0)
     num_clients = _int(cfg, "num_clients", None, 1)
@@ -106,10 +157,17 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
 
     source: SourceData = loader(dataset_cfg, seed)
     x, y, num_classes = source.x, source.y, source.num_classes
+    target = _target_domain(split, source, dataset_cfg["name"])
 
-    # 1. balanced global test set: from the official test split, else out of the pool
+    # 1. global test set. Leave-one-domain-out: the whole target domain (transductive);
+    # else balanced, from the official test split if there is one, else out of the pool
     rng = np.random.default_rng([seed, _GLOBAL_TEST])
-    if source.test is not None:
+    if target is not None:
+        is_target = source.domains == target
+        target_idx = np.flatnonzero(is_target)
+        global_test = ArrayDataset(x=x[target_idx], y=y[target_idx])
+        pool = np.flatnonzero(~is_target)
+    elif source.test is not None:
         t = _balanced_sample(source.test.y, num_classes, per_class, rng, "test split")
         global_test = ArrayDataset(x=source.test.x[t], y=source.test.y[t])
         pool = np.arange(len(y), dtype=np.int64)
@@ -132,11 +190,15 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
         server_val = ArrayDataset(x=x[v], y=y[v])
         pool = np.setdiff1d(pool, v)
 
-    # 2. public/transfer inputs (labels dropped), 3. the rest is private
-    shuffled = np.random.default_rng([seed, _PUBLIC]).permutation(pool)
-    n_public = int(round(public_fraction * len(pool)))
-    public = np.sort(shuffled[:n_public])
-    private = np.sort(shuffled[n_public:])
+    # 2. public/transfer inputs (labels dropped), 3. the rest is private.
+    # Leave-one-domain-out: the public set is the target domain, all of the pool is private
+    if target is not None:
+        public, private = target_idx, pool
+    else:
+        shuffled = np.random.default_rng([seed, _PUBLIC]).permutation(pool)
+        n_public = int(round(public_fraction * len(pool)))
+        public = np.sort(shuffled[:n_public])
+        private = np.sort(shuffled[n_public:])
     if len(private) < num_clients:
         raise DataError(
             f"fewer samples ({len(private)}) than clients ({num_clients}) left for the clients "
@@ -144,7 +206,15 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
         )
 
     # 4. partition the private pool, 5. split each partition into local train/test
-    parts = partitioner(y[private], num_clients, seed, partition_cfg)
+    # (a dataset with domains hands the partitioner its domain ids via reserved keys)
+    part_cfg = partition_cfg
+    if source.domains is not None and source.domain_names is not None:
+        part_cfg = {
+            **partition_cfg,
+            DOMAINS_KEY: np.asarray(source.domains, dtype=np.int64)[private],
+            DOMAIN_NAMES_KEY: tuple(source.domain_names),
+        }
+    parts = partitioner(y[private], num_clients, seed, part_cfg)
     parts = _check_partitions(parts, len(private), num_clients, partition_cfg["name"])
     clients = []
     for k, part in enumerate(parts):
@@ -162,4 +232,12 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
         num_classes=num_classes,
         input_shape=tuple(source.input_shape),
         server_val=server_val,
+        client_domains=(
+            None
+            if source.domains is None or source.domain_names is None
+            else _client_domains(
+                [private[p] for p in parts], source.domains, tuple(source.domain_names)
+            )
+        ),
+        target_domain=None if target is None else split["target_domain"],
     )

@@ -30,6 +30,9 @@ class SourceData:
 
     ``x``/``y`` is the pool that public, private and (if there is no official test
     split) global-test data are carved from; ``test`` is the official test split.
+    Multi-domain datasets (e.g. ``digits_domains``) also set ``domains``, the domain
+    id of every pool sample, an index into ``domain_names``; single-domain datasets
+    leave both ``None``.
     """
 
     x: np.ndarray  # float32 [N, *input_shape], roughly in [0, 1]
@@ -37,6 +40,8 @@ class SourceData:
     num_classes: int
     input_shape: tuple[int, ...]
     test: ArrayDataset | None = None
+    domains: np.ndarray | None = None  # int64 [N], values 0..len(domain_names)-1
+    domain_names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,24 @@ class FederatedData:
     server_val: ArrayDataset | None = (
         None  # labelled, balanced; only if split.server_val_per_class > 0
     )
+    # multi-domain datasets only: each client's domain name ("a+b" if a partition mixes
+    # domains), and the held-out target domain when split.target_domain is set (then
+    # public_x is the target domain's inputs and global_test the same samples, labelled)
+    client_domains: list[str] | None = None
+    target_domain: str | None = None
 
 
 DatasetLoader = Callable[[Mapping[str, Any], int], SourceData]
 """``loader(dataset_cfg, run_seed) -> SourceData``."""
 
 Partitioner = Callable[[np.ndarray, int, int, Mapping[str, Any]], list[np.ndarray]]
-"""``fn(labels, num_partitions, seed, partition_cfg) -> int64 index arrays into labels``."""
+"""``fn(labels, num_partitions, seed, partition_cfg) -> int64 index arrays into labels``.
+
+When the dataset has domains, ``build_federated_data`` passes a copy of the partition
+config with two extra reserved keys: ``DOMAINS_KEY`` (int64 domain id of every entry of
+``labels``) and ``DOMAIN_NAMES_KEY`` (the dataset's ``domain_names``). Partitioners that
+do not need them ignore them.
+"""
+
+DOMAINS_KEY = "_domains"
+DOMAIN_NAMES_KEY = "_domain_names"

@@ -5,6 +5,7 @@ from fedkd.fusion.knfu import divergence_matrix, epd, fusion_weights, personalis
 from fedkd.fusion.prototypes import prototype_mean
 from fedkd.fusion.public import era, public_mean, sharpen_entropy, softmax
 from fedkd.fusion.reduce import REDUCERS, mean, median, per_class_reduce, reduce, trimmed_mean
+from fedkd.fusion.vote import consensus, plurality, topk_vote_counts, vote_counts
 
 __all__ = [
     "REDUCERS",
@@ -24,4 +25,8 @@ __all__ = [
     "sharpen_entropy",
     "softmax",
     "trimmed_mean",
+    "vote_counts",
+    "plurality",
+    "consensus",
+    "topk_vote_counts",
 ]
