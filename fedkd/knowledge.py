@@ -74,6 +74,15 @@ def _int_array(where: str, value: Any, ndim: int) -> np.ndarray:
     return arr
 
 
+def _check_indices(kind: str, idx: np.ndarray, num_public: int | None) -> None:
+    """Public-set indices: in range and unique."""
+    if idx.size and (idx.min() < 0 or (num_public is not None and idx.max() >= num_public)):
+        bound = "num_public" if num_public is None else num_public
+        raise PayloadError(f"{kind}.indices: out of range [0, {bound}): {idx.min()}..{idx.max()}")
+    if np.unique(idx).size != idx.size:
+        raise PayloadError(f"{kind}.indices: contains duplicates")
+
+
 def _check_counts(where: str, counts: np.ndarray, num_classes: int) -> None:
     if counts.shape[0] != num_classes:
         raise PayloadError(f"{where}: expected {num_classes} classes, got {counts.shape[0]}")
@@ -168,11 +177,7 @@ class PublicLogits(Payload):
             raise PayloadError(f"{k}: {values.shape[0]} value rows but {idx.shape[0]} indices")
         if values.shape[1] != num_classes:
             raise PayloadError(f"{k}.values: expected {num_classes} classes, got {values.shape[1]}")
-        if idx.size and (idx.min() < 0 or (num_public is not None and idx.max() >= num_public)):
-            bound = "num_public" if num_public is None else num_public
-            raise PayloadError(f"{k}.indices: out of range [0, {bound}): {idx.min()}..{idx.max()}")
-        if np.unique(idx).size != idx.size:
-            raise PayloadError(f"{k}.indices: contains duplicates")
+        _check_indices(k, idx, num_public)
         if self.space == "probs":
             if values.size and (values.min() < 0 or values.max() > 1):
                 raise PayloadError(f"{k}.values: probabilities outside [0, 1]")
@@ -223,12 +228,7 @@ class Votes(Payload):
             raise PayloadError(
                 f"{k}.votes: class ids must be in [-1, {num_classes}), got {votes.min()}..{votes.max()}"
             )
-        if idx.size and (idx.min() < 0 or (num_public is not None and idx.max() >= num_public)):
-            raise PayloadError(
-                f"{k}.indices: out of range [0, {num_public}): {idx.min()}..{idx.max()}"
-            )
-        if np.unique(idx).size != idx.size:
-            raise PayloadError(f"{k}.indices: contains duplicates")
+        _check_indices(k, idx, num_public)
         self._check_bytes(max_bytes)
 
 
