@@ -10,15 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import signal
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from procs import run_fedkd_sim
 
 from server.recorder import RunRecorder, console_options, flatten_config, hparams_of
 from simulations import report as rep
@@ -286,34 +283,20 @@ def test_console_levels():
 def sweep(tmp_path_factory) -> Path:
     """``-m seed=0,1``: two real KnFu runs under one sweep root (~50 s)."""
     root = tmp_path_factory.mktemp("sweep")
-    cmd = [
-        sys.executable,
-        "-m",
-        "simulations.run",
-        "-m",
-        "strategy=knfu",
-        "seed=0,1",
-        "num_clients=5",
-        "num_rounds=3",
-        "logging.progress=false",
-        "logging.table=false",
-        f"hydra.sweep.dir={root}",
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    result = run_fedkd_sim(
+        [
+            "-m",
+            "strategy=knfu",
+            "seed=0,1",
+            "num_clients=5",
+            "num_rounds=3",
+            "logging.progress=false",
+            "logging.table=false",
+            f"hydra.sweep.dir={root}",
+        ],
+        timeout=300,
     )
-    try:
-        out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, err[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
     return root
 
 

@@ -7,37 +7,19 @@ killed by its process id) over 5 digits clients and 3 rounds.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from procs import run_fedkd_sim
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["num_clients=5", "num_rounds=3", "logging.progress=false", "logging.table=false"]
 
 
 def run_cli(args: list[str], run_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "simulations.run", *args, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_fedkd_sim([*args, f"hydra.run.dir={run_dir}"], timeout)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -1,0 +1,31 @@
+"""Run ``python -m simulations.run`` as a subprocess the test owns and stops by process id."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_fedkd_sim(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``fedkd-sim ARGS`` from the checkout; on timeout kill its whole process group."""
+    cmd = [sys.executable, "-m", "simulations.run", *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
