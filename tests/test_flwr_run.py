@@ -65,6 +65,39 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def stop_tree(superlink: subprocess.Popen, grace: float = 20.0) -> list[int]:
+    """SIGKILL the SuperLink and everything it started, by pid, until none is left.
+
+    Children spawned while we kill (or reparented once their parent died) are
+    caught by scanning again; returns the pids still alive after ``grace`` s.
+    """
+    seen: set[int] = set()
+    deadline = time.monotonic() + grace
+    while True:
+        seen.update(process_tree(superlink.pid))
+        for pid in seen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            superlink.wait(timeout=1)
+        left = [
+            pid
+            for pid in seen | set(process_tree(superlink.pid))
+            if pid != superlink.pid and alive(pid)
+        ]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def test_flwr_run_dot_completes(tmp_path):
     flwr = BIN / "flwr"
     if not flwr.exists():
@@ -134,8 +167,5 @@ def test_flwr_run_dot_completes(tmp_path):
         assert summary["num_clients"] == 2  # Flower's default local federation: 2 SuperNodes
         assert sorted(summary["clients"]) == ["0", "1"]
     finally:
-        for pid in process_tree(superlink.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        superlink.wait(timeout=30)
-    assert not [pid for pid in process_tree(superlink.pid) if pid != superlink.pid]
+        survivors = stop_tree(superlink)
+    assert not survivors, f"processes left running: {survivors}"
