@@ -13,18 +13,24 @@ as long as it uses these building blocks:
     "regulariser": None | {"kind": "class_logits" | "prototypes", "loss", "beta", "temperature"},
                                    # per-label teacher term added to CE (FD logits, FedProto prototypes)
     "evaluate_prototypes": bool,   # also report nearest-received-prototype accuracy (FedProto)
+    "adapt": None | {"method", "batches", "batch_size", "optimizer", "gamma", "mmd_every",
+                     "mmd_accumulate", "kernel_mul", "kernel_num", "domain_hidden",
+                     "round_index", "num_rounds"},
+                                   # FedKA: domain-adversarial + MMD training on source and
+                                   # public (target) batches instead of plain local training
     "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "votes" | "weights",
                 "space": "logits" | "probs", "temperature": float, "top_k": int,
                 "at": "end" | "after_train"},
 }``
 
 Order inside a round: load -> [evaluate received] -> distil (before) -> train
-(+ regulariser) -> [extract, if at after_train] -> distil (after) -> evaluate
+(+ regulariser, or the FedKA adaptation) -> [extract, if at after_train] -> distil (after) -> evaluate
 -> [extract, if at end].
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from clients.runtime import ClientTensors
+from fedkd.adaptation import ADVERSARIAL, MATCHING, adapt_locally, join_arrays, split_arrays
+from fedkd.domain import DomainHead
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 from fedkd.losses import LOSSES, check_space
@@ -166,10 +174,14 @@ def run_round(
         received if plan.get("evaluate_prototypes") and isinstance(received, Prototypes) else None
     )
 
+    adapt = plan.get("adapt")
+    head_arrays: dict[str, np.ndarray] = {}
+    reference_arrays: dict[str, np.ndarray] = {}
     if plan.get("load_weights"):
         if not isinstance(received, ModelWeights):
             raise PayloadError("plan asks to load weights but no ModelWeights were sent")
-        arrays_to_model(model, received.arrays)
+        model_arrays, head_arrays, reference_arrays = split_arrays(received.arrays)
+        arrays_to_model(model, model_arrays if adapt else received.arrays)
     if plan.get("eval_received"):
         metrics.update(
             evaluate_client(model, data, eval_batch, device), eval_round=server_round - 1
@@ -183,21 +195,28 @@ def run_round(
 
     reg_spec = plan.get("regulariser")
     collect = extract["kind"] if extract["kind"] in ("class_logits", "prototypes") else None
-    result = train_supervised(
-        model,
-        data.train_x.to(device),
-        data.train_y.to(device),
-        epochs=int(client_cfg["epochs"]),
-        batch_size=int(client_cfg["batch_size"]),
-        optimizer=make_optimizer(model.parameters(), client_cfg["optimizer"]),
-        generator=generator,
-        regulariser=_regulariser(received, reg_spec, device) if reg_spec else None,
-        collect=collect,
-        num_classes=data.num_classes,
-    )
+    head = None
+    if adapt:
+        result, head, adapt_metrics = _adapt(
+            model, data, adapt, head_arrays, reference_arrays, generator, device
+        )
+        metrics.update(adapt_metrics)
+    else:
+        result = train_supervised(
+            model,
+            data.train_x.to(device),
+            data.train_y.to(device),
+            epochs=int(client_cfg["epochs"]),
+            batch_size=int(client_cfg["batch_size"]),
+            optimizer=make_optimizer(model.parameters(), client_cfg["optimizer"]),
+            generator=generator,
+            regulariser=_regulariser(received, reg_spec, device) if reg_spec else None,
+            collect=collect,
+            num_classes=data.num_classes,
+        )
     payload = None
     if extract.get("at", "end") == "after_train":
-        payload = _extract(model, data, extract, result, request_indices, eval_batch, device)
+        payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)
 
     if distill_spec and distill_spec.get("when") == "after":
         distill_loss = _distill_public(
@@ -210,16 +229,61 @@ def run_round(
             evaluate_client(model, data, eval_batch, device, protos), eval_round=server_round
         )
     if extract.get("at", "end") == "end":
-        payload = _extract(model, data, extract, result, request_indices, eval_batch, device)
+        payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)
     return RoundOutput(payload=payload, metrics=metrics)
 
 
-def _extract(model, data: ClientTensors, spec, result: TrainResult, request_indices, batch, device):
+def _adapt(model, data: ClientTensors, spec, head_arrays, reference_arrays, generator, device):
+    """FedKA's client round on (private source, public target) batches; see fedkd.adaptation."""
+    method = spec["method"]
+    head = reference = None
+    if method in ADVERSARIAL:
+        if not head_arrays:
+            raise PayloadError(f"FedKA method {method!r} needs the domain head's weights")
+        head = DomainHead(int(model.feature_dim), int(spec["domain_hidden"])).to(device)
+        arrays_to_model(head, head_arrays)
+    if method in MATCHING:  # the global extractor: the loaded model unless sent separately
+        reference = copy.deepcopy(model)
+        if reference_arrays:
+            arrays_to_model(reference, reference_arrays)
+    report = adapt_locally(
+        model,
+        data.train_x.to(device),
+        data.train_y.to(device),
+        data.public_x.to(device),
+        method=method,
+        head=head,
+        reference=reference,
+        batches=int(spec["batches"]),
+        batch_size=int(spec["batch_size"]),
+        optimizer=spec["optimizer"],
+        round_index=int(spec["round_index"]),
+        num_rounds=int(spec["num_rounds"]),
+        generator=generator,
+        gamma=float(spec["gamma"]),
+        mmd_every=int(spec["mmd_every"]),
+        mmd_accumulate=spec["mmd_accumulate"],
+        kernel_mul=float(spec["kernel_mul"]),
+        kernel_num=int(spec["kernel_num"]),
+    )
+    result = TrainResult(loss=report.ce_loss, reg_loss=report.domain_loss + report.mmd_loss)
+    metrics = {"domain_loss": report.domain_loss, "mmd_loss": report.mmd_loss}
+    if head is not None:
+        metrics["domain_acc"] = report.domain_acc
+    return result, head, metrics
+
+
+def _extract(
+    model, data: ClientTensors, spec, result: TrainResult, request_indices, batch, device, head=None
+):
     kind = spec["kind"]
     if kind == "none":
         return None
     if kind == "weights":
-        return ModelWeights(model_to_arrays(model))
+        arrays = model_to_arrays(model)
+        return ModelWeights(
+            join_arrays(arrays, model_to_arrays(head)) if head is not None else arrays
+        )
     if kind == "class_logits":
         return ClassLogits(logits=result.class_means(), counts=result.class_counts)
     if kind == "prototypes":

@@ -29,7 +29,11 @@ METRICS = "metrics"
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in arrays.items()})
+    # np.require, not np.ascontiguousarray: the latter turns 0-d arrays (BatchNorm's
+    # num_batches_tracked) into shape (1,)
+    return ArrayRecord(
+        {key: Array(np.require(value, requirements="C")) for key, value in arrays.items()}
+    )
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

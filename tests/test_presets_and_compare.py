@@ -17,12 +17,13 @@ PRESETS = sorted(
 
 def test_there_is_a_preset_per_method():
     assert {"fd", "fedmd", "dsfl", "knfu", "fedproto", "feddf"} <= set(PRESETS)
+    assert {"fedka_digits_domains", "vote_digits_domains"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_composes_and_passes_checks(name):
     cfg = compose([f"+experiment={name}"])
-    assert cfg["strategy"]["name"] == name
+    assert cfg["strategy"]["name"] == name.removesuffix("_digits_domains")
     check_options(cfg)
 
 

@@ -43,18 +43,30 @@ STRATEGY_ARGS = {
     "knfu": [],
     "fedproto": [],
     "feddf": [],
+    # leave-one-domain-out on digits_domains: 5 source-domain clients, target "rotated"
+    "fedka": ["+experiment=fedka_digits_domains", "strategy.batches=8", "strategy.vote_batches=16"],
+    "vote": ["+experiment=vote_digits_domains"],
 }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    out = {}
-    for name, extra in STRATEGY_ARGS.items():
-        run_dir = tmp_path_factory.mktemp(name)
-        result = run_cli([f"strategy={name}", *SMALL, *extra], run_dir)
+class Runs(dict):
+    """One short run per strategy, started on first use (so ``-k`` runs only what it needs)."""
+
+    def __init__(self, factory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def __missing__(self, name: str) -> Path:
+        run_dir = self.factory.mktemp(name)
+        result = run_cli([f"strategy={name}", *SMALL, *STRATEGY_ARGS[name]], run_dir)
         assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
-        out[name] = run_dir
-    return out
+        self[name] = run_dir
+        return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGY_ARGS))
@@ -80,6 +92,49 @@ def test_knowledge_is_exchanged_and_used(runs, name):
     # from round 2 the fused knowledge travels down on top of any request (indices)
     assert min(r["bytes_down"] for r in later) > max(r["bytes_down"] for r in first)
     assert all(r["distill_loss"] > 0 for r in later)
+
+
+def server_rows(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "summary.json").read_text())["rounds"]
+
+
+def test_fedka_produces_pseudo_labels_and_fine_tunes_the_global_model_on_them(runs):
+    rows = server_rows(runs["fedka"])
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    target = 300  # the rotated domain: every target sample gets a pseudo-label (threshold 0)
+    assert all(abs(r["pseudo_labels"] - target) <= 10 for r in rows)
+    assert all(r["vote_finetune_loss"] > 0 for r in rows)
+    # the labels were used: fine-tuning on them moved the global model
+    assert all(r["finetune_weight_shift"] > 0 for r in rows)
+    for r in rows:
+        assert r["group_effect"] == pytest.approx(
+            r["global_model_target_acc"] - r["client_target_acc"]
+        )
+        assert 0 <= r["voting_acc"] <= 1
+    clients = read_metrics(runs["fedka"])
+    assert all(c["domain_loss"] > 0 and c["mmd_loss"] > 0 for c in clients)
+    # server-side target accuracy of the uploaded models = what the clients measured
+    for rnd in (1, 2, 3):
+        mine = [c["global_test_acc"] for c in clients if c["round"] == rnd]
+        row = next(r for r in rows if r["round"] == rnd)
+        assert row["client_target_acc"] == pytest.approx(sum(mine) / len(mine), abs=1e-6)
+    summary = json.loads((runs["fedka"] / "summary.json").read_text())
+    assert {"best", "last"} <= set(summary["final"]["global_model_target_acc"])
+
+
+def test_vote_releases_consensus_labels_that_clients_distil_on(runs):
+    rows = {r["round"]: r for r in server_rows(runs["vote"])}
+    assert rows[3]["pseudo_labels"] > 0  # untrained round-1 models may agree nowhere
+    for r in rows.values():
+        assert r["answered_share"] == pytest.approx(r["pseudo_labels"] / 300)
+        assert 0 <= r["vote_agreement"] <= 1
+    clients = read_metrics(runs["vote"])
+    for c in clients:
+        # a round distils on the labels released by the round before, if there were any
+        released = c["round"] > 1 and rows[c["round"] - 1]["pseudo_labels"] > 0
+        assert (c["distill_loss"] > 0) == released
+    # labels only: a vote is 8 bytes per sample, far less than logits
+    assert max(c["bytes_up"] for c in clients) < 300 * 8 * 2 + 4096
 
 
 def test_local_exchanges_nothing(runs):

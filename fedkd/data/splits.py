@@ -228,6 +228,7 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
     return FederatedData(
         clients=clients,
         public_x=x[public],
+        public_y=y[public],
         global_test=global_test,
         num_classes=num_classes,
         input_shape=tuple(source.input_shape),

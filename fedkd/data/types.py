@@ -69,6 +69,9 @@ class FederatedData:
     # public_x is the target domain's inputs and global_test the same samples, labelled)
     client_domains: list[str] | None = None
     target_domain: str | None = None
+    # the public samples' labels, for server-side diagnostics only (voting accuracy);
+    # never sent to a client
+    public_y: np.ndarray | None = None
 
 
 DatasetLoader = Callable[[Mapping[str, Any], int], SourceData]

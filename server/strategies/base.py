@@ -139,7 +139,7 @@ class FedkdStrategy(Strategy):
         rng = self.rng_for(self._round, "sample")
         return sorted(rng.choice(ids, size=size, replace=False).tolist())
 
-    STREAMS = {"sample": 1, "public": 2}
+    STREAMS = {"sample": 1, "public": 2, "vote_noise": 3}
 
     def rng_for(self, server_round: int, stream: str) -> np.random.Generator:
         """An independent seeded stream per (round, purpose): sampling more or fewer

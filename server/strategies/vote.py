@@ -1,0 +1,125 @@
+"""``vote``: alignment voting for heterogeneous models (FedKA's federated voting as a
+knowledge exchange; ALGORITHMS.md §2.3 step 4, §2.5, §4.7).
+
+Clients upload only labels: their top-k classes (``top_k``, argmax by default) on a
+per-round subset of the public set (the unlabelled target domain when
+``split.target_domain`` is set). The server counts the votes and releases a label
+where the share of clients agreeing reaches ``voting.threshold``, optionally through
+PATE's GNMax / Confident-GNMax with client-level ε accounted per query
+(:class:`fedkd.fusion.label_vote.LabelVoting`). Next round, every client distils on
+the released labels (one-hot targets, soft-target cross-entropy) before its local
+training. Nothing else is exchanged, so any mix of architectures works.
+
+Logged per round: ``answered_share`` (released / queried), ``vote_agreement`` (mean
+noise-free share of voters on the plurality label), ``voting_acc`` (released labels
+against the public samples' held-back labels; diagnostics only, never sent) and, with
+noise, ``vote_epsilon``. Ours: the one-round lag of :class:`PublicSetStrategy`, and
+one-hot targets with ``soft_ce`` (equal to hard-label CE) so the client's distillation
+step is shared with the other public-set methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from clients.runtime import data_key, federated_data
+from fedkd.errors import ConfigError, PayloadError
+from fedkd.fusion import vote_counts
+from fedkd.fusion.label_vote import LabelVoting, VoteRelease
+from fedkd.knowledge import PublicLogits, Votes
+from fedkd.losses import LOSSES, check_space
+from server.strategies.public import PublicSetStrategy
+from server.strategies.registry import STRATEGIES
+
+
+def voting_diagnostics(
+    release: VoteRelease, true_labels: np.ndarray | None, voting: LabelVoting
+) -> dict[str, float]:
+    """What a round of label voting did: share answered, agreement, accuracy, ε."""
+    answered = release.answered
+    out = {
+        "answered_share": float(answered.mean()) if len(answered) else 0.0,
+        "vote_agreement": float(release.agreement.mean()) if len(answered) else 0.0,
+        "pseudo_labels": float(answered.sum()),
+    }
+    if true_labels is not None and answered.any():
+        out["voting_acc"] = float((release.labels[answered] == true_labels[answered]).mean())
+    if voting.private:
+        out["vote_epsilon"] = voting.epsilon()
+    return out
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+@STRATEGIES.register("vote")
+class Vote(PublicSetStrategy):
+    name = "vote"
+    upload_kind = "votes"
+    subset_key = "query_size"
+
+    @classmethod
+    def check_config(cls, cfg: dict[str, Any]) -> None:
+        p = cfg["strategy"]
+        cls.subset_size(cfg)
+        top_k = p["top_k"]
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"strategy.top_k must be an int >= 1 (got {top_k!r})")
+        LOSSES.get(p["distill_loss"])
+        check_space(p["distill_loss"], "probs")
+        LabelVoting.from_config(p["voting"], votes_per_teacher=top_k)
+
+    def setup(self) -> None:
+        super().setup()
+        self.top_k = int(self.params["top_k"])
+        if self.top_k > self.info.num_classes:
+            raise ConfigError(
+                f"strategy.top_k={self.top_k} exceeds the {self.info.num_classes} classes"
+            )
+        self.voting = LabelVoting.from_config(self.params["voting"], votes_per_teacher=self.top_k)
+        self.public_y = federated_data(data_key(self.cfg)).public_y  # diagnostics only
+
+    def plan(self, server_round: int) -> dict[str, Any]:
+        distill = self.cfg["client"]["distill"]
+        return {
+            "distill": {
+                "loss": self.params["distill_loss"],
+                "epochs": distill["epochs"],
+                "batch_size": distill["batch_size"],
+                "optimizer": distill["optimizer"],
+                "when": "before",
+            },
+            "extract": {"kind": "votes", "top_k": self.top_k},
+        }
+
+    def check_upload(self, server_round: int, client_id: int, payload: Votes) -> None:
+        if payload.votes.shape[1] != self.top_k:
+            raise PayloadError(f"expected top-{self.top_k} votes, got {payload.votes.shape[1]}")
+        if not np.array_equal(payload.indices, self.indices_for(server_round)):
+            raise PayloadError(
+                "uploaded public-set indices differ from the ones requested this round"
+            )
+
+    def fuse(
+        self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
+    ) -> dict[str, float]:
+        ids = sorted(uploads)
+        indices = self.indices_for(server_round)
+        counts = vote_counts(np.stack([uploads[i].votes for i in ids]), self.info.num_classes)
+        rng = self.rng_for(server_round, "vote_noise")
+        release = self.voting.release(counts, len(ids), rng)
+        answered = release.answered
+        self.targets = (
+            PublicLogits(
+                indices=indices[answered],
+                values=one_hot(release.labels[answered], self.info.num_classes),
+                space="probs",
+            )
+            if answered.any()
+            else None  # nothing released: clients skip distillation next round
+        )
+        truth = None if self.public_y is None else self.public_y[indices]
+        return voting_diagnostics(release, truth, self.voting)
