@@ -13,6 +13,7 @@ as long as it uses these building blocks:
     "regulariser": None | {"kind": "class_logits" | "prototypes", "loss", "beta", "temperature"},
                                    # per-label teacher term added to CE (FD logits, FedProto prototypes)
     "evaluate_prototypes": bool,   # also report nearest-received-prototype accuracy (FedProto)
+    "confusion": bool,             # also global-test confusion counts (added by the base strategy)
     "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "votes" | "weights",
                 "space": "logits" | "probs", "temperature": float, "top_k": int,
                 "at": "end" | "after_train"},
@@ -33,11 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from clients.runtime import ClientTensors
+from fedkd.confusion import GLOBAL_CONFUSION
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 from fedkd.losses import LOSSES, check_space
 from fedkd.train import (
     TrainResult,
+    confusion_matrix,
     distill,
     evaluate,
     make_optimizer,
@@ -128,9 +131,21 @@ def nearest_prototype_accuracy(
 
 
 def evaluate_client(
-    model, data: ClientTensors, batch: int, device, protos: Prototypes | None = None
-) -> dict[str, float]:
-    out: dict[str, float] = {}
+    model,
+    data: ClientTensors,
+    batch: int,
+    device,
+    protos: Prototypes | None = None,
+    confusion: bool = False,
+) -> dict[str, float | np.ndarray]:
+    """Accuracy and loss on the local and global test sets.
+
+    ``confusion``: also the global-test confusion counts under
+    ``GLOBAL_CONFUSION`` (an int64 ``[C, C]`` array, not a metric: the
+    ClientApp moves it into the reply's ``eval`` record). Off unless the plan
+    asks, so ordinary rounds pay no extra pass.
+    """
+    out: dict[str, float | np.ndarray] = {}
     for name, x, y in (
         ("local_test", data.test_x, data.test_y),
         ("global_test", data.global_x, data.global_y),
@@ -139,6 +154,10 @@ def evaluate_client(
         out[f"{name}_acc"], out[f"{name}_loss"] = evaluate(model, x, y, batch)
         if protos is not None:
             out[f"{name}_proto_acc"] = nearest_prototype_accuracy(model, x, y, protos, batch)
+    if confusion:
+        out[GLOBAL_CONFUSION] = confusion_matrix(
+            model, data.global_x.to(device), data.global_y.to(device), data.num_classes, batch
+        )
     return out
 
 
@@ -172,7 +191,8 @@ def run_round(
         arrays_to_model(model, received.arrays)
     if plan.get("eval_received"):
         metrics.update(
-            evaluate_client(model, data, eval_batch, device), eval_round=server_round - 1
+            evaluate_client(model, data, eval_batch, device, confusion=bool(plan.get("confusion"))),
+            eval_round=server_round - 1,
         )
 
     distill_loss = 0.0
@@ -207,7 +227,8 @@ def run_round(
     metrics.update(train_loss=result.loss, distill_loss=distill_loss + result.reg_loss)
     if not plan.get("eval_received"):
         metrics.update(
-            evaluate_client(model, data, eval_batch, device, protos), eval_round=server_round
+            evaluate_client(model, data, eval_batch, device, protos, bool(plan.get("confusion"))),
+            eval_round=server_round,
         )
     if extract.get("at", "end") == "end":
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device)

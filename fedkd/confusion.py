@@ -17,6 +17,8 @@ import numpy as np
 
 from fedkd.errors import ConfigError, PayloadError
 
+GLOBAL_CONFUSION = "global_confusion"  # the counts' name in evaluations and on the wire
+
 
 def counts_from_labels(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """int64 ``[C, C]`` counts: entry ``[i, j]`` is how many samples of class i were predicted j."""

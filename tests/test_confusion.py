@@ -87,3 +87,30 @@ def test_the_config_check_refuses_a_bad_confusion_every():
     check_config(compose(["logging.confusion_every=null"]))
     with pytest.raises(ConfigError, match="logging.confusion_every"):
         check_config(compose(["logging.confusion_every=-2"]))
+
+
+def test_client_sends_counts_in_the_eval_record_only_when_asked():
+    from flwr.app import RecordDict
+
+    from clients import wire
+    from clients.app import _put_metrics
+    from clients.round import evaluate_client
+    from clients.runtime import ClientTensors
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x, x
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    y = torch.tensor([0, 1, 1])
+    data = ClientTensors(x, y, x, y, x, y, x, num_classes=2, input_shape=(2,))
+    assert wire.GLOBAL_CONFUSION not in evaluate_client(Fixed(), data, 8, "cpu")
+    metrics = {"partition_id": 3, **evaluate_client(Fixed(), data, 8, "cpu", confusion=True)}
+    content = RecordDict()
+    _put_metrics(content, metrics)
+    counts = wire.get_eval_arrays(content)[wire.GLOBAL_CONFUSION]
+    np.testing.assert_array_equal(counts, [[1, 0], [1, 1]])
+    scalars = dict(content.metric_records[wire.METRICS])
+    assert (
+        scalars["global_test_acc"] == pytest.approx(2 / 3) and wire.GLOBAL_CONFUSION not in scalars
+    )
