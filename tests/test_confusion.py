@@ -121,7 +121,7 @@ def test_client_sends_counts_in_the_eval_record_only_when_asked():
     )
 
 
-# ---------------------------------------------------------------- server: asking, validating, recording
+# ---------------------------------------------------------------- server: ask, validate, record
 def strategy(name: str, tmp_path, *overrides: str, recorder: bool = True):
     extra = ["model=mlp"] if name == "fedavg" else []
     cfg = compose(["num_clients=2", "num_rounds=4", f"strategy={name}", *extra, *overrides])

@@ -214,7 +214,7 @@ class FedkdStrategy(Strategy):
         return accepted
 
     def _confusion_of(self, server_round: int, cid: int, msg: Message) -> np.ndarray | None:
-        """The reply's validated global-test confusion counts; a bad array is ignored, with a warning."""
+        """The reply's validated global-test confusion counts; a bad array: warning and None."""
         try:
             arrays = wire.get_eval_arrays(msg.content)
             if GLOBAL_CONFUSION not in arrays:
