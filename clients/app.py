@@ -89,7 +89,7 @@ def train(message: Message, context: Context) -> Message:
     if output.payload is not None:
         wire.put_payload(content, output.payload)
     output.metrics.update(partition_id=pid, client_time=time.perf_counter() - start)
-    content[wire.METRICS] = MetricRecord(_clean(output.metrics))
+    _put_metrics(content, output.metrics)
     return Message(content=content, reply_to=message)
 
 
@@ -109,16 +109,26 @@ def hello(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_model(message: Message, context: Context) -> Message:
     """Evaluate received weights (e.g. the final FedAvg model) or the personal model."""
-    server_round, cfg, _plan, pid, data, device, model = _setup(message, context)
+    server_round, cfg, plan, pid, data, device, model = _setup(message, context)
     received = wire.get_payload(message.content)
     if isinstance(received, ModelWeights):
         arrays_to_model(model, received.arrays)
+    batch = int(cfg["client"]["eval_batch_size"])
     metrics = {
         "partition_id": pid,
-        **evaluate_client(model, data, int(cfg["client"]["eval_batch_size"]), device),
+        **evaluate_client(model, data, batch, device, confusion=bool(plan.get("confusion"))),
     }
-    content = RecordDict({wire.METRICS: MetricRecord(_clean(metrics))})
+    content = RecordDict()
+    _put_metrics(content, metrics)
     return Message(content=content, reply_to=message)
+
+
+def _put_metrics(content: RecordDict, metrics: dict[str, Any]) -> None:
+    """Scalars into ``metrics``; arrays (the confusion counts) into the separate ``eval`` record."""
+    arrays = {k: metrics.pop(k) for k in list(metrics) if isinstance(metrics[k], np.ndarray)}
+    if arrays:
+        content[wire.EVAL] = wire.arrays_to_record(arrays)
+    content[wire.METRICS] = MetricRecord(_clean(metrics))
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, float | int]:

@@ -18,6 +18,7 @@ as long as it uses these building blocks:
                      "round_index", "num_rounds"},
                                    # FedKA: domain-adversarial + MMD training on source and
                                    # public (target) batches instead of plain local training
+    "confusion": bool,             # also global-test confusion counts (added by the base strategy)
     "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "votes" | "weights",
                 "space": "logits" | "probs", "temperature": float, "top_k": int,
                 "at": "end" | "after_train"},
@@ -41,11 +42,13 @@ from torch import Tensor, nn
 from clients.runtime import ClientTensors
 from fedkd.adaptation import ADVERSARIAL, MATCHING, adapt_locally, join_arrays, split_arrays
 from fedkd.domain import DomainHead
+from fedkd.confusion import GLOBAL_CONFUSION
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 from fedkd.losses import LOSSES, check_space
 from fedkd.train import (
     TrainResult,
+    confusion_matrix,
     distill,
     evaluate,
     make_optimizer,
@@ -136,9 +139,21 @@ def nearest_prototype_accuracy(
 
 
 def evaluate_client(
-    model, data: ClientTensors, batch: int, device, protos: Prototypes | None = None
-) -> dict[str, float]:
-    out: dict[str, float] = {}
+    model,
+    data: ClientTensors,
+    batch: int,
+    device,
+    protos: Prototypes | None = None,
+    confusion: bool = False,
+) -> dict[str, float | np.ndarray]:
+    """Accuracy and loss on the local and global test sets.
+
+    ``confusion``: also the global-test confusion counts under
+    ``GLOBAL_CONFUSION`` (an int64 ``[C, C]`` array, not a metric: the
+    ClientApp moves it into the reply's ``eval`` record). Off unless the plan
+    asks, so ordinary rounds pay no extra pass.
+    """
+    out: dict[str, float | np.ndarray] = {}
     for name, x, y in (
         ("local_test", data.test_x, data.test_y),
         ("global_test", data.global_x, data.global_y),
@@ -147,6 +162,10 @@ def evaluate_client(
         out[f"{name}_acc"], out[f"{name}_loss"] = evaluate(model, x, y, batch)
         if protos is not None:
             out[f"{name}_proto_acc"] = nearest_prototype_accuracy(model, x, y, protos, batch)
+    if confusion:
+        out[GLOBAL_CONFUSION] = confusion_matrix(
+            model, data.global_x.to(device), data.global_y.to(device), data.num_classes, batch
+        )
     return out
 
 
@@ -184,7 +203,8 @@ def run_round(
         arrays_to_model(model, model_arrays if adapt else received.arrays)
     if plan.get("eval_received"):
         metrics.update(
-            evaluate_client(model, data, eval_batch, device), eval_round=server_round - 1
+            evaluate_client(model, data, eval_batch, device, confusion=bool(plan.get("confusion"))),
+            eval_round=server_round - 1,
         )
 
     distill_loss = 0.0
@@ -226,7 +246,8 @@ def run_round(
     metrics.update(train_loss=result.loss, distill_loss=distill_loss + result.reg_loss)
     if not plan.get("eval_received"):
         metrics.update(
-            evaluate_client(model, data, eval_batch, device, protos), eval_round=server_round
+            evaluate_client(model, data, eval_batch, device, protos, bool(plan.get("confusion"))),
+            eval_round=server_round,
         )
     if extract.get("at", "end") == "end":
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)

@@ -7,7 +7,10 @@ One round is one Flower message each way. A message's RecordDict holds:
 - ``knowledge`` (ArrayRecord) + ``knowledge_meta`` (ConfigRecord, ``kind`` + the
   payload's scalar metadata): a typed payload from :mod:`fedkd.knowledge`;
 - ``request`` (ArrayRecord): e.g. the public-set ``indices`` to predict on;
-- ``metrics`` (MetricRecord, replies only): training and evaluation metrics.
+- ``metrics`` (MetricRecord, replies only): training and evaluation metrics;
+- ``eval`` (ArrayRecord, replies only, when the plan sets ``confusion``):
+  evaluation arrays, ``global_confusion`` (int64 ``[C, C]`` counts on the
+  global test set). Not knowledge: ``payload_bytes`` leaves it out.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedkd.confusion import GLOBAL_CONFUSION  # noqa: F401  (the key in EVAL)
 from fedkd.errors import PayloadError
 from fedkd.knowledge import decode
 
@@ -26,6 +30,7 @@ KNOWLEDGE = "knowledge"
 KNOWLEDGE_META = "knowledge_meta"
 REQUEST = "request"
 METRICS = "metrics"
+EVAL = "eval"
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -60,12 +65,21 @@ def get_payload(content: RecordDict) -> Any | None:
 
 
 def payload_bytes(content: RecordDict) -> int:
-    """Bytes of array data a message carries (knowledge, incl. weights, and request)."""
+    """Bytes of array data a message carries (knowledge, incl. weights, and request).
+
+    Evaluation arrays (``eval``) are measurement, not federated traffic: left out.
+    """
     return sum(
         record.count_bytes()
         for key, record in content.array_records.items()
         if key in (KNOWLEDGE, REQUEST)
     )
+
+
+def get_eval_arrays(content: RecordDict) -> dict[str, np.ndarray]:
+    """The reply's evaluation arrays (e.g. ``global_confusion``); empty if it has none."""
+    record = content.array_records.get(EVAL)
+    return {} if record is None else record_to_arrays(record)
 
 
 def make_config(server_round: int, cfg_json: str, plan: dict[str, Any]) -> ConfigRecord:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedkd.confusion import check_confusion_every
 from fedkd.errors import ConfigError
 
 
@@ -91,3 +92,4 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"privacy '{cfg['privacy']['name']}' is not available yet; use privacy=none"
         )
+    check_confusion_every(cfg.get("logging", {}).get("confusion_every", 0))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedkd.confusion import counts_from_labels
 from fedkd.errors import ConfigError
 from fedkd.registry import Registry
 
@@ -184,3 +185,14 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[f
     loss = nn.functional.cross_entropy(logits, y).item()
     acc = (logits.argmax(dim=1) == y).float().mean().item()
     return acc, loss
+
+
+@torch.no_grad()
+def confusion_matrix(
+    model: nn.Module, x: Tensor, y: Tensor, num_classes: int, batch_size: int
+) -> np.ndarray:
+    """int64 ``[C, C]`` counts of the model's head on ``(x, y)``: rows true, columns predicted."""
+    if len(y) == 0:
+        return np.zeros((num_classes, num_classes), np.int64)
+    _, logits = predict(model, x, batch_size)
+    return counts_from_labels(y.cpu().numpy(), logits.argmax(dim=1).cpu().numpy(), num_classes)

@@ -7,6 +7,9 @@ run's hyperparameters (the flattened config) with its final metrics to
 ``tensorboard/hparams/`` for TensorBoard's HParams tab. The final per-client
 table also goes to ``table.txt`` and a line per round to the ``fedkd.rounds``
 logger (Hydra's ``run.log``; the console only at ``logging.level=verbose``).
+Global-test confusion counts, when the strategy collects them, go to
+``confusion.json`` and the mean client's matrix to the server's TensorBoard
+image ``confusion/mean_client``.
 
 A client's reply may evaluate a model from an earlier round (FedAvg evaluates
 the global model it receives), so metrics are keyed by the round of the model
@@ -21,7 +24,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +162,7 @@ class RunRecorder:
         self._rounds: list[dict[str, Any]] = []  # one row per written round
         self._clients: dict[int, list[dict[str, float]]] = defaultdict(list)
         self._written: set[int] = set()
+        self._confusion: dict[int, dict[str, Any]] = {}  # eval round -> confusion.json entry
         self._logged = 0  # rows of self._rounds already logged
         self._first_round_end: tuple[int, float] | None = None
         self._start = time.perf_counter()
@@ -195,9 +199,23 @@ class RunRecorder:
         self._pending[server_round][client_id].update(values)
 
     def image(
-        self, server_round: int, tag: str, matrix: np.ndarray, xlabel: str = "", ylabel: str = ""
+        self,
+        server_round: int,
+        tag: str,
+        matrix: np.ndarray,
+        xlabel: str = "",
+        ylabel: str = "",
+        *,
+        labels: Sequence[str] | None = None,
+        vmax: float | None = None,
+        annotate: bool = False,
+        size: tuple[float, float] = (4.5, 4.0),
     ) -> None:
-        """A heatmap of ``matrix`` in the server's TensorBoard images (e.g. fusion weights)."""
+        """A heatmap of ``matrix`` in the server's TensorBoard images (e.g. fusion weights).
+
+        ``labels`` name every row and column (e.g. classes); ``annotate`` prints
+        each cell's value, readable up to about 12 x 12.
+        """
         if not self._tensorboard:
             return
         import matplotlib
@@ -205,11 +223,57 @@ class RunRecorder:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        shown = ax.imshow(matrix, cmap="viridis", vmin=0.0)
+        fig, ax = plt.subplots(figsize=size, layout="constrained")
+        shown = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax)
         fig.colorbar(shown, ax=ax)
         ax.set(title=f"{tag} (round {server_round})", xlabel=xlabel, ylabel=ylabel)
+        if labels is not None:
+            ticks = range(len(labels))
+            ax.set_xticks(ticks, labels, fontsize=7)
+            ax.set_yticks(ticks, labels, fontsize=7)
+        if annotate:
+            top = float(np.max(matrix)) if vmax is None else vmax
+            for (row, col), value in np.ndenumerate(matrix):
+                color = "black" if value > 0.6 * top else "white"
+                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color)
         self._writer("server").add_figure(tag, fig, server_round, close=True)
+
+    def confusion(
+        self, eval_round: int, counts: Mapping[int, np.ndarray], mean_client: np.ndarray
+    ) -> None:
+        """Global-test confusion counts per client and the mean client's matrix of one round.
+
+        The mean client's matrix (rows: true class, row-normalised) becomes the
+        image ``confusion/mean_client`` at step ``eval_round``; everything goes
+        to ``confusion.json`` when the run finishes.
+        """
+        self._confusion[eval_round] = {
+            "round": eval_round,
+            "clients": {str(cid): np.asarray(counts[cid]).tolist() for cid in sorted(counts)},
+            "mean_client": np.round(mean_client, 6).tolist(),
+        }
+        classes = [str(c) for c in range(len(mean_client))]
+        self.image(
+            eval_round,
+            "confusion/mean_client",
+            mean_client,
+            xlabel="predicted class",
+            ylabel="true class",
+            labels=classes if len(classes) <= 30 else None,
+            vmax=1.0,
+            annotate=len(classes) <= 12,
+            size=(6.0, 5.0),
+        )
+
+    def _write_confusion(self) -> None:
+        if not self._confusion:
+            return
+        doc = {
+            "about": "global test set; rows true class, columns predicted class; clients: counts; "
+            "mean_client: mean over clients of the row-normalised counts (empty rows 0)",
+            "rounds": [self._confusion[r] for r in sorted(self._confusion)],
+        }
+        (self.run_dir / "confusion.json").write_text(json.dumps(doc), encoding="utf-8")
 
     def server(self, server_round: int, scalars: dict[str, float]) -> None:
         self._server[server_round].update({k: float(v) for k, v in scalars.items()})
@@ -339,6 +403,7 @@ class RunRecorder:
             self._progress.stop()
         self._log_rounds(self.num_rounds)
         self._jsonl.close()
+        self._write_confusion()
         summary = self._summary(extra or {})
         text = json.dumps(finite_or_null(summary), indent=2)
         (self.run_dir / "summary.json").write_text(text, encoding="utf-8")

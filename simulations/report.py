@@ -9,6 +9,8 @@ writes PNG figures (matplotlib, Agg) and ``summary.md`` into ``--out``:
 - ``accuracy_vs_bytes.png``: mean accuracy against cumulative traffic (up + down, all clients)
 - ``epsilon.png``: accuracy against the privacy budget (only if the runs record ``epsilon``)
 - ``fusion_weights.png``: KnFu fusion weights, first and last round (only for runs that have them)
+- ``confusion.png``: the mean client's confusion matrix on the global test set, last recorded
+  round (only for runs with a ``confusion.json``)
 
 Several runs are overlaid and labelled by the config keys whose values differ
 across them (e.g. ``strategy.name=fd seed=1``).
@@ -43,7 +45,7 @@ from simulations.sweep import (
 DPI = 100
 ACCURACIES = (("local_test_acc", "local test"), ("global_test_acc", "global test"))
 WIDTH = 11.0  # inches; heights are multiples of 0.25 in so pixel sizes are exact
-FIGURES = ("accuracy", "clients", "accuracy_vs_bytes", "epsilon", "fusion_weights")
+FIGURES = ("accuracy", "clients", "accuracy_vs_bytes", "epsilon", "fusion_weights", "confusion")
 
 
 def figure_inches(name: str, rows: int = 1) -> tuple[float, float]:
@@ -54,6 +56,8 @@ def figure_inches(name: str, rows: int = 1) -> tuple[float, float]:
         return WIDTH, 0.5 + 2.5 * rows
     if name == "fusion_weights":
         return 9.0, 0.5 + 3.5 * rows
+    if name == "confusion":
+        return 6.0, 0.5 + 4.5 * rows
     raise KeyError(name)
 
 
@@ -118,6 +122,17 @@ class Run:
             n = 1 + max([*by_client, *(j for row in by_client.values() for j in row)])
             out[rnd] = [[by_client.get(i, {}).get(j, math.nan) for j in range(n)] for i in range(n)]
         return out
+
+    def final_confusion(self) -> tuple[int, list[list[float]]] | None:
+        """(round, mean client's matrix) of the last round in ``confusion.json``; None without."""
+        path = self.dir / "confusion.json"
+        if not path.is_file():
+            return None
+        rounds = json.loads(path.read_text(encoding="utf-8")).get("rounds") or []
+        if not rounds:
+            return None
+        last = max(rounds, key=lambda r: r["round"])
+        return int(last["round"]), last["mean_client"]
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
@@ -332,6 +347,31 @@ def figure_fusion(runs: list[Run], out: Path) -> Path | None:
     return _save(fig, out / "fusion_weights.png")
 
 
+def figure_confusion(runs: list[Run], out: Path) -> Path | None:
+    """The mean client's global-test confusion matrix (rows: true class), one panel per run."""
+    found = [(run, c) for run in runs if (c := run.final_confusion())]
+    if not found:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        len(found),
+        1,
+        figsize=figure_inches("confusion", len(found)),
+        squeeze=False,
+        layout="constrained",
+    )
+    shown = None
+    for ax, (run, (rnd, matrix)) in zip(axes[:, 0], found, strict=True):
+        shown = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        if len(matrix) <= 30:
+            ax.set_xticks(range(len(matrix)))
+            ax.set_yticks(range(len(matrix)))
+        ax.set(xlabel="predicted class", ylabel="true class")
+        ax.set_title(f"{run.label}: mean client, round {rnd}", fontsize=8)
+    fig.colorbar(shown, ax=axes, label="share of the true class (mean over clients)", shrink=0.9)
+    return _save(fig, out / "confusion.png")
+
+
 # ---------------------------------------------------------------- table
 def _pct(summary: dict[str, Any], key: str, which: str) -> str:
     value = summary.get("final", {}).get(key, {}).get(which)
@@ -401,7 +441,8 @@ def report(paths: list[str | Path], out: str | Path) -> list[Path]:
         figure_clients(runs, out),
         figure_bytes(runs, out),
     ]
-    figures += [p for p in (figure_epsilon(runs, out), figure_fusion(runs, out)) if p]
+    optional = (figure_epsilon(runs, out), figure_fusion(runs, out), figure_confusion(runs, out))
+    figures += [p for p in optional if p]
     md = out / "summary.md"
     md.write_text(summary_markdown(runs, figures, out), encoding="utf-8")
     return [*figures, md]

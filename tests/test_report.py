@@ -180,6 +180,9 @@ def test_report_on_hand_made_runs_draws_optional_figures(tmp_path):
     knfu = base_config(seed=1, **{"strategy.name": "knfu"})
     a = make_run(tmp_path / "a", base_config(), fake_summary(0.5, 0.3), fake_lines(True, False))
     b = make_run(tmp_path / "b", knfu, fake_summary(0.6, 0.4), fake_lines(False, True))
+    mean = [[0.75, 0.25], [0.5, 0.5]]
+    confusion = {"rounds": [{"round": 2, "clients": {"0": [[3, 1], [2, 2]]}, "mean_client": mean}]}
+    (a / "confusion.json").write_text(json.dumps(confusion))
     out = tmp_path / "report"
     rep.main([str(a), str(b), "--out", str(out)])
     expected = {
@@ -188,6 +191,7 @@ def test_report_on_hand_made_runs_draws_optional_figures(tmp_path):
         "accuracy_vs_bytes": rep.figure_pixels("accuracy_vs_bytes"),
         "epsilon": rep.figure_pixels("epsilon"),
         "fusion_weights": rep.figure_pixels("fusion_weights", 1),  # only run b has weights
+        "confusion": rep.figure_pixels("confusion", 1),  # only run a has confusion.json
     }
     for name, size in expected.items():
         assert png_size(out / f"{name}.png") == size, name
@@ -321,6 +325,7 @@ def test_real_sweep_root_table_report_and_hparams(sweep, tmp_path):
         "clients.png": rep.figure_pixels("clients", 2),
         "accuracy_vs_bytes.png": rep.figure_pixels("accuracy_vs_bytes"),
         "fusion_weights.png": rep.figure_pixels("fusion_weights", 2),  # KnFu runs have weights
+        "confusion.png": rep.figure_pixels("confusion", 2),  # the last round's, by default
     }
     for name, size in sizes.items():
         assert png_size(out / name) == size, name

@@ -10,7 +10,9 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 from procs import run_fedkd_sim
 
 pytestmark = pytest.mark.slow
@@ -190,6 +192,29 @@ def test_fedavg_clients_evaluate_one_global_model(runs):
         accs = {round(r["global_test_acc"], 6) for r in rows if r["round"] == rnd}
         assert len(accs) == 1, f"round {rnd}: clients hold different global models {accs}"
     assert all(r["bytes_down"] > 0 and r["bytes_up"] > 0 for r in rows if r["round"] >= 1)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_ARGS))
+def test_mean_client_confusion_matrix_of_the_last_round(runs, name):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(runs[name] / "tensorboard" / "server"), size_guidance={"images": 0})
+    acc.Reload()
+    (image,) = acc.Images("confusion/mean_client")  # logging.confusion_every=0: last round only
+    assert image.step == 3 and image.encoded_image_string.startswith(b"\x89PNG")
+    (entry,) = json.loads((runs[name] / "confusion.json").read_text())["rounds"]
+    assert entry["round"] == 3 and sorted(entry["clients"]) == [str(c) for c in range(5)]
+    per_class = yaml.safe_load((runs[name] / "config.yaml").read_text())["split"]
+    rows = {r["client"]: r for r in read_metrics(runs[name]) if r["round"] == 3}
+    for cid, counts in entry["clients"].items():
+        counts = np.array(counts)
+        assert counts.shape == (10, 10)
+        assert (counts.sum(axis=1) == per_class["global_test_per_class"]).all()
+        assert np.trace(counts) / counts.sum() == pytest.approx(rows[int(cid)]["global_test_acc"])
+    np.testing.assert_allclose(np.sum(entry["mean_client"], axis=1), 1.0, atol=1e-5)
+    # the counts travel outside the knowledge payload: bytes up do not change in round 3
+    ups = [r["bytes_up"] for r in read_metrics(runs[name]) if r["client"] == 0 and "bytes_up" in r]
+    assert len(set(ups)) == 1
 
 
 @pytest.mark.parametrize("name", ["fd", "fedavg"])

@@ -82,3 +82,15 @@ def test_missing_array_is_refused():
 def test_votes_validation(votes, indices, message):
     with pytest.raises(PayloadError, match=message):
         Votes(indices=indices, votes=votes).validate(num_classes=4, num_public=5)
+
+
+def test_eval_arrays_travel_apart_from_knowledge_and_are_not_counted_as_traffic():
+    content = RecordDict()
+    wire.put_payload(content, PAYLOADS[2])
+    knowledge_only = wire.payload_bytes(content)
+    counts = np.arange(16, dtype=np.int64).reshape(4, 4)
+    content[wire.EVAL] = wire.arrays_to_record({wire.GLOBAL_CONFUSION: counts})
+    assert wire.payload_bytes(content) == knowledge_only
+    np.testing.assert_array_equal(wire.get_eval_arrays(content)[wire.GLOBAL_CONFUSION], counts)
+    assert isinstance(wire.get_payload(content), ClassLogits)
+    assert wire.get_eval_arrays(RecordDict()) == {}

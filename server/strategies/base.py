@@ -6,6 +6,10 @@ the base class does sampling, message building, reply validation, byte
 accounting and metric recording. One round is one exchange: the train reply
 carries the client's evaluation, so ``configure_evaluate`` sends nothing except
 for strategies with a server model to evaluate at the end (FedAvg).
+
+The base class also adds ``confusion: true`` to the plan of the exchanges
+whose evaluation ``logging.confusion_every`` selects, so every strategy gets
+the mean client's confusion matrix without touching its own ``plan``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from clients import wire
+from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import reduce
 from server.recorder import RunRecorder
@@ -65,6 +70,7 @@ class FedkdStrategy(Strategy):
         self.min_train_clients = int(server["min_train_clients"])
         self.recorder = recorder
         self.seed = int(info.cfg["seed"])
+        self.confusion_every = (info.cfg.get("logging") or {}).get("confusion_every", 0)
         self._round = 0
         self._bytes_down: dict[int, int] = {}  # client id -> bytes sent this round
         self.node_of: dict[int, int] = {}  # client (partition) id -> node id
@@ -152,6 +158,8 @@ class FedkdStrategy(Strategy):
     ) -> Iterable[Message]:
         self._round = server_round
         plan = self.plan(server_round)
+        if self._confusion_due(self.eval_round(server_round)):
+            plan = {**plan, "confusion": True}
         request = self.request_for(server_round)
         messages = []
         self._bytes_down = {}
@@ -178,7 +186,10 @@ class FedkdStrategy(Strategy):
         replies: Iterable[Message],
         validate: Callable[[int, int, Any], None] | None,
     ):
-        """(client id, metrics, payload) of every usable reply; the rest are dropped with a reason."""
+        """(client id, metrics, payload, confusion counts or None) of every usable reply.
+
+        The rest are dropped with a reason; a bad confusion array only loses itself.
+        """
         accepted = []
         for msg in replies:
             cid = self.client_of.get(msg.metadata.src_node_id, -1)
@@ -199,8 +210,21 @@ class FedkdStrategy(Strategy):
                 self._drop(server_round, cid, "invalid_payload", str(err))
                 continue
             metrics["bytes_up"] = wire.payload_bytes(msg.content)
-            accepted.append((cid, metrics, payload))
+            accepted.append((cid, metrics, payload, self._confusion_of(server_round, cid, msg)))
         return accepted
+
+    def _confusion_of(self, server_round: int, cid: int, msg: Message) -> np.ndarray | None:
+        """The reply's validated global-test confusion counts; a bad array: warning and None."""
+        try:
+            arrays = wire.get_eval_arrays(msg.content)
+            if GLOBAL_CONFUSION not in arrays:
+                return None
+            return check_confusion(arrays[GLOBAL_CONFUSION], self.info.num_classes)
+        except (PayloadError, ValueError, TypeError) as err:
+            log.warning(
+                "round %d: ignored the confusion matrix of client %d: %s", server_round, cid, err
+            )
+            return None
 
     def _validate_upload(self, server_round: int, client_id: int, payload: Any) -> None:
         if self.upload_kind is None:
@@ -246,16 +270,15 @@ class FedkdStrategy(Strategy):
             )
         accepted = self._valid_replies(server_round, replies, self._validate_upload)
         uploads, num_train = {}, {}
-        eval_round = (
-            server_round - 1 if self.plan(server_round).get("eval_received") else server_round
-        )
-        for cid, metrics, payload in accepted:
+        eval_round = self.eval_round(server_round)
+        for cid, metrics, payload, _ in accepted:
             metrics["bytes_down"] = self._bytes_down.get(cid, 0)
             metrics["eval_round"] = eval_round
             if self.recorder is not None:
                 self.recorder.client(server_round, cid, metrics)
             uploads[cid] = payload
             num_train[cid] = int(metrics.get("num_train", 1))
+        self._record_confusion(eval_round, accepted)
         diagnostics: dict[str, float] = {
             "replies": float(len(accepted)),
             "dropped": float(sum(self.dropped.values()) - before),
@@ -289,10 +312,11 @@ class FedkdStrategy(Strategy):
     ) -> Iterable[Message]:
         if not self.final_evaluation or server_round != int(self.cfg["num_rounds"]):
             return []
+        plan = {"confusion": True} if self._confusion_due(server_round) else {}
         messages = []
         for cid in sorted(self.node_of):
             content = RecordDict(
-                {wire.CONFIG: wire.make_config(server_round, self.info.cfg_json, {})}
+                {wire.CONFIG: wire.make_config(server_round, self.info.cfg_json, plan)}
             )
             payload = self.payload_for(server_round + 1, cid)
             if payload is not None:
@@ -310,11 +334,30 @@ class FedkdStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         accepted = self._valid_replies(server_round, replies, None)
-        for cid, metrics, _ in accepted:
+        for cid, metrics, _, _ in accepted:
             metrics.pop("bytes_up", None)
             if self.recorder is not None:
                 self.recorder.client(server_round, cid, metrics)
+        self._record_confusion(server_round, accepted)
         return MetricRecord({"replies": float(len(accepted))}) if accepted else None
+
+    # ------------------------------------------------------- confusion matrix
+    def eval_round(self, server_round: int) -> int:
+        """The round whose models a train reply of ``server_round`` evaluates."""
+        return server_round - 1 if self.plan(server_round).get("eval_received") else server_round
+
+    def _confusion_due(self, eval_round: int) -> bool:
+        """Whether that evaluation should carry confusion counts (``logging.confusion_every``)."""
+        num_rounds = int(self.cfg["num_rounds"])
+        last = num_rounds if self.final_evaluation else self.eval_round(num_rounds)
+        return confusion_due(self.confusion_every, eval_round, last)
+
+    def _record_confusion(self, eval_round: int, accepted: list) -> None:
+        """The mean client's matrix of this evaluation, for TensorBoard and confusion.json."""
+        counts = {cid: conf for cid, _, _, conf in accepted if conf is not None}
+        if counts and self.recorder is not None:
+            mean = mean_client_confusion([counts[c] for c in sorted(counts)])
+            self.recorder.confusion(eval_round, counts, mean)
 
     def summary(self) -> None:
         log.info("strategy %s: %s", self.name, self.params)
