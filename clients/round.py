@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from clients.runtime import ClientTensors
 from fedkd.adaptation import ADVERSARIAL, MATCHING, adapt_locally, join_arrays, split_arrays
-from fedkd.domain import DomainHead
 from fedkd.confusion import GLOBAL_CONFUSION
+from fedkd.domain import DomainHead
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 from fedkd.losses import LOSSES, check_space
