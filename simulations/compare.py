@@ -1,14 +1,17 @@
 """``fedkd-compare``: comparison tables the project produces itself.
 
-Runs every (method, Dirichlet alpha, seed) as its own ``fedkd-sim`` process
-with the same data, partition and seed, reads each run's ``summary.json`` and
-writes a Markdown table and a CSV with mean ± std over seeds of the mean
-local-test and global-test accuracy (best and last round) and the bytes per
-round. A run that fails is reported as failed; the others still make the table.
+Runs every (method, axis value, seed) as its own ``fedkd-sim`` process with the
+same data, partition and seed; the axis is the Dirichlet alpha, or the held-out
+target domain for the ``domains`` preset. Reads each run's ``summary.json`` and
+writes a Markdown table and a CSV with mean ± std over seeds: the mean local-test
+and global-test accuracy (best and last round) and the bytes per round, or for
+domain shift the target accuracy, voting accuracy and group effect. A run that
+fails is reported as failed; the others still make the table.
 
     fedkd-compare                                     # README table (issue 2 setting)
     fedkd-compare --preset fusion                     # methods x alpha {0.1, 0.5, 5} x 3 seeds
     fedkd-compare --preset knfu-claim                 # local vs uniform vs personalised fusion
+    fedkd-compare --preset domains                    # leave-one-domain-out: FedKA, ablations, vote
     fedkd-compare --methods local fd --seeds 0 1 --set num_rounds=10
 """
 
@@ -24,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 # method label -> overrides (a method is a strategy plus options; FedAvg needs one architecture)
+FEDKA = ["strategy=fedka", "+experiment=fedka_digits_domains"]
 METHODS = {
     "local": ["strategy=local"],
     "fd": ["strategy=fd"],
@@ -34,19 +38,27 @@ METHODS = {
     "knfu-uniform": ["strategy=knfu", "strategy.beta=0"],
     "knfu": ["strategy=knfu"],
     "fedavg": ["strategy=fedavg", "model=mlp"],
+    # leave-one-domain-out on digits_domains (issue 4)
+    "source-only": [*FEDKA, "strategy.method=source", "strategy.voting_enabled=false"],
+    "fedka": FEDKA,
+    "fedka-no-vote": [*FEDKA, "strategy.voting_enabled=false"],
+    "vote-hetero": ["strategy=vote", "+experiment=vote_digits_domains"],
 }
+DOMAINS = ["original", "rotated", "inverted", "noisy", "blurred", "scaled"]
 PRESETS = {
     # issue 2: the five baselines, digits, 20 clients, Dirichlet 0.1, one seed
     "baselines": {
         "methods": ["local", "fd", "fedmd", "dsfl", "fedavg"],
-        "alphas": [0.1],
+        "values": [0.1],
         "seeds": [0],
         "setting": ["num_clients=20", "num_rounds=30"],
     },
-    # issue 3: every method x heterogeneity x 3 seeds on digits
+    # issue 3: every knowledge method x heterogeneity x 3 seeds on digits
     "fusion": {
-        "methods": list(METHODS),
-        "alphas": [0.1, 0.5, 5.0],
+        "methods": [
+            m for m in METHODS if m not in ("source-only", "fedka", "fedka-no-vote", "vote-hetero")
+        ],
+        "values": [0.1, 0.5, 5.0],
         "seeds": [0, 1, 2],
         "setting": ["num_clients=20", "num_rounds=20"],
     },
@@ -54,7 +66,7 @@ PRESETS = {
     # personalised fusion should beat uniform fusion where clients differ.
     "knfu-claim": {
         "methods": ["local", "knfu-uniform", "knfu"],
-        "alphas": [0.1, 5.0],
+        "values": [0.1, 5.0],
         "seeds": [0, 1, 2],
         "setting": [
             "num_clients=10",
@@ -64,27 +76,80 @@ PRESETS = {
             "dataset.class_sep=0.6",
         ],
     },
+    # issue 4: every leave-one-domain-out task of digits_domains, FedKA and its ablations
+    "domains": {
+        "methods": ["source-only", "fedka", "fedka-no-vote", "vote-hetero"],
+        "axis": "split.target_domain",
+        "values": DOMAINS,
+        "seeds": [0, 1, 2],
+        "setting": [],
+        "columns": "domain",
+    },
 }
-METRICS = [
-    ("local_test_acc", "best"),
-    ("local_test_acc", "last"),
-    ("global_test_acc", "best"),
-    ("global_test_acc", "last"),
-]
 
 
-def run_one(label: str, alpha: float, seed: int, setting: list[str], out: Path) -> dict | None:
-    run_dir = out / f"{label}-a{alpha}-s{seed}"
+def _final(key: str, which: str):
+    return lambda s: s["final"][key][which] * 100 if key in s["final"] else None
+
+
+def _target(which: str):
+    """The global model's target accuracy; the mean client's for methods without one."""
+
+    def get(s):
+        key = (
+            "global_model_target_acc"
+            if "global_model_target_acc" in s["final"]
+            else "global_test_acc"
+        )
+        return _final(key, which)(s)
+
+    return get
+
+
+def _last_round(key: str, scale: float = 100.0):
+    def get(s):
+        value = (s.get("rounds") or [{}])[-1].get(key)
+        return None if value is None else value * scale
+
+    return get
+
+
+def _kb_per_round(s):
+    return s["bytes_per_round"]["total"] / 1024
+
+
+# column sets: (header, value of one run's summary.json or None)
+COLUMNS = {
+    "clients": [
+        ("local-test best", _final("local_test_acc", "best")),
+        ("local-test last", _final("local_test_acc", "last")),
+        ("global-test best", _final("global_test_acc", "best")),
+        ("global-test last", _final("global_test_acc", "last")),
+        ("KB/round", _kb_per_round),
+    ],
+    "domain": [
+        ("target best", _target("best")),
+        ("target last", _target("last")),
+        ("clients' target last", _final("global_test_acc", "last")),
+        ("voting acc last", _last_round("voting_acc")),
+        ("group effect last", _last_round("group_effect")),
+        ("KB/round", _kb_per_round),
+    ],
+}
+
+
+def run_one(label: str, axis: str, value, seed: int, setting: list[str], out: Path) -> dict | None:
+    run_dir = out / f"{label}-{axis.rsplit('.', 1)[-1]}{value}-s{seed}"
     args = [
         *METHODS[label],
-        f"partition.alpha={alpha}",
+        f"{axis}={value}",
         f"seed={seed}",
         *setting,
         "logging.progress=false",
         "logging.table=false",
     ]
     cmd = [sys.executable, "-m", "simulations.run", *args, f"hydra.run.dir={run_dir}"]
-    print(f"[compare] {label} alpha={alpha} seed={seed}", flush=True)
+    print(f"[compare] {label} {axis}={value} seed={seed}", flush=True)
     result = subprocess.run(cmd, capture_output=True, text=True)
     summary_file = run_dir / "summary.json"
     if result.returncode != 0 or not summary_file.exists():
@@ -101,49 +166,74 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(summaries: list[dict]) -> dict[str, tuple[float, float]]:
+def aggregate(summaries: list[dict], columns: str = "clients") -> dict[str, tuple[float, float]]:
+    """Mean ± std over seeds of every column (runs without a value are left out)."""
     out = {}
-    for key, which in METRICS:
-        values = [100 * s["final"][key][which] for s in summaries if key in s["final"]]
-        out[f"{key}_{which}"] = mean_std(values)
-    out["kb_per_round"] = mean_std([s["bytes_per_round"]["total"] / 1024 for s in summaries])
+    for header, get in COLUMNS[columns]:
+        values = [v for s in summaries if (v := get(s)) is not None]
+        out[header] = mean_std(values)
     return out
 
 
 def fmt(pair: tuple[float, float], seeds: int) -> str:
     mean, std = pair
-    if mean != mean:  # NaN: no successful run
-        return "failed"
+    if mean != mean:  # NaN: no successful run, or the method has no such metric
+        return "n/a"
     return f"{mean:.1f}" if seeds == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
-def write_tables(rows: list[dict], seeds: int, md_path: Path, note: str) -> None:
-    columns = [
-        "local_test_acc_best",
-        "local_test_acc_last",
-        "global_test_acc_best",
-        "global_test_acc_last",
-        "kb_per_round",
-    ]
-    head = "| method | alpha | runs | local-test best | local-test last | global-test best | global-test last | KB/round |\n"
-    head += "|---|---|---|---|---|---|---|---|\n"
-    lines = [
-        f"| {r['method']} | {r['alpha']:g} | {r['runs']}/{seeds} | "
-        + " | ".join(fmt(r[c], seeds) for c in columns)
-        + " |"
-        for r in rows
-    ]
+def write_tables(
+    rows: list[dict],
+    seeds: int,
+    md_path: Path,
+    note: str,
+    columns: str = "clients",
+    axis: str = "alpha",
+) -> None:
+    headers = [h for h, _ in COLUMNS[columns]]
+    head = f"| method | {axis} | runs | " + " | ".join(headers) + " |\n"
+    head += "|---" * (len(headers) + 3) + "|\n"
+    lines = []
+    for r in rows:
+        cells = ["failed"] * len(headers) if r["runs"] == 0 else [fmt(r[h], seeds) for h in headers]
+        value = f"{r['value']:g}" if isinstance(r["value"], float) else r["value"]
+        lines.append(
+            f"| {r['method']} | {value} | {r['runs']}/{seeds} | " + " | ".join(cells) + " |"
+        )
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(head + "\n".join(lines) + "\n\n" + note + "\n", encoding="utf-8")
     with md_path.with_suffix(".csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
+        slug = [h.replace("'", "").replace("/", "_per_").replace(" ", "_") for h in headers]
         writer.writerow(
-            ["method", "alpha", "runs", *[f"{c}_{s}" for c in columns for s in ("mean", "std")]]
+            ["method", axis, "runs", *[f"{h}_{s}" for h in slug for s in ("mean", "std")]]
         )
         for r in rows:
             writer.writerow(
-                [r["method"], r["alpha"], r["runs"], *[f"{v:.4f}" for c in columns for v in r[c]]]
+                [r["method"], r["value"], r["runs"], *[f"{v:.4f}" for h in headers for v in r[h]]]
             )
+
+
+def _value(text: str):
+    """A command-line axis value: a number where it is one (alphas), else the string."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+NOTES = {
+    "clients": (
+        "Accuracies in % (mean over clients; best = best round of that mean, last = final "
+        "round); mean ± std over seeds."
+    ),
+    "domain": (
+        "Target accuracy in % on the held-out domain (transductive, as in FedKA): the global "
+        "model's for source-only/FedKA, the mean client's for vote-hetero (no global model); "
+        "best = best round, last = final round. Clients' target = mean of the client models; "
+        "group effect = global model minus that mean (points); mean ± std over seeds."
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,7 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="baselines")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS))
-    parser.add_argument("--alphas", nargs="+", type=float)
+    parser.add_argument(
+        "--values",
+        "--alphas",
+        nargs="+",
+        type=_value,
+        help="values of the preset's axis (Dirichlet alphas; target domains for 'domains')",
+    )
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument(
@@ -163,32 +259,41 @@ def main(argv: list[str] | None = None) -> None:
 
     preset = PRESETS[args.preset]
     methods = args.methods or preset["methods"]
-    alphas = args.alphas or preset["alphas"]
+    axis = preset.get("axis", "partition.alpha")
+    values = args.values or preset["values"]
     seeds = args.seeds or preset["seeds"]
+    columns = preset.get("columns", "clients")
     setting = [*preset["setting"], *args.set]
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = args.out or Path("outputs") / "compare" / f"{args.preset}-{stamp}"
     table = args.table or Path("docs") / f"comparison-{args.preset}.md"
 
     rows = []
-    for alpha in alphas:
+    for value in values:
         for label in methods:
             summaries = [
-                s for seed in seeds if (s := run_one(label, alpha, seed, setting, out)) is not None
+                s
+                for seed in seeds
+                if (s := run_one(label, axis, value, seed, setting, out)) is not None
             ]
             rows.append(
-                {"method": label, "alpha": alpha, "runs": len(summaries), **aggregate(summaries)}
+                {
+                    "method": label,
+                    "value": value,
+                    "runs": len(summaries),
+                    **aggregate(summaries, columns),
+                }
             )
-    dataset = next((s.split("=", 1)[1] for s in setting if s.startswith("dataset=")), "digits")
+    dataset = next((s.split("=", 1)[1] for s in setting if s.startswith("dataset=")), None)
     note = (
-        f"Setting: {dataset}, Dirichlet alpha as listed, `{' '.join(setting)}`, seeds {seeds}. "
-        "Accuracies in % (mean over clients; best = best round of that mean, last = final round); "
-        "mean ± std over seeds. "
-        f"Reproduce with `fedkd-compare --preset {args.preset}`"
+        f"Setting: {dataset or 'as each method sets it'}, `{axis}` as listed, "
+        f"`{' '.join(setting) or 'preset defaults'}`, seeds {seeds}. {NOTES[columns]} "
+        f"Reproduce with `fedkd-compare --preset {args.preset}"
         + (f" --set {' '.join(args.set)}" if args.set else "")
-        + "."
+        + "`."
     )
-    write_tables(rows, len(seeds), table, note)
+    axis_label = "alpha" if axis == "partition.alpha" else axis.rsplit(".", 1)[-1]
+    write_tables(rows, len(seeds), table, note, columns, axis_label)
     print(table.read_text(encoding="utf-8"))
     print(f"[compare] wrote {table} and {table.with_suffix('.csv')}; runs in {out}")
 

@@ -8,7 +8,7 @@ import pytest
 
 from fedkd.config import compose
 from server.app import check_options
-from simulations.compare import METHODS, aggregate, write_tables
+from simulations.compare import DOMAINS, METHODS, aggregate, write_tables
 
 PRESETS = sorted(
     p.stem for p in (Path(__file__).parent.parent / "configs" / "experiment").glob("*.yaml")
@@ -30,6 +30,8 @@ def test_preset_composes_and_passes_checks(name):
 def test_every_compare_method_is_a_valid_config():
     for label, overrides in METHODS.items():
         assert check_options(compose(overrides)).name == overrides[0].split("=")[1], label
+    for domain in DOMAINS:
+        check_options(compose([*METHODS["fedka"], f"split.target_domain={domain}"]))
 
 
 def summary(local_best, local_last, global_best, global_last, total_bytes):
@@ -47,13 +49,11 @@ def summary(local_best, local_last, global_best, global_last, total_bytes):
 
 def test_aggregate_mean_and_std_over_seeds(tmp_path):
     rows = aggregate([summary(0.8, 0.7, 0.5, 0.4, 1024), summary(0.6, 0.5, 0.3, 0.2, 3072)])
-    assert rows["local_test_acc_best"] == pytest.approx(
-        (70.0, 14.1421356)
-    )  # mean 70, sample std sqrt(200)
-    assert rows["global_test_acc_last"] == pytest.approx((30.0, 14.1421356))
-    assert rows["kb_per_round"] == pytest.approx((2.0, 1.4142136))
+    assert rows["KB/round"] == pytest.approx((2.0, 1.4142136))
+    assert rows["local-test best"] == pytest.approx((70.0, 14.1421356))  # sample std sqrt(200)
+    assert rows["global-test last"] == pytest.approx((30.0, 14.1421356))
     md = tmp_path / "t.md"
-    write_tables([{"method": "fd", "alpha": 0.1, "runs": 2, **rows}], 2, md, "note")
+    write_tables([{"method": "fd", "value": 0.1, "runs": 2, **rows}], 2, md, "note")
     text = md.read_text()
     assert (
         "| fd | 0.1 | 2/2 | 70.0 ± 14.1 | 60.0 ± 14.1 | 40.0 ± 14.1 | 30.0 ± 14.1 | 2.0 ± 1.4 |"
@@ -65,5 +65,41 @@ def test_aggregate_mean_and_std_over_seeds(tmp_path):
 def test_failed_runs_show_as_failed(tmp_path):
     rows = aggregate([])
     md = tmp_path / "t.md"
-    write_tables([{"method": "dsfl", "alpha": 5.0, "runs": 0, **rows}], 3, md, "note")
+    write_tables([{"method": "dsfl", "value": 5.0, "runs": 0, **rows}], 3, md, "note")
     assert "| dsfl | 5 | 0/3 | failed |" in md.read_text()
+
+
+def domain_summary(global_model, clients_last, voting, group_effect):
+    final = {"global_test_acc": {"best": clients_last, "last": clients_last}}
+    if global_model is not None:
+        final["global_model_target_acc"] = {"best": global_model + 0.1, "last": global_model}
+    last = {} if voting is None else {"voting_acc": voting, "group_effect": group_effect}
+    return {
+        "final": final,
+        "rounds": [{"round": 1}, {"round": 2, **last}],
+        "bytes_per_round": {"total": 2048},
+    }
+
+
+def test_domain_table_uses_the_global_model_where_there_is_one(tmp_path):
+    fedka = aggregate(
+        [domain_summary(0.6, 0.5, 0.55, 0.1), domain_summary(0.8, 0.7, 0.75, 0.1)], "domain"
+    )
+    assert fedka["target last"] == pytest.approx((70.0, 14.1421356))
+    assert fedka["target best"] == pytest.approx((80.0, 14.1421356))
+    assert fedka["clients' target last"] == pytest.approx((60.0, 14.1421356))
+    assert fedka["group effect last"] == pytest.approx((10.0, 0.0))
+    vote = aggregate([domain_summary(None, 0.4, None, None)], "domain")
+    assert vote["target last"] == pytest.approx((40.0, 0.0))  # the mean client's
+    md = tmp_path / "d.md"
+    rows = [
+        {"method": "fedka", "value": "rotated", "runs": 2, **fedka},
+        {"method": "vote-hetero", "value": "rotated", "runs": 1, **vote},
+    ]
+    write_tables(rows, 2, md, "note", "domain", "target_domain")
+    text = md.read_text()
+    assert "| method | target_domain | runs | target best |" in text
+    assert (
+        "| vote-hetero | rotated | 1/2 | 40.0 ± 0.0 | 40.0 ± 0.0 | 40.0 ± 0.0 | n/a | n/a | 2.0 ± 0.0 |"
+        in text
+    )
