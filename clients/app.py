@@ -16,6 +16,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import wire
+from clients.privacy_mod import privacy_mod
 from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
 from fedkd.knowledge import ModelWeights
@@ -30,7 +31,7 @@ NODE_CONFIG_HELP = (
     '--node-config "partition-id=0 num-partitions=N"'
 )
 
-app = ClientApp()
+app = ClientApp(mods=[privacy_mod])
 
 
 def partition_id(context: Context, cfg: dict[str, Any]) -> int:

@@ -88,8 +88,4 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"client.device must be cpu, cuda or auto (got '{cfg['client']['device']}')"
         )
-    if cfg.get("privacy", {}).get("name", "none") != "none":
-        raise ConfigError(
-            f"privacy '{cfg['privacy']['name']}' is not available yet; use privacy=none"
-        )
     check_confusion_every(cfg.get("logging", {}).get("confusion_every", 0))

@@ -24,6 +24,7 @@ from fedkd.config import check_config, compose
 from fedkd.errors import ConfigError
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import make_optimizer
+from server.privacy import check_privacy
 from server.recorder import RunRecorder, console_options
 from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
@@ -62,6 +63,7 @@ def check_options(cfg: dict[str, Any]) -> type:
     check_config(cfg)
     strategy = STRATEGIES.get(cfg["strategy"]["name"])
     strategy.check_config(cfg)
+    check_privacy(cfg, strategy)
     check_optimizers(cfg)
     return strategy
 
@@ -118,6 +120,8 @@ def run_server(
         strategy.start(
             grid, num_rounds=int(cfg["num_rounds"]), timeout=float(cfg["server"]["round_timeout"])
         )
+        if strategy.stop_reason is not None:
+            status = {"status": "stopped", "stop_reason": strategy.stop_reason}
     except BaseException as err:  # record what was computed, then re-raise
         status = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         raise
@@ -131,6 +135,7 @@ def run_server(
                 "num_rounds": cfg["num_rounds"],
                 "seed": cfg["seed"],
                 "dropped_replies": dict(strategy.dropped),
+                **({} if strategy.privacy is None else {"privacy": strategy.privacy.summary()}),
             }
         )
     return summary

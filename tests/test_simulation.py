@@ -268,3 +268,46 @@ def test_unknown_strategy_is_a_clear_hydra_error(tmp_path):
     result = run_cli(["strategy=nosuch", *SMALL], tmp_path / "bad", timeout=120)
     assert result.returncode == 1
     assert "strategy/nosuch" in result.stderr
+
+
+def test_local_dp_logs_epsilon_everywhere_and_stops_at_the_budget(tmp_path):
+    # z = 1, two releases a round (logits + counts): epsilon 7.08, 10.7, 13.8 after 1, 2, 3 rounds
+    run_dir = tmp_path / "dp"
+    args = ["strategy=fd", *SMALL, "privacy=gaussian", "privacy.noise_multiplier=1.0"]
+    result = run_cli([*args, "privacy.budget_epsilon=12"], run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "privacy budget" in summary["stop_reason"]
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    privacy = summary["privacy"]
+    assert privacy["unit"].startswith("local") and privacy["epsilon_max"] == pytest.approx(
+        10.73, abs=0.01
+    )
+    rows = read_metrics(run_dir)
+    assert all(r["epsilon"] > 0 for r in rows)
+    assert max(r["epsilon"] for r in rows) == pytest.approx(privacy["epsilon_max"])
+    server = tensorboard_scalars(run_dir / "tensorboard" / "server")
+    assert [step for step, _ in server["epsilon"]] == [1, 2]
+    assert "epsilon" in tensorboard_scalars(run_dir / "tensorboard" / "client_0")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["strategy=dsfl", "privacy=central", "privacy.target_epsilon=20"],
+        ["strategy=vote", "+experiment=vote_digits_domains", "privacy=gaussian"],
+        ["strategy=fedproto", "privacy=laplace", "privacy.clip=5"],
+    ],
+    ids=["central-dsfl", "local-votes", "laplace-prototypes"],
+)
+def test_every_privacy_mechanism_runs_and_accounts(tmp_path, args):
+    run_dir = tmp_path / "run"
+    result = run_cli([*args, *SMALL], run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    target = 20.0 if "central" in args[1] else 8.0  # calibrated over the 3 planned rounds
+    assert summary["privacy"]["epsilon_max"] == pytest.approx(target, rel=1e-3)
+    assert [round(r["epsilon"], 3) for r in summary["rounds"]][-1] == pytest.approx(
+        target, rel=1e-3
+    )

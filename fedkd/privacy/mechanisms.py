@@ -1,4 +1,6 @@
-"""Noisy vote aggregators from PATE (ALGORITHMS.md §4.7); costs are in :mod:`.accounting`.
+"""Noise mechanisms (ALGORITHMS.md §4.7, §5.2); their costs are in :mod:`.accounting`.
+
+PATE's noisy vote aggregators:
 
 - :func:`gnmax`: GNMax (Papernot et al. 2018, arXiv 1802.08908):
   ``ŷ = argmax_j (n_j + N(0, σ²))``.
@@ -14,6 +16,9 @@ global state); ties in the noisy counts go to the lowest class id (only reachabl
 ``σ = 0``); Confident-GNMax draws the ``σ₂`` noise for *every* row, answered or not, so the
 generator's state afterwards does not depend on which queries were answered; samples
 nobody voted on are not special-cased (with ``σ > 0`` their label is noise, as in PATE).
+
+Clipping (per row or of the whole array, in L2 or L1) and additive Gaussian/Laplace noise
+for soft labels, prototypes and weights, and k-ary randomized response for labels.
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ import numpy as np
 
 from fedkd.errors import ConfigError, PayloadError
 
-__all__ = ["confident_gnmax", "gaussian_noise", "gnmax"]
+__all__ = [
+    "clip_rows",
+    "clip_total",
+    "confident_gnmax",
+    "gaussian_noise",
+    "gnmax",
+    "laplace_noise",
+    "randomized_response",
+]
 
 
 def _sigma(name: str, sigma: float) -> float:
@@ -82,3 +95,42 @@ def confident_gnmax(
     noisy = counts + gaussian_noise(counts.shape, sigma2, rng)
     labels = np.argmax(noisy, axis=1).astype(np.int64)
     return np.where(answered, labels, -1).astype(np.int64), answered
+
+
+# ------------------------------------------------ clipping and additive noise (§5.2)
+def clip_rows(values: np.ndarray, bound: float, order: int = 2) -> np.ndarray:
+    """Scale every row whose L``order`` norm exceeds ``bound`` down to ``bound``."""
+    values = np.asarray(values, dtype=np.float64)
+    rows = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(1, -1)
+    norms = np.linalg.norm(rows, ord=order, axis=1)
+    scale = np.minimum(1.0, bound / np.maximum(norms, np.finfo(np.float64).tiny))
+    return (rows * scale[:, None]).reshape(values.shape)
+
+
+def clip_total(values: np.ndarray, bound: float, order: int = 2) -> np.ndarray:
+    """Scale the whole array so its L``order`` norm (Frobenius for 2) is at most ``bound``."""
+    values = np.asarray(values, dtype=np.float64)
+    norm = float(np.linalg.norm(values.ravel(), ord=order))
+    return values * min(1.0, bound / norm) if norm > 0 else values
+
+
+def laplace_noise(shape: tuple[int, ...], scale: float, rng: np.random.Generator) -> np.ndarray:
+    """``Laplace(0, b)`` noise of ``shape`` with scale ``b`` (float64)."""
+    return rng.laplace(0.0, _sigma("laplace scale", scale), size=shape)
+
+
+def randomized_response(
+    labels: np.ndarray, num_classes: int, epsilon: float, rng: np.random.Generator
+) -> np.ndarray:
+    """k-ary randomized response: keep each label with probability ``e^ε / (e^ε + C - 1)``,
+    else report one of the other ``C - 1`` classes uniformly (ε-DP per label).
+    ``-1`` (abstain) is kept as it is."""
+    labels = np.asarray(labels, dtype=np.int64)
+    epsilon = float(epsilon)
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise ConfigError(f"randomized response needs a finite epsilon > 0, got {epsilon}")
+    if num_classes < 2:
+        return labels.copy()
+    keep = rng.random(labels.shape) < math.exp(epsilon) / (math.exp(epsilon) + num_classes - 1)
+    other = (labels + rng.integers(1, num_classes, size=labels.shape)) % num_classes
+    return np.where(keep | (labels < 0), labels, other).astype(np.int64)

@@ -30,6 +30,7 @@ from clients import wire
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import reduce
+from server.privacy import PrivacyLedger, build_ledger
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
 
@@ -58,6 +59,8 @@ class FedkdStrategy(Strategy):
     upload_kind: ClassVar[str | None] = None  # fedkd.knowledge kind every reply must carry
     final_evaluation: ClassVar[bool] = False  # send one evaluate exchange after the last round
     needs_public_set: ClassVar[bool] = False
+    supports_central: ClassVar[bool] = False  # fuses with a plain mean: privacy=central applies
+    personalised: ClassVar[bool] = False  # a different fused payload per client (KnFu)
 
     def __init__(
         self, info: RunInfo, recorder: RunRecorder | None = None, roster: Roster | None = None
@@ -79,6 +82,10 @@ class FedkdStrategy(Strategy):
             self.use_roster(roster)
         self.setup()
         self.dropped: Counter[str] = Counter()
+        self.privacy: PrivacyLedger | None = build_ledger(
+            info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes
+        )
+        self.stop_reason: str | None = None
 
     # ---------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -109,6 +116,19 @@ class FedkdStrategy(Strategy):
 
     def plan(self, server_round: int) -> dict[str, Any]:
         return {"extract": {"kind": "none"}}
+
+    def privacy_rows(self) -> int:
+        """Rows of one upload (for the privacy cost of votes): classes by default."""
+        return self.info.num_classes
+
+    def central_mean(self, server_round: int, values: np.ndarray) -> np.ndarray:
+        """``privacy=central``: the clipped, noised mean over clients (axis 0), fixed denominator."""
+        assert self.privacy is not None and self.privacy.central is not None
+        return self.privacy.mean(values, self.privacy.rng(self.seed, server_round))
+
+    @property
+    def central(self) -> bool:
+        return self.privacy is not None and self.privacy.central is not None
 
     def payload_for(self, server_round: int, client_id: int) -> Any | None:
         """The knowledge payload to send ``client_id`` this round (None: nothing)."""
@@ -160,10 +180,17 @@ class FedkdStrategy(Strategy):
         plan = self.plan(server_round)
         if self._confusion_due(self.eval_round(server_round)):
             plan = {**plan, "confusion": True}
+        sampled = self.sample()
+        if self.privacy is not None and self.privacy.local is not None:
+            plan = {
+                **plan,
+                "privacy": {**self.privacy.local.to_dict(), "seeded": self.privacy.seeded},
+            }
+            self.privacy.charge(sampled)  # each sampled client releases once this round
         request = self.request_for(server_round)
         messages = []
         self._bytes_down = {}
-        for cid in self.sample():
+        for cid in sampled:
             content = RecordDict(
                 {wire.CONFIG: wire.make_config(server_round, self.info.cfg_json, plan)}
             )
@@ -274,6 +301,8 @@ class FedkdStrategy(Strategy):
         for cid, metrics, payload, _ in accepted:
             metrics["bytes_down"] = self._bytes_down.get(cid, 0)
             metrics["eval_round"] = eval_round
+            if self.privacy is not None:
+                metrics["epsilon"] = self.privacy.epsilon(cid)
             if self.recorder is not None:
                 self.recorder.client(server_round, cid, metrics)
             uploads[cid] = payload
@@ -293,12 +322,33 @@ class FedkdStrategy(Strategy):
         elif self.upload_kind is not None:
             try:
                 diagnostics.update(self.fuse(server_round, uploads, num_train))
+                if self.central:  # the noised aggregate is released: every client pays
+                    self.privacy.charge(sorted(self.node_of))
             except FusionError as err:
                 self.dropped["fusion_failed"] += 1
                 log.warning(
                     "round %d: fusion skipped, previous knowledge kept: %s", server_round, err
                 )
+        if self.privacy is not None:
+            diagnostics["epsilon"] = self.privacy.max_epsilon()
         return None, MetricRecord(diagnostics)
+
+    def budget_allows(self, server_round: int) -> bool:
+        """False when another round would push a client past ``privacy.budget_epsilon``
+        and the run is set to stop; with ``on_budget: warn`` it warns once and goes on."""
+        if self.privacy is None or not self.privacy.exhausted(sorted(self.node_of)):
+            return True
+        budget = self.privacy.budget
+        if self.privacy.on_budget == "warn":
+            if not self.privacy.warned:
+                log.warning(
+                    "round %d: privacy budget epsilon=%g exceeded; going on", server_round, budget
+                )
+                self.privacy.warned = True
+            return True
+        self.stop_reason = f"privacy budget epsilon={budget:g} reached before round {server_round}"
+        log.warning("stopping: %s", self.stop_reason)
+        return False
 
     @staticmethod
     def require_finite(name: str, array: np.ndarray) -> np.ndarray:
@@ -381,6 +431,8 @@ class FedkdStrategy(Strategy):
         eval_lag = 1 if self.final_evaluation else 0
         empty = ArrayRecord()
         for rnd in range(1, num_rounds + 1):
+            if not self.budget_allows(rnd):
+                break
             started = time.perf_counter()
             replies = grid.send_and_receive(
                 self.configure_train(rnd, empty, ConfigRecord(), grid), timeout=timeout
@@ -394,6 +446,8 @@ class FedkdStrategy(Strategy):
                     )
             if self.recorder is not None:
                 self.recorder.end_round(rnd, complete_upto=rnd - eval_lag)
+        if self.stop_reason is not None:
+            return result
         evaluate = self.configure_evaluate(num_rounds, empty, ConfigRecord(), grid)
         if evaluate:
             metrics = self.aggregate_evaluate(

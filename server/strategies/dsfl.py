@@ -28,6 +28,7 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("dsfl")
 class DSFL(PublicSetStrategy):
     name = "dsfl"
+    supports_central = True
     subset_key = "open_size"
 
     @classmethod
@@ -70,7 +71,11 @@ class DSFL(PublicSetStrategy):
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
         _, values = self.stacked(uploads)
-        mean = public_mean(values, **self.reducer)
+        mean = (
+            np.clip(self.central_mean(server_round, values), 0.0, None)  # post-processing
+            if self.central
+            else public_mean(values, **self.reducer)
+        )
         if self.params["aggregation"] == "sa":
             # a robust reducer can return an all-zero row; such a sample gets a uniform target
             sums = mean.sum(axis=1, keepdims=True)

@@ -29,6 +29,7 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("fd")
 class FD(FedkdStrategy):
     name = "fd"
+    supports_central = True
     upload_kind = "class_logits"
 
     @classmethod
@@ -45,6 +46,11 @@ class FD(FedkdStrategy):
         LOSSES.get(params["loss"])
         check_space(params["loss"], "logits")
         cls.check_reducer(params, weighted=bool(params["weighted"]))
+        if cfg.get("privacy", {}).get("name") == "central" and params["teacher"] == "loo":
+            raise ConfigError(
+                "privacy=central cannot protect strategy.teacher=loo (a different teacher per "
+                "client); use teacher=mean or the client-side mod"
+            )
 
     def setup(self) -> None:
         self.teachers: dict[int, ClassLogits] = {}
@@ -72,7 +78,13 @@ class FD(FedkdStrategy):
         logits = np.stack([uploads[i].logits for i in ids]).astype(np.float64)
         counts = np.stack([uploads[i].counts for i in ids])
         weighted = bool(self.params["weighted"])
-        teacher, present = class_mean(logits, counts, weighted=weighted, **self.reducer)
+        if self.central:  # every row released: which labels a client has is not revealed
+            masked = np.where(counts[..., None] > 0, logits, 0.0)
+            teacher = self.central_mean(server_round, masked)
+            present = np.ones(len(teacher), dtype=bool)
+            counts = np.ones_like(counts)
+        else:
+            teacher, present = class_mean(logits, counts, weighted=weighted, **self.reducer)
         # counts of the teacher: how many clients contributed to each label row
         self.require_finite("teacher logits", teacher[present])
         self.global_teacher = ClassLogits(

@@ -23,6 +23,7 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("fedmd")
 class FedMD(PublicSetStrategy):
     name = "fedmd"
+    supports_central = True
     subset_key = "alignment_size"
     upload_space = "logits"
 
@@ -51,7 +52,11 @@ class FedMD(PublicSetStrategy):
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
         _, values = self.stacked(uploads)
-        consensus = public_mean(values, **self.reducer)
+        consensus = (
+            self.central_mean(server_round, values)
+            if self.central
+            else public_mean(values, **self.reducer)
+        )
         self.targets = PublicLogits(
             indices=self.indices_for(server_round),
             values=self.require_finite("consensus", consensus).astype("float32"),

@@ -32,6 +32,7 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("fedproto")
 class FedProto(FedkdStrategy):
     name = "fedproto"
+    supports_central = True
     upload_kind = "prototypes"
 
     @classmethod
@@ -63,9 +64,14 @@ class FedProto(FedkdStrategy):
         ids = sorted(uploads)
         protos = np.stack([uploads[i].prototypes for i in ids]).astype(np.float64)
         counts = np.stack([uploads[i].counts for i in ids])
-        fused, present = prototype_mean(
-            protos, counts, weighted=bool(self.params["weighted"]), **self.reducer
-        )
+        if self.central:  # every row released: which labels a client has is not revealed
+            fused = self.central_mean(server_round, np.where(counts[..., None] > 0, protos, 0.0))
+            present = np.ones(len(fused), dtype=bool)
+            counts = np.ones_like(counts)
+        else:
+            fused, present = prototype_mean(
+                protos, counts, weighted=bool(self.params["weighted"]), **self.reducer
+            )
         self.require_finite("prototypes", fused[present])
         contributors = (counts > 0).sum(axis=0).astype(np.int64)
         self.global_prototypes = Prototypes(

@@ -34,6 +34,7 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("knfu")
 class KnFu(PublicSetStrategy):
     name = "knfu"
+    personalised = True
     upload_space = "probs"
 
     @classmethod

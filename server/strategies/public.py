@@ -34,6 +34,9 @@ class PublicSetStrategy(FedkdStrategy):
         self.indices: dict[int, np.ndarray] = {}
         self.targets: PublicLogits | None = None
 
+    def privacy_rows(self) -> int:
+        return self.size
+
     def indices_for(self, server_round: int) -> np.ndarray:
         """The round's subset of the public set: fresh, seeded, sorted."""
         if server_round not in self.indices:

@@ -1,0 +1,218 @@
+"""Noising what a client releases (local DP) or what the server fuses (central DP).
+
+ALGORITHMS.md §5.1-5.2. Two places, one vocabulary:
+
+- **Local** (``privacy=gaussian|laplace``, §5.2 B): every client clips and noises its own
+  upload before it leaves (:func:`privatize`, applied by ``clients/privacy_mod.py``). The
+  unit is one client and the server is not trusted; under replace-one the released
+  matrix moves by at most ``2S`` (``S`` = the clip bound), so the noise std (Gaussian,
+  L2) or scale (Laplace, L1) is ``z · 2S``. Label counts sent beside per-class tables
+  (FD logits, FedProto prototypes) leak the label distribution, so they are released
+  the same way: as a histogram (L1 norm 1, so sensitivity 2) with the same ``z``, then
+  rounded to integers on a fixed public scale (``COUNT_SCALE``). Votes (labels) go
+  through k-ary randomized response with ``vote_epsilon`` per label (``top_k = 1``).
+- **Central** (``privacy=central``, §5.2 A): the server clips each upload to ``S``, sums,
+  adds ``N(0, z²S²)`` and divides by a **fixed** denominator (:func:`noisy_mean`);
+  client-level DP under add/remove-one-client, trusted server.
+
+:func:`round_event` says what one round costs as a ``dp_accounting`` event, so the
+ledger and :func:`calibrate` (target ε over the planned rounds → ``z``) use the library.
+Ours: counts are released on a 1/``COUNT_SCALE`` grid; probabilities are clamped at 0 and
+renormalised after noise (post-processing); integer weight arrays (BatchNorm's step
+counter) are not noised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import dp_accounting
+import numpy as np
+from dp_accounting.rdp import RdpAccountant
+
+from fedkd.errors import ConfigError, PayloadError
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from fedkd.privacy.mechanisms import (
+    clip_rows,
+    clip_total,
+    gaussian_noise,
+    laplace_noise,
+    randomized_response,
+)
+from fedkd.registry import Registry
+
+COUNT_SCALE = 1000  # released label counts = round(noisy histogram * COUNT_SCALE)
+
+
+@dataclass(frozen=True)
+class NoiseMechanism:
+    order: int  # the norm clipping bounds: 2 (Gaussian) or 1 (Laplace)
+    sample: Callable[[tuple[int, ...], float, np.random.Generator], np.ndarray]
+    event: Callable[[float], dp_accounting.DpEvent]  # noise multiplier -> one release
+
+
+NOISES: Registry[NoiseMechanism] = Registry("noise mechanism")
+NOISES.register("gaussian")(NoiseMechanism(2, gaussian_noise, dp_accounting.GaussianDpEvent))
+NOISES.register("laplace")(NoiseMechanism(1, laplace_noise, dp_accounting.LaplaceDpEvent))
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """What the client-side mod does; sent to clients in the plan as a dict."""
+
+    mechanism: str
+    noise_multiplier: float  # z: noise std (or Laplace scale) / sensitivity
+    clip: float  # S: norm bound of each released matrix (L2 Gaussian, L1 Laplace)
+    row_clip: float | None = None  # optional per-row bound, applied first
+    vote_epsilon: float | None = None  # votes: randomized-response epsilon per label
+    num_classes: int | None = None  # votes: the run's class count (randomized response)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LocalSpec:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+def _noisy(values: np.ndarray, spec: LocalSpec, rng: np.random.Generator) -> np.ndarray:
+    mech = NOISES.get(spec.mechanism)
+    out = np.asarray(values, dtype=np.float64)
+    if spec.row_clip is not None:
+        out = clip_rows(out, spec.row_clip, mech.order)
+    out = clip_total(out, spec.clip, mech.order)
+    scale = spec.noise_multiplier * 2.0 * spec.clip  # replace-one sensitivity 2S
+    return out + mech.sample(out.shape, scale, rng)
+
+
+def _noisy_counts(counts: np.ndarray, spec: LocalSpec, rng: np.random.Generator) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    hist = counts / counts.sum() if counts.sum() > 0 else counts
+    scale = spec.noise_multiplier * 2.0  # a histogram's L1 (and L2) replace-one sensitivity <= 2
+    noisy = hist + NOISES.get(spec.mechanism).sample(hist.shape, scale, rng)
+    return np.rint(np.clip(noisy, 0.0, None) * COUNT_SCALE).astype(np.int64)
+
+
+def _simplex(values: np.ndarray) -> np.ndarray:
+    """Clamp at 0 and renormalise rows (post-processing); an all-zero row becomes uniform."""
+    values = np.clip(values, 0.0, None)
+    sums = values.sum(axis=1, keepdims=True)
+    return np.where(sums > 0, values / np.where(sums > 0, sums, 1.0), 1.0 / values.shape[1])
+
+
+def privatize(payload: Any, spec: LocalSpec, rng: np.random.Generator) -> Any:
+    """The payload a client may release under ``spec`` (a new object; ``payload`` is kept)."""
+    if isinstance(payload, PublicLogits):
+        values = _noisy(payload.values, spec, rng)
+        if payload.space == "probs":
+            values = _simplex(values)
+        return replace(payload, values=values.astype(np.float32))
+    if isinstance(payload, ClassLogits):
+        return ClassLogits(
+            logits=_noisy(payload.logits, spec, rng).astype(np.float32),
+            counts=_noisy_counts(payload.counts, spec, rng),
+        )
+    if isinstance(payload, Prototypes):
+        return Prototypes(
+            prototypes=_noisy(payload.prototypes, spec, rng).astype(np.float32),
+            counts=_noisy_counts(payload.counts, spec, rng),
+        )
+    if isinstance(payload, Votes):
+        if payload.votes.shape[1] != 1:
+            raise ConfigError("the privacy mod's randomized response needs top_k = 1 votes")
+        if spec.vote_epsilon is None or spec.num_classes is None:
+            raise ConfigError("votes need privacy.vote_epsilon (or a target_epsilon)")
+        votes = randomized_response(payload.votes, spec.num_classes, spec.vote_epsilon, rng)
+        return replace(payload, votes=votes)
+    if isinstance(payload, ModelWeights):
+        floats = sorted(k for k, v in payload.arrays.items() if np.issubdtype(v.dtype, np.floating))
+        if not floats:
+            return payload
+        flat = np.concatenate([payload.arrays[k].ravel() for k in floats])
+        noisy = _noisy(flat[None, :], spec, rng)[0]
+        arrays, start = dict(payload.arrays), 0
+        for k in floats:
+            n = payload.arrays[k].size
+            arrays[k] = (
+                noisy[start : start + n]
+                .reshape(payload.arrays[k].shape)
+                .astype(payload.arrays[k].dtype)
+            )
+            start += n
+        return ModelWeights(arrays)
+    raise PayloadError(
+        f"the privacy mod cannot release a '{getattr(payload, 'kind', payload)}' payload"
+    )
+
+
+# ------------------------------------------------------------------ central (§5.2 A)
+def noisy_mean(
+    values: np.ndarray,
+    clip: float,
+    noise_multiplier: float,
+    denominator: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``(Σ_k clip(v_k, S) + N(0, z²S²)) / m`` over the first axis of ``values [K, ...]``.
+
+    Each upload is clipped to L2 norm ``S`` as a whole; ``m`` is fixed in advance (the
+    expected cohort), never the realised count, so the sensitivity stays ``S`` under
+    add/remove-one-client.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if denominator <= 0:
+        raise ConfigError(f"central noise needs a denominator > 0 (got {denominator})")
+    total = sum(clip_total(v, clip) for v in values)
+    return (total + gaussian_noise(values.shape[1:], noise_multiplier * clip, rng)) / denominator
+
+
+# ------------------------------------------------------------------------ accounting
+def round_event(
+    mechanism: str, noise_multiplier: float, kind: str, rows: int, vote_epsilon: float | None
+) -> dp_accounting.DpEvent:
+    """What one client's release costs in one round, as a ``dp_accounting`` event.
+
+    A per-class table plus its counts is two releases; votes are ``rows`` ε-DP
+    randomized responses, i.e. ``rows · ε²/2``-zCDP (Bun & Steinke 2016, Prop. 1.4).
+    """
+    if kind == "votes":
+        if vote_epsilon is None:
+            raise ConfigError("votes need privacy.vote_epsilon (or a target_epsilon)")
+        return dp_accounting.ZCDpEvent(rho=rows * vote_epsilon**2 / 2.0, xi=0.0)
+    if noise_multiplier <= 0:
+        return dp_accounting.NonPrivateDpEvent()
+    one = NOISES.get(mechanism).event(noise_multiplier)
+    releases = 2 if kind in ("class_logits", "prototypes") else 1
+    return one if releases == 1 else dp_accounting.ComposedDpEvent([one] * releases)
+
+
+def epsilon_after(event: dp_accounting.DpEvent, rounds: int, delta: float) -> float:
+    """ε at ``delta`` after ``rounds`` compositions of ``event`` (RDP accountant)."""
+    if rounds <= 0:
+        return 0.0
+    accountant = RdpAccountant()
+    accountant.compose(event, rounds)
+    return float(accountant.get_epsilon(delta))
+
+
+def calibrate(
+    make_event: Callable[[float], dp_accounting.DpEvent],
+    rounds: int,
+    target_epsilon: float,
+    delta: float,
+) -> float:
+    """The parameter of ``make_event`` giving ε = ``target_epsilon`` after ``rounds`` rounds
+    (``dp_accounting.calibrate_dp_mechanism``)."""
+    if not math.isfinite(target_epsilon) or target_epsilon <= 0:
+        raise ConfigError(f"privacy.target_epsilon must be > 0 (got {target_epsilon})")
+    return float(
+        dp_accounting.calibrate_dp_mechanism(
+            RdpAccountant,
+            lambda p: dp_accounting.SelfComposedDpEvent(make_event(p), rounds),
+            target_epsilon,
+            delta,
+        )
+    )

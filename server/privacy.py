@@ -1,0 +1,215 @@
+"""The server's side of privacy: which mechanism, calibrated noise, and the ε ledger.
+
+``privacy=gaussian|laplace`` (local DP): the server calibrates the noise multiplier (or
+takes the configured one), sends it in every plan, and the clients' privacy mod
+(``clients/privacy_mod.py``) applies it. ``privacy=central``: the strategy fuses with
+:func:`fedkd.privacy.release.noisy_mean`; only strategies that fuse with a plain mean
+(``supports_central``) accept it, never personalised fusion (KnFu). The ledger composes
+one ``dp_accounting`` event per round a client releases (local: each sampled client;
+central: every client, each fused round) and reports ε at ``delta`` per client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from fedkd.errors import ConfigError
+from fedkd.privacy.release import (
+    NOISES,
+    LocalSpec,
+    calibrate,
+    epsilon_after,
+    noisy_mean,
+    round_event,
+)
+
+log = logging.getLogger("fedkd")
+
+LOCAL = ("gaussian", "laplace")
+UNITS = {
+    "gaussian": "local: one client's upload, replace-one (untrusted server)",
+    "laplace": "local: one client's upload, replace-one (untrusted server)",
+    "central": "client-level: add/remove one client (trusted server)",
+}
+KEYS = {
+    "name", "noise_multiplier", "target_epsilon", "delta", "clip", "row_clip", "vote_epsilon",
+    "denominator", "budget_epsilon", "on_budget", "seeded_noise",
+}  # fmt: skip
+
+
+def _number(p: dict[str, Any], key: str, *, positive: bool = True, optional: bool = True) -> None:
+    value = p.get(key)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"privacy.{key} must be a number (got {value!r})")
+    if positive and value <= 0:
+        raise ConfigError(f"privacy.{key} must be > 0 (got {value})")
+
+
+def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
+    """One-line ConfigError for a bad privacy section or a strategy that cannot use it."""
+    p = cfg.get("privacy") or {"name": "none"}
+    name = p.get("name", "none")
+    if name == "none":
+        return
+    if name not in UNITS:
+        raise ConfigError(f"privacy.name must be none, {', '.join(UNITS)} (got {name!r})")
+    unknown = set(p) - KEYS
+    if unknown:
+        raise ConfigError(f"unknown privacy option(s): {', '.join(sorted(unknown))}")
+    for key in ("noise_multiplier", "target_epsilon", "clip", "row_clip", "vote_epsilon"):
+        _number(p, key)
+    _number(p, "delta", optional=False)
+    _number(p, "denominator")
+    _number(p, "budget_epsilon")
+    if not 0 < p["delta"] < 1:
+        raise ConfigError(f"privacy.delta must be in (0, 1) (got {p['delta']})")
+    if p.get("clip") is None:
+        raise ConfigError("privacy.clip must be set: noise is only meaningful on bounded uploads")
+    if p.get("noise_multiplier") is None and p.get("target_epsilon") is None:
+        raise ConfigError("set privacy.noise_multiplier or privacy.target_epsilon")
+    if p.get("on_budget", "stop") not in ("stop", "warn"):
+        raise ConfigError(f"privacy.on_budget must be stop or warn (got {p.get('on_budget')!r})")
+    if name == "central" and not getattr(strategy, "supports_central", False):
+        why = (
+            "it fuses personally (a different mix per client), which a noised sum does not cover"
+            if getattr(strategy, "personalised", False)
+            else "it does not fuse with a plain mean"
+        )
+        raise ConfigError(
+            f"privacy=central cannot protect strategy '{strategy.name}': {why}; "
+            "use the client-side mod (privacy=gaussian or privacy=laplace)"
+        )
+
+
+@dataclass
+class PrivacyLedger:
+    """Per-client participation counts → ε via the RDP accountant (cached per count)."""
+
+    name: str
+    event: Any
+    delta: float
+    noise_multiplier: float | None
+    local: LocalSpec | None
+    central: dict[str, float] | None
+    budget: float | None
+    on_budget: str
+    seeded: bool
+
+    def __post_init__(self) -> None:
+        self.rounds: Counter[int] = Counter()
+        self._eps = lru_cache(maxsize=None)(lambda n: epsilon_after(self.event, n, self.delta))
+        self.warned = False
+
+    def charge(self, client_ids) -> None:
+        for cid in client_ids:
+            self.rounds[cid] += 1
+
+    def epsilon(self, cid: int) -> float:
+        return self._eps(self.rounds[cid])
+
+    def max_epsilon(self) -> float:
+        return max((self.epsilon(c) for c in self.rounds), default=0.0)
+
+    def exhausted(self, client_ids) -> bool:
+        """Would one more release by these clients exceed the budget?"""
+        if self.budget is None:
+            return False
+        return any(self._eps(self.rounds[c] + 1) > self.budget for c in client_ids)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mechanism": self.name,
+            "unit": UNITS[self.name],
+            "noise_multiplier": self.noise_multiplier,
+            "vote_epsilon": None if self.local is None else self.local.vote_epsilon,
+            "delta": self.delta,
+            "epsilon_max": self.max_epsilon(),
+            "epsilon": {str(c): self.epsilon(c) for c in sorted(self.rounds)},
+            "rounds_charged": {str(c): n for c, n in sorted(self.rounds.items())},
+        }
+
+    def rng(self, seed: int, server_round: int) -> np.random.Generator:
+        """Central noise: seeded per round for reproducible simulations, else OS entropy."""
+        return (
+            np.random.default_rng([seed, server_round, 11])
+            if self.seeded
+            else np.random.default_rng()
+        )
+
+    def mean(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.central
+        return noisy_mean(values, c["clip"], c["noise_multiplier"], c["denominator"], rng)
+
+
+def build_ledger(
+    cfg: dict[str, Any], kind: str | None, rows: int, num_classes: int
+) -> PrivacyLedger | None:
+    """The run's ledger (None without privacy); calibrates ``z`` (or ``vote_epsilon``)."""
+    p = cfg.get("privacy") or {"name": "none"}
+    name = p.get("name", "none")
+    if name == "none" or kind is None:
+        return None
+    rounds = int(cfg["num_rounds"])
+    delta = float(p["delta"])
+    mechanism = "gaussian" if name == "central" else name
+    NOISES.get(mechanism)
+    z, vote_eps = p.get("noise_multiplier"), p.get("vote_epsilon")
+    if kind == "votes":
+        if vote_eps is None:
+            vote_eps = calibrate(
+                lambda e: round_event(mechanism, 1.0, "votes", rows, e),
+                rounds,
+                float(p["target_epsilon"]),
+                delta,
+            )
+        z = None
+    elif z is None:
+        z = calibrate(
+            lambda v: round_event(mechanism, v, kind, rows, None),
+            rounds,
+            float(p["target_epsilon"]),
+            delta,
+        )
+    event = round_event(mechanism, float(z or 0.0), kind, rows, vote_eps)
+    local = central = None
+    if name in LOCAL:
+        local = LocalSpec(
+            mechanism=name,
+            noise_multiplier=float(z or 0.0),
+            clip=float(p["clip"]),
+            row_clip=p.get("row_clip"),
+            vote_epsilon=vote_eps,
+            num_classes=num_classes,
+        )
+    else:
+        expected = max(1, round(float(cfg["server"]["fraction_train"]) * int(cfg["num_clients"])))
+        central = {
+            "clip": float(p["clip"]),
+            "noise_multiplier": float(z),
+            "denominator": float(p.get("denominator") or expected),
+        }
+    ledger = PrivacyLedger(
+        name=name,
+        event=event,
+        delta=delta,
+        noise_multiplier=None if z is None else float(z),
+        local=local,
+        central=central,
+        budget=p.get("budget_epsilon"),
+        on_budget=p.get("on_budget", "stop"),
+        seeded=bool(p.get("seeded_noise", True)),
+    )
+    log.info(
+        "privacy %s: noise multiplier %s, vote epsilon %s, epsilon after %d rounds %.3g at delta %g",
+        name, ledger.noise_multiplier, vote_eps, rounds, epsilon_after(event, rounds, delta), delta,
+    )  # fmt: skip
+    return ledger

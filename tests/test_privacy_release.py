@@ -1,0 +1,221 @@
+"""Client-side privacy mod, central noise and their accounting (issue 5)."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+from flwr.app import Context, Message, MessageType, Metadata, RecordDict
+from test_strategies import info_for
+
+from clients import wire
+from clients.privacy_mod import privacy_mod
+from fedkd.config import compose
+from fedkd.errors import ConfigError
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from fedkd.privacy.mechanisms import clip_rows, clip_total, randomized_response
+from fedkd.privacy.release import (
+    COUNT_SCALE,
+    LocalSpec,
+    calibrate,
+    epsilon_after,
+    noisy_mean,
+    privatize,
+    round_event,
+)
+from server.privacy import build_ledger, check_privacy
+from server.strategies import STRATEGIES
+
+GAUSS = LocalSpec(mechanism="gaussian", noise_multiplier=0.5, clip=2.0)
+
+
+def test_accountant_reproduces_the_reference_values():
+    # ALGORITHMS.md §5.3 / issue 5: Gaussian, no sampling, delta 1e-5, 50 rounds
+    assert epsilon_after(dp_accounting.GaussianDpEvent(5.0), 50, 1e-5) == pytest.approx(
+        7.08, abs=0.01
+    )
+    assert epsilon_after(dp_accounting.GaussianDpEvent(1.0), 50, 1e-5) == pytest.approx(
+        57.3, abs=0.1
+    )
+    assert epsilon_after(dp_accounting.GaussianDpEvent(5.0), 0, 1e-5) == 0.0
+
+
+def test_calibration_hits_the_target_epsilon():
+    z = calibrate(dp_accounting.GaussianDpEvent, 50, 7.08, 1e-5)
+    assert z == pytest.approx(5.0, abs=0.01)
+    make = lambda z: round_event("gaussian", z, "class_logits", 10, None)  # noqa: E731 (two releases)
+    z2 = calibrate(make, 20, 4.0, 1e-5)
+    assert epsilon_after(make(z2), 20, 1e-5) == pytest.approx(4.0, rel=1e-3)
+    assert z2 > calibrate(dp_accounting.GaussianDpEvent, 20, 4.0, 1e-5)  # two releases cost more
+
+
+def test_clipping_bounds_norms():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 5, (20, 7))
+    assert np.linalg.norm(clip_rows(x, 1.5), axis=1).max() <= 1.5 + 1e-9
+    assert np.abs(clip_rows(x, 1.5, order=1)).sum(axis=1).max() <= 1.5 + 1e-9
+    assert np.linalg.norm(clip_total(x, 3.0)) == pytest.approx(3.0)
+    small = np.full((2, 2), 0.1)
+    np.testing.assert_array_equal(clip_total(small, 3.0), small)  # inside the bound: unchanged
+    released = privatize(
+        PublicLogits(indices=np.arange(20), values=x.astype(np.float32), space="logits"),
+        LocalSpec(mechanism="gaussian", noise_multiplier=0.0, clip=3.0, row_clip=1.0),
+        rng,
+    )
+    assert np.linalg.norm(released.values) <= 3.0 + 1e-5
+    assert np.linalg.norm(released.values, axis=1).max() <= 1.0 + 1e-5
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "std_of_scale"), [("gaussian", 1.0), ("laplace", math.sqrt(2))]
+)
+def test_noise_has_the_configured_scale(mechanism, std_of_scale):
+    spec = LocalSpec(mechanism=mechanism, noise_multiplier=0.5, clip=2.0)
+    zeros = PublicLogits(
+        indices=np.arange(400), values=np.zeros((400, 50), np.float32), space="logits"
+    )
+    noise = privatize(zeros, spec, np.random.default_rng(1)).values
+    scale = 0.5 * 2 * 2.0  # z * replace-one sensitivity 2S
+    assert noise.std() == pytest.approx(std_of_scale * scale, rel=0.02)
+    assert abs(noise.mean()) < 4 * noise.std() / math.sqrt(noise.size)
+
+
+def test_probabilities_stay_on_the_simplex_after_noise():
+    probs = np.full((5, 4), 0.25, np.float32)
+    out = privatize(PublicLogits(np.arange(5), probs, "probs"), GAUSS, np.random.default_rng(0))
+    assert (out.values >= 0).all()
+    np.testing.assert_allclose(out.values.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_per_class_payloads_noise_their_counts_too():
+    table = ClassLogits(logits=np.eye(3, dtype=np.float32), counts=np.array([30, 10, 0]))
+    out = privatize(table, LocalSpec("gaussian", 1e-6, clip=10.0), np.random.default_rng(0))
+    np.testing.assert_allclose(out.logits, np.eye(3), atol=1e-4)
+    # released as a histogram on the public COUNT_SCALE grid: the totals no longer leak
+    np.testing.assert_array_equal(out.counts, [750, 250, 0])
+    protos = Prototypes(prototypes=np.ones((3, 2), np.float32), counts=np.array([1, 1, 2]))
+    noisy = privatize(protos, GAUSS, np.random.default_rng(0))
+    assert noisy.counts.dtype == np.int64 and (noisy.counts >= 0).all()
+    assert not np.allclose(noisy.prototypes, 1.0)
+    assert abs(int(noisy.counts.sum()) - COUNT_SCALE) < 5 * COUNT_SCALE
+
+
+def test_votes_go_through_randomized_response():
+    votes = Votes(indices=np.arange(20_000), votes=np.zeros((20_000, 1), np.int64))
+    spec = LocalSpec("gaussian", 0.0, clip=1.0, vote_epsilon=1.0, num_classes=10)
+    out = privatize(votes, spec, np.random.default_rng(0))
+    keep = math.e / (math.e + 9)
+    assert (out.votes == 0).mean() == pytest.approx(keep, abs=0.01)
+    assert out.votes.min() >= 0 and out.votes.max() <= 9
+    with pytest.raises(ConfigError, match="top_k = 1"):
+        privatize(Votes(np.arange(2), np.array([[0, 1], [1, 0]])), spec, np.random.default_rng(0))
+    np.testing.assert_array_equal(
+        randomized_response(np.array([-1, -1]), 3, 0.1, np.random.default_rng(0)), [-1, -1]
+    )
+
+
+def test_weights_are_noised_except_integer_counters():
+    weights = ModelWeights({"w": np.zeros((3, 3), np.float32), "steps": np.array(7, np.int64)})
+    out = privatize(weights, GAUSS, np.random.default_rng(0))
+    assert out.arrays["steps"] == 7 and out.arrays["steps"].shape == ()
+    assert out.arrays["w"].dtype == np.float32 and np.abs(out.arrays["w"]).sum() > 0
+
+
+def test_central_noisy_mean_clips_each_upload_and_uses_a_fixed_denominator():
+    uploads = np.stack([np.full((2, 2), 10.0), np.zeros((2, 2))])  # first has norm 20
+    exact = noisy_mean(
+        uploads, clip=1.0, noise_multiplier=0.0, denominator=4, rng=np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(exact, np.full((2, 2), 0.5 / 4))  # clipped to norm 1, / 4
+    many = np.zeros((3, 100, 100))
+    noise = noisy_mean(
+        many, clip=2.0, noise_multiplier=1.5, denominator=5, rng=np.random.default_rng(0)
+    )
+    assert noise.std() == pytest.approx(1.5 * 2.0 / 5, rel=0.02)
+
+
+def plain_cfg(*overrides: str) -> dict:
+    return compose(list(overrides))
+
+
+def test_central_noise_refuses_personalised_fusion():
+    with pytest.raises(ConfigError, match="fuses personally"):
+        check_privacy(plain_cfg("strategy=knfu", "privacy=central"), STRATEGIES.get("knfu"))
+    with pytest.raises(ConfigError, match="does not fuse with a plain mean"):
+        check_privacy(plain_cfg("strategy=vote", "privacy=central"), STRATEGIES.get("vote"))
+    check_privacy(plain_cfg("strategy=knfu", "privacy=gaussian"), STRATEGIES.get("knfu"))
+    with pytest.raises(ConfigError, match="teacher=loo"):
+        STRATEGIES.get("fd").check_config(plain_cfg("privacy=central", "strategy.teacher=loo"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("privacy.delta=2", "privacy.delta"),
+        ("privacy.clip=null", "privacy.clip must be set"),
+        ("privacy.target_epsilon=null", "noise_multiplier or privacy.target_epsilon"),
+        ("privacy.on_budget=ignore", "on_budget"),
+        ("privacy.noise_multiplier=-1", "noise_multiplier must be > 0"),
+    ],
+)
+def test_bad_privacy_options_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_privacy(plain_cfg("privacy=gaussian", override), STRATEGIES.get("fd"))
+
+
+def test_ledger_charges_sampled_clients_and_stops_at_the_budget():
+    strategy = STRATEGIES.get("fd")(
+        info_for("privacy=gaussian", "privacy.noise_multiplier=2.0", "privacy.budget_epsilon=5")
+    )
+    strategy.node_of = {0: 10, 1: 11, 2: 12}
+    per_round = [epsilon_after(strategy.privacy.event, n, 1e-5) for n in range(1, 8)]
+    allowed = sum(e <= 5 for e in per_round)
+    for rnd in range(1, 8):
+        if not strategy.budget_allows(rnd):
+            break
+        strategy.privacy.charge([0, 1, 2])
+    assert strategy.privacy.rounds[0] == allowed
+    assert "privacy budget epsilon=5" in strategy.stop_reason
+    assert strategy.privacy.max_epsilon() <= 5
+
+
+def instruction(content: RecordDict) -> Message:
+    """A train message as the SuperLink delivers it (metadata set, no run context needed)."""
+    metadata = Metadata(
+        run_id=1, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+        group_id="", created_at=0.0, ttl=60.0, message_type=MessageType.TRAIN,
+    )  # fmt: skip
+    return Message(content=content, metadata=metadata)
+
+
+def test_the_mod_noises_the_reply_and_leaves_other_messages_alone():
+    ledger = build_ledger(plain_cfg("privacy=gaussian"), "class_logits", 10, 10)
+    plan = {
+        "extract": {"kind": "class_logits"},
+        "privacy": {**ledger.local.to_dict(), "seeded": True},
+    }
+    content = RecordDict({wire.CONFIG: wire.make_config(2, '{"seed": 0}', plan)})
+    message = instruction(content)
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 3}, state=RecordDict(), run_config={}
+    )
+    sent = ClassLogits(logits=np.eye(10, dtype=np.float32), counts=np.full(10, 5))
+
+    def client(msg, ctx):
+        reply = RecordDict()
+        wire.put_payload(reply, sent)
+        return Message(content=reply, reply_to=msg)
+
+    out = wire.get_payload(privacy_mod(message, context, client).content)
+    assert not np.allclose(out.logits, sent.logits)
+    assert out.counts.sum() != sent.counts.sum()  # on the COUNT_SCALE grid
+    again = wire.get_payload(privacy_mod(message, context, client).content)
+    np.testing.assert_array_equal(out.logits, again.logits)  # seeded by (seed, round, client)
+    plan.pop("privacy")
+    quiet = RecordDict({wire.CONFIG: wire.make_config(2, '{"seed": 0}', plan)})
+    message = instruction(quiet)
+    np.testing.assert_array_equal(
+        wire.get_payload(privacy_mod(message, context, client).content).logits, sent.logits
+    )
