@@ -55,15 +55,8 @@ class DSFL(PublicSetStrategy):
         self.upload_space = "logits" if sharpen_logits else "probs"
 
     def plan(self, server_round: int) -> dict[str, Any]:
-        distill = self.cfg["client"]["distill"]
         return {
-            "distill": {
-                "loss": self.params["distill_loss"],
-                "epochs": distill["epochs"],
-                "batch_size": distill["batch_size"],
-                "optimizer": distill["optimizer"],
-                "when": "before",
-            },
+            "distill": self.default_distill(self.params["distill_loss"]),
             "extract": {"kind": "public", "space": self.upload_space},
         }
 

@@ -34,6 +34,17 @@ class PublicSetStrategy(FedkdStrategy):
         self.indices: dict[int, np.ndarray] = {}
         self.targets: PublicLogits | None = None
 
+    def default_distill(self, loss: str) -> dict[str, Any]:
+        """Distil on the received targets before local training, with ``client.distill``'s settings."""
+        distill = self.cfg["client"]["distill"]
+        return {
+            "loss": loss,
+            "epochs": distill["epochs"],
+            "batch_size": distill["batch_size"],
+            "optimizer": distill["optimizer"],
+            "when": "before",
+        }
+
     def privacy_rows(self) -> int:
         return self.size
 

@@ -83,15 +83,8 @@ class Vote(PublicSetStrategy):
         self.public_y = federated_data(data_key(self.cfg)).public_y  # diagnostics only
 
     def plan(self, server_round: int) -> dict[str, Any]:
-        distill = self.cfg["client"]["distill"]
         return {
-            "distill": {
-                "loss": self.params["distill_loss"],
-                "epochs": distill["epochs"],
-                "batch_size": distill["batch_size"],
-                "optimizer": distill["optimizer"],
-                "when": "before",
-            },
+            "distill": self.default_distill(self.params["distill_loss"]),
             "extract": {"kind": "votes", "top_k": self.top_k},
         }
 
