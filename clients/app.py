@@ -19,6 +19,7 @@ from clients import wire
 from clients.privacy_mod import privacy_mod
 from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
+from clients.subteachers import load_teachers, save_teachers, teacher_release
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import resolve_device
@@ -74,6 +75,12 @@ def train(message: Message, context: Context) -> Message:
     received = wire.get_payload(message.content)
     request = message.content.array_records.get(wire.REQUEST)
     indices = wire.record_to_arrays(request)["indices"] if request is not None else None
+    teachers_spec = plan.get("teachers")
+    teachers = (
+        load_teachers(context, cfg, pid, data, int(teachers_spec["shards"]), device)
+        if teachers_spec
+        else None
+    )
     output = run_round(
         model,
         data,
@@ -85,6 +92,13 @@ def train(message: Message, context: Context) -> Message:
         server_round=server_round,
         device=device,
     )
+    if teachers is not None:  # record-level privacy: release the shard models' noised mean
+        output.payload = teacher_release(
+            teachers, data, teachers_spec, indices, cfg["client"],
+            round_generator(int(cfg["seed"]), server_round, pid), device,
+            int(cfg["seed"]), server_round, pid,
+        )  # fmt: skip
+        save_teachers(context, teachers)
     context.state[MODEL_STATE] = wire.arrays_to_record(model_to_arrays(model))
     content = RecordDict()
     if output.payload is not None:

@@ -2,7 +2,8 @@
 
 ``privacy=gaussian|laplace`` (local DP): the server calibrates the noise multiplier (or
 takes the configured one), sends it in every plan, and the clients' privacy mod
-(``clients/privacy_mod.py``) applies it. ``privacy=central``: the strategy fuses with
+(``clients/privacy_mod.py``) applies it. ``privacy=subteachers`` (record-level): the plan tells each client to release the noised
+mean of its shard models (``clients/subteachers.py``). ``privacy=central``: the strategy fuses with
 :func:`fedkd.privacy.release.noisy_mean`; only strategies that fuse with a plain mean
 (``supports_central``) accept it, never personalised fusion (KnFu). The ledger composes
 one ``dp_accounting`` event per round a client releases (local: each sampled client;
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedkd.errors import ConfigError
+from fedkd.privacy import subteachers
 from fedkd.privacy.release import (
     NOISES,
     LocalSpec,
@@ -37,10 +39,11 @@ UNITS = {
     "gaussian": "local: one client's upload, replace-one (untrusted server)",
     "laplace": "local: one client's upload, replace-one (untrusted server)",
     "central": "client-level: add/remove one client (trusted server)",
+    "subteachers": "record-level: one training record of a client (disjoint sub-teachers)",
 }
 KEYS = {
     "name", "noise_multiplier", "target_epsilon", "delta", "clip", "row_clip", "vote_epsilon",
-    "denominator", "budget_epsilon", "on_budget", "seeded_noise",
+    "denominator", "budget_epsilon", "on_budget", "seeded_noise", "shards",
 }  # fmt: skip
 
 
@@ -78,6 +81,15 @@ def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
         raise ConfigError("set privacy.noise_multiplier or privacy.target_epsilon")
     if p.get("on_budget", "stop") not in ("stop", "warn"):
         raise ConfigError(f"privacy.on_budget must be stop or warn (got {p.get('on_budget')!r})")
+    if name == "subteachers":
+        shards = p.get("shards")
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 2:
+            raise ConfigError(f"privacy.shards must be an int >= 2 (got {shards!r})")
+        if strategy.upload_kind != "public_logits" or strategy.upload_space != "probs":
+            raise ConfigError(
+                f"privacy=subteachers releases probabilities on the public set; strategy "
+                f"'{strategy.name}' does not upload them (use dsfl or knfu)"
+            )
     if name == "central" and not getattr(strategy, "supports_central", False):
         why = (
             "it fuses personally (a different mix per client), which a noised sum does not cover"
@@ -100,6 +112,7 @@ class PrivacyLedger:
     noise_multiplier: float | None
     local: LocalSpec | None
     central: dict[str, float] | None
+    teachers: dict[str, Any] | None
     budget: float | None
     on_budget: str
     seeded: bool
@@ -160,10 +173,22 @@ def build_ledger(
         return None
     rounds = int(cfg["num_rounds"])
     delta = float(p["delta"])
-    mechanism = "gaussian" if name == "central" else name
+    mechanism = "gaussian" if name in ("central", "subteachers") else name
     NOISES.get(mechanism)
     z, vote_eps = p.get("noise_multiplier"), p.get("vote_epsilon")
-    if kind == "votes":
+    teachers = None
+    if name == "subteachers":
+        if z is None:
+            z = calibrate(
+                lambda v: subteachers.round_event(v, rows),
+                rounds,
+                float(p["target_epsilon"]),
+                delta,
+            )
+        event = subteachers.round_event(float(z), rows)
+        shards = int(p["shards"])
+        teachers = {"shards": shards, "sigma": subteachers.sigma_for(float(z), shards)}
+    elif kind == "votes":
         if vote_eps is None:
             vote_eps = calibrate(
                 lambda e: round_event(mechanism, 1.0, "votes", rows, e),
@@ -179,7 +204,8 @@ def build_ledger(
             float(p["target_epsilon"]),
             delta,
         )
-    event = round_event(mechanism, float(z or 0.0), kind, rows, vote_eps)
+    if teachers is None:
+        event = round_event(mechanism, float(z or 0.0), kind, rows, vote_eps)
     local = central = None
     if name in LOCAL:
         local = LocalSpec(
@@ -190,7 +216,7 @@ def build_ledger(
             vote_epsilon=vote_eps,
             num_classes=num_classes,
         )
-    else:
+    elif name == "central":
         expected = max(1, round(float(cfg["server"]["fraction_train"]) * int(cfg["num_clients"])))
         central = {
             "clip": float(p["clip"]),
@@ -204,6 +230,7 @@ def build_ledger(
         noise_multiplier=None if z is None else float(z),
         local=local,
         central=central,
+        teachers=teachers,
         budget=p.get("budget_epsilon"),
         on_budget=p.get("on_budget", "stop"),
         seeded=bool(p.get("seeded_noise", True)),

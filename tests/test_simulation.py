@@ -297,8 +297,9 @@ def test_local_dp_logs_epsilon_everywhere_and_stops_at_the_budget(tmp_path):
         ["strategy=dsfl", "privacy=central", "privacy.target_epsilon=20"],
         ["strategy=vote", "+experiment=vote_digits_domains", "privacy=gaussian"],
         ["strategy=fedproto", "privacy=laplace", "privacy.clip=5"],
+        ["strategy=dsfl", "privacy=subteachers", "privacy.shards=3"],
     ],
-    ids=["central-dsfl", "local-votes", "laplace-prototypes"],
+    ids=["central-dsfl", "local-votes", "laplace-prototypes", "subteachers-dsfl"],
 )
 def test_every_privacy_mechanism_runs_and_accounts(tmp_path, args):
     run_dir = tmp_path / "run"

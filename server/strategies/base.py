@@ -187,6 +187,9 @@ class FedkdStrategy(Strategy):
                 "privacy": {**self.privacy.local.to_dict(), "seeded": self.privacy.seeded},
             }
             self.privacy.charge(sampled)  # each sampled client releases once this round
+        if self.privacy is not None and self.privacy.teachers is not None:
+            plan = {**plan, "teachers": {**self.privacy.teachers, "seeded": self.privacy.seeded}}
+            self.privacy.charge(sampled)
         request = self.request_for(server_round)
         messages = []
         self._bytes_down = {}

@@ -28,6 +28,7 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("dsfl")
 class DSFL(PublicSetStrategy):
     name = "dsfl"
+    upload_space = "probs"  # the paper's choice; era_on=logits switches to logits in setup
     supports_central = True
     subset_key = "open_size"
 
@@ -44,6 +45,10 @@ class DSFL(PublicSetStrategy):
         if p["aggregation"] == "era" and not 0 < float(p["era_temperature"]) < 1:
             raise ConfigError(
                 f"strategy.era_temperature must be in (0, 1): ERA sharpens (got {p['era_temperature']})"
+            )
+        if p["era_on"] == "logits" and (cfg.get("privacy") or {}).get("name") == "subteachers":
+            raise ConfigError(
+                "privacy=subteachers releases probabilities: use strategy.era_on=probs"
             )
         LOSSES.get(p["distill_loss"])
         check_space(p["distill_loss"], "probs")
