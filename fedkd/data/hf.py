@@ -158,6 +158,18 @@ def open_splits(path: str, cache_dir: str | None) -> dict[str, Any]:
     return splits
 
 
+def read_labels(
+    ds: Any, split: str, path: str, label_key: str | None
+) -> tuple[np.ndarray, int | None]:
+    """One split's int64 labels and its ClassLabel size (or None); ``label_key`` None: auto-detect."""
+    import datasets
+
+    label_key = _pick(ds.column_names, label_key, LABEL_KEYS, "label", path, split)
+    feature = ds.features[label_key]
+    declared = int(feature.num_classes) if isinstance(feature, datasets.ClassLabel) else None
+    return _labels(ds, label_key, path), declared
+
+
 def read_split(
     ds: Any, split: str, path: str, image_key: str | None, label_key: str | None
 ) -> tuple[np.ndarray, np.ndarray, int | None]:
@@ -165,13 +177,9 @@ def read_split(
 
     ``image_key``/``label_key``: the configured columns, None to auto-detect.
     """
-    import datasets
-
     image_key = _pick(ds.column_names, image_key, IMAGE_KEYS, "image", path, split)
-    label_key = _pick(ds.column_names, label_key, LABEL_KEYS, "label", path, split)
-    feature = ds.features[label_key]
-    declared = int(feature.num_classes) if isinstance(feature, datasets.ClassLabel) else None
-    return _images(ds, image_key, path), _labels(ds, label_key, path), declared
+    y, declared = read_labels(ds, split, path, label_key)
+    return _images(ds, image_key, path), y, declared
 
 
 def class_count(ys: list[np.ndarray], declared: int | None, path: str) -> int:
