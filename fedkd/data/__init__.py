@@ -10,6 +10,7 @@ from fedkd.data import (  # noqa: F401  (registration)
     domain_partition,
     domains,
     hf,
+    hf_domains,
     partition,
     synthetic,
 )
