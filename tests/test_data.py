@@ -428,7 +428,8 @@ def test_build_errors() -> None:
             with pytest.raises(ConfigError, match=f"split.{key}"):
                 build_federated_data(run_cfg(DIGITS, iid, split={key: bad}))
     with pytest.raises(
-        ConfigError, match="unknown dataset 'nope'; known: digits, digits_domains, hf, hf_domains, synthetic"
+        ConfigError,
+        match="unknown dataset 'nope'; known: digits, digits_domains, hf, hf_domains, synthetic",
     ):
         build_federated_data(run_cfg({"name": "nope"}, iid))
     with pytest.raises(ConfigError, match="unknown partitioner"):

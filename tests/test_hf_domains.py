@@ -1,116 +1,241 @@
-"""hf_domains: several Hugging Face datasets as the domains of one task (files the test writes)."""
+"""Tests for ``hf_domains`` on three tiny digit-like datasets the test writes (no network).
+
+``usps``: 16x16 gray, ``save_to_disk`` with train/test splits; ``svhn``: 20x20 RGB parquet
+folder with train/test files; ``mnist``: 28x28 gray uint8 arrays (column ``img``, plain
+int labels), one saved ``Dataset``. 10 classes, one probe image of known colour each.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from test_data import offline  # noqa: F401  (fixture)
+import torch
+import torch.nn.functional as F
 
-from fedkd.config import compose
 from fedkd.data import DATASETS, build_federated_data
-from fedkd.data.hf_domains import convert
 from fedkd.errors import ConfigError, DataError
-from server.app import prepare_run
+
+GRAY_PROBE = 51  # usps train[0]: uniform gray 51 -> 0.2
+RGB_PROBE = (200, 100, 50)  # svhn train[0]: uniform colour
+SIZES = {"mnist": 20, "svhn": 30, "usps": 30}  # pooled samples per domain
+PROBE = 10  # train[0] follows the 10 test samples: splits are pooled in sorted order
 
 
-def write(
-    path: Path, mode: str, side: int, classes: int = 3, n: int = 12, fmt: str = "disk"
-) -> str:
+def _image_ds(pixels: np.ndarray, num_classes: int = 10) -> Any:
+    """PIL-image Dataset (``L`` for [N, H, W], ``RGB`` for [N, H, W, 3]), labels i % 10."""
     import datasets
     from PIL import Image
 
-    rng = np.random.default_rng(side)
-    channels = 3 if mode == "RGB" else 1
-
-    def split(count: int) -> Any:
-        pixels = rng.integers(0, 256, size=(count, side, side, channels), dtype=np.uint8)
-        images = [Image.fromarray(p if channels == 3 else p[..., 0], mode=mode) for p in pixels]
-        features = datasets.Features(
-            {"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=classes)}
-        )
-        labels = [i % classes for i in range(count)]
-        return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
-
-    dd = datasets.DatasetDict({"train": split(n), "test": split(n // 2)})
-    if fmt == "disk":
-        dd.save_to_disk(str(path))
-    else:
-        for name, ds in dd.items():
-            ds.to_parquet(str(path / f"{name}-00000.parquet"))
-    return str(path)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=num_classes)}
+    )
+    images = [Image.fromarray(p) for p in pixels]
+    labels = [i % num_classes for i in range(len(pixels))]
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
-@pytest.fixture
-def three(tmp_path: Path, offline: None) -> dict[str, str]:  # noqa: F811
+@pytest.fixture(scope="module")
+def offline() -> Iterator[None]:
+    import datasets
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        yield
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory, offline: None) -> dict[str, Any]:
+    """Writes the three domains (and a 5-class one); returns paths and their raw pixels."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("hfd")
+    rng = np.random.default_rng(0)
+    usps = {
+        s: rng.integers(0, 256, (n, 16, 16), dtype=np.uint8)
+        for s, n in [("train", 20), ("test", 10)]
+    }
+    usps["train"][0] = GRAY_PROBE
+    datasets.DatasetDict({s: _image_ds(p) for s, p in usps.items()}).save_to_disk(
+        str(root / "usps")
+    )
+    svhn = {
+        s: rng.integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)
+        for s, n in [("train", 20), ("test", 10)]
+    }
+    svhn["train"][0] = RGB_PROBE
+    (root / "svhn").mkdir()
+    for s, p in svhn.items():
+        _image_ds(p).to_parquet(str(root / "svhn" / f"{s}-00000.parquet"))
+    mnist = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    datasets.Dataset.from_dict({"img": mnist, "label": np.arange(20) % 10}).save_to_disk(
+        str(root / "mnist")
+    )
+    _image_ds(rng.integers(0, 256, (10, 16, 16), dtype=np.uint8), num_classes=5).save_to_disk(
+        str(root / "five")
+    )
     return {
-        "gray16": write(tmp_path / "a", "L", 16),
-        "rgb20": write(tmp_path / "b", "RGB", 20, fmt="parquet"),
-        "gray8": write(tmp_path / "c", "L", 8),
+        "paths": {n: str(root / n) for n in ("mnist", "usps", "svhn", "five")},
+        "cache": str(root / "cache"),
+        # pooled in split order (test, train): raw [N, C, H, W] uint8 and labels
+        "usps": np.concatenate([usps["test"], usps["train"]])[:, None],
+        "svhn": np.moveaxis(np.concatenate([svhn["test"], svhn["train"]]), -1, 1),
+        "mnist": mnist[:, None],
+        "labels": {
+            "usps": np.r_[np.arange(10), np.arange(20) % 10],
+            "svhn": np.r_[np.arange(10), np.arange(20) % 10],
+            "mnist": np.arange(20) % 10,
+        },
     }
 
 
-def test_domains_share_one_shape_and_keep_their_ids(three):
-    cfg = {"name": "hf_domains", "domains": three, "size": [12, 12], "channels": 3}
-    src = DATASETS.get("hf_domains")(cfg, 0)
-    assert src.input_shape == (3, 12, 12) and src.x.shape == (54, 3, 12, 12)
-    assert src.domain_names == ("gray16", "rgb20", "gray8")
-    assert np.bincount(src.domains).tolist() == [18, 18, 18]  # train + test pooled
-    assert src.x.dtype == np.float32 and 0.0 <= src.x.min() and src.x.max() <= 1.0
-    gray = src.x[src.domains == 0]
-    np.testing.assert_array_equal(gray[:, 0], gray[:, 1])  # gray repeated to RGB
-    assert src.num_classes == 3
+def cfg_for(
+    raw: dict[str, Any], names: tuple[str, ...] = ("usps", "svhn", "mnist"), **over: Any
+) -> dict[str, Any]:
+    """Domains in config order ``names`` (deliberately unsorted)."""
+    domains = {n: raw["paths"][n] for n in names}
+    return {"name": "hf_domains", "domains": domains, "cache_dir": raw["cache"], **over}
 
 
-def test_channel_conversion_numbers():
-    rgb = np.zeros((1, 3, 2, 2), np.float32)
-    rgb[0, :, 0, 0] = [1.0, 0.5, 0.0]
-    gray = convert(rgb, (1, 2, 2))
-    assert gray.shape == (1, 1, 2, 2)
-    assert gray[0, 0, 0, 0] == pytest.approx(0.299 + 0.587 * 0.5)
-    up = convert(np.full((1, 1, 4, 4), 0.25, np.float32), (3, 8, 8))
-    np.testing.assert_allclose(up, 0.25)  # a constant image stays constant when resized
+def load(cfg: dict[str, Any], seed: int = 0) -> Any:
+    return DATASETS.get("hf_domains")(cfg, seed)
 
 
-def test_leave_one_domain_out_through_the_federated_split(three):
-    cfg = compose(
-        [
-            "dataset=hf_domains",
-            f"dataset.domains={{gray16: {three['gray16']}, rgb20: {three['rgb20']}, gray8: {three['gray8']}}}",
-            "dataset.size=[8,8]",
-            "partition=domain",
-            "num_clients=2",
-            "split.target_domain=rgb20",
-            "split.local_test_fraction=0.25",
-        ]
+def part(src: Any, name: str) -> np.ndarray:
+    return src.x[src.domains == src.domain_names.index(name)]
+
+
+def test_shapes_range_ids(raw: dict[str, Any]) -> None:
+    src = load(cfg_for(raw))
+    assert src.domain_names == ("mnist", "svhn", "usps")  # sorted, not config order
+    assert src.x.shape == (80, 3, 28, 28) and src.x.dtype == np.float32
+    assert src.input_shape == (3, 28, 28) and src.num_classes == 10 and src.test is None
+    assert src.x.min() >= 0.0 and src.x.max() <= 1.0 and src.x.max() > 0.9
+    assert src.domains.dtype == np.int64 and src.y.dtype == np.int64
+    assert list(np.bincount(src.domains)) == [SIZES[n] for n in src.domain_names]
+    for d, name in enumerate(src.domain_names):
+        assert np.array_equal(src.y[src.domains == d], raw["labels"][name]), name
+    # no resize at 28x28: mnist is its pixels / 255, gray repeated into three channels
+    mnist = part(src, "mnist")
+    np.testing.assert_allclose(mnist, np.repeat(raw["mnist"] / 255.0, 3, axis=1), atol=1e-6)
+    gray = load(cfg_for(raw, channels=1, size=[16, 12]))
+    assert gray.x.shape == (80, 1, 16, 12) and gray.input_shape == (1, 16, 12)
+
+
+def test_channel_conversion_numbers(raw: dict[str, Any]) -> None:
+    rgb, gray = load(cfg_for(raw)), load(cfg_for(raw, channels=1))
+    r, g, b = (v / 255.0 for v in RGB_PROBE)
+    # a uniform image stays uniform through the resize
+    np.testing.assert_allclose(part(rgb, "usps")[PROBE], 0.2, atol=1e-6)
+    np.testing.assert_allclose(part(gray, "usps")[PROBE], 0.2, atol=1e-6)
+    svhn_rgb = part(rgb, "svhn")[PROBE]
+    np.testing.assert_allclose(svhn_rgb[:, 5, 7], [r, g, b], atol=1e-6)
+    np.testing.assert_allclose(
+        svhn_rgb, np.broadcast_to([[[r]], [[g]], [[b]]], (3, 28, 28)), atol=1e-6
     )
-    fed = build_federated_data(cfg)
-    assert fed.target_domain == "rgb20"
-    assert len(fed.public_x) == 18 and len(fed.global_test) == 18
-    np.testing.assert_array_equal(fed.public_x, fed.global_test.x)
-    assert sorted(fed.client_domains) == ["gray16", "gray8"]
-    info = prepare_run(
-        {
-            **cfg,
-            "strategy": compose(["strategy=vote"])["strategy"],
-            "model": compose(["model=cnn"])["model"],
-        }
-    )
-    assert info.input_shape == (3, 8, 8) and info.num_public == 18
+    luma = 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R 601: 124.2 / 255
+    assert luma == pytest.approx(0.48706, abs=1e-5)
+    np.testing.assert_allclose(part(gray, "svhn")[PROBE], luma, atol=1e-6)
 
 
-def test_errors_name_the_domain(three, tmp_path):
-    load = DATASETS.get("hf_domains")
-    with pytest.raises(ConfigError, match="at least two"):
-        load({"domains": {"only": three["gray8"]}}, 0)
-    with pytest.raises(DataError, match="domain 'gone'"):
-        load({"domains": {"gray8": three["gray8"], "gone": str(tmp_path / "missing")}}, 0)
-    four = write(tmp_path / "d", "L", 8, classes=4)
-    with pytest.raises(DataError, match=r"disagree on the number of classes \(gray8: 3, four: 4\)"):
-        load({"domains": {"gray8": three["gray8"], "four": four}}, 0)
-    with pytest.raises(ConfigError, match="dataset.channels"):
-        load({"domains": three, "channels": 2}, 0)
-    with pytest.raises(ConfigError, match="dataset.size"):
-        load({"domains": three, "size": [8]}, 0)
+def test_resize_bilinear_antialias_when_shrinking(raw: dict[str, Any]) -> None:
+    same = load(cfg_for(raw, size=[20, 20]))  # svhn needs no resize at 20x20
+    np.testing.assert_allclose(part(same, "svhn"), raw["svhn"] / 255.0, atol=1e-6)
+    up = torch.from_numpy(raw["usps"] / 255.0).float().expand(-1, 3, -1, -1)
+    want_up = F.interpolate(up, size=(20, 20), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(part(same, "usps"), want_up.numpy(), atol=1e-5)
+    small = load(cfg_for(raw, size=[10, 10]))
+    down = torch.from_numpy(raw["svhn"] / 255.0).float()
+    want = F.interpolate(down, size=(10, 10), mode="bilinear", align_corners=False, antialias=True)
+    plain = F.interpolate(down, size=(10, 10), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(part(small, "svhn"), want.numpy(), atol=1e-5)
+    assert np.abs(part(small, "svhn") - plain.numpy()).max() > 0.05  # antialiasing did act
+
+
+def test_max_samples_per_domain(raw: dict[str, Any]) -> None:
+    capped = load(cfg_for(raw, max_samples_per_domain=7))
+    assert list(np.bincount(capped.domains)) == [7, 7, 7]
+    assert np.array_equal(capped.x, load(cfg_for(raw, max_samples_per_domain=7)).x)
+    assert not np.array_equal(capped.y, load(cfg_for(raw, max_samples_per_domain=7), seed=1).y)
+    # a domain's sample does not depend on the other domains
+    pair = load(cfg_for(raw, ("usps", "mnist"), max_samples_per_domain=7))
+    assert np.array_equal(part(pair, "usps"), part(capped, "usps"))
+    full = load(cfg_for(raw))  # every capped image is one of the domain's images
+    rows = {r.tobytes() for r in part(full, "svhn")}
+    assert all(r.tobytes() in rows for r in part(capped, "svhn"))
+
+
+def test_leave_one_domain_out(raw: dict[str, Any]) -> None:
+    src = load(cfg_for(raw))
+    cfg = {
+        "seed": 0,
+        "num_clients": 2,
+        "dataset": cfg_for(raw),
+        "partition": {"name": "domain"},
+        "split": {"target_domain": "usps"},
+    }
+    fd = build_federated_data(cfg)
+    target = src.domains == src.domain_names.index("usps")
+    assert fd.target_domain == "usps" and fd.input_shape == (3, 28, 28)
+    assert np.array_equal(fd.public_x, src.x[target])
+    assert np.array_equal(fd.global_test.x, src.x[target])
+    assert np.array_equal(fd.global_test.y, src.y[target])
+    assert fd.client_domains == ["mnist", "svhn"]
+    for client, name in zip(fd.clients, fd.client_domains, strict=True):
+        mine = {r.tobytes() for r in part(src, name)}
+        held = np.concatenate([client.train.x, client.test.x])
+        assert len(held) == SIZES[name] and all(r.tobytes() in mine for r in held)
+
+
+@pytest.mark.parametrize("preset", ["fedka_digits_domains", "vote_digits_domains"])
+def test_presets_with_command_line_domains(raw: dict[str, Any], preset: str) -> None:
+    from fedkd.config import compose
+    from server.app import prepare_run
+
+    p = raw["paths"]
+    overrides = [
+        f"+experiment={preset}",
+        "dataset=hf_domains",
+        f"dataset.domains={{mnist: {p['mnist']}, usps: {p['usps']}, svhn: {p['svhn']}}}",
+        f"dataset.cache_dir={raw['cache']}",
+        "split.target_domain=svhn",
+    ]
+    cfg = compose(overrides)
+    assert cfg["dataset"]["domains"] == {n: p[n] for n in ("mnist", "usps", "svhn")}
+    info = prepare_run(cfg)
+    assert info.input_shape == (3, 28, 28) and info.num_public == SIZES["svhn"]
+    assert compose(["dataset=hf_domains"])["split"]["target_domain"] is None
+
+
+def test_errors(raw: dict[str, Any], tmp_path: Path) -> None:
+    p = raw["paths"]
+    for bad in (None, {}, {"usps": p["usps"]}, [p["usps"], p["svhn"]]):
+        with pytest.raises(ConfigError, match="dataset.domains must map at least two domain names"):
+            load({"name": "hf_domains", "domains": bad})
+    with pytest.raises(ConfigError, match="dataset.domains must map names to .*'svhn': 3"):
+        load({"name": "hf_domains", "domains": {"usps": p["usps"], "svhn": 3}})
+    for size in ([28], [0, 28], "28", [28.0, 28], [True, 28]):
+        with pytest.raises(ConfigError, match=r"dataset.size must be \[height, width\]"):
+            load(cfg_for(raw, size=size))
+    for channels in (2, True, "3"):
+        with pytest.raises(ConfigError, match="dataset.channels must be 1 .* or 3"):
+            load(cfg_for(raw, channels=channels))
+    with pytest.raises(ConfigError, match="dataset.max_samples_per_domain must be an int >= 1"):
+        load(cfg_for(raw, max_samples_per_domain=0))
+    nope = str(tmp_path / "nope")
+    with pytest.raises(
+        DataError, match=f"dataset.domains.usps: could not load hf dataset '{nope}'"
+    ) as err:
+        load({"name": "hf_domains", "domains": {"mnist": p["mnist"], "usps": nope}})
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="dataset.domains.svhn: .*no image column 'picture'"):
+        load(cfg_for(raw, ("svhn", "usps"), image_key="picture"))
+    with pytest.raises(
+        DataError, match=r"dataset.domains differ in their number of classes \(five 5, usps 10\)"
+    ):
+        load(cfg_for(raw, ("usps", "five")))

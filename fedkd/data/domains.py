@@ -29,16 +29,9 @@ Leave-one-domain-out (``split.target_domain``) and the ``domain`` partitioner
 (one source domain per client, round-robin) use these ids; see ``splits.py`` and
 ``domain_partition.py``.
 
-**Real digit domains** (not implemented here, no downloads): the same ``SourceData``
-contract fits real multi-domain data such as Digit-Five. A loader would call the ``hf``
-loader (``hf.py``) once per domain, each with its own ``path`` (a hub name such as
-``mnist``, or a local ``save_to_disk``/parquet folder holding USPS, SVHN, MNIST-M,
-SynthDigits ...), bring every image to one shape (FedKA uses 28x28 RGB: repeat gray
-channels, resize SVHN/SynthDigits), keep pixels in [0, 1], cap each domain with a
-seeded ``max_samples``, concatenate the pools (and the official test splits, if the
-run should evaluate on them), and set ``domains`` to each sample's domain index and
-``domain_names`` to e.g. ``("mnist", "mnistm", "usps", "svhn", "syn")``. Everything
-downstream (``split.target_domain``, ``partition=domain``) then works unchanged.
+**Real digit domains**: ``hf_domains`` (``hf_domains.py``) builds the same kind of
+``SourceData`` from Hugging Face datasets a user has (MNIST, USPS, SVHN ...), one per
+domain, each resized to one shape (FedKA: 28x28 RGB).
 """
 
 from __future__ import annotations

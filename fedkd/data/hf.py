@@ -143,22 +143,10 @@ def _labels(ds: Any, key: str, path: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-@DATASETS.register("hf")
-def load_hf(cfg: Mapping[str, Any], seed: int) -> SourceData:
-    """Params: ``path``, ``image_key``, ``label_key``, ``max_samples`` (per split), ``cache_dir``.
-
-    Images are scaled by 1/255 (unless already floats in [0, 1]); grayscale becomes
-    ``(1, H, W)``, RGB ``(3, H, W)``.
-    """
-    import datasets
-
-    path = cfg.get("path")
-    if not isinstance(path, str) or not path:
-        raise ConfigError(
-            f"dataset.path must name a hub dataset or a local directory (got {path!r})"
-        )
+def open_splits(path: str, cache_dir: str | None) -> dict[str, Any]:
+    """``{split: datasets.Dataset}`` of ``path``; any loading failure is a one-line DataError."""
     try:
-        splits = _open(path, cfg.get("cache_dir"))
+        splits = _open(path, cache_dir)
     except FedkdError:
         raise
     except Exception as err:  # datasets raises many types; all mean "cannot load"
@@ -167,6 +155,60 @@ def load_hf(cfg: Mapping[str, Any], seed: int) -> SourceData:
         ) from None
     if not splits:
         raise DataError(f"hf dataset '{path}' has no splits")
+    return splits
+
+
+def read_labels(
+    ds: Any, split: str, path: str, label_key: str | None
+) -> tuple[np.ndarray, int | None]:
+    """One split's int64 labels and its ClassLabel size (or None); ``label_key`` None: auto-detect."""
+    import datasets
+
+    label_key = _pick(ds.column_names, label_key, LABEL_KEYS, "label", path, split)
+    feature = ds.features[label_key]
+    declared = int(feature.num_classes) if isinstance(feature, datasets.ClassLabel) else None
+    return _labels(ds, label_key, path), declared
+
+
+def read_split(
+    ds: Any, split: str, path: str, image_key: str | None, label_key: str | None
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """One split's raw images ``[N, C, H, W]``, int64 labels, and its ClassLabel size (or None).
+
+    ``image_key``/``label_key``: the configured columns, None to auto-detect.
+    """
+    image_key = _pick(ds.column_names, image_key, IMAGE_KEYS, "image", path, split)
+    y, declared = read_labels(ds, split, path, label_key)
+    return _images(ds, image_key, path), y, declared
+
+
+def class_count(ys: list[np.ndarray], declared: int | None, path: str) -> int:
+    """The ClassLabel size if any split declares one, else max label + 1; checks the labels."""
+    top = max(int(a.max()) for a in ys if a.size)
+    num_classes = top + 1 if declared is None else declared
+    if top >= num_classes:
+        raise DataError(f"hf dataset '{path}' has labels >= num_classes ({num_classes})")
+    return num_classes
+
+
+def needs_scaling(arrays: list[np.ndarray]) -> bool:
+    """Pixels need a 1/255 scale unless every array is already floats in [0, 1]."""
+    return any(np.issubdtype(a.dtype, np.integer) or float(a.max()) > 1.0 for a in arrays)
+
+
+@DATASETS.register("hf")
+def load_hf(cfg: Mapping[str, Any], seed: int) -> SourceData:
+    """Params: ``path``, ``image_key``, ``label_key``, ``max_samples`` (per split), ``cache_dir``.
+
+    Images are scaled by 1/255 (unless already floats in [0, 1]); grayscale becomes
+    ``(1, H, W)``, RGB ``(3, H, W)``.
+    """
+    path = cfg.get("path")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(
+            f"dataset.path must name a hub dataset or a local directory (got {path!r})"
+        )
+    splits = open_splits(path, cfg.get("cache_dir"))
 
     max_samples = cfg.get("max_samples")
     if max_samples is not None and (
@@ -180,16 +222,14 @@ def load_hf(cfg: Mapping[str, Any], seed: int) -> SourceData:
         ds = splits[name]
         if len(ds) == 0:
             continue
-        image_key = _pick(ds.column_names, cfg.get("image_key"), IMAGE_KEYS, "image", path, name)
-        label_key = _pick(ds.column_names, cfg.get("label_key"), LABEL_KEYS, "label", path, name)
         if max_samples is not None and len(ds) > max_samples:
             keep = np.random.default_rng([seed, i]).choice(len(ds), max_samples, replace=False)
             ds = ds.select(np.sort(keep))
-        feature = ds.features[label_key]
-        if isinstance(feature, datasets.ClassLabel):
-            num_classes = max(num_classes or 0, int(feature.num_classes))
-        xs[name] = _images(ds, image_key, path)
-        ys[name] = _labels(ds, label_key, path)
+        xs[name], ys[name], declared = read_split(
+            ds, name, path, cfg.get("image_key"), cfg.get("label_key")
+        )
+        if declared is not None:
+            num_classes = max(num_classes or 0, declared)
 
     if not xs:
         raise DataError(f"hf dataset '{path}' has no samples")
@@ -202,17 +242,12 @@ def load_hf(cfg: Mapping[str, Any], seed: int) -> SourceData:
     x = np.concatenate([xs[n] for n in sorted(xs)])
     y = np.concatenate([ys[n] for n in sorted(ys)])
     all_y = [y] if test is None else [y, test[1]]
-    if num_classes is None:
-        num_classes = int(max(int(a.max()) for a in all_y if a.size)) + 1
-    if max(int(a.max()) for a in all_y if a.size) >= num_classes:
-        raise DataError(f"hf dataset '{path}' has labels >= num_classes ({num_classes})")
-
-    all_x = [x] if test is None else [x, test[0]]
-    needs_scaling = any(np.issubdtype(a.dtype, np.integer) or float(a.max()) > 1.0 for a in all_x)
+    num_classes = class_count(all_y, num_classes, path)
+    scale = needs_scaling([x] if test is None else [x, test[0]])
 
     def scaled(a: np.ndarray) -> np.ndarray:
         out = a.astype(np.float32)
-        if needs_scaling:
+        if scale:
             out *= np.float32(1.0 / 255.0)
         return out
 

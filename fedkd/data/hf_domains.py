@@ -1,108 +1,169 @@
-"""Several Hugging Face digit datasets as the domains of one task (FedKA's Digit-Five).
+"""``hf_domains``: several Hugging Face image datasets (MNIST, USPS, SVHN ...) as domains.
 
-``dataset=hf_domains dataset.domains={mnist: PATH, usps: PATH, svhn: PATH}``: each domain
-is loaded with the ``hf`` loader (hub name, ``save_to_disk`` folder or parquet folder),
-its official train and test splits are pooled (a held-out domain is the unlabelled
-target and the transductive test set, as in FedKA), and every image is converted to
-one shape: ``channels`` (gray -> RGB by repetition, RGB -> gray by ITU-R 601 luminance)
-and ``size`` (bilinear, antialiased when shrinking). FedKA converts every domain to
-28x28 RGB [CODE], which is the default. With ``partition=domain`` each client holds one
-domain; ``split.target_domain=NAME`` holds one out.
+The real-data counterpart of ``digits_domains``: ``domains`` maps a domain name to a
+path as ``dataset.path`` of ``hf`` takes it (a hub name or a local ``save_to_disk`` or
+parquet folder), and each is read with the ``hf`` loader's helpers (``hf.py``). With
+``split.target_domain`` and ``partition=domain`` this is FedKA's digit setting
+(ALGORITHMS.md §2): one source domain per client, one domain held out as the server's
+unlabelled target and the transductive test set.
 
-Ours: the per-domain cap ``max_samples_per_domain`` (seeded, per split) to keep large
-sets such as SVHN manageable; domains must agree on the number of classes.
+From FedKA: every domain is brought to one shape, 28x28 RGB (gray images repeat
+their channel). Ours: ``size`` and ``channels`` are options (``channels: 1`` takes the
+ITU-R 601 luminance 0.299 R + 0.587 G + 0.114 B); resizing is bilinear
+``torch.nn.functional.interpolate``, antialiased when shrinking; a domain's splits
+(train, test, ...) are pooled into its samples, since leave-one-domain-out uses a
+source domain only as private data and the target only as public set and test;
+``max_samples_per_domain`` caps each pooled domain with a seeded sample keyed by the
+domain's name (so it does not depend on the other domains). Pixels are float32 in
+[0, 1]. ``domain_names`` is sorted by name, not in config order: the run config
+travels between processes as JSON with sorted keys, so only a sorted order is the
+same in every process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from fedkd.data.hf import load_hf
+from fedkd.data.hf import class_count, needs_scaling, open_splits, read_labels, read_split
 from fedkd.data.registry import DATASETS
 from fedkd.data.types import SourceData
-from fedkd.errors import ConfigError, DataError, FedkdError
+from fedkd.errors import ConfigError, DataError
 
-LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+_CAP = 0x4FD0  # RNG stream tag for max_samples_per_domain
+_CHUNK = 4096  # images converted per torch call (bounds the float32 copies)
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
 
-def _shape(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
-    size, channels = cfg.get("size", [28, 28]), cfg.get("channels", 3)
+def _domains(cfg: Mapping[str, Any]) -> dict[str, str]:
+    value = cfg.get("domains")
+    if not isinstance(value, Mapping) or len(value) < 2:
+        raise ConfigError(
+            "dataset.domains must map at least two domain names to hub names or local folders, "
+            f"e.g. {{mnist: /data/mnist, usps: /data/usps}} (got {value!r})"
+        )
+    for name, path in value.items():
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise ConfigError(
+                f"dataset.domains must map names to hub names or local folders (got {name!r}: {path!r})"
+            )
+    return {name: value[name] for name in sorted(value)}
+
+
+Options = tuple[tuple[int, int], int, int | None]  # size, channels, max_samples_per_domain
+
+
+def _options(cfg: Mapping[str, Any]) -> Options:
+    size = cfg.get("size", [28, 28])
     if (
-        not isinstance(size, (list, tuple))
+        isinstance(size, str)
+        or not isinstance(size, Sequence)
         or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)
     ):
-        raise ConfigError(f"dataset.size must be [height, width] of ints >= 1 (got {size!r})")
-    if channels not in (1, 3):
-        raise ConfigError(f"dataset.channels must be 1 or 3 (got {channels!r})")
-    return channels, int(size[0]), int(size[1])
+        raise ConfigError(f"dataset.size must be [height, width], two ints >= 1 (got {size!r})")
+    channels = cfg.get("channels", 3)
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ConfigError(f"dataset.channels must be 1 (gray) or 3 (RGB) (got {channels!r})")
+    cap = cfg.get("max_samples_per_domain")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigError(f"dataset.max_samples_per_domain must be an int >= 1 (got {cap!r})")
+    return (int(size[0]), int(size[1])), int(channels), cap
 
 
-def convert(x: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """``[N, C, H, W]`` float images in [0, 1] to ``shape`` = (channels, height, width)."""
+def _capped(splits: dict[str, Any], cap: int | None, seed: int, name: str) -> dict[str, Any]:
+    """``splits`` with at most ``cap`` samples in all (seeded, keyed by ``name``)."""
+    sizes = [len(ds) for ds in splits.values()]
+    if cap is None or sum(sizes) <= cap:
+        return splits
+    rng = np.random.default_rng([seed, _CAP, zlib.crc32(name.encode())])
+    keep = np.sort(rng.choice(sum(sizes), cap, replace=False))
+    starts = np.cumsum([0, *sizes])
+    out = {}
+    for (s, ds), lo, hi in zip(splits.items(), starts[:-1], starts[1:], strict=True):
+        rows = keep[(keep >= lo) & (keep < hi)] - lo
+        if len(rows):
+            out[s] = ds.select(rows)
+    return out
+
+
+def _convert(raw: np.ndarray, scale: bool, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Raw ``[N, C, H, W]`` images -> float32 ``[N, channels, *size]`` in [0, 1]."""
     import torch
     import torch.nn.functional as F
 
-    channels, height, width = shape
-    if x.shape[1] != channels:
-        if channels == 3:
-            x = np.repeat(x[:, :1], 3, axis=1)
-        else:
-            x = np.tensordot(x[:, :3], LUMINANCE, axes=([1], [0]))[:, None]
-    if x.shape[2:] != (height, width):
-        shrink = height < x.shape[2] or width < x.shape[3]
-        x = F.interpolate(
-            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-            size=(height, width),
-            mode="bilinear",
-            align_corners=False,
-            antialias=shrink,
-        ).numpy()
-    return np.clip(x, 0.0, 1.0).astype(np.float32)
+    n, c, h, w = raw.shape
+    if c not in (1, 3):
+        raise DataError(f"images have {c} channels; need 1 (gray) or 3 (RGB)")
+    luma = torch.tensor(_LUMA, dtype=torch.float32).view(1, 3, 1, 1)
+    out = np.empty((n, channels, *size), dtype=np.float32)
+    for lo in range(0, n, _CHUNK):
+        t = torch.from_numpy(raw[lo : lo + _CHUNK].astype(np.float32))
+        if scale:
+            t = t * np.float32(1.0 / 255.0)
+        if c == 1 and channels == 3:
+            t = t.expand(-1, 3, -1, -1)
+        elif c == 3 and channels == 1:
+            t = (t * luma).sum(1, keepdim=True)
+        if (h, w) != size:
+            shrink = size[0] < h or size[1] < w
+            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+        out[lo : lo + len(t)] = t.clamp(0.0, 1.0).numpy()
+    return out
+
+
+def _load_domain(
+    name: str, path: str, cfg: Mapping[str, Any], seed: int, options: Options
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One domain's pooled splits: images ``[N, channels, *size]``, labels, class count."""
+    size, channels, cap = options
+    splits = {s: ds for s, ds in sorted(open_splits(path, cfg.get("cache_dir")).items()) if len(ds)}
+    if not splits:
+        raise DataError(f"hf dataset '{path}' has no samples")
+    # the class count of the whole domain: a capped sample may miss a class
+    labels = [read_labels(ds, s, path, cfg.get("label_key")) for s, ds in splits.items()]
+    declared = max((n for _, n in labels if n is not None), default=None)
+    num_classes = class_count([y for y, _ in labels], declared, path)
+    xs, ys = [], []
+    for split, ds in _capped(splits, cap, seed, name).items():
+        x, y, _ = read_split(ds, split, path, cfg.get("image_key"), cfg.get("label_key"))
+        xs.append(x)
+        ys.append(y)
+    scale = needs_scaling(xs)
+    x = np.concatenate([_convert(a, scale, size, channels) for a in xs])
+    return x, np.concatenate(ys), num_classes
 
 
 @DATASETS.register("hf_domains")
 def load_hf_domains(cfg: Mapping[str, Any], seed: int) -> SourceData:
     """Params: ``domains`` (name -> path), ``image_key``, ``label_key``,
-    ``max_samples_per_domain``, ``size``, ``channels``, ``cache_dir``."""
-    domains = cfg.get("domains")
-    if not isinstance(domains, Mapping) or len(domains) < 2:
-        raise ConfigError(
-            "dataset.domains must map at least two domain names to hub names or folders, "
-            "e.g. 'dataset.domains={mnist: /data/mnist, usps: /data/usps}'"
-        )
-    shape = _shape(cfg)
-    xs, ys, ids, classes = [], [], [], {}
-    for d, (name, path) in enumerate(domains.items()):
-        sub = {
-            "path": path,
-            "image_key": cfg.get("image_key"),
-            "label_key": cfg.get("label_key"),
-            "max_samples": cfg.get("max_samples_per_domain"),
-            "cache_dir": cfg.get("cache_dir"),
-        }
+    ``max_samples_per_domain``, ``size`` ([28, 28]), ``channels`` (3), ``cache_dir``.
+    """
+    domains = _domains(cfg)
+    options = _options(cfg)
+    xs, ys, counts = [], [], {}
+    for name, path in domains.items():
         try:
-            src = load_hf(sub, seed)
-        except FedkdError as err:
-            raise type(err)(f"domain '{name}': {err}") from None
-        x = src.x if src.test is None else np.concatenate([src.x, src.test.x])  # one shape
-        y = src.y if src.test is None else np.concatenate([src.y, src.test.y])
-        xs.append(convert(x, shape))
+            x, y, counts[name] = _load_domain(name, path, cfg, seed, options)
+        except DataError as err:
+            raise DataError(f"dataset.domains.{name}: {err}") from None
+        xs.append(x)
         ys.append(y)
-        ids.append(np.full(len(y), d, dtype=np.int64))
-        classes[str(name)] = src.num_classes
-    if len(set(classes.values())) > 1:
-        listed = ", ".join(f"{n}: {c}" for n, c in classes.items())
-        raise DataError(f"hf_domains: the domains disagree on the number of classes ({listed})")
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{n} {k}" for n, k in counts.items())
+        raise DataError(
+            f"dataset.domains differ in their number of classes ({shown}); "
+            "every domain must have the same classes"
+        )
+    size, channels, _ = options
     return SourceData(
         x=np.concatenate(xs),
-        y=np.concatenate(ys).astype(np.int64),
-        num_classes=next(iter(classes.values())),
-        input_shape=shape,
-        domains=np.concatenate(ids),
-        domain_names=tuple(str(n) for n in domains),
+        y=np.concatenate(ys),
+        num_classes=next(iter(counts.values())),
+        input_shape=(channels, *size),
+        domains=np.concatenate([np.full(len(y), d, np.int64) for d, y in enumerate(ys)]),
+        domain_names=tuple(domains),
     )
-
