@@ -3,11 +3,15 @@
 Every client reports the ``partition-id`` and ``num-partitions`` of its node
 config. The same handshake serves the simulation (where the launcher knows how
 many clients to wait for) and ``flwr run`` / real SuperNodes (where the first
-reply says how many partitions the federation has).
+reply says how many partitions the federation has). Given the run config
+(``cfg_json``), each client also loads its data while answering, so a bad
+local data file stops the run at start-up with the client's own message.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -16,6 +20,18 @@ from flwr.serverapp import Grid
 
 from clients import wire
 from fedkd.errors import ConfigError
+
+log = logging.getLogger("fedkd")
+
+# Flower's reason for an exception in a ClientApp: "<class 'pkg.DataError'>:<'message'>"
+_RAISED = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>", re.DOTALL)
+
+
+def client_error(reason: str) -> str:
+    """Flower's error reason as ``ErrorType: message`` on one line."""
+    match = _RAISED.fullmatch(reason.strip())
+    text = f"{match[1]}: {match[2]}" if match else reason
+    return " ".join(text.split())
 
 
 @dataclass(frozen=True)
@@ -28,17 +44,34 @@ class Roster:
         return {node: cid for cid, node in self.node_of.items()}
 
 
-def _ask(grid: Grid, nodes: list[int], timeout: float) -> dict[int, tuple[int, int]]:
+def _ask(
+    grid: Grid, nodes: list[int], timeout: float, cfg_json: str | None
+) -> dict[int, tuple[int, int]]:
+    def content() -> RecordDict:
+        if cfg_json is None:
+            return RecordDict()
+        return RecordDict({wire.CONFIG: wire.make_config(0, cfg_json, {})})
+
     messages = [
-        Message(content=RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes
+        Message(content=content(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes
     ]
     answers = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             raise ConfigError(
-                f"client on node {reply.metadata.src_node_id} cannot start: {reply.error.reason}"
+                f"client on node {reply.metadata.src_node_id} cannot start: "
+                f"{client_error(reply.error.reason)}"
             )
         metrics = reply.content.metric_records[wire.METRICS]
+        if "num_train" in metrics:
+            log.info(
+                "client %d (node %d): %d train / %d test samples from its %s",
+                int(metrics["partition_id"]),
+                reply.metadata.src_node_id,
+                int(metrics["num_train"]),
+                int(metrics["num_local_test"]),
+                "own data file" if metrics.get("local_data") else "partition",
+            )
         answers[reply.metadata.src_node_id] = (
             int(metrics["partition_id"]),
             int(metrics["num_partitions"]),
@@ -46,15 +79,20 @@ def _ask(grid: Grid, nodes: list[int], timeout: float) -> dict[int, tuple[int, i
     return answers
 
 
-def discover(grid: Grid, timeout: float, expected: int | None = None) -> Roster:
-    """Wait for every partition's client (``expected``, else what the clients report)."""
+def discover(
+    grid: Grid, timeout: float, expected: int | None = None, cfg_json: str | None = None
+) -> Roster:
+    """Wait for every partition's client (``expected``, else what the clients report).
+
+    With ``cfg_json`` (the run config) every client checks its data as it answers.
+    """
     deadline = time.monotonic() + timeout
     answers: dict[int, tuple[int, int]] = {}
     while True:
         nodes = sorted(grid.get_node_ids())
         new = [n for n in nodes if n not in answers]
         if new:
-            answers.update(_ask(grid, new, max(deadline - time.monotonic(), 1.0)))
+            answers.update(_ask(grid, new, max(deadline - time.monotonic(), 1.0), cfg_json))
         parts = {num for _, num in answers.values()}
         if len(parts) > 1:
             raise ConfigError(f"clients disagree on num-partitions: {sorted(parts)}")
