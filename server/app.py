@@ -131,6 +131,9 @@ def run_server(
                 "num_rounds": cfg["num_rounds"],
                 "seed": cfg["seed"],
                 "dropped_replies": dict(strategy.dropped),
+                "dropped_clients": {
+                    str(cid): reasons for cid, reasons in sorted(strategy.dropped_clients.items())
+                },
             }
         )
     return summary
@@ -163,7 +166,7 @@ def main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
     check_options(cfg)  # fail on a bad config before waiting for SuperNodes
-    roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]))
+    roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]), cfg_json=json.dumps(cfg))
     overrides = overrides_from_run_config(run_config)
     if (
         any(o.startswith("num_clients=") for o in overrides)

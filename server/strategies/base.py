@@ -73,6 +73,8 @@ class FedkdStrategy(Strategy):
             self.use_roster(roster)
         self.setup()
         self.dropped: Counter[str] = Counter()
+        # client id -> reason -> rounds: who dropped out, for summary.json
+        self.dropped_clients: dict[int, dict[str, list[int]]] = {}
 
     # ---------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -226,6 +228,7 @@ class FedkdStrategy(Strategy):
 
     def _drop(self, server_round: int, cid: int, reason: str, detail: str) -> None:
         self.dropped[reason] += 1
+        self.dropped_clients.setdefault(cid, {}).setdefault(reason, []).append(server_round)
         log.warning(
             "round %d: dropped reply of client %d (%s): %s", server_round, cid, reason, detail
         )
@@ -235,10 +238,9 @@ class FedkdStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         before = sum(self.dropped.values())
         replies = list(replies)
-        missing = len(self._bytes_down) - len(replies)
-        if missing > 0:
-            self.dropped["no_reply"] += missing
-            log.warning("round %d: %d sampled clients did not reply in time", server_round, missing)
+        replied = {self.client_of.get(m.metadata.src_node_id, -1) for m in replies}
+        for cid in sorted(set(self._bytes_down) - replied):
+            self._drop(server_round, cid, "no_reply", "no reply within server.round_timeout")
         errors = [m.error.reason for m in replies if m.has_error()]
         if replies and len(errors) == len(replies):
             raise RuntimeError(
