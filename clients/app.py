@@ -137,18 +137,24 @@ def train(message: Message, context: Context) -> Message:
 
 @app.query()
 def hello(message: Message, context: Context) -> Message:
-    """Start-up handshake: which client this node is, out of how many.
+    """Start-up handshake: which client this node is, out of how many (``introduce``)."""
+    metrics = introduce(context, message.content)
+    return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=message)
 
-    When the server sends the run config along (``flwr run`` and deployments do),
-    the client also loads its data now, so a missing or malformed local file
-    stops the run at start-up with the client's one-line error.
+
+def introduce(context: Context, content: RecordDict) -> dict[str, int]:
+    """The node's ``hello`` answer; with the run config in ``content``, its data is loaded now.
+
+    The server sends the run config along (``flwr run`` and deployments do), so a
+    missing or malformed local file stops the run at start-up with the client's
+    one-line error instead of failing every round.
     """
     node = node_data(context)
     if node.num_partitions is None:
         raise ConfigError(NODE_CONFIG_HELP)
     metrics = {"partition_id": node.partition_id, "num_partitions": node.num_partitions}
-    if wire.CONFIG in message.content.config_records:
-        _, cfg, _ = wire.read_config(message.content)
+    if wire.CONFIG in content.config_records:
+        _, cfg, _ = wire.read_config(content)
         cfg["num_clients"] = node.num_partitions  # what the server sets once all have answered
         data = tensors(node, cfg)
         metrics.update(
@@ -156,7 +162,7 @@ def hello(message: Message, context: Context) -> Message:
             num_local_test=len(data.test_y),
             local_data=int(node.data_path is not None),
         )
-    return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=message)
+    return metrics
 
 
 @app.evaluate()

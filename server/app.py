@@ -163,6 +163,12 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run``: the run config overrides configs/; the clients say how many they are."""
+    if not log.handlers:  # flwr-serverapp configures only Flower's logger: show fedkd's lines too
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fedkd %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
     check_options(cfg)  # fail on a bad config before waiting for SuperNodes
