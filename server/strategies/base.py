@@ -75,6 +75,8 @@ class FedkdStrategy(Strategy):
         self.dropped: Counter[str] = Counter()
         # client id -> reason -> rounds: who dropped out, for summary.json
         self.dropped_clients: dict[int, dict[str, list[int]]] = {}
+        # message id -> node id: the SuperLink answers for a lost node with its own error reply
+        self._sent_to: dict[str, int] = {}
 
     # ---------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -183,7 +185,7 @@ class FedkdStrategy(Strategy):
         """(client id, metrics, payload) of every usable reply; the rest are dropped with a reason."""
         accepted = []
         for msg in replies:
-            cid = self.client_of.get(msg.metadata.src_node_id, -1)
+            cid = self._client_of_reply(msg)
             if msg.has_error():
                 self._drop(server_round, cid, "client_error", msg.error.reason)
                 continue
@@ -226,6 +228,13 @@ class FedkdStrategy(Strategy):
                 raise PayloadError(f"'{name}' has values outside the float32 range")
         self.check_upload(server_round, client_id, payload)
 
+    def _client_of_reply(self, msg: Message) -> int:
+        """The client a reply answers for; the SuperLink itself answers for a lost node."""
+        node = msg.metadata.src_node_id
+        if node not in self.client_of:
+            node = self._sent_to.get(msg.metadata.reply_to_message_id, node)
+        return self.client_of.get(node, -1)
+
     def _drop(self, server_round: int, cid: int, reason: str, detail: str) -> None:
         self.dropped[reason] += 1
         self.dropped_clients.setdefault(cid, {}).setdefault(reason, []).append(server_round)
@@ -238,7 +247,7 @@ class FedkdStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         before = sum(self.dropped.values())
         replies = list(replies)
-        replied = {self.client_of.get(m.metadata.src_node_id, -1) for m in replies}
+        replied = {self._client_of_reply(m) for m in replies}
         for cid in sorted(set(self._bytes_down) - replied):
             self._drop(server_round, cid, "no_reply", "no reply within server.round_timeout")
         errors = [m.error.reason for m in replies if m.has_error()]
@@ -341,9 +350,10 @@ class FedkdStrategy(Strategy):
         empty = ArrayRecord()
         for rnd in range(1, num_rounds + 1):
             started = time.perf_counter()
-            replies = grid.send_and_receive(
-                self.configure_train(rnd, empty, ConfigRecord(), grid), timeout=timeout
-            )
+            messages = list(self.configure_train(rnd, empty, ConfigRecord(), grid))
+            replies = grid.send_and_receive(messages, timeout=timeout)
+            # the grid has set each message's id while pushing it
+            self._sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
             _, metrics = self.aggregate_train(rnd, replies)
             if metrics is not None:
                 result.train_metrics_clientapp[rnd] = metrics
