@@ -16,12 +16,14 @@ import time
 from dataclasses import dataclass
 
 from flwr.app import Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from clients import wire
 from fedkd.errors import ConfigError
 
 log = logging.getLogger("fedkd")
+RETRY_UNAVAILABLE = 10.0  # seconds before asking an unavailable node again
 
 # Flower's reason for an exception in a ClientApp: "<class 'pkg.DataError'>:<'message'>"
 _RAISED = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>", re.DOTALL)
@@ -46,7 +48,13 @@ class Roster:
 
 def _ask(
     grid: Grid, nodes: list[int], timeout: float, cfg_json: str | None
-) -> dict[int, tuple[int, int]]:
+) -> tuple[dict[int, tuple[int, int]], set[int]]:
+    """(node -> (partition id, num partitions)) of the nodes that answered, and the unreachable.
+
+    A node the SuperLink reports unavailable (e.g. the stale session of a
+    SuperNode that crashed) is skipped; any other error stops the run.
+    """
+
     def content() -> RecordDict:
         if cfg_json is None:
             return RecordDict()
@@ -55,28 +63,31 @@ def _ask(
     messages = [
         Message(content=content(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes
     ]
-    answers = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    answers, unavailable = {}, set()
+    for reply in replies:
+        node = sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         if reply.has_error():
+            if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+                log.warning("node %d is unavailable; waiting for the other clients", node)
+                unavailable.add(node)
+                continue
             raise ConfigError(
-                f"client on node {reply.metadata.src_node_id} cannot start: "
-                f"{client_error(reply.error.reason)}"
+                f"client on node {node} cannot start: {client_error(reply.error.reason)}"
             )
         metrics = reply.content.metric_records[wire.METRICS]
         if "num_train" in metrics:
             log.info(
                 "client %d (node %d): %d train / %d test samples from its %s",
                 int(metrics["partition_id"]),
-                reply.metadata.src_node_id,
+                node,
                 int(metrics["num_train"]),
                 int(metrics["num_local_test"]),
                 "own data file" if metrics.get("local_data") else "partition",
             )
-        answers[reply.metadata.src_node_id] = (
-            int(metrics["partition_id"]),
-            int(metrics["num_partitions"]),
-        )
-    return answers
+        answers[node] = (int(metrics["partition_id"]), int(metrics["num_partitions"]))
+    return answers, unavailable
 
 
 def discover(
@@ -85,14 +96,20 @@ def discover(
     """Wait for every partition's client (``expected``, else what the clients report).
 
     With ``cfg_json`` (the run config) every client checks its data as it answers.
+    An unavailable node is asked again after ``RETRY_UNAVAILABLE`` seconds (a
+    SuperNode restarted with the same key keeps its node id).
     """
     deadline = time.monotonic() + timeout
     answers: dict[int, tuple[int, int]] = {}
+    retry_at: dict[int, float] = {}
     while True:
+        now = time.monotonic()
         nodes = sorted(grid.get_node_ids())
-        new = [n for n in nodes if n not in answers]
+        new = [n for n in nodes if n not in answers and retry_at.get(n, 0) <= now]
         if new:
-            answers.update(_ask(grid, new, max(deadline - time.monotonic(), 1.0), cfg_json))
+            found, unavailable = _ask(grid, new, max(deadline - now, 1.0), cfg_json)
+            answers.update(found)
+            retry_at.update(dict.fromkeys(unavailable, time.monotonic() + RETRY_UNAVAILABLE))
         parts = {num for _, num in answers.values()}
         if len(parts) > 1:
             raise ConfigError(f"clients disagree on num-partitions: {sorted(parts)}")
