@@ -5,7 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format compare figure clean
+.PHONY: install run test lint format compare figure certs keys deploy clean
+
+CERT_DIR ?= certs
+CERT_HOST ?=
+KEY_DIR ?= keys
+NODES ?= 2
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +50,18 @@ figure: $(STAMP)
 	rm -rf outputs/figure-run
 	$(BIN)/fedkd-sim logging.level=quiet hydra.run.dir=outputs/figure-run
 	$(BIN)/fedkd-report outputs/figure-run --out docs/figures
+
+## development CA + SuperLink certificate (localhost, 127.0.0.1 and CERT_HOST, e.g. CERT_HOST="server.lan 10.0.0.5")
+certs:
+	bash scripts/certs.sh $(CERT_DIR) $(CERT_HOST)
+
+## SuperNode authentication key pairs keys/node_<i>(.pub), i < NODES
+keys:
+	bash scripts/supernode_keys.sh $(KEY_DIR) $(NODES)
+
+## Flower deployment on this machine: SuperLink + NODES SuperNodes, TLS and authentication, 2 rounds
+deploy: $(STAMP)
+	$(BIN)/fedkd-deploy --nodes $(NODES) num_rounds=2
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

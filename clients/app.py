@@ -1,13 +1,24 @@
 """The fedkd ClientApp: one Flower message in, one reply out, per round.
 
-The client learns which data it holds from ``context.node_config``
-(``partition-id``, ``num-partitions``) and everything else from the run config
-the server sends. Its personal model lives in ``context.state`` between rounds.
+The client learns which data it holds from ``context.node_config`` and
+everything else from the run config the server sends. Its personal model lives
+in ``context.state`` between rounds. Node config keys:
+
+- ``partition-id``: this client's id (0..N-1); with no ``data-path`` it is also
+  the partition of the run's dataset the client trains on;
+- ``num-partitions``: N, the number of clients in the federation;
+- ``data-path`` (optional): the client's own data file or image folder
+  (``fedkd/data/local.py``), used instead of a partition; absolute, or relative
+  to the SuperNode's working directory;
+- ``label-column`` (optional, default ``label``): the label column of a
+  ``.csv``/``.parquet`` file.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +31,7 @@ from clients.privacy_mod import privacy_mod
 from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
 from clients.subteachers import load_teachers, save_teachers, teacher_release
+from fedkd.errors import ConfigError
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import resolve_device
@@ -28,24 +40,53 @@ from fedkd.weights import arrays_to_model, model_to_arrays
 MODEL_STATE = "model"
 
 NODE_CONFIG_HELP = (
-    "node config needs 'partition-id' and 'num-partitions'; start the SuperNode with "
-    '--node-config "partition-id=0 num-partitions=N"'
+    "node config needs 'partition-id' (this client's id) and 'num-partitions' (the number "
+    "of clients), and optionally 'data-path' (the client's own data); start the SuperNode "
+    "with --node-config \"partition-id=0 num-partitions=N\" (add data-path='/abs/data.npz' "
+    "for local data)"
 )
 
 app = ClientApp(mods=[privacy_mod])
 
 
-def partition_id(context: Context, cfg: dict[str, Any]) -> int:
+@dataclass(frozen=True)
+class NodeData:
+    """Which data this node holds, from its node config."""
+
+    partition_id: int
+    num_partitions: int | None
+    data_path: str | None  # the client's own data; None: partition ``partition_id``
+    label_column: str
+
+
+def node_data(context: Context) -> NodeData:
     node = context.node_config
     if "partition-id" not in node:
-        raise ValueError(NODE_CONFIG_HELP)
-    pid = int(node["partition-id"])
-    parts = int(node.get("num-partitions", cfg["num_clients"]))
+        raise ConfigError(NODE_CONFIG_HELP)
+    path = node.get("data-path")
+    if path is not None and (not isinstance(path, str) or not path):
+        raise ConfigError(f"node config data-path must be a non-empty string (got {path!r})")
+    return NodeData(
+        partition_id=int(node["partition-id"]),
+        num_partitions=int(node["num-partitions"]) if "num-partitions" in node else None,
+        data_path=None if path is None else str(Path(path).expanduser().absolute()),
+        label_column=str(node.get("label-column", "label")),
+    )
+
+
+def checked_node(context: Context, cfg: dict[str, Any]) -> NodeData:
+    """The node's data, checked against the run's number of clients."""
+    node = node_data(context)
+    parts = node.num_partitions if node.num_partitions is not None else cfg["num_clients"]
     if parts != cfg["num_clients"]:
-        raise ValueError(
+        raise ConfigError(
             f"node config num-partitions={parts} disagrees with the run's num_clients={cfg['num_clients']}"
         )
-    return pid
+    return node
+
+
+def tensors(node: NodeData, cfg: dict[str, Any]):
+    return client_tensors(data_key(cfg), node.partition_id, node.data_path, node.label_column)
 
 
 def load_model(context: Context, cfg: dict[str, Any], pid: int, data) -> torch.nn.Module:
@@ -61,8 +102,9 @@ def load_model(context: Context, cfg: dict[str, Any], pid: int, data) -> torch.n
 def _setup(message: Message, context: Context):
     server_round, cfg, plan = wire.read_config(message.content)
     configure_torch(int(cfg["simulation"]["torch_threads"]))
-    pid = partition_id(context, cfg)
-    data = client_tensors(data_key(cfg), pid)
+    node = checked_node(context, cfg)
+    pid = node.partition_id
+    data = tensors(node, cfg)
     device = resolve_device(cfg["client"]["device"])
     model = load_model(context, cfg, pid, data).to(device)
     return server_round, cfg, plan, pid, data, device, model
@@ -110,15 +152,32 @@ def train(message: Message, context: Context) -> Message:
 
 @app.query()
 def hello(message: Message, context: Context) -> Message:
-    """Start-up handshake: which partition this node holds, out of how many."""
-    node = context.node_config
-    if "partition-id" not in node or "num-partitions" not in node:
-        raise ValueError(NODE_CONFIG_HELP)
-    metrics = {
-        "partition_id": int(node["partition-id"]),
-        "num_partitions": int(node["num-partitions"]),
-    }
+    """Start-up handshake: which client this node is, out of how many (``introduce``)."""
+    metrics = introduce(context, message.content)
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=message)
+
+
+def introduce(context: Context, content: RecordDict) -> dict[str, int]:
+    """The node's ``hello`` answer; with the run config in ``content``, its data is loaded now.
+
+    The server sends the run config along (``flwr run`` and deployments do), so a
+    missing or malformed local file stops the run at start-up with the client's
+    one-line error instead of failing every round.
+    """
+    node = node_data(context)
+    if node.num_partitions is None:
+        raise ConfigError(NODE_CONFIG_HELP)
+    metrics = {"partition_id": node.partition_id, "num_partitions": node.num_partitions}
+    if wire.CONFIG in content.config_records:
+        _, cfg, _ = wire.read_config(content)
+        cfg["num_clients"] = node.num_partitions  # what the server sets once all have answered
+        data = tensors(node, cfg)
+        metrics.update(
+            num_train=len(data.train_y),
+            num_local_test=len(data.test_y),
+            local_data=int(node.data_path is not None),
+        )
+    return metrics
 
 
 @app.evaluate()

@@ -2,8 +2,9 @@
 
 Ray keeps a client process (actor) alive across rounds and runs many virtual
 clients in it, so data is built once per process and per data config, not per
-round. Everything here is derived from the run config, so any process can serve
-any client and produce the same numbers.
+round. Everything here is derived from the run config (and, for a SuperNode
+holding its own data, from its local file), so any process can serve any client
+and produce the same numbers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from fedkd.data import FederatedData, build_federated_data
+from fedkd.data.local import local_client_data
 
 DATA_KEYS = ("seed", "num_clients", "dataset", "partition", "split")
 
@@ -46,11 +48,31 @@ def federated_data(key: str) -> FederatedData:
 
 
 @lru_cache(maxsize=4096)
-def client_tensors(key: str, partition_id: int) -> ClientTensors:
+def client_tensors(
+    key: str, partition_id: int, data_path: str | None = None, label_column: str = "label"
+) -> ClientTensors:
+    """Client ``partition_id``'s data: its partition, or its own file at ``data_path``.
+
+    With a ``data_path`` the train/test split comes from the file (seeded like a
+    partition's, ``split.local_test_fraction``); the global test set and the
+    public set always come from the run's dataset, which every node shares.
+    """
     fed = federated_data(key)
     if not 0 <= partition_id < len(fed.clients):
         raise ValueError(f"partition-id {partition_id} is outside 0..{len(fed.clients) - 1}")
-    part = fed.clients[partition_id]
+    if data_path is None:
+        part = fed.clients[partition_id]
+    else:
+        cfg = json.loads(key)
+        part = local_client_data(
+            data_path,
+            num_classes=fed.num_classes,
+            input_shape=fed.input_shape,
+            test_fraction=float((cfg.get("split") or {}).get("local_test_fraction", 0.25)),
+            seed=int(cfg["seed"]),
+            client_id=partition_id,
+            label_column=label_column,
+        )
     return ClientTensors(
         train_x=torch.from_numpy(part.train.x),
         train_y=torch.from_numpy(part.train.y),

@@ -136,6 +136,9 @@ def run_server(
                 "seed": cfg["seed"],
                 "dropped_replies": dict(strategy.dropped),
                 **({} if strategy.privacy is None else {"privacy": strategy.privacy.summary()}),
+                "dropped_clients": {
+                    str(cid): reasons for cid, reasons in sorted(strategy.dropped_clients.items())
+                },
             }
         )
     return summary
@@ -165,10 +168,16 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run``: the run config overrides configs/; the clients say how many they are."""
+    if not log.handlers:  # flwr-serverapp configures only Flower's logger: show fedkd's lines too
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fedkd %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
     check_options(cfg)  # fail on a bad config before waiting for SuperNodes
-    roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]))
+    roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]), cfg_json=json.dumps(cfg))
     overrides = overrides_from_run_config(run_config)
     if (
         any(o.startswith("num_clients=") for o in overrides)

@@ -1,4 +1,10 @@
-"""Run ``python -m simulations.run`` as a subprocess the test owns and stops by process id."""
+"""Subprocesses a test owns and stops by process id.
+
+``run_fedkd_sim`` runs ``python -m simulations.run``; ``stop_tree``,
+``process_tree`` and ``alive`` (from ``simulations.proctree``, shared with the
+``fedkd-deploy`` launcher) stop a Flower process tree, including the
+SuperExec processes Flower detaches into their own session.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from simulations.proctree import alive, marked, process_tree, stop_tree
+
+__all__ = ["ROOT", "alive", "marked", "process_tree", "run_fedkd_sim", "stop_tree"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

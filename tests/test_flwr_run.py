@@ -6,11 +6,9 @@ it instead of spawning a detached one) and kills its whole process group by id.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import stop_tree
 
 pytestmark = pytest.mark.slow
 
@@ -38,64 +37,6 @@ def healthy(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success
     except httpx.HTTPError:
         return False
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and every live process it started, by parent id or Flower's --parent-pid."""
-    found, frontier = [root], [root]
-    while frontier:
-        parent = frontier.pop()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in found:
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            state = stat.rsplit(")", 1)[1].split()[0]
-            adopted = (
-                b"--parent-pid" in cmdline
-                and cmdline[cmdline.index(b"--parent-pid") + 1] == str(parent).encode()
-            )
-            if state != "Z" and (ppid == parent or adopted):
-                found.append(int(entry.name))
-                frontier.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def stop_tree(superlink: subprocess.Popen, grace: float = 20.0) -> list[int]:
-    """SIGKILL the SuperLink and everything it started, by pid, until none is left.
-
-    Children spawned while we kill (or reparented once their parent died) are
-    caught by scanning again; returns the pids still alive after ``grace`` s.
-    """
-    seen: set[int] = set()
-    deadline = time.monotonic() + grace
-    while True:
-        seen.update(process_tree(superlink.pid))
-        for pid in seen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            superlink.wait(timeout=1)
-        left = [
-            pid
-            for pid in seen | set(process_tree(superlink.pid))
-            if pid != superlink.pid and alive(pid)
-        ]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.2)
 
 
 def test_flwr_run_dot_completes(tmp_path):
@@ -167,5 +108,5 @@ def test_flwr_run_dot_completes(tmp_path):
         assert summary["num_clients"] == 2  # Flower's default local federation: 2 SuperNodes
         assert sorted(summary["clients"]) == ["0", "1"]
     finally:
-        survivors = stop_tree(superlink)
+        survivors = stop_tree([superlink])
     assert not survivors, f"processes left running: {survivors}"

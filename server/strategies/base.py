@@ -86,6 +86,10 @@ class FedkdStrategy(Strategy):
             info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes
         )
         self.stop_reason: str | None = None
+        # client id -> reason -> rounds: who dropped out, for summary.json
+        self.dropped_clients: dict[int, dict[str, list[int]]] = {}
+        # message id -> node id: the SuperLink answers for a lost node with its own error reply
+        self._sent_to: dict[str, int] = {}
 
     # ---------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -222,7 +226,7 @@ class FedkdStrategy(Strategy):
         """
         accepted = []
         for msg in replies:
-            cid = self.client_of.get(msg.metadata.src_node_id, -1)
+            cid = self._client_of_reply(msg)
             if msg.has_error():
                 self._drop(server_round, cid, "client_error", msg.error.reason)
                 continue
@@ -278,8 +282,16 @@ class FedkdStrategy(Strategy):
                 raise PayloadError(f"'{name}' has values outside the float32 range")
         self.check_upload(server_round, client_id, payload)
 
+    def _client_of_reply(self, msg: Message) -> int:
+        """The client a reply answers for; the SuperLink itself answers for a lost node."""
+        node = msg.metadata.src_node_id
+        if node not in self.client_of:
+            node = self._sent_to.get(msg.metadata.reply_to_message_id, node)
+        return self.client_of.get(node, -1)
+
     def _drop(self, server_round: int, cid: int, reason: str, detail: str) -> None:
         self.dropped[reason] += 1
+        self.dropped_clients.setdefault(cid, {}).setdefault(reason, []).append(server_round)
         log.warning(
             "round %d: dropped reply of client %d (%s): %s", server_round, cid, reason, detail
         )
@@ -289,10 +301,9 @@ class FedkdStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         before = sum(self.dropped.values())
         replies = list(replies)
-        missing = len(self._bytes_down) - len(replies)
-        if missing > 0:
-            self.dropped["no_reply"] += missing
-            log.warning("round %d: %d sampled clients did not reply in time", server_round, missing)
+        replied = {self._client_of_reply(m) for m in replies}
+        for cid in sorted(set(self._bytes_down) - replied):
+            self._drop(server_round, cid, "no_reply", "no reply within server.round_timeout")
         errors = [m.error.reason for m in replies if m.has_error()]
         if replies and len(errors) == len(replies):
             raise RuntimeError(
@@ -437,9 +448,10 @@ class FedkdStrategy(Strategy):
             if not self.budget_allows(rnd):
                 break
             started = time.perf_counter()
-            replies = grid.send_and_receive(
-                self.configure_train(rnd, empty, ConfigRecord(), grid), timeout=timeout
-            )
+            messages = list(self.configure_train(rnd, empty, ConfigRecord(), grid))
+            replies = grid.send_and_receive(messages, timeout=timeout)
+            # the grid has set each message's id while pushing it
+            self._sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
             _, metrics = self.aggregate_train(rnd, replies)
             if metrics is not None:
                 result.train_metrics_clientapp[rnd] = metrics
