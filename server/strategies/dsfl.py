@@ -30,6 +30,7 @@ class DSFL(PublicSetStrategy):
     name = "dsfl"
     supports_central = True
     subset_key = "open_size"
+    supports_swing = True
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -48,6 +49,8 @@ class DSFL(PublicSetStrategy):
         LOSSES.get(p["distill_loss"])
         check_space(p["distill_loss"], "probs")
         cls.check_reducer(p)
+        if cls.swing_of(cfg) is not None and p["era_on"] != "probs":
+            raise ConfigError("swing releases probabilities: it needs strategy.era_on=probs")
 
     def setup(self) -> None:
         super().setup()
@@ -56,21 +59,23 @@ class DSFL(PublicSetStrategy):
 
     def plan(self, server_round: int) -> dict[str, Any]:
         distill = self.cfg["client"]["distill"]
-        return {
-            "distill": {
-                "loss": self.params["distill_loss"],
-                "epochs": distill["epochs"],
-                "batch_size": distill["batch_size"],
-                "optimizer": distill["optimizer"],
-                "when": "before",
-            },
-            "extract": {"kind": "public", "space": self.upload_space},
-        }
+        return self.with_swing(
+            {
+                "distill": {
+                    "loss": self.params["distill_loss"],
+                    "epochs": distill["epochs"],
+                    "batch_size": distill["batch_size"],
+                    "optimizer": distill["optimizer"],
+                    "when": "before",
+                },
+                "extract": {"kind": "public", "space": self.upload_space},
+            }
+        )
 
     def fuse(
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
-        _, values = self.stacked(uploads)
+        ids, values = self.stacked(uploads)
         mean = (
             np.clip(self.central_mean(server_round, values), 0.0, None)  # post-processing
             if self.central
@@ -86,5 +91,6 @@ class DSFL(PublicSetStrategy):
             indices=self.indices_for(server_round),
             values=self.require_finite("soft labels", target).astype(np.float32),
             space="probs",
+            temperatures=self.fused_temperatures(ids, uploads),
         )
         return {"target_entropy": float(sharpen_entropy(target).mean())}
