@@ -1,0 +1,139 @@
+"""Leakage metrics, canaries and the attack (issue 5 item 6).
+
+The attack is tested on synthetic uploads passed through the real client-side privacy
+mod's ``privatize`` (a real Ray run takes longer than this suite's budget here); the
+canary insertion and the server's canary log are tested on the real data pipeline and
+strategy. ``fedkd-leakage`` (docs/leakage.md) is the end-to-end run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from test_strategies import info_for
+
+from fedkd.config import compose
+from fedkd.data import build_federated_data
+from fedkd.errors import ConfigError
+from fedkd.knowledge import PublicLogits
+from fedkd.privacy.leakage import canary_log_probs, exposure, mean_exposure, membership_auc
+from fedkd.privacy.release import LocalSpec, privatize
+from server.strategies import STRATEGIES
+
+
+def test_auc_on_hand_made_scores():
+    assert membership_auc([3, 4], [1, 2]) == 1.0
+    assert membership_auc([1, 2], [3, 4]) == 0.0
+    assert membership_auc([1, 3], [2, 2]) == 0.5
+    assert membership_auc([1], [1]) == 0.5
+    assert membership_auc([2, 3, 1], [0, 2]) == pytest.approx(
+        (1.5 + 2 + 1) / 6
+    )  # 2: > 0, = 2; 3: > both; 1: > 0
+    assert math.isnan(membership_auc([np.nan], [1.0]))
+
+
+def test_exposure_on_hand_made_codes():
+    lp = np.log(np.array([[0.9, 0.1], [0.8, 0.2]]))
+    assert exposure(lp, [0, 0]) == pytest.approx(2.0)  # rank 1 of 4: log2 4 - log2 1
+    assert exposure(lp, [1, 1]) == pytest.approx(0.0)  # rank 4 of 4
+    assert exposure(lp, [0, 1]) == pytest.approx(2 - math.log2(2))  # 0.9*0.2 > 0.1*0.8
+    uniform = np.log(np.full((2, 2), 0.5))
+    assert exposure(uniform, [0, 1]) == pytest.approx(2 - math.log2(2.5))  # mean rank of ties
+
+
+def test_exposure_extrapolation_agrees_with_enumeration():
+    rng = np.random.default_rng(0)
+    lp = np.log(rng.dirichlet(np.ones(10), size=5))
+    code = lp.argmax(axis=1)  # the most likely code: exposure log2 10^5 exactly
+    assert exposure(lp, code) == pytest.approx(5 * math.log2(10))
+    middling = rng.integers(0, 10, size=5)
+    exact, approx = exposure(lp, middling), exposure(lp, middling, exact_limit=0)
+    assert abs(exact - approx) < 1.0
+    assert 0 <= approx <= 5 * math.log2(10)
+    assert mean_exposure(lp, code, 5) == pytest.approx(5 * math.log2(10))
+    assert math.isnan(mean_exposure(lp, code, 6))
+
+
+def test_canary_log_probs_average_rounds_and_skip_missing():
+    values = np.array([[[0.5, 0.5], [np.nan, np.nan]], [[0.25, 0.75], [0.9, 0.1]]])
+    lp = canary_log_probs(values, "probs")
+    np.testing.assert_allclose(lp[0], np.log([0.5 * 0.25, 0.5 * 0.75]) / 2, 1e-6)
+    np.testing.assert_allclose(lp[1], np.log([0.9, 0.1]))
+    logits = canary_log_probs(np.zeros((1, 1, 4)), "logits")
+    np.testing.assert_allclose(logits, np.log(0.25))
+
+
+def _uploads(rng, n=40, c=10):
+    """A client that memorised its members: high q(label) on members, ~uniform elsewhere."""
+    labels = rng.integers(0, c, size=2 * n)
+    members = np.arange(2 * n) < n
+    probs = rng.dirichlet(np.ones(c), size=2 * n)
+    probs[members] = 0.2 * probs[members]
+    probs[np.flatnonzero(members), labels[members]] += 0.8
+    return probs, labels, members
+
+
+def test_attack_auc_with_strong_noise_is_near_chance_and_below_no_noise():
+    rng = np.random.default_rng(0)
+    probs, labels, members = _uploads(rng)
+    idx = np.arange(len(labels))
+
+    def auc(noise_multiplier: float, rounds: int = 10) -> float:
+        released = []
+        for r in range(rounds):
+            payload = PublicLogits(idx, probs.astype(np.float32), "probs")
+            spec = LocalSpec("gaussian", noise_multiplier, clip=1.0)
+            released.append(privatize(payload, spec, np.random.default_rng([1, r])).values)
+        lp = canary_log_probs(np.stack(released), "probs")
+        score = lp[idx, labels]
+        return membership_auc(score[members], score[~members])
+
+    clean, strong = auc(0.0), auc(10.0)
+    assert clean == 1.0
+    assert strong < clean and abs(strong - 0.5) < 0.15
+
+
+def test_canaries_go_into_one_client_and_the_public_set():
+    base = compose(["num_clients=5"])
+    cfg = compose(["num_clients=5", "split.canaries.count=3", "split.canaries.repeats=2"])
+    plain, fed = build_federated_data(base), build_federated_data(cfg)
+    assert len(fed.clients[0].train.y) == len(plain.clients[0].train.y) + 6
+    for k in range(1, 5):
+        np.testing.assert_array_equal(fed.clients[k].train.y, plain.clients[k].train.y)
+    assert len(fed.public_x) == len(plain.public_x) + 6
+    np.testing.assert_array_equal(
+        fed.canary_public, np.arange(len(plain.public_x), len(fed.public_x))
+    )
+    members_x = fed.public_x[fed.canary_public[:3]]
+    np.testing.assert_array_equal(fed.clients[0].train.x[-3:], members_x)
+    np.testing.assert_array_equal(fed.clients[0].train.y[-3:], fed.public_y[fed.canary_public[:3]])
+    assert members_x.min() >= plain.public_x.min() and members_x.max() <= plain.public_x.max()
+    again = build_federated_data(cfg)
+    np.testing.assert_array_equal(again.public_x, fed.public_x)  # seeded
+    with pytest.raises(ConfigError, match="split.canaries.client"):
+        build_federated_data(
+            compose(["num_clients=5", "split.canaries.count=1", "split.canaries.client=9"])
+        )
+
+
+def test_server_logs_the_canary_clients_uploads(tmp_path):
+    class Recorder:
+        run_dir = tmp_path
+
+    info = info_for("strategy=dsfl", "split.canaries.count=1", num_public=6)
+    dsfl = STRATEGIES.get("dsfl")(info)
+    dsfl.recorder = Recorder()
+    dsfl.canaries.labels = np.array([1, 0])  # the real labels come from the data
+    idx = dsfl.indices_for(1)
+    values = np.full((len(idx), 2), 0.5, np.float32)
+    values[idx == 4] = [0.1, 0.9]
+    for cid in (1, 0):
+        dsfl.check_upload(1, cid, PublicLogits(idx, values, "probs"))
+    saved = np.load(tmp_path / "canary_uploads.npz")
+    assert saved["rounds"].tolist() == [1]
+    assert saved["members"].tolist() == [True, False]
+    if 4 in idx:
+        np.testing.assert_allclose(saved["values"][0, 0], [0.1, 0.9])
+    assert np.isnan(saved["temperatures"]).all()
