@@ -220,3 +220,20 @@ def test_dsfl_plans_swing_and_fuses_the_temperatures():
     plain = STRATEGIES.get("dsfl")(info_for("strategy=dsfl", "num_clients=3"))
     assert "swing" not in plain.plan(1)["extract"]
     assert plain.plan(1)["distill"]["loss"] == "soft_ce"
+
+
+def test_knfu_fuses_each_clients_temperatures_with_its_own_weights():
+    knfu = STRATEGIES.get("knfu")(
+        info_for("strategy=knfu", "swing=adaptive", "strategy.beta=0", "num_clients=3")
+    )
+    assert knfu.plan(1)["extract"]["swing"]["score"] == "memorisation"
+    idx = knfu.indices_for(1)
+    uploads = {
+        cid: PublicLogits(
+            idx, np.full((len(idx), 2), 0.5, np.float32), "probs", np.full(len(idx), t, np.float32)
+        )
+        for cid, t in enumerate([2.0, 5.0, 8.0])
+    }
+    knfu.fuse(1, uploads, {0: 1, 1: 1, 2: 1})
+    for cid in range(3):  # beta = 0: uniform weights, so every client gets the mean
+        np.testing.assert_allclose(knfu.payload_for(2, cid).temperatures, 5.0, rtol=1e-6)

@@ -9,6 +9,10 @@ distil on ``Q`` with soft-target cross-entropy, then train on private data.
 ``era_on: logits`` reproduces reimplementations that sharpen averaged logits
 (a much sharper, almost one-hot target); the paper's choice, ``probs``, is the
 default. The server-side model of the paper is not trained here (ours).
+
+``swing=adaptive`` (ours, :mod:`fedkd.privacy.swing`): clients upload Swing soft targets
+and per-sample temperatures instead; the server averages both (ERA still sharpens the
+mean) and students distil with ``swing_kl``. Its ε is a noise scale, not DP.
 """
 
 from __future__ import annotations

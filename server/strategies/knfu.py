@@ -16,6 +16,10 @@ the fine-tuning in round ``r`` uses the fusion of round ``r-1``'s extraction,
 and a client's evaluation follows its fine-tuning (ALMA is the mean local-test
 accuracy). ``beta = 0`` gives uniform weights: vanilla federated knowledge
 distillation, KnFu's baseline.
+
+``swing=adaptive`` (ours, :mod:`fedkd.privacy.swing`): clients upload Swing soft targets
+and temperatures; each client's temperatures are fused with its own KnFu weights. Its ε
+is a noise scale, not DP.
 """
 
 from __future__ import annotations
