@@ -51,6 +51,13 @@ SETTINGS: dict[str, list[str]] = {
     "swing memorisation, no noise": ["swing=adaptive", "swing.epsilon=null"],
     "swing memorisation, noise scale 1": ["swing=adaptive", "swing.epsilon=1.0"],
     "swing oracle, noise scale 1": ["swing=adaptive", "swing.score=oracle", "swing.epsilon=1.0"],
+    "swing oracle + gaussian z=0.1": [
+        "swing=adaptive",
+        "swing.score=oracle",
+        "swing.epsilon=1.0",
+        "privacy=gaussian",
+        "privacy.noise_multiplier=0.1",
+    ],
 }
 BASE = [
     "strategy=dsfl",
@@ -74,8 +81,14 @@ COLUMNS = [
 ]
 
 
-def run_setting(label: str, overrides: list[str], out: Path, rounds: int, seed: int) -> Path:
-    run_dir = out / "runs" / label.replace(" ", "_").replace(",", "").replace("=", "")
+def run_setting(
+    label: str, overrides: list[str], out: Path, rounds: int, seed: int, reuse: bool = False
+) -> Path:
+    """One ``fedkd-sim`` process; ``reuse``: keep a finished run of the same label."""
+    name = label.replace(" ", "_").replace(",", "").replace("=", "").replace("+", "and")
+    run_dir = out / "runs" / f"{name}-r{rounds}-s{seed}"
+    if reuse and (run_dir / "summary.json").exists() and (run_dir / "canary_uploads.npz").exists():
+        return run_dir
     cmd = [
         sys.executable,
         "-m",
@@ -181,10 +194,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "leakage")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs in --out")
     args = parser.parse_args(argv)
     rows = []
     for label in args.settings:
-        run_dir = run_setting(label, SETTINGS[label], args.out, args.rounds, args.seed)
+        run_dir = run_setting(
+            label, SETTINGS[label], args.out, args.rounds, args.seed, reuse=args.reuse
+        )
         rows.append({"setting": label, **measure(run_dir)})
         print(f"{label}: {rows[-1]}", flush=True)
     setting = (

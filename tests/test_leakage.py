@@ -137,3 +137,33 @@ def test_server_logs_the_canary_clients_uploads(tmp_path):
     if 4 in idx:
         np.testing.assert_allclose(saved["values"][0, 0], [0.1, 0.9])
     assert np.isnan(saved["temperatures"]).all()
+
+
+def test_harness_measures_a_run_directory_and_writes_table_and_figure(tmp_path):
+    from simulations.leakage import measure, plot, write_table
+
+    rng = np.random.default_rng(0)
+    probs, labels, members = _uploads(rng, n=8)
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {
+        "final": {"global_test_acc": {"last": 0.5}, "local_test_acc": {"last": 0.8}},
+        "privacy": {"epsilon_max": 3.5},
+    }
+    (run / "summary.json").write_text(__import__("json").dumps(summary))
+    np.savez(
+        run / "canary_uploads.npz",
+        rounds=np.array([1]),
+        values=probs[None],
+        temperatures=np.full((1, len(labels)), np.nan),
+        labels=labels,
+        members=members,
+        space=np.array("probs"),
+    )
+    row = {"setting": "x", **measure(run)}
+    assert row["auc"] == 1.0 and row["epsilon"] == 3.5 and math.isnan(row["auc_temperature"])
+    assert row["exposure"] > row["exposure_nonmember"]
+    write_table([row], tmp_path / "t.md", tmp_path / "t.csv", "setting line")
+    assert "| x | 3.500 | 50.0 | 80.0 | 1.000 | - |" in (tmp_path / "t.md").read_text()
+    plot([row, {**row, "setting": "swing", "epsilon": math.inf}], tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
