@@ -57,12 +57,14 @@ def test_exposure_extrapolation_agrees_with_enumeration():
 
 
 def test_canary_log_probs_average_rounds_and_skip_missing():
-    values = np.array([[[0.5, 0.5], [np.nan, np.nan]], [[0.25, 0.75], [0.9, 0.1]]])
+    values = np.array([[[0.5, 0.5], [np.nan, np.nan]], [[0.25, 0.75], [1.0, 0.0]]])
     lp = canary_log_probs(values, "probs")
-    np.testing.assert_allclose(lp[0], np.log([0.5 * 0.25, 0.5 * 0.75]) / 2, 1e-6)
-    np.testing.assert_allclose(lp[1], np.log([0.9, 0.1]))
+    np.testing.assert_allclose(lp[0], np.log([0.375, 0.625]))
+    np.testing.assert_allclose(lp[1], np.log([1.0, 1e-6]))  # zeros floored
     logits = canary_log_probs(np.zeros((1, 1, 4)), "logits")
     np.testing.assert_allclose(logits, np.log(0.25))
+    missing = canary_log_probs(np.full((2, 1, 4), np.nan), "probs")
+    np.testing.assert_allclose(missing, np.log(0.25))
 
 
 def _uploads(rng, n=40, c=10):

@@ -12,8 +12,8 @@
   independent per-canary terms, so its mean and variance are known exactly; the
   normal shape is ours, the paper fits a skew-normal). Ties get the mean rank.
 - :func:`canary_log_probs`: the attacker's per-canary log-probabilities from what the
-  client released over the rounds (mean over rounds of the log of the released
-  probabilities, or of ``log_softmax`` of released logits; our choice of aggregation).
+  client released over the rounds (the log of the mean over rounds of the released
+  probabilities, or of ``softmax`` of released logits; our choice of aggregation).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import numpy as np
 from scipy.stats import norm
 
 __all__ = ["canary_log_probs", "exposure", "membership_auc", "mean_exposure"]
+
+FLOOR = 1e-6  # released probabilities below this count as this (log of 0)
 
 
 def membership_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
@@ -81,14 +83,18 @@ def mean_exposure(log_probs: np.ndarray, labels: np.ndarray, code_length: int) -
 
 
 def canary_log_probs(values: np.ndarray, space: str) -> np.ndarray:
-    """``[R, N, C]`` released values over rounds (NaN rows: not released) -> ``[N, C]``."""
+    """``[R, N, C]`` released values over rounds (NaN rows: not released) -> ``[N, C]``.
+
+    The attacker averages the released distributions over the rounds (``softmax`` of
+    logits first) and takes the log, floored at ``FLOOR`` (noised, renormalised soft
+    labels have exact zeros). A canary no round covered gets the uniform distribution.
+    """
     values = np.asarray(values, dtype=np.float64)
     if space == "logits":
         z = values - np.nanmax(values, axis=2, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=2, keepdims=True))
-    else:
-        logp = np.log(np.clip(values, 1e-12, 1.0))
+        values = np.exp(z) / np.exp(z).sum(axis=2, keepdims=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a canary no round covered
-        out = np.nanmean(logp, axis=0)
-    return np.where(np.isfinite(out), out, math.log(1.0 / values.shape[2]))
+        mean = np.nanmean(values, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 1.0 / values.shape[2])
+    return np.log(np.clip(mean, FLOOR, 1.0))
