@@ -135,6 +135,10 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
+def _fmt_eps(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:.3g}"
+
+
 def write_table(rows: list[dict], out_md: Path, out_csv: Path, setting: str) -> None:
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="") as f:
@@ -148,7 +152,7 @@ def write_table(rows: list[dict], out_md: Path, out_csv: Path, setting: str) -> 
     ]
     for r in rows:
         lines.append(
-            f"| {r['setting']} | {_fmt(r['epsilon'])} | {_fmt(100 * r['global_acc'], 1)} | "
+            f"| {r['setting']} | {_fmt_eps(r['epsilon'])} | {_fmt(100 * r['global_acc'], 1)} | "
             f"{_fmt(100 * r['local_acc'], 1)} | {_fmt(r['auc'])} | {_fmt(r['auc_temperature'])} | "
             f"{_fmt(r['exposure'], 2)} | {_fmt(r['exposure_nonmember'], 2)} |"
         )
@@ -156,34 +160,38 @@ def write_table(rows: list[dict], out_md: Path, out_csv: Path, setting: str) -> 
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Three panels (epsilon vs AUC, accuracy vs AUC, accuracy vs exposure), one legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
     finite = [r["epsilon"] for r in rows if math.isfinite(r["epsilon"])]
     right = max(finite) * 10 if finite else 10.0
-    for r in rows:
+    colours = plt.get_cmap("tab10")
+    for i, r in enumerate(rows):
         eps = r["epsilon"] if math.isfinite(r["epsilon"]) else right
-        marker = "s" if r["setting"].startswith("swing") else "o"
-        axes[0].scatter(eps, r["auc"], marker=marker, s=50)
-        axes[0].annotate(r["setting"], (eps, r["auc"]), fontsize=7, xytext=(4, 3),
-                         textcoords="offset points")  # fmt: skip
-        axes[1].scatter(100 * r["global_acc"], r["auc"], marker=marker, s=50)
-        axes[1].annotate(r["setting"], (100 * r["global_acc"], r["auc"]), fontsize=7,
-                         xytext=(4, 3), textcoords="offset points")  # fmt: skip
+        style = {"marker": "s" if "swing" in r["setting"] else "o", "s": 60, "color": colours(i)}
+        acc = 100 * r["global_acc"]
+        axes[0].scatter(eps, r["auc"], label=r["setting"], **style)
+        axes[1].scatter(acc, r["auc"], **style)
+        axes[2].scatter(acc, r["exposure"], **style)
     axes[0].set_xscale("log")
-    axes[0].set_xlabel("epsilon (client-level, ledger; right edge = no DP guarantee)")
+    axes[0].set_xlabel("epsilon (ledger, client-level; right edge: no DP)")
     axes[1].set_xlabel("mean global-test accuracy (%)")
-    for ax in axes:
+    axes[2].set_xlabel("mean global-test accuracy (%)")
+    for ax in axes[:2]:
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_ylabel("membership-inference AUC (canaries)")
+    axes[2].set_ylabel("canary exposure (bits, max 13.3)")
+    for ax in axes:
         ax.grid(alpha=0.3)
+    fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle("privacy-utility on digits (DS-FL, 10 clients): attack on client 0's uploads")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -166,6 +166,6 @@ def test_harness_measures_a_run_directory_and_writes_table_and_figure(tmp_path):
     assert row["auc"] == 1.0 and row["epsilon"] == 3.5 and math.isnan(row["auc_temperature"])
     assert row["exposure"] > row["exposure_nonmember"]
     write_table([row], tmp_path / "t.md", tmp_path / "t.csv", "setting line")
-    assert "| x | 3.500 | 50.0 | 80.0 | 1.000 | - |" in (tmp_path / "t.md").read_text()
+    assert "| x | 3.5 | 50.0 | 80.0 | 1.000 | - |" in (tmp_path / "t.md").read_text()
     plot([row, {**row, "setting": "swing", "epsilon": math.inf}], tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
