@@ -23,8 +23,8 @@ Writes ``docs/leakage.md``, ``docs/leakage.csv`` and ``docs/figures/privacy_util
 epsilon (the ledger's, from ``summary.json``; Swing alone is no DP guarantee, so ∞)
 vs mean global-test accuracy vs attack AUC and exposure.
 
-    fedkd-leakage                          # every setting, about 8 minutes here
-    fedkd-leakage --settings none swing-oracle --rounds 5 --out /tmp/leak
+    fedkd-leakage                          # every setting, 5-9 minutes here
+    fedkd-leakage --settings none "gaussian z=1" --rounds 5 --docs /tmp/leak
 """
 
 from __future__ import annotations
