@@ -8,7 +8,7 @@ as long as it uses these building blocks:
     "load_weights": bool,          # replace the model by the received weights (FedAvg, FedDF)
     "eval_received": bool,         # evaluate the received weights before training
     "distill": None | {"loss", "temperature", "epochs", "batch_size", "optimizer",
-                       "when": "before" | "after", "ce_weight"},
+                       "when": "before" | "after", "ce_weight", "kd_weight"},
                                    # fit received public-set targets before or after training
     "regulariser": None | {"kind": "class_logits" | "prototypes", "loss", "beta", "temperature"},
                                    # per-label teacher term added to CE (FD logits, FedProto prototypes)
@@ -21,7 +21,7 @@ as long as it uses these building blocks:
     "confusion": bool,             # also global-test confusion counts (added by the base strategy)
     "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "votes" | "weights",
                 "space": "logits" | "probs", "temperature": float, "top_k": int,
-                "at": "end" | "after_train"},
+                "at": "end" | "after_train", "swing": None | SwingSpec dict},
 }``
 
 Order inside a round: load -> [evaluate received] -> distil (before) -> train
@@ -46,6 +46,7 @@ from fedkd.domain import DomainHead
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 from fedkd.losses import LOSSES, check_space
+from fedkd.privacy.swing import swing_payload
 from fedkd.train import (
     TrainResult,
     confusion_matrix,
@@ -109,6 +110,7 @@ def _distill_public(
     indices = torch.from_numpy(teacher.indices.astype(np.int64))
     optimizer = make_optimizer(model.parameters(), spec.get("optimizer") or client_cfg["optimizer"])
     ce_weight = float(spec.get("ce_weight", 0.0))
+    temps = teacher.temperatures if spec["loss"] == "swing_kl" else None
     return distill(
         model,
         data.public_x[indices].to(device),
@@ -121,6 +123,8 @@ def _distill_public(
         generator=gen,
         ce_data=(data.train_x.to(device), data.train_y.to(device)) if ce_weight > 0 else None,
         ce_weight=ce_weight,
+        kd_weight=float(spec.get("kd_weight", 1.0)),
+        temperatures=None if temps is None else torch.from_numpy(temps.astype(np.float32)),
     )
 
 
@@ -251,6 +255,8 @@ def run_round(
         )
     if extract.get("at", "end") == "end":
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)
+    if extract.get("swing") and payload is not None:  # Swing soft targets (fedkd.privacy.swing)
+        payload = swing_payload(payload, received, extract["swing"], data.public_canary, generator)
     return RoundOutput(payload=payload, metrics=metrics)
 
 

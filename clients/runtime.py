@@ -35,6 +35,7 @@ class ClientTensors:
     public_x: torch.Tensor
     num_classes: int
     input_shape: tuple[int, ...]
+    public_canary: torch.Tensor | None = None  # bool [N_public]: inserted canaries (oracle)
 
 
 def data_key(cfg: dict[str, Any]) -> str:
@@ -83,7 +84,16 @@ def client_tensors(
         public_x=torch.from_numpy(fed.public_x),
         num_classes=fed.num_classes,
         input_shape=fed.input_shape,
+        public_canary=_canary_mask(fed),
     )
+
+
+def _canary_mask(fed: FederatedData) -> torch.Tensor | None:
+    if fed.canary_public is None:
+        return None
+    mask = torch.zeros(len(fed.public_x), dtype=torch.bool)
+    mask[torch.from_numpy(fed.canary_public)] = True
+    return mask
 
 
 def configure_torch(threads: int) -> None:

@@ -139,26 +139,40 @@ class Payload:
 @PAYLOADS.register("public_logits")
 @dataclass(frozen=True, eq=False)
 class PublicLogits(Payload):
-    """Values ``[N, C]`` on public samples ``indices [N]``; ``space`` is logits or probs."""
+    """Values ``[N, C]`` on public samples ``indices [N]``; ``space`` is logits or probs.
+
+    ``temperatures [N]`` (optional, > 0): per-sample distillation temperatures (Swing,
+    :mod:`fedkd.privacy.swing`); absent for every other method.
+    """
 
     kind: ClassVar[str] = "public_logits"
     indices: np.ndarray
     values: np.ndarray
     space: str
+    temperatures: np.ndarray | None = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"indices": self.indices, "values": self.values}
+        arrays = {"indices": self.indices, "values": self.values}
+        if self.temperatures is not None:
+            arrays["temperatures"] = self.temperatures
+        return arrays
 
     def meta(self) -> dict[str, str | int | float]:
         return {"space": self.space}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> PublicLogits:
-        _check_keys(cls.kind, "array", arrays, {"indices", "values"})
+        expected = {"indices", "values"} | ({"temperatures"} & set(arrays))
+        _check_keys(cls.kind, "array", arrays, expected)
         _check_keys(cls.kind, "meta", meta, {"space"})
         if meta["space"] not in SPACES:
             raise PayloadError(f"{cls.kind}: space must be one of {SPACES}, got {meta['space']!r}")
-        return cls(indices=arrays["indices"], values=arrays["values"], space=str(meta["space"]))
+        return cls(
+            indices=arrays["indices"],
+            values=arrays["values"],
+            space=str(meta["space"]),
+            temperatures=arrays.get("temperatures"),
+        )
 
     def validate(
         self,
@@ -178,6 +192,12 @@ class PublicLogits(Payload):
         if values.shape[1] != num_classes:
             raise PayloadError(f"{k}.values: expected {num_classes} classes, got {values.shape[1]}")
         _check_indices(k, idx, num_public)
+        if self.temperatures is not None:
+            temps = _float_array(f"{k}.temperatures", self.temperatures, 1)
+            if temps.shape[0] != idx.shape[0]:
+                raise PayloadError(f"{k}: {temps.shape[0]} temperatures but {idx.shape[0]} indices")
+            if temps.size and temps.min() <= 0:
+                raise PayloadError(f"{k}.temperatures: must be > 0, got min {temps.min()}")
         if self.space == "probs":
             if values.size and (values.min() < 0 or values.max() > 1):
                 raise PayloadError(f"{k}.values: probabilities outside [0, 1]")

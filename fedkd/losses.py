@@ -12,6 +12,10 @@ silently (ALGORITHMS.md pitfall 1).
   (DS-FL / KnFu probabilities); ``q = 0`` entries contribute 0.
 - ``soft_ce``: ``−Σ_c q_c log σ_T(student)_c`` (DS-FL, Itahara et al. arXiv 2008.06180); no
   ``T²`` factor; ``T`` softens the student only and defaults to 1 as in DS-FL (our option).
+- ``swing_kl``: ``mean_i T_i² · KL(q_i ‖ σ_{T_i}(student_i))`` with a per-sample temperature
+  ``T_i`` (a ``[B]`` tensor, or one float): Swing distillation (Li et al., arXiv 2212.08349,
+  reconstructed in ALGORITHMS.md §3.2; :mod:`fedkd.privacy.swing`). The ``(1−α)·CE`` half of
+  its loss is ``distill(kd_weight=α, ce_weight=1−α)``.
 - ``l1``: mean absolute error between logits (FedMD digest, Li & Wang arXiv 1910.03581).
 - ``mse``: mean squared error over batch and dims (FedProto, Tan et al. arXiv 2105.00243).
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -100,6 +105,31 @@ class SoftCE(DistillLoss):
     def _loss(self, student: Tensor, target: Tensor, t: float) -> Tensor:
         log_p = F.log_softmax(student / t, dim=-1)
         return -(target * log_p).sum(dim=-1).mean()
+
+
+@_register
+class SwingKL(DistillLoss):
+    name = "swing_kl"
+    target_space = "probs"
+
+    def __call__(self, student: Tensor, target: Tensor, *, temperature=1.0) -> Tensor:
+        if not isinstance(temperature, Tensor):
+            return super().__call__(student, target, temperature=temperature)
+        t = temperature.to(student.dtype).reshape(-1)
+        if t.shape[0] != student.shape[0] or bool((t <= 0).any()):
+            raise ValueError(f"loss '{self.name}': need one temperature > 0 per sample")
+        if student.shape != target.shape or student.ndim != 2:
+            raise ValueError(f"loss '{self.name}': need [B, C] student and target of equal shape")
+        return _swing_kl(student, target.to(student.dtype), t)
+
+    def _loss(self, student: Tensor, target: Tensor, t: float) -> Tensor:
+        return _swing_kl(student, target, student.new_full((len(student),), t))
+
+
+def _swing_kl(student: Tensor, q: Tensor, t: Tensor) -> Tensor:
+    log_p = F.log_softmax(student / t[:, None], dim=-1)
+    kl = (torch.xlogy(q, q) - q * log_p).sum(dim=-1)
+    return (t * t * kl).mean()
 
 
 @_register

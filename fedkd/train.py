@@ -133,11 +133,15 @@ def distill(
     generator: torch.Generator,
     ce_data: tuple[Tensor, Tensor] | None = None,
     ce_weight: float = 0.0,
+    kd_weight: float = 1.0,
+    temperatures: Tensor | None = None,
 ) -> float:
     """Fit the model's logits to precomputed targets on public inputs; mean loss.
 
     With ``ce_weight > 0`` every step also adds ``ce_weight * CE`` on a random
-    batch of ``ce_data`` (KnFu's optional guard against forgetting).
+    batch of ``ce_data`` (KnFu's optional guard against forgetting; Swing's
+    ``(1−α)·CE``). The distillation term is scaled by ``kd_weight``; per-sample
+    ``temperatures [N]`` (Swing) replace ``temperature`` when given.
     """
     model.train()
     total, steps = 0.0, 0
@@ -145,7 +149,8 @@ def distill(
     for _ in range(epochs):
         for idx in _batches(len(x), batch_size, generator):
             _, logits = model(x[idx])
-            loss = loss_fn(logits, targets[idx], temperature=temperature)
+            t = temperature if temperatures is None else temperatures[idx]
+            loss = kd_weight * loss_fn(logits, targets[idx], temperature=t)
             if use_ce:
                 pick = torch.randint(
                     len(ce_data[1]), (min(batch_size, len(ce_data[1])),), generator=generator

@@ -28,6 +28,7 @@ from server.privacy import check_privacy
 from server.recorder import RunRecorder, console_options
 from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
+from server.strategies.public import check_swing
 
 log = logging.getLogger("fedkd")
 
@@ -64,6 +65,7 @@ def check_options(cfg: dict[str, Any]) -> type:
     strategy = STRATEGIES.get(cfg["strategy"]["name"])
     strategy.check_config(cfg)
     check_privacy(cfg, strategy)
+    check_swing(cfg, strategy)
     check_optimizers(cfg)
     return strategy
 

@@ -21,7 +21,7 @@ def t(rows: list[list[float]], grad: bool = False) -> torch.Tensor:
 
 
 def test_registry_and_spaces() -> None:
-    assert LOSSES.names() == ["kl", "kl_probs", "l1", "mse", "soft_ce"]
+    assert LOSSES.names() == ["kl", "kl_probs", "l1", "mse", "soft_ce", "swing_kl"]
     spaces = {name: LOSSES.get(name).target_space for name in LOSSES.names()}
     assert spaces == {
         "kl": "logits",
@@ -29,6 +29,7 @@ def test_registry_and_spaces() -> None:
         "l1": "logits",
         "mse": "features",
         "soft_ce": "probs",
+        "swing_kl": "probs",
     }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fedkd.data.canaries import insert_canaries
 from fedkd.data.registry import DATASETS, PARTITIONERS
 from fedkd.data.types import (
     DOMAIN_NAMES_KEY,
@@ -225,7 +226,7 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
                 test=ArrayDataset(x=x[test], y=y[test]),
             )
         )
-    return FederatedData(
+    fed = FederatedData(
         clients=clients,
         public_x=x[public],
         public_y=y[public],
@@ -242,3 +243,4 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
         ),
         target_domain=None if target is None else split["target_domain"],
     )
+    return insert_canaries(fed, split, seed)

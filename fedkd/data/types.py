@@ -72,6 +72,9 @@ class FederatedData:
     # the public samples' labels, for server-side diagnostics only (voting accuracy);
     # never sent to a client
     public_y: np.ndarray | None = None
+    # split.canaries (fedkd/data/canaries.py): public-set indices of the canaries, the
+    # members (in one client's training data) first, then as many non-members
+    canary_public: np.ndarray | None = None
 
 
 DatasetLoader = Callable[[Mapping[str, Any], int], SourceData]

@@ -9,6 +9,10 @@ distil on ``Q`` with soft-target cross-entropy, then train on private data.
 ``era_on: logits`` reproduces reimplementations that sharpen averaged logits
 (a much sharper, almost one-hot target); the paper's choice, ``probs``, is the
 default. The server-side model of the paper is not trained here (ours).
+
+``swing=adaptive`` (ours, :mod:`fedkd.privacy.swing`): clients upload Swing soft targets
+and per-sample temperatures instead; the server averages both (ERA still sharpens the
+mean) and students distil with ``swing_kl``. Its ε is a noise scale, not DP.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class DSFL(PublicSetStrategy):
     upload_space = "probs"  # the paper's choice; era_on=logits switches to logits in setup
     supports_central = True
     subset_key = "open_size"
+    supports_swing = True
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -53,6 +58,8 @@ class DSFL(PublicSetStrategy):
         LOSSES.get(p["distill_loss"])
         check_space(p["distill_loss"], "probs")
         cls.check_reducer(p)
+        if cls.swing_of(cfg) is not None and p["era_on"] != "probs":
+            raise ConfigError("swing releases probabilities: it needs strategy.era_on=probs")
 
     def setup(self) -> None:
         super().setup()
@@ -60,15 +67,17 @@ class DSFL(PublicSetStrategy):
         self.upload_space = "logits" if sharpen_logits else "probs"
 
     def plan(self, server_round: int) -> dict[str, Any]:
-        return {
-            "distill": self.default_distill(self.params["distill_loss"]),
-            "extract": {"kind": "public", "space": self.upload_space},
-        }
+        return self.with_swing(
+            {
+                "distill": self.default_distill(self.params["distill_loss"]),
+                "extract": {"kind": "public", "space": self.upload_space},
+            }
+        )
 
     def fuse(
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
-        _, values = self.stacked(uploads)
+        ids, values = self.stacked(uploads)
         mean = (
             np.clip(self.central_mean(server_round, values), 0.0, None)  # post-processing
             if self.central
@@ -84,5 +93,6 @@ class DSFL(PublicSetStrategy):
             indices=self.indices_for(server_round),
             values=self.require_finite("soft labels", target).astype(np.float32),
             space="probs",
+            temperatures=self.fused_temperatures(ids, uploads),
         )
         return {"target_entropy": float(sharpen_entropy(target).mean())}

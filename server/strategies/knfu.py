@@ -16,6 +16,10 @@ the fine-tuning in round ``r`` uses the fusion of round ``r-1``'s extraction,
 and a client's evaluation follows its fine-tuning (ALMA is the mean local-test
 accuracy). ``beta = 0`` gives uniform weights: vanilla federated knowledge
 distillation, KnFu's baseline.
+
+``swing=adaptive`` (ours, :mod:`fedkd.privacy.swing`): clients upload Swing soft targets
+and temperatures; each client's temperatures are fused with its own KnFu weights. Its ε
+is a noise scale, not DP.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class KnFu(PublicSetStrategy):
     name = "knfu"
     personalised = True
     upload_space = "probs"
+    supports_swing = True
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -53,6 +58,7 @@ class KnFu(PublicSetStrategy):
             p["threshold"],
             p["top_m"],
         )
+        cls.swing_of(cfg)
 
     @classmethod
     def subset_size(cls, cfg: dict[str, Any]) -> int:
@@ -67,23 +73,25 @@ class KnFu(PublicSetStrategy):
 
     def plan(self, server_round: int) -> dict[str, Any]:
         p, temperature = self.params, float(self.params["temperature"])
-        return {
-            "extract": {
-                "kind": "public",
-                "space": "probs",
-                "temperature": temperature,
-                "at": "after_train",
-            },
-            "distill": {
-                "loss": "kl_probs",
-                "temperature": temperature,
-                "epochs": p["finetune_epochs"],
-                "batch_size": p["finetune_batch_size"],
-                "optimizer": p["finetune_optimizer"],
-                "when": "after",
-                "ce_weight": p["ce_weight"],
-            },
-        }
+        return self.with_swing(
+            {
+                "extract": {
+                    "kind": "public",
+                    "space": "probs",
+                    "temperature": temperature,
+                    "at": "after_train",
+                },
+                "distill": {
+                    "loss": "kl_probs",
+                    "temperature": temperature,
+                    "epochs": p["finetune_epochs"],
+                    "batch_size": p["finetune_batch_size"],
+                    "optimizer": p["finetune_optimizer"],
+                    "when": "after",
+                    "ce_weight": p["ce_weight"],
+                },
+            }
+        )
 
     def payload_for(self, server_round: int, client_id: int) -> PublicLogits | None:
         # a client without last round's upload has no EPD to personalise for: it gets nothing
@@ -100,8 +108,14 @@ class KnFu(PublicSetStrategy):
         )
         fused = self.require_finite("soft labels", personalised_fusion(probs, weights))
         indices = self.indices_for(server_round)
+        temps = self.fused_temperatures(ids, uploads, weights)  # Swing only: [K, N] or None
         self.personal = {
-            cid: PublicLogits(indices=indices, values=fused[row].astype(np.float32), space="probs")
+            cid: PublicLogits(
+                indices=indices,
+                values=fused[row].astype(np.float32),
+                space="probs",
+                temperatures=None if temps is None else temps[row],
+            )
             for row, cid in enumerate(ids)
         }
         if self.recorder is not None:

@@ -13,6 +13,8 @@ import numpy as np
 
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import PublicLogits
+from fedkd.privacy.swing import SwingSpec
+from server.canaries import CanaryLog
 from server.strategies.base import FedkdStrategy
 
 
@@ -21,6 +23,27 @@ class PublicSetStrategy(FedkdStrategy):
     needs_public_set = True
     subset_key: str = ""  # strategy option holding the per-round subset size
     upload_space: str = "logits"
+    supports_swing: bool = False  # uploads probabilities a Swing release can replace
+
+    @classmethod
+    def swing_of(cls, cfg: dict[str, Any]) -> SwingSpec | None:
+        """The run's Swing options (``swing=adaptive``), None when off; one-line errors."""
+        section = cfg.get("swing") or {"name": "none"}
+        if section.get("name", "none") == "none":
+            return None
+        if not cls.supports_swing:
+            raise ConfigError(
+                f"swing needs a strategy that uploads probabilities on the public set "
+                f"(dsfl, knfu); '{cfg['strategy']['name']}' does not"
+            )
+        spec = SwingSpec.from_config(section)
+        private = (cfg.get("privacy") or {}).get("name", "none") in ("gaussian", "laplace")
+        if private and spec.score != "oracle" and spec.release_temperatures:
+            raise ConfigError(
+                f"swing.score={spec.score} releases temperatures that depend on private data, "
+                "which the client-side privacy mod does not noise; set swing.release_temperatures=false"
+            )
+        return spec
 
     @classmethod
     def subset_size(cls, cfg: dict[str, Any]) -> int:
@@ -33,6 +56,36 @@ class PublicSetStrategy(FedkdStrategy):
         self.size = min(self.subset_size(self.cfg), self.info.num_public)
         self.indices: dict[int, np.ndarray] = {}
         self.targets: PublicLogits | None = None
+        self.swing = self.swing_of(self.cfg)
+        self.canaries = CanaryLog.from_config(self.cfg, self.info.num_public)
+
+    def with_swing(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """Swing (``fedkd.privacy.swing``): clients release Swing soft targets instead of
+        their probabilities and distil with ``(1−α)·CE + α·T²·KL`` at the sent temperatures."""
+        if self.swing is None:
+            return plan
+        s = self.swing
+        extract = {**plan["extract"], "space": "logits", "swing": s.to_dict()}
+        extract.pop("temperature", None)
+        distill = {
+            **plan["distill"],
+            "loss": "swing_kl",
+            "temperature": s.t_lo,  # used where no per-sample temperatures arrive
+            "kd_weight": s.alpha,
+            "ce_weight": 1.0 - s.alpha,
+        }
+        return {**plan, "extract": extract, "distill": distill}
+
+    def fused_temperatures(
+        self, ids: list[int], uploads: dict[int, Any], weights: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Per-sample temperatures for the students: the (weighted) mean of the clients'."""
+        temps = [uploads[i].temperatures for i in ids]
+        if any(t is None for t in temps):
+            return None
+        stacked = np.stack(temps).astype(np.float64)
+        fused = stacked.mean(axis=0) if weights is None else weights @ stacked
+        return self.require_finite("temperatures", fused).astype(np.float32)
 
     def default_distill(self, loss: str) -> dict[str, Any]:
         """Distil on the received targets before local training, with ``client.distill``'s settings."""
@@ -72,8 +125,22 @@ class PublicSetStrategy(FedkdStrategy):
             raise PayloadError(
                 "uploaded public-set indices differ from the ones requested this round"
             )
+        if self.canaries is not None and self.recorder is not None:
+            self.canaries.record(server_round, client_id, payload, self.recorder.run_dir)
 
     def stacked(self, uploads: dict[int, Any]) -> tuple[list[int], np.ndarray]:
         """Client ids in order and their values stacked ``[K, N, C]``."""
         ids = sorted(uploads)
         return ids, np.stack([uploads[i].values for i in ids]).astype(np.float64)
+
+
+def check_swing(cfg: dict[str, Any], strategy: type) -> None:
+    """``swing=adaptive`` only with a strategy whose clients release public-set probabilities."""
+    if (cfg.get("swing") or {}).get("name", "none") == "none":
+        return
+    if not issubclass(strategy, PublicSetStrategy):
+        raise ConfigError(
+            f"swing needs a strategy that uploads probabilities on the public set "
+            f"(dsfl, knfu); '{cfg['strategy']['name']}' does not"
+        )
+    strategy.swing_of(cfg)
