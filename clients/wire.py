@@ -56,11 +56,11 @@ def get_payload(content: RecordDict) -> Any | None:
     if KNOWLEDGE not in content.array_records:
         return None
     if KNOWLEDGE_META not in content.config_records:
-        raise PayloadError("knowledge arrays arrived without knowledge_meta")
+        raise PayloadError("knowledge arrays arrived without knowledge_meta", "malformed")
     meta = dict(content.config_records[KNOWLEDGE_META])
     kind = meta.pop("kind", None)
     if not isinstance(kind, str):
-        raise PayloadError("knowledge_meta has no 'kind'")
+        raise PayloadError("knowledge_meta has no 'kind'", "malformed")
     return decode(kind, record_to_arrays(content.array_records[KNOWLEDGE]), meta)
 
 
@@ -74,6 +74,11 @@ def payload_bytes(content: RecordDict) -> int:
         for key, record in content.array_records.items()
         if key in (KNOWLEDGE, REQUEST)
     )
+
+
+def reply_bytes(content: RecordDict) -> int:
+    """Bytes of every array a message carries (knowledge, request and eval): the size limit."""
+    return sum(record.count_bytes() for record in content.array_records.values())
 
 
 def get_eval_arrays(content: RecordDict) -> dict[str, np.ndarray]:

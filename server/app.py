@@ -130,7 +130,9 @@ def run_server(
                 "num_clients": cfg["num_clients"],
                 "num_rounds": cfg["num_rounds"],
                 "seed": cfg["seed"],
-                "dropped_replies": dict(strategy.dropped),
+                "rejected_replies": dict(sorted(strategy.dropped.items())),
+                "excluded_clients": {str(c): r for c, r in sorted(strategy.excluded.items())},
+                "fusion_failures": strategy.fusion_failures,
             }
         )
     return summary

@@ -159,6 +159,7 @@ class RunRecorder:
             lambda: defaultdict(dict)
         )
         self._server: dict[int, dict[str, float]] = defaultdict(dict)
+        self._server_extra: dict[int, dict[str, Any]] = defaultdict(dict)  # JSON values
         self._rounds: list[dict[str, Any]] = []  # one row per written round
         self._clients: dict[int, list[dict[str, float]]] = defaultdict(list)
         self._written: set[int] = set()
@@ -278,10 +279,20 @@ class RunRecorder:
     def server(self, server_round: int, scalars: dict[str, float]) -> None:
         self._server[server_round].update({k: float(v) for k, v in scalars.items()})
 
+    def server_extra(self, server_round: int, values: dict[str, Any]) -> None:
+        """JSON values for the round's server row in summary.json (e.g. who participated).
+
+        A mapping of numbers (``rejected_replies`` by reason) also becomes TensorBoard
+        scalars ``<key>/<name>``.
+        """
+        self._server_extra[server_round].update(values)
+
     def end_round(self, server_round: int, complete_upto: int) -> None:
         """Write every round <= ``complete_upto`` that is still pending; advance progress."""
         for rnd in sorted(
-            r for r in list(self._pending) + list(self._server) if r <= complete_upto
+            r
+            for r in list(self._pending) + list(self._server) + list(self._server_extra)
+            if r <= complete_upto
         ):
             if rnd not in self._written:
                 self._write_round(rnd)
@@ -340,6 +351,7 @@ class RunRecorder:
         self._written.add(rnd)
         clients = self._pending.pop(rnd, {})
         server = self._server.pop(rnd, {})
+        extra = self._server_extra.pop(rnd, {})
         for cid in sorted(clients):
             values = clients[cid]
             line = {
@@ -380,6 +392,7 @@ class RunRecorder:
         for key in ("bytes_up", "bytes_down"):
             row[key] = float(sum(c.get(key, 0.0) for c in clients.values()))
         row.update(server)
+        row.update(extra)
         self._rounds.append(row)
         self._jsonl.flush()
         if self._tensorboard:
@@ -391,12 +404,17 @@ class RunRecorder:
                         value,
                         rnd,
                     )
+            for key, value in extra.items():
+                if isinstance(value, Mapping):
+                    for name, number in value.items():
+                        if isinstance(number, (int, float)) and not isinstance(number, bool):
+                            writer.add_scalar(f"{key}/{name}", float(number), rnd)
             for w in self._writers.values():
                 w.flush()
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write everything still pending, summary.json, HParams, table.txt and the console table."""
-        for rnd in sorted(set(self._pending) | set(self._server)):
+        for rnd in sorted(set(self._pending) | set(self._server) | set(self._server_extra)):
             if rnd not in self._written:
                 self._write_round(rnd)
         if self._progress is not None:

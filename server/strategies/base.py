@@ -23,12 +23,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from clients import wire
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
-from fedkd.errors import ConfigError, PayloadError
+from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
@@ -68,7 +69,12 @@ class FedkdStrategy(Strategy):
         server = info.cfg["server"]
         self.fraction_train = float(server["fraction_train"])
         self.min_train_clients = int(server["min_train_clients"])
+        limit = server.get("max_payload_bytes")
+        self.max_payload_bytes = None if limit is None else int(limit)
+        strikes = server.get("max_strikes")
+        self.max_strikes = None if strikes is None else int(strikes)
         self.recorder = recorder
+        self.round_timeout = float(server["round_timeout"])
         self.seed = int(info.cfg["seed"])
         self.confusion_every = (info.cfg.get("logging") or {}).get("confusion_every", 0)
         self._round = 0
@@ -77,8 +83,12 @@ class FedkdStrategy(Strategy):
         self.client_of: dict[int, int] = {}  # node id -> client id
         if roster is not None:
             self.use_roster(roster)
+        self.dropped: Counter[str] = Counter()  # rejected replies of the run, by reason
+        self.strikes: Counter[int] = Counter()  # client id -> replies rejected for their payload
+        self.excluded: dict[int, int] = {}  # client id -> round it was excluded in
+        self.fusion_failures = 0
+        self._rejected_now: dict[int, str] = {}  # this round: client id -> reason
         self.setup()
-        self.dropped: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -137,7 +147,12 @@ class FedkdStrategy(Strategy):
 
     def sample(self) -> list[int]:
         """Client ids for this round: seeded, so the same seed samples the same clients."""
-        ids = sorted(self.node_of)
+        ids = sorted(c for c in self.node_of if c not in self.excluded)
+        if not ids:
+            raise RuntimeError(
+                f"round {self._round}: every client has been excluded after "
+                f"server.max_strikes={self.max_strikes} rejected replies"
+            )
         size = max(self.min_train_clients, int(round(self.fraction_train * len(ids))))
         size = min(size, len(ids))
         if size == len(ids):
@@ -188,30 +203,54 @@ class FedkdStrategy(Strategy):
     ):
         """(client id, metrics, payload, confusion counts or None) of every usable reply.
 
-        The rest are dropped with a reason; a bad confusion array only loses itself.
+        The rest are rejected with a reason (``rejected_replies``) and a log line
+        naming the client; a bad confusion array only loses itself.
         """
         accepted = []
         for msg in replies:
             cid = self.client_of.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
-                self._drop(server_round, cid, "client_error", msg.error.reason)
+                unavailable = msg.error.code == ErrorCode.NODE_UNAVAILABLE
+                reason = "client_unavailable" if unavailable else "client_error"
+                self._drop(server_round, cid, reason, msg.error.reason)
                 continue
             try:
-                if wire.METRICS not in msg.content.metric_records:
-                    raise PayloadError("reply has no metrics record")
-                metrics = dict(msg.content.metric_records[wire.METRICS])
-                num_train = metrics.get("num_train", 1)
-                if not isinstance(num_train, int) or num_train < 0:
-                    raise PayloadError(f"metric num_train must be an int >= 0 (got {num_train!r})")
-                payload = wire.get_payload(msg.content)
+                metrics, payload = self._read_reply(msg)
                 if validate is not None:
                     validate(server_round, cid, payload)
             except PayloadError as err:
-                self._drop(server_round, cid, "invalid_payload", str(err))
+                self._drop(server_round, cid, err.reason, str(err))
                 continue
             metrics["bytes_up"] = wire.payload_bytes(msg.content)
             accepted.append((cid, metrics, payload, self._confusion_of(server_round, cid, msg)))
         return accepted
+
+    def _read_reply(self, msg: Message) -> tuple[dict[str, Any], Any]:
+        """The reply's metrics and decoded payload; PayloadError (with a reason) if unusable."""
+        size = wire.reply_bytes(msg.content)
+        if self.max_payload_bytes is not None and size > self.max_payload_bytes:
+            raise PayloadError(
+                f"reply carries {size} bytes of arrays, more than "
+                f"server.max_payload_bytes={self.max_payload_bytes}",
+                "too_large",
+            )
+        if wire.METRICS not in msg.content.metric_records:
+            raise PayloadError("reply has no metrics record", "bad_metrics")
+        metrics = dict(msg.content.metric_records[wire.METRICS])
+        num_train = metrics.get("num_train", 1)
+        if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 0:
+            raise PayloadError(
+                f"metric num_train must be an int >= 0 (got {num_train!r})", "bad_metrics"
+            )
+        try:
+            payload = wire.get_payload(msg.content)
+        except PayloadError:
+            raise
+        except (ValueError, TypeError, KeyError) as err:  # arrays Flower cannot deserialise
+            raise PayloadError(
+                f"knowledge record cannot be decoded: {err}".splitlines()[0], "malformed"
+            ) from None
+        return metrics, payload
 
     def _confusion_of(self, server_round: int, cid: int, msg: Message) -> np.ndarray | None:
         """The reply's validated global-test confusion counts; a bad array: warning and None."""
@@ -231,7 +270,7 @@ class FedkdStrategy(Strategy):
             return
         if payload is None or payload.kind != self.upload_kind:
             got = "nothing" if payload is None else payload.kind
-            raise PayloadError(f"expected a '{self.upload_kind}' payload, got {got}")
+            raise PayloadError(f"expected a '{self.upload_kind}' payload, got {got}", "wrong_kind")
         payload.validate(
             num_classes=self.info.num_classes,
             num_public=self.info.num_public,
@@ -245,25 +284,47 @@ class FedkdStrategy(Strategy):
                 )
             # float64 values beyond float32's range would turn into Inf once fused
             if not in_range:
-                raise PayloadError(f"'{name}' has values outside the float32 range")
+                raise PayloadError(f"'{name}' has values outside the float32 range", "non_finite")
         self.check_upload(server_round, client_id, payload)
 
     def _drop(self, server_round: int, cid: int, reason: str, detail: str) -> None:
+        """Reject one reply: counted by reason, logged on one line naming the client."""
         self.dropped[reason] += 1
+        self._rejected_now[cid] = reason
+        detail = " ".join(str(detail).split())[:300]  # Flower error reasons span lines
         log.warning(
-            "round %d: dropped reply of client %d (%s): %s", server_round, cid, reason, detail
+            "round %d: rejected reply of client %d (%s): %s", server_round, cid, reason, detail
         )
+        if reason in PAYLOAD_REASONS and cid >= 0:
+            self.strikes[cid] += 1
+            if (
+                self.max_strikes is not None
+                and self.strikes[cid] >= self.max_strikes
+                and cid not in self.excluded
+            ):
+                self.excluded[cid] = server_round
+                log.warning(
+                    "round %d: client %d excluded after %d rejected replies (server.max_strikes)",
+                    server_round,
+                    cid,
+                    self.strikes[cid],
+                )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        before = sum(self.dropped.values())
         replies = list(replies)
-        missing = len(self._bytes_down) - len(replies)
-        if missing > 0:
-            self.dropped["no_reply"] += missing
-            log.warning("round %d: %d sampled clients did not reply in time", server_round, missing)
-        errors = [m.error.reason for m in replies if m.has_error()]
+        self._rejected_now = {}
+        excluded_before = set(self.excluded)
+        replied = {self.client_of.get(m.metadata.src_node_id, -1) for m in replies}
+        for cid in sorted(set(self._bytes_down) - replied):
+            self._drop(server_round, cid, "no_reply", f"nothing within {self.round_timeout:g}s")
+        # a node that is gone is not a bug; a ClientApp that raises everywhere is
+        errors = [
+            m.error.reason
+            for m in replies
+            if m.has_error() and m.error.code != ErrorCode.NODE_UNAVAILABLE
+        ]
         if replies and len(errors) == len(replies):
             raise RuntimeError(
                 f"round {server_round}: every client failed; first error: {errors[0]}"
@@ -279,10 +340,22 @@ class FedkdStrategy(Strategy):
             uploads[cid] = payload
             num_train[cid] = int(metrics.get("num_train", 1))
         self._record_confusion(eval_round, accepted)
+        reasons = Counter(self._rejected_now.values())
         diagnostics: dict[str, float] = {
             "replies": float(len(accepted)),
-            "dropped": float(sum(self.dropped.values()) - before),
+            "rejected": float(len(self._rejected_now)),
         }
+        if self.recorder is not None:
+            participation: dict[str, Any] = {
+                "sampled": sorted(self._bytes_down),
+                "participants": sorted(uploads),
+                "rejected_replies": dict(sorted(reasons.items())),
+                "rejected_clients": {str(c): r for c, r in sorted(self._rejected_now.items())},
+            }
+            newly = sorted(set(self.excluded) - excluded_before)
+            if newly:
+                participation["excluded"] = newly
+            self.recorder.server_extra(server_round, participation)
         if len(accepted) < self.min_train_clients:
             log.warning(
                 "round %d: %d valid replies < min_train_clients=%d; knowledge not updated",
@@ -294,7 +367,7 @@ class FedkdStrategy(Strategy):
             try:
                 diagnostics.update(self.fuse(server_round, uploads, num_train))
             except FusionError as err:
-                self.dropped["fusion_failed"] += 1
+                self.fusion_failures += 1
                 log.warning(
                     "round %d: fusion skipped, previous knowledge kept: %s", server_round, err
                 )

@@ -73,11 +73,19 @@ class FedAvg(FedkdStrategy):
     def check_upload(self, server_round: int, client_id: int, payload: ModelWeights) -> None:
         expected = self.weights[self.group_of[client_id]]
         if set(payload.arrays) != set(expected):
-            raise PayloadError("weights do not match the client's architecture (different keys)")
+            raise PayloadError(
+                "weights do not match the client's architecture (different keys)", "shape"
+            )
         for key, ref in expected.items():
             if payload.arrays[key].shape != ref.shape:
                 raise PayloadError(
-                    f"weight '{key}' has shape {payload.arrays[key].shape}, expected {ref.shape}"
+                    f"weight '{key}' has shape {payload.arrays[key].shape}, expected {ref.shape}",
+                    "shape",
+                )
+            if payload.arrays[key].dtype != ref.dtype:
+                raise PayloadError(
+                    f"weight '{key}' has dtype {payload.arrays[key].dtype}, expected {ref.dtype}",
+                    "dtype",
                 )
 
     def average(self, uploads: dict[int, Any], num_train: dict[int, int]) -> None:

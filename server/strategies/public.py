@@ -52,11 +52,12 @@ class PublicSetStrategy(FedkdStrategy):
     def check_upload(self, server_round: int, client_id: int, payload: PublicLogits) -> None:
         if payload.space != self.upload_space:
             raise PayloadError(
-                f"expected {self.upload_space} on the public set, got {payload.space}"
+                f"expected {self.upload_space} on the public set, got {payload.space}", "wrong_kind"
             )
         if not np.array_equal(payload.indices, self.indices_for(server_round)):
             raise PayloadError(
-                "uploaded public-set indices differ from the ones requested this round"
+                "uploaded public-set indices differ from the ones requested this round",
+                "index_range",
             )
 
     def stacked(self, uploads: dict[int, Any]) -> tuple[list[int], np.ndarray]:

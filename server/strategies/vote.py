@@ -97,10 +97,13 @@ class Vote(PublicSetStrategy):
 
     def check_upload(self, server_round: int, client_id: int, payload: Votes) -> None:
         if payload.votes.shape[1] != self.top_k:
-            raise PayloadError(f"expected top-{self.top_k} votes, got {payload.votes.shape[1]}")
+            raise PayloadError(
+                f"expected top-{self.top_k} votes, got {payload.votes.shape[1]}", "shape"
+            )
         if not np.array_equal(payload.indices, self.indices_for(server_round)):
             raise PayloadError(
-                "uploaded public-set indices differ from the ones requested this round"
+                "uploaded public-set indices differ from the ones requested this round",
+                "index_range",
             )
 
     def fuse(
