@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from clients import wire
+from clients import faults, wire
 from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
 from fedkd.knowledge import ModelWeights
@@ -69,6 +70,10 @@ def _setup(message: Message, context: Context):
 @app.train()
 def train(message: Message, context: Context) -> Message:
     start = time.perf_counter()
+    server_round, cfg, _ = wire.read_config(message.content)
+    unavailable = faults.before_round(cfg, partition_id(context, cfg), server_round)
+    if unavailable is not None:  # what Flower replies for a node that has gone
+        return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=unavailable), reply_to=message)
     server_round, cfg, plan, pid, data, device, model = _setup(message, context)
     received = wire.get_payload(message.content)
     request = message.content.array_records.get(wire.REQUEST)
@@ -86,8 +91,12 @@ def train(message: Message, context: Context) -> Message:
     )
     context.state[MODEL_STATE] = wire.arrays_to_record(model_to_arrays(model))
     content = RecordDict()
-    if output.payload is not None:
-        wire.put_payload(content, output.payload)
+    payload = output.payload
+    if payload is not None:
+        parts = payload.to_arrays(), {"kind": payload.kind, **payload.meta()}
+        if faults.fault_of(cfg, pid, server_round) == "bad_payload":
+            parts = faults.corrupt(cfg, server_round, payload.kind, *parts)
+        wire.put_knowledge(content, *parts)
     output.metrics.update(partition_id=pid, client_time=time.perf_counter() - start)
     _put_metrics(content, output.metrics)
     return Message(content=content, reply_to=message)

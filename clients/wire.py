@@ -47,8 +47,13 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def put_payload(content: RecordDict, payload: Any) -> None:
     """Store a knowledge payload (``fedkd.knowledge``) in a message's content."""
-    content[KNOWLEDGE] = arrays_to_record(payload.to_arrays())
-    content[KNOWLEDGE_META] = ConfigRecord({"kind": payload.kind, **payload.meta()})
+    put_knowledge(content, payload.to_arrays(), {"kind": payload.kind, **payload.meta()})
+
+
+def put_knowledge(content: RecordDict, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Store knowledge arrays and meta as they are (``put_payload`` of a payload's parts)."""
+    content[KNOWLEDGE] = arrays_to_record(arrays)
+    content[KNOWLEDGE_META] = ConfigRecord(meta)
 
 
 def get_payload(content: RecordDict) -> Any | None:

@@ -19,6 +19,8 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from clients import faults
+from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
 from fedkd.config import check_config, compose
 from fedkd.errors import ConfigError
@@ -63,6 +65,16 @@ def check_options(cfg: dict[str, Any]) -> type:
     strategy = STRATEGIES.get(cfg["strategy"]["name"])
     strategy.check_config(cfg)
     check_optimizers(cfg)
+    check_faults(cfg)
+    if (
+        faults.assignments(cfg).get("bad_payload")
+        and faults.bad_mode(cfg, 1) == "indices"
+        and strategy.upload_kind not in ("public_logits", "votes")
+    ):
+        raise ConfigError(
+            f"faults.bad_payload.mode=indices needs public-set knowledge; strategy "
+            f"'{strategy.name}' uploads {strategy.upload_kind or 'nothing'}"
+        )
     return strategy
 
 
@@ -133,6 +145,7 @@ def run_server(
                 "rejected_replies": dict(sorted(strategy.dropped.items())),
                 "excluded_clients": {str(c): r for c, r in sorted(strategy.excluded.items())},
                 "fusion_failures": strategy.fusion_failures,
+                "faults": faults.assignments(cfg),
             }
         )
     return summary

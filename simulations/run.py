@@ -46,6 +46,21 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose and not any(isinstance(f, _ClientFailures) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_ClientFailures())
+
+
+class _ClientFailures(logging.Filter):
+    """Keep Flower's tracebacks of failing ClientApps off the console unless verbose: the
+    server already logs one line per rejected reply, naming the client and the reason."""
+
+    GENERIC = "An exception was raised when processing a message by"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from clients.faults import MARK
+
+        text = record.getMessage()
+        return MARK not in text and not text.startswith(self.GENERIC)
 
 
 class _CurrentStdout:

@@ -30,7 +30,7 @@ from flwr.common.constant import ErrorCode
 from clients import wire
 from fedkd.config import compose
 from fedkd.errors import REJECT_REASONS
-from fedkd.knowledge import ClassLogits, PublicLogits
+from fedkd.knowledge import ClassLogits, Prototypes, PublicLogits, Votes
 from server.recorder import RunRecorder
 from server.roster import Roster
 from server.strategies import STRATEGIES, RunInfo
@@ -230,3 +230,77 @@ def test_server_limits_are_checked_before_the_run(override, message):
 
     with pytest.raises(ConfigError, match=message):
         check_options(compose([override]))
+
+
+# ---------------------------------------------------------------- injected broken payloads
+def corrupted_reply(cid: int, strategy, payload, mode: str) -> Message:
+    """What a client with ``faults.bad_payload.mode=<mode>`` sends instead of ``payload``."""
+    from clients import faults
+
+    cfg = {**strategy.cfg, "faults": {"bad_payload": {"clients": [cid], "mode": mode}}}
+    arrays, meta = faults.corrupt(
+        cfg, 1, payload.kind, payload.to_arrays(), {"kind": payload.kind, **payload.meta()}
+    )
+    content = RecordDict({wire.METRICS: MetricRecord({"num_train": 5})})
+    wire.put_knowledge(content, arrays, meta)
+    return Message(content=content, metadata=metadata(cid))
+
+
+@pytest.mark.parametrize("name", ["fd", "dsfl", "fedproto", "vote"])
+@pytest.mark.parametrize("mode", ["nan", "inf", "dtype", "shape", "classes", "indices", "kind"])
+def test_every_injected_malformation_is_rejected_for_its_reason(name, mode):
+    from clients.faults import BAD_MODES
+
+    size = {"dsfl": ["strategy.open_size=2"], "vote": ["strategy.query_size=2"]}
+    strategy = make(name, None, *size.get(name, []))
+    if name in ("fd", "fedproto"):
+        if mode == "indices":
+            pytest.skip("per-class payloads carry no indices")
+        width = 2 if name == "fd" else strategy.info.feature_dim
+        kind = ClassLogits if name == "fd" else Prototypes
+        good = kind(np.ones((2, width), np.float32), np.array([3, 2]))
+    elif name == "dsfl":
+        good = PublicLogits(strategy.indices_for(1), np.full((2, 2), 0.5, np.float32), "probs")
+    else:
+        if mode in ("nan", "inf", "dtype"):
+            pytest.skip("votes hold no floats")
+        good = Votes(strategy.indices_for(1), np.zeros((2, 1), np.int64))
+    replies = [reply(0, good), corrupted_reply(1, strategy, good, mode), reply(2, good)]
+    strategy.aggregate_train(1, replies)
+    expected = "value_range" if (name, mode) == ("vote", "classes") else BAD_MODES[mode]
+    assert dict(strategy.dropped) == {expected: 1}
+
+
+def test_an_oversized_reply_is_too_large():
+    fd = make("fd", None, "server.max_payload_bytes=5000")
+    fd.aggregate_train(1, [reply(0, good_fd()), corrupted_reply(1, fd, good_fd(), "oversize")])
+    assert dict(fd.dropped) == {"too_large": 1, "no_reply": 1}
+
+
+def test_fault_assignments_are_seeded_disjoint_and_checked():
+    from clients import faults
+    from fedkd.errors import ConfigError
+    from server.app import check_options
+
+    cfg = compose(["num_clients=10", "faults.crash.fraction=0.3", "faults.hang.clients=[4]"])
+    again = faults.assignments(cfg)
+    assert again == faults.assignments(compose(["num_clients=10", "faults.crash.fraction=0.3",
+                                               "faults.hang.clients=[4]"]))  # fmt: skip
+    assert len(again["crash"]) == 3 and 4 not in again["crash"] and again["hang"] == [4]
+    other = faults.assignments({**cfg, "faults": {**cfg["faults"], "seed": 5}})
+    assert other["crash"] != again["crash"]
+    for override, message in [
+        ("faults.crash.fraction=1.5", "faults.crash.fraction must be in"),
+        ("faults.crash.clients=[10]", "faults.crash.clients must be a list of client ids"),
+        ("faults.hang.seconds=3", "must exceed server.round_timeout"),
+        ("faults.slow.seconds=900", "must be below server.round_timeout"),
+        ("faults.bad_payload.mode=weird", "faults.bad_payload.mode must be one of"),
+        ("+faults.flood={}", "unknown faults kind"),
+        ("faults.crash.rounds=[0]", "faults.crash.rounds must be null or a list"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_options(compose([override]))
+    with pytest.raises(ConfigError, match="needs public-set knowledge"):
+        check_options(
+            compose(["faults.bad_payload.clients=[0]", "faults.bad_payload.mode=indices"])
+        )

@@ -50,6 +50,14 @@ class RunInfo:
     cfg_json: str
 
 
+def error_summary(reason: str) -> str:
+    """The ClientApp's own exception message out of Flower's error reason (which wraps it
+    in the Ray traceback: ``... ClientAppException occurred. Message: <message>'>``)."""
+    if "Message: " in reason:
+        reason = reason.rsplit("Message: ", 1)[1].removesuffix("'>")
+    return " ".join(reason.split())
+
+
 class FusionError(RuntimeError):
     """Fusion produced unusable knowledge; the round keeps the previous knowledge."""
 
@@ -212,7 +220,7 @@ class FedkdStrategy(Strategy):
             if msg.has_error():
                 unavailable = msg.error.code == ErrorCode.NODE_UNAVAILABLE
                 reason = "client_unavailable" if unavailable else "client_error"
-                self._drop(server_round, cid, reason, msg.error.reason)
+                self._drop(server_round, cid, reason, error_summary(msg.error.reason))
                 continue
             try:
                 metrics, payload = self._read_reply(msg)
