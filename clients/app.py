@@ -16,7 +16,7 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from clients import faults, wire
+from clients import attacks, faults, wire
 from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
 from fedkd.knowledge import ModelWeights
@@ -91,7 +91,7 @@ def train(message: Message, context: Context) -> Message:
     )
     context.state[MODEL_STATE] = wire.arrays_to_record(model_to_arrays(model))
     content = RecordDict()
-    payload = output.payload
+    payload = attacks.apply(cfg, pid, server_round, output.payload, context.state, data.num_classes)
     if payload is not None:
         parts = payload.to_arrays(), {"kind": payload.kind, **payload.meta()}
         if faults.fault_of(cfg, pid, server_round) == "bad_payload":

@@ -19,7 +19,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients import faults
+from clients import attacks, faults
 from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
 from fedkd.config import check_config, compose
@@ -66,6 +66,7 @@ def check_options(cfg: dict[str, Any]) -> type:
     strategy.check_config(cfg)
     check_optimizers(cfg)
     check_faults(cfg)
+    attacks.check_attack(cfg, strategy.upload_kind, strategy.name)
     if (
         faults.assignments(cfg).get("bad_payload")
         and faults.bad_mode(cfg, 1) == "indices"
@@ -124,6 +125,7 @@ def run_server(
         tensorboard=bool(logs["tensorboard"]),
         progress=bool(logs["progress"]),
         table=bool(logs["table"]),
+        attackers=attacks.attackers(cfg),
     )
     status: dict[str, Any] = {"status": "finished"}
     try:
@@ -146,6 +148,8 @@ def run_server(
                 "excluded_clients": {str(c): r for c, r in sorted(strategy.excluded.items())},
                 "fusion_failures": strategy.fusion_failures,
                 "faults": faults.assignments(cfg),
+                "attack": cfg.get("attack", {}).get("kind", "none"),
+                "attackers": attacks.attackers(cfg),
             }
         )
     return summary

@@ -147,9 +147,12 @@ class RunRecorder:
         table: bool = True,
         console: Console | None = None,
         config: Mapping[str, Any] | None = None,
+        attackers: Sequence[int] = (),
     ) -> None:
-        """``config``: the run's config for the HParams record (default: ``run_dir/config.yaml``)."""
+        """``config``: the run's config for the HParams record (default: ``run_dir/config.yaml``);
+        ``attackers``: hostile clients, left out of the ``honest_*`` accuracies."""
         self.run_dir = Path(run_dir)
+        self.attackers = {int(c) for c in attackers}
         self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.num_rounds = num_rounds
@@ -389,6 +392,17 @@ class RunRecorder:
                         f"{key}_max": float(vals.max()),
                     }
                 )
+        if self.attackers:  # the honest clients' mean accuracy
+            for key in acc_keys:
+                vals = [
+                    c[key]
+                    for cid, c in clients.items()
+                    if cid not in self.attackers
+                    and isinstance(c.get(key), float)
+                    and not math.isnan(c[key])
+                ]
+                if vals:
+                    row[f"honest_{key}"] = float(np.mean(vals))
         for key in ("bytes_up", "bytes_down"):
             row[key] = float(sum(c.get(key, 0.0) for c in clients.values()))
         row.update(server)
