@@ -14,6 +14,7 @@ the mean client's confusion matrix without touching its own ``plan``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import Counter
@@ -31,6 +32,8 @@ from clients import wire
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
+from fedkd.knowledge import Payload
+from server.checkpoint import Checkpointer, restore_clients, rng_state, save_clients
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
 
@@ -60,6 +63,21 @@ def error_summary(reason: str) -> str:
 
 class FusionError(RuntimeError):
     """Fusion produced unusable knowledge; the round keeps the previous knowledge."""
+
+
+def check_finite_tree(name: str, value: Any) -> None:
+    """FusionError if any float array in ``value`` (payloads, dicts, lists) is not finite."""
+    if isinstance(value, Payload):
+        value = value.to_arrays()
+    if isinstance(value, np.ndarray):
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise FusionError(f"fused {name} contains NaN or Inf")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_finite_tree(f"{name}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_finite_tree(name, item)
 
 
 class FedkdStrategy(Strategy):
@@ -96,6 +114,8 @@ class FedkdStrategy(Strategy):
         self.excluded: dict[int, int] = {}  # client id -> round it was excluded in
         self.fusion_failures = 0
         self._rejected_now: dict[int, str] = {}  # this round: client id -> reason
+        self.checkpointer: Checkpointer | None = None  # set by run_server
+        self.resume_from: dict[str, Any] | None = None  # a loaded checkpoint to continue from
         self.setup()
 
     # ---------------------------------------------------------------- hooks
@@ -144,6 +164,57 @@ class FedkdStrategy(Strategy):
     ) -> dict[str, float]:
         """Fuse this round's uploads (client id -> payload); return diagnostics."""
         return {}
+
+    # --------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the strategy has learnt or counted so far, for checkpoints.
+
+        A strategy with state of its own extends it, ``{**super().state_dict(), "x": ...}``,
+        and restores its keys in ``load_state_dict``. Values are numpy arrays, knowledge
+        payloads, dicts, lists and scalars (``server.checkpoint`` stores them without pickle).
+        The server's random streams need no state: ``rng_for`` derives them from
+        (seed, round, purpose).
+        """
+        return {
+            "base": {
+                "rejected_replies": dict(self.dropped),
+                "strikes": dict(self.strikes),
+                "excluded": dict(self.excluded),
+                "fusion_failures": self.fusion_failures,
+            }
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        base = state["base"]
+        self.dropped = Counter(base["rejected_replies"])
+        self.strikes = Counter({int(c): n for c, n in base["strikes"].items()})
+        self.excluded = {int(c): int(r) for c, r in base["excluded"].items()}
+        self.fusion_failures = int(base["fusion_failures"])
+
+    # keys of state_dict() that are bookkeeping, not knowledge: not checked for NaN/Inf and
+    # kept as they are when a failed fusion rolls the knowledge back (a privacy ledger
+    # never forgets what was spent)
+    NOT_KNOWLEDGE: ClassVar[tuple[str, ...]] = ("base", "ledger", "generator")
+
+    def _fuse_or_keep(
+        self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
+    ) -> dict[str, float]:
+        """``fuse``, then make sure no fused knowledge holds NaN/Inf; otherwise roll back."""
+        before = copy.deepcopy(
+            {k: v for k, v in self.state_dict().items() if k not in self.NOT_KNOWLEDGE}
+        )
+        try:
+            diagnostics = self.fuse(server_round, uploads, num_train)
+            state = self.state_dict()
+            for key in state:
+                if key not in self.NOT_KNOWLEDGE:
+                    check_finite_tree(key, state[key])
+            return diagnostics
+        except FusionError as err:
+            self.fusion_failures += 1
+            self.load_state_dict({**self.state_dict(), **before})
+            log.warning("round %d: fusion skipped, previous knowledge kept: %s", server_round, err)
+            return {}
 
     # ------------------------------------------------------------ sampling
     def use_roster(self, roster: Roster) -> None:
@@ -372,13 +443,7 @@ class FedkdStrategy(Strategy):
                 self.min_train_clients,
             )
         elif self.upload_kind is not None:
-            try:
-                diagnostics.update(self.fuse(server_round, uploads, num_train))
-            except FusionError as err:
-                self.fusion_failures += 1
-                log.warning(
-                    "round %d: fusion skipped, previous knowledge kept: %s", server_round, err
-                )
+            diagnostics.update(self._fuse_or_keep(server_round, uploads, num_train))
         return None, MetricRecord(diagnostics)
 
     @staticmethod
@@ -443,6 +508,33 @@ class FedkdStrategy(Strategy):
     def summary(self) -> None:
         log.info("strategy %s: %s", self.name, self.params)
 
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint(self, grid: Grid, server_round: int, timeout: float) -> bool:
+        """Clients save their state, then the server writes its checkpoint (atomically).
+
+        Any failure is one error line and leaves the previous checkpoint the good one.
+        """
+        assert self.checkpointer is not None
+        keep = self.checkpointer.last_round
+        error = save_clients(
+            grid, self.node_of, self.checkpointer.clients_folder, server_round, keep, timeout
+        )
+        if error is not None:
+            log.error(
+                "checkpoint of round %d not written: %s; the last good checkpoint is %s",
+                server_round,
+                error,
+                f"round {keep}" if keep else "none",
+            )
+            return False
+        state = {
+            "strategy_name": self.name,
+            "strategy": self.state_dict(),
+            "recorder": None if self.recorder is None else self.recorder.state_dict(),
+            "rng": rng_state(),
+        }
+        return self.checkpointer.write(server_round, state, sorted(self.node_of))
+
     # ------------------------------------------------------------ the loop
     def start(
         self,
@@ -461,7 +553,13 @@ class FedkdStrategy(Strategy):
             self.use_roster(discover(grid, timeout, expected=self.info.num_clients))
         eval_lag = 1 if self.final_evaluation else 0
         empty = ArrayRecord()
-        for rnd in range(1, num_rounds + 1):
+        first = 1
+        if self.resume_from is not None and self.checkpointer is not None:
+            done = int(self.resume_from["round"])
+            restore_clients(grid, self.node_of, self.checkpointer.clients_folder, done, timeout)
+            log.info("resumed from the checkpoint of round %d", done)
+            first = done + 1
+        for rnd in range(first, num_rounds + 1):
             started = time.perf_counter()
             replies = grid.send_and_receive(
                 self.configure_train(rnd, empty, ConfigRecord(), grid), timeout=timeout
@@ -475,6 +573,8 @@ class FedkdStrategy(Strategy):
                     )
             if self.recorder is not None:
                 self.recorder.end_round(rnd, complete_upto=rnd - eval_lag)
+            if self.checkpointer is not None and self.checkpointer.due(rnd):
+                self.checkpoint(grid, rnd, timeout)
         evaluate = self.configure_evaluate(num_rounds, empty, ConfigRecord(), grid)
         if evaluate:
             metrics = self.aggregate_evaluate(

@@ -57,6 +57,15 @@ class FedAvg(FedkdStrategy):
             first = min(c for c, k in self.group_of.items() if k == key)
             self.weights[key] = model_to_arrays(self.build(spec, seed_offset=first))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "weights": {k: dict(v) for k, v in self.weights.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if set(state["weights"]) != set(self.weights):
+            raise ValueError("the checkpoint's architecture groups differ from this run's")
+        self.weights = {k: dict(v) for k, v in state["weights"].items()}
+
     def build(self, spec: dict[str, Any], seed_offset: int | None = None) -> torch.nn.Module:
         if seed_offset is not None:
             torch.manual_seed(int(self.cfg["seed"]) * 7919 + seed_offset)

@@ -34,6 +34,14 @@ class PublicSetStrategy(FedkdStrategy):
         self.indices: dict[int, np.ndarray] = {}
         self.targets: PublicLogits | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        # the subsets need no state: indices_for draws them from (seed, round)
+        return {**super().state_dict(), "targets": self.targets}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.targets = state["targets"]
+
     def indices_for(self, server_round: int) -> np.ndarray:
         """The round's subset of the public set: fresh, seeded, sorted."""
         if server_round not in self.indices:

@@ -82,6 +82,13 @@ class Vote(PublicSetStrategy):
         self.voting = LabelVoting.from_config(self.params["voting"], votes_per_teacher=self.top_k)
         self.public_y = federated_data(data_key(self.cfg)).public_y  # diagnostics only
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ledger": self.voting.ledger.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.voting.ledger.load_state_dict(state["ledger"])
+
     def plan(self, server_round: int) -> dict[str, Any]:
         distill = self.cfg["client"]["distill"]
         return {
