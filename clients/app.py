@@ -2,23 +2,28 @@
 
 The client learns which data it holds from ``context.node_config``
 (``partition-id``, ``num-partitions``) and everything else from the run config
-the server sends. Its personal model lives in ``context.state`` between rounds.
+the server sends. Its personal model lives in ``context.state`` between rounds;
+``query.save_state`` / ``query.restore_state`` write it to and read it from a
+checkpoint file (``server/checkpoint.py``). Faults (``clients/faults.py``) and
+attacks (``clients/attacks.py``) configured in the run config happen here too.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from clients import attacks, faults, wire
 from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
+from fedkd import checkpoint as ckpt_io
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import resolve_device
@@ -113,6 +118,50 @@ def hello(message: Message, context: Context) -> Message:
         "num_partitions": int(node["num-partitions"]),
     }
     return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=message)
+
+
+@app.query("save_state")
+def save_state(message: Message, context: Context) -> Message:
+    """Checkpoint: write this client's ``context.state`` for the server's round, atomically."""
+    spec = message.content.config_records[wire.CHECKPOINT]
+    folder, server_round, keep = Path(str(spec["dir"])), int(spec["round"]), int(spec["keep"])
+    pid = int(context.node_config["partition-id"])
+    tree = {"client": pid, "round": server_round, "state": state_tree(context.state)}
+    size = ckpt_io.save(ckpt_io.client_file(folder, pid, server_round), tree)
+    for old in ckpt_io.client_rounds(folder, pid):  # files no checkpoint needs any more
+        if old not in (server_round, keep):
+            ckpt_io.client_file(folder, pid, old).unlink(missing_ok=True)
+    metrics = MetricRecord({"saved_bytes": size})
+    return Message(content=RecordDict({wire.METRICS: metrics}), reply_to=message)
+
+
+@app.query("restore_state")
+def restore_state(message: Message, context: Context) -> Message:
+    """Resume: load the state this client saved for the checkpoint's round."""
+    spec = message.content.config_records[wire.CHECKPOINT]
+    pid = int(context.node_config["partition-id"])
+    path = ckpt_io.client_file(str(spec["dir"]), pid, int(spec["round"]))
+    tree = ckpt_io.load(path)
+    if not isinstance(tree, dict) or tree.get("client") != pid:
+        raise ValueError(f"{path} does not hold client {pid}'s state")
+    for name in list(context.state.keys()):
+        del context.state[name]
+    for name, arrays in tree["state"]["arrays"].items():
+        context.state[name] = wire.arrays_to_record(arrays)
+    for name, values in tree["state"]["configs"].items():
+        context.state[name] = ConfigRecord(values)
+    for name, values in tree["state"]["metrics"].items():
+        context.state[name] = MetricRecord(values)
+    return Message(content=RecordDict({wire.METRICS: MetricRecord({})}), reply_to=message)
+
+
+def state_tree(state: RecordDict) -> dict[str, Any]:
+    """A client's ``context.state`` as plain arrays and values (its checkpoint)."""
+    return {
+        "arrays": {k: wire.record_to_arrays(r) for k, r in state.array_records.items()},
+        "configs": {k: dict(r) for k, r in state.config_records.items()},
+        "metrics": {k: dict(r) for k, r in state.metric_records.items()},
+    }
 
 
 @app.evaluate()

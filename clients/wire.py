@@ -11,6 +11,10 @@ One round is one Flower message each way. A message's RecordDict holds:
 - ``eval`` (ArrayRecord, replies only, when the plan sets ``confusion``):
   evaluation arrays, ``global_confusion`` (int64 ``[C, C]`` counts on the
   global test set). Not knowledge: ``payload_bytes`` leaves it out.
+
+``query.save_state`` / ``query.restore_state`` messages (checkpoints) carry one
+``checkpoint`` ConfigRecord: ``dir``, ``round`` and, to save, ``keep`` (the
+round of the previous good checkpoint, whose files stay).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ KNOWLEDGE_META = "knowledge_meta"
 REQUEST = "request"
 METRICS = "metrics"
 EVAL = "eval"
+CHECKPOINT = "checkpoint"  # save/restore_state messages: dir, round (, keep)
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -23,9 +23,10 @@ from clients import attacks, faults
 from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
 from fedkd.config import check_config, compose
-from fedkd.errors import ConfigError
+from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import make_optimizer
+from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
 from server.recorder import RunRecorder, console_options
 from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
@@ -66,6 +67,7 @@ def check_options(cfg: dict[str, Any]) -> type:
     strategy.check_config(cfg)
     check_optimizers(cfg)
     check_faults(cfg)
+    check_checkpoint_config(cfg)
     attacks.check_attack(cfg, strategy.upload_kind, strategy.name)
     if (
         faults.assignments(cfg).get("bad_payload")
@@ -112,12 +114,33 @@ def run_server(
     run_dir: str | Path,
     info: RunInfo | None = None,
     roster: Roster | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every round and write the run's outputs; returns the summary."""
+    """Run every round and write the run's outputs; returns the summary.
+
+    ``resume``: a checkpoint (``server.checkpoint.load_server_checkpoint``) to continue from.
+    """
     info = info or prepare_run(cfg)
     strategy = STRATEGIES.get(cfg["strategy"]["name"])(
         info, None, roster
     )  # fails before any output
+    if resume is not None:
+        if resume.get("strategy_name") != strategy.name:
+            raise CheckpointError(
+                f"resume: the checkpoint is of strategy {resume.get('strategy_name')!r}, "
+                f"the run's is {strategy.name!r}"
+            )
+        try:
+            strategy.load_state_dict(resume["strategy"])
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(
+                f"resume: the checkpoint's strategy state does not fit this run: {err}"
+            ) from None
+        set_rng_state(resume["rng"])
+    strategy.checkpointer = Checkpointer(
+        run_dir, cfg, last_round=None if resume is None else int(resume["round"])
+    )
+    strategy.resume_from = resume
     logs = {**cfg["logging"], **console_options(cfg["logging"])}
     strategy.recorder = recorder = RunRecorder(
         run_dir,
@@ -126,6 +149,7 @@ def run_server(
         progress=bool(logs["progress"]),
         table=bool(logs["table"]),
         attackers=attacks.attackers(cfg),
+        resume=None if resume is None else {**resume["recorder"], "round": resume["round"]},
     )
     status: dict[str, Any] = {"status": "finished"}
     try:
@@ -156,14 +180,17 @@ def run_server(
 
 
 def make_server_app(
-    cfg: dict[str, Any], run_dir: str | Path, info: RunInfo | None = None
+    cfg: dict[str, Any],
+    run_dir: str | Path,
+    info: RunInfo | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> ServerApp:
     """A ServerApp bound to an already composed config (simulation launcher)."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, run_dir, info)
+        run_server(grid, cfg, run_dir, info, resume=resume)
 
     return server_app
 
