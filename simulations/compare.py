@@ -2,7 +2,8 @@
 
 Runs every (method, axis value, seed) as its own ``fedkd-sim`` process with the
 same data, partition and seed; the axis is the Dirichlet alpha, or the held-out
-target domain for the ``domains`` preset. Reads each run's ``summary.json`` and
+target domain for the ``domains`` preset, the share of attacking clients for
+``attacks``. Reads each run's ``summary.json`` and
 writes a Markdown table and a CSV with mean ± std over seeds: the mean local-test
 and global-test accuracy (best and last round) and the bytes per round, or for
 domain shift the target accuracy, voting accuracy and group effect. A run that
@@ -12,6 +13,7 @@ fails is reported as failed; the others still make the table.
     fedkd-compare --preset fusion                     # methods x alpha {0.1, 0.5, 5} x 3 seeds
     fedkd-compare --preset knfu-claim                 # local vs uniform vs personalised fusion
     fedkd-compare --preset domains                    # leave-one-domain-out: FedKA, ablations, vote
+    fedkd-compare --preset attacks                    # mean/median/trimmed fusion vs hostile clients
     fedkd-compare --methods local fd --seeds 0 1 --set num_rounds=10
 """
 
@@ -44,6 +46,21 @@ METHODS = {
     "fedka-no-vote": [*FEDKA, "strategy.voting_enabled=false"],
     "vote-hetero": ["strategy=vote", "+experiment=vote_digits_domains"],
 }
+# robust fusion against hostile clients (issue 7): every logit strategy with each reducer
+REDUCER_OPTIONS = {
+    "mean": ["strategy.reducer=mean"],
+    "median": ["strategy.reducer=median"],
+    "trimmed": ["strategy.reducer=trimmed_mean", "+strategy.reducer_params.trim=0.2"],
+    "gated": ["strategy.reducer=gated_mean"],
+}
+ROBUST = [f"{s}-{r}" for s in ("fd", "fedmd", "dsfl") for r in REDUCER_OPTIONS]
+METHODS.update(
+    {
+        f"{s}-{r}": [f"strategy={s}", *REDUCER_OPTIONS[r]]
+        for s in ("fd", "fedmd", "dsfl")
+        for r in REDUCER_OPTIONS
+    }
+)
 DOMAINS = ["original", "rotated", "inverted", "noisy", "blurred", "scaled"]
 PRESETS = {
     # issue 2: the five baselines, digits, 20 clients, Dirichlet 0.1, one seed
@@ -56,7 +73,9 @@ PRESETS = {
     # issue 3: every knowledge method x heterogeneity x 3 seeds on digits
     "fusion": {
         "methods": [
-            m for m in METHODS if m not in ("source-only", "fedka", "fedka-no-vote", "vote-hetero")
+            m
+            for m in METHODS
+            if m not in ("source-only", "fedka", "fedka-no-vote", "vote-hetero", *ROBUST)
         ],
         "values": [0.1, 0.5, 5.0],
         "seeds": [0, 1, 2],
@@ -75,6 +94,15 @@ PRESETS = {
             "dataset.num_samples=30000",
             "dataset.class_sep=0.6",
         ],
+    },
+    # issue 7: robust fusion against a share of hostile clients, on the honest clients' accuracy
+    "attacks": {
+        "methods": [m for m in ROBUST if not m.endswith("-gated")],
+        "axis": "attack.fraction",
+        "values": [0.0, 0.1, 0.2, 0.3],
+        "seeds": [0, 1, 2],
+        "setting": ["num_clients=10", "num_rounds=20", "attack.kind=random_logits"],
+        "columns": "attack",
     },
     # issue 4: every leave-one-domain-out task of digits_domains, FedKA and its ablations
     "domains": {
@@ -114,6 +142,16 @@ def _last_round(key: str, scale: float = 100.0):
     return get
 
 
+def _honest(key: str, which: str):
+    """The honest clients' mean accuracy (every client's when nobody attacked)."""
+
+    def get(s):
+        name = f"honest_{key}" if f"honest_{key}" in s["final"] else key
+        return _final(name, which)(s)
+
+    return get
+
+
 def _kb_per_round(s):
     return s["bytes_per_round"]["total"] / 1024
 
@@ -126,6 +164,13 @@ COLUMNS = {
         ("global-test best", _final("global_test_acc", "best")),
         ("global-test last", _final("global_test_acc", "last")),
         ("KB/round", _kb_per_round),
+    ],
+    "attack": [
+        ("honest global-test last", _honest("global_test_acc", "last")),
+        ("honest global-test best", _honest("global_test_acc", "best")),
+        ("honest local-test last", _honest("local_test_acc", "last")),
+        ("attackers", lambda s: float(len(s.get("attackers", [])))),
+        ("rejected/run", lambda s: float(sum((s.get("rejected_replies") or {}).values()))),
     ],
     "domain": [
         ("target best", _target("best")),
@@ -223,6 +268,12 @@ def _value(text: str):
 
 
 NOTES = {
+    "attack": (
+        "Accuracies in % of the **honest** clients only (mean over the clients that did not "
+        "attack; best = best round of that mean, last = final round); attackers = clients "
+        "whose uploads were replaced (a seeded choice per seed); rejected/run = replies the "
+        "server refused; mean ± std over seeds."
+    ),
     "clients": (
         "Accuracies in % (mean over clients; best = best round of that mean, last = final "
         "round); mean ± std over seeds."
