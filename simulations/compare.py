@@ -101,7 +101,12 @@ PRESETS = {
         "axis": "attack.fraction",
         "values": [0.0, 0.1, 0.2, 0.3],
         "seeds": [0, 1, 2],
-        "setting": ["num_clients=10", "num_rounds=20", "attack.kind=random_logits"],
+        "setting": [
+            "dataset=digits",
+            "num_clients=10",
+            "num_rounds=20",
+            "attack.kind=random_logits",
+        ],
         "columns": "attack",
     },
     # issue 4: every leave-one-domain-out task of digits_domains, FedKA and its ablations
