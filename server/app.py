@@ -209,6 +209,10 @@ def main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
     check_options(cfg)  # fail on a bad config before waiting for SuperNodes
+    if cfg.get("resume"):
+        raise ConfigError(
+            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
+        )
     roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]))
     overrides = overrides_from_run_config(run_config)
     if (
