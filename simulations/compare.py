@@ -13,7 +13,7 @@ fails is reported as failed; the others still make the table.
     fedkd-compare --preset fusion                     # methods x alpha {0.1, 0.5, 5} x 3 seeds
     fedkd-compare --preset knfu-claim                 # local vs uniform vs personalised fusion
     fedkd-compare --preset domains                    # leave-one-domain-out: FedKA, ablations, vote
-    fedkd-compare --preset attacks                    # mean/median/trimmed fusion vs hostile clients
+    fedkd-compare --preset attacks                    # mean/median/trimmed/gated fusion vs attackers
     fedkd-compare --methods local fd --seeds 0 1 --set num_rounds=10
 """
 
@@ -97,7 +97,7 @@ PRESETS = {
     },
     # issue 7: robust fusion against a share of hostile clients, on the honest clients' accuracy
     "attacks": {
-        "methods": [m for m in ROBUST if not m.endswith("-gated")],
+        "methods": ROBUST,
         "axis": "attack.fraction",
         "values": [0.0, 0.1, 0.2, 0.3],
         "seeds": [0, 1, 2],
@@ -188,8 +188,16 @@ COLUMNS = {
 }
 
 
-def run_one(label: str, axis: str, value, seed: int, setting: list[str], out: Path) -> dict | None:
+def run_one(
+    label: str, axis: str, value, seed: int, setting: list[str], out: Path, reuse: bool = False
+) -> dict | None:
     run_dir = out / f"{label}-{axis.rsplit('.', 1)[-1]}{value}-s{seed}"
+    summary_file = run_dir / "summary.json"
+    if reuse and summary_file.exists():  # finished by an earlier fedkd-compare --out OUT
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        if summary.get("status") == "finished":
+            print(f"[compare] {label} {axis}={value} seed={seed}: reused", flush=True)
+            return summary
     args = [
         *METHODS[label],
         f"{axis}={value}",
@@ -201,7 +209,6 @@ def run_one(label: str, axis: str, value, seed: int, setting: list[str], out: Pa
     cmd = [sys.executable, "-m", "simulations.run", *args, f"hydra.run.dir={run_dir}"]
     print(f"[compare] {label} {axis}={value} seed={seed}", flush=True)
     result = subprocess.run(cmd, capture_output=True, text=True)
-    summary_file = run_dir / "summary.json"
     if result.returncode != 0 or not summary_file.exists():
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         print(f"[compare]   failed: {tail[0]}", flush=True)
@@ -311,6 +318,11 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, help="folder for the runs (default outputs/compare/<preset>-<time>)"
     )
     parser.add_argument("--table", type=Path, help="Markdown output (a .csv is written beside it)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --out: keep the runs that already finished there instead of running them again",
+    )
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
@@ -330,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             summaries = [
                 s
                 for seed in seeds
-                if (s := run_one(label, axis, value, seed, setting, out)) is not None
+                if (s := run_one(label, axis, value, seed, setting, out, args.reuse)) is not None
             ]
             rows.append(
                 {
