@@ -79,7 +79,7 @@ def test_faulty_and_broken_clients_are_survived_and_counted(tmp_path):
         "shape": 1,
     }
     # the round with a hanging client waited for the timeout, not for the client
-    assert 15 <= rows[2]["round_time_s"] < 17
+    assert 15 <= rows[2]["round_time_s"] < 20
     assert all(r["replies"] >= 2 for r in rows.values())  # every round fused
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {m["client"] for m in metrics} == set(range(10)) - set(crash) - {1}
