@@ -10,6 +10,13 @@ for strategies with a server model to evaluate at the end (FedAvg).
 The base class also adds ``confusion: true`` to the plan of the exchanges
 whose evaluation ``logging.confusion_every`` selects, so every strategy gets
 the mean client's confusion matrix without touching its own ``plan``.
+
+Reliability (issue 7): every reply is checked before fusion and a bad one is
+rejected with a reason (``fedkd.errors.REJECT_REASONS``), logged on one line
+naming the client and counted per round (``rejected_replies``); payload
+rejections are strikes (``server.max_strikes`` excludes the client); a fusion
+that leaves NaN/Inf is rolled back; ``state_dict``/``load_state_dict`` and
+``checkpoint`` let a run be checkpointed and resumed (``server/checkpoint.py``).
 """
 
 from __future__ import annotations
