@@ -44,6 +44,7 @@ compare: $(STAMP)
 	$(BIN)/fedkd-compare --preset fusion
 	$(BIN)/fedkd-compare --preset knfu-claim
 	$(BIN)/fedkd-compare --preset domains
+	$(BIN)/fedkd-compare --preset attacks
 
 ## regenerate the example report in docs/figures/ (default run, 20 rounds; under a minute)
 figure: $(STAMP)

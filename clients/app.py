@@ -2,7 +2,11 @@
 
 The client learns which data it holds from ``context.node_config`` and
 everything else from the run config the server sends. Its personal model lives
-in ``context.state`` between rounds. Node config keys:
+in ``context.state`` between rounds; ``query.save_state`` /
+``query.restore_state`` write it to and read it from a checkpoint file
+(``server/checkpoint.py``). Faults (``clients/faults.py``) and attacks
+(``clients/attacks.py``) configured in the run config happen here too. Node
+config keys:
 
 - ``partition-id``: this client's id (0..N-1); with no ``data-path`` it is also
   the partition of the run's dataset the client trains on;
@@ -23,14 +27,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from clients import wire
+from clients import attacks, faults, wire
 from clients.privacy_mod import privacy_mod
 from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
 from clients.subteachers import load_teachers, save_teachers, teacher_release
+from fedkd import checkpoint as ckpt_io
 from fedkd.errors import ConfigError
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
@@ -113,6 +119,10 @@ def _setup(message: Message, context: Context):
 @app.train()
 def train(message: Message, context: Context) -> Message:
     start = time.perf_counter()
+    server_round, cfg, _ = wire.read_config(message.content)
+    unavailable = faults.before_round(cfg, checked_node(context, cfg).partition_id, server_round)
+    if unavailable is not None:  # what Flower replies for a node that has gone
+        return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=unavailable), reply_to=message)
     server_round, cfg, plan, pid, data, device, model = _setup(message, context)
     received = wire.get_payload(message.content)
     request = message.content.array_records.get(wire.REQUEST)
@@ -143,8 +153,12 @@ def train(message: Message, context: Context) -> Message:
         save_teachers(context, teachers)
     context.state[MODEL_STATE] = wire.arrays_to_record(model_to_arrays(model))
     content = RecordDict()
-    if output.payload is not None:
-        wire.put_payload(content, output.payload)
+    payload = attacks.apply(cfg, pid, server_round, output.payload, context.state, data.num_classes)
+    if payload is not None:
+        parts = payload.to_arrays(), {"kind": payload.kind, **payload.meta()}
+        if faults.fault_of(cfg, pid, server_round) == "bad_payload":
+            parts = faults.corrupt(cfg, server_round, payload.kind, *parts)
+        wire.put_knowledge(content, *parts)
     output.metrics.update(partition_id=pid, client_time=time.perf_counter() - start)
     _put_metrics(content, output.metrics)
     return Message(content=content, reply_to=message)
@@ -178,6 +192,50 @@ def introduce(context: Context, content: RecordDict) -> dict[str, int]:
             local_data=int(node.data_path is not None),
         )
     return metrics
+
+
+@app.query("save_state")
+def save_state(message: Message, context: Context) -> Message:
+    """Checkpoint: write this client's ``context.state`` for the server's round, atomically."""
+    spec = message.content.config_records[wire.CHECKPOINT]
+    folder, server_round, keep = Path(str(spec["dir"])), int(spec["round"]), int(spec["keep"])
+    pid = node_data(context).partition_id
+    tree = {"client": pid, "round": server_round, "state": state_tree(context.state)}
+    size = ckpt_io.save(ckpt_io.client_file(folder, pid, server_round), tree)
+    for old in ckpt_io.client_rounds(folder, pid):  # files no checkpoint needs any more
+        if old not in (server_round, keep):
+            ckpt_io.client_file(folder, pid, old).unlink(missing_ok=True)
+    metrics = MetricRecord({"saved_bytes": size})
+    return Message(content=RecordDict({wire.METRICS: metrics}), reply_to=message)
+
+
+@app.query("restore_state")
+def restore_state(message: Message, context: Context) -> Message:
+    """Resume: load the state this client saved for the checkpoint's round."""
+    spec = message.content.config_records[wire.CHECKPOINT]
+    pid = node_data(context).partition_id
+    path = ckpt_io.client_file(str(spec["dir"]), pid, int(spec["round"]))
+    tree = ckpt_io.load(path)
+    if not isinstance(tree, dict) or tree.get("client") != pid:
+        raise ValueError(f"{path} does not hold client {pid}'s state")
+    for name in list(context.state.keys()):
+        del context.state[name]
+    for name, arrays in tree["state"]["arrays"].items():
+        context.state[name] = wire.arrays_to_record(arrays)
+    for name, values in tree["state"]["configs"].items():
+        context.state[name] = ConfigRecord(values)
+    for name, values in tree["state"]["metrics"].items():
+        context.state[name] = MetricRecord(values)
+    return Message(content=RecordDict({wire.METRICS: MetricRecord({})}), reply_to=message)
+
+
+def state_tree(state: RecordDict) -> dict[str, Any]:
+    """A client's ``context.state`` as plain arrays and values (its checkpoint)."""
+    return {
+        "arrays": {k: wire.record_to_arrays(r) for k, r in state.array_records.items()},
+        "configs": {k: dict(r) for k, r in state.config_records.items()},
+        "metrics": {k: dict(r) for k, r in state.metric_records.items()},
+    }
 
 
 @app.evaluate()

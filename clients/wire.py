@@ -11,6 +11,10 @@ One round is one Flower message each way. A message's RecordDict holds:
 - ``eval`` (ArrayRecord, replies only, when the plan sets ``confusion``):
   evaluation arrays, ``global_confusion`` (int64 ``[C, C]`` counts on the
   global test set). Not knowledge: ``payload_bytes`` leaves it out.
+
+``query.save_state`` / ``query.restore_state`` messages (checkpoints) carry one
+``checkpoint`` ConfigRecord: ``dir``, ``round`` and, to save, ``keep`` (the
+round of the previous good checkpoint, whose files stay).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ KNOWLEDGE_META = "knowledge_meta"
 REQUEST = "request"
 METRICS = "metrics"
 EVAL = "eval"
+CHECKPOINT = "checkpoint"  # save/restore_state messages: dir, round (, keep)
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -47,8 +52,13 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def put_payload(content: RecordDict, payload: Any) -> None:
     """Store a knowledge payload (``fedkd.knowledge``) in a message's content."""
-    content[KNOWLEDGE] = arrays_to_record(payload.to_arrays())
-    content[KNOWLEDGE_META] = ConfigRecord({"kind": payload.kind, **payload.meta()})
+    put_knowledge(content, payload.to_arrays(), {"kind": payload.kind, **payload.meta()})
+
+
+def put_knowledge(content: RecordDict, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Store knowledge arrays and meta as they are (``put_payload`` of a payload's parts)."""
+    content[KNOWLEDGE] = arrays_to_record(arrays)
+    content[KNOWLEDGE_META] = ConfigRecord(meta)
 
 
 def get_payload(content: RecordDict) -> Any | None:
@@ -56,11 +66,11 @@ def get_payload(content: RecordDict) -> Any | None:
     if KNOWLEDGE not in content.array_records:
         return None
     if KNOWLEDGE_META not in content.config_records:
-        raise PayloadError("knowledge arrays arrived without knowledge_meta")
+        raise PayloadError("knowledge arrays arrived without knowledge_meta", "malformed")
     meta = dict(content.config_records[KNOWLEDGE_META])
     kind = meta.pop("kind", None)
     if not isinstance(kind, str):
-        raise PayloadError("knowledge_meta has no 'kind'")
+        raise PayloadError("knowledge_meta has no 'kind'", "malformed")
     return decode(kind, record_to_arrays(content.array_records[KNOWLEDGE]), meta)
 
 
@@ -74,6 +84,11 @@ def payload_bytes(content: RecordDict) -> int:
         for key, record in content.array_records.items()
         if key in (KNOWLEDGE, REQUEST)
     )
+
+
+def reply_bytes(content: RecordDict) -> int:
+    """Bytes of every array a message carries (knowledge, request and eval): the size limit."""
+    return sum(record.count_bytes() for record in content.array_records.values())
 
 
 def get_eval_arrays(content: RecordDict) -> dict[str, np.ndarray]:

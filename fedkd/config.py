@@ -84,6 +84,17 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"server.min_train_clients={server['min_train_clients']} exceeds num_clients={cfg['num_clients']}"
         )
+    timeout = server["round_timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e7:
+        raise ConfigError(
+            f"server.round_timeout must be a number of seconds in (0, 1e7) (got {timeout!r})"
+        )
+    for key in ("max_payload_bytes", "max_strikes"):
+        value = server.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"server.{key} must be null or an integer >= 1 (got {value!r})")
     if cfg["client"]["device"] not in ("cpu", "cuda", "auto"):
         raise ConfigError(
             f"client.device must be cpu, cuda or auto (got '{cfg['client']['device']}')"

@@ -50,27 +50,31 @@ PAYLOADS: Registry[type[Payload]] = Registry("payload")
 # ---------------------------------------------------------------- checks
 def _array(where: str, value: Any) -> np.ndarray:
     if not isinstance(value, np.ndarray):
-        raise PayloadError(f"{where}: expected a numpy array, got {type(value).__name__}")
+        raise PayloadError(f"{where}: expected a numpy array, got {type(value).__name__}", "dtype")
     return value
 
 
 def _float_array(where: str, value: Any, ndim: int) -> np.ndarray:
     arr = _array(where, value)
     if arr.ndim != ndim:
-        raise PayloadError(f"{where}: expected {ndim}-D array, got shape {list(arr.shape)}")
+        raise PayloadError(
+            f"{where}: expected {ndim}-D array, got shape {list(arr.shape)}", "shape"
+        )
     if arr.dtype not in _FLOATS:
-        raise PayloadError(f"{where}: dtype must be float32 or float64, got {arr.dtype}")
+        raise PayloadError(f"{where}: dtype must be float32 or float64, got {arr.dtype}", "dtype")
     if not np.all(np.isfinite(arr)):
-        raise PayloadError(f"{where}: contains NaN or Inf")
+        raise PayloadError(f"{where}: contains NaN or Inf", "non_finite")
     return arr
 
 
 def _int_array(where: str, value: Any, ndim: int) -> np.ndarray:
     arr = _array(where, value)
     if arr.ndim != ndim:
-        raise PayloadError(f"{where}: expected {ndim}-D array, got shape {list(arr.shape)}")
+        raise PayloadError(
+            f"{where}: expected {ndim}-D array, got shape {list(arr.shape)}", "shape"
+        )
     if not np.issubdtype(arr.dtype, np.integer):
-        raise PayloadError(f"{where}: dtype must be an integer type, got {arr.dtype}")
+        raise PayloadError(f"{where}: dtype must be an integer type, got {arr.dtype}", "dtype")
     return arr
 
 
@@ -78,24 +82,30 @@ def _check_indices(kind: str, idx: np.ndarray, num_public: int | None) -> None:
     """Public-set indices: in range and unique."""
     if idx.size and (idx.min() < 0 or (num_public is not None and idx.max() >= num_public)):
         bound = "num_public" if num_public is None else num_public
-        raise PayloadError(f"{kind}.indices: out of range [0, {bound}): {idx.min()}..{idx.max()}")
+        raise PayloadError(
+            f"{kind}.indices: out of range [0, {bound}): {idx.min()}..{idx.max()}", "index_range"
+        )
     if np.unique(idx).size != idx.size:
-        raise PayloadError(f"{kind}.indices: contains duplicates")
+        raise PayloadError(f"{kind}.indices: contains duplicates", "index_range")
 
 
 def _check_counts(where: str, counts: np.ndarray, num_classes: int) -> None:
     if counts.shape[0] != num_classes:
-        raise PayloadError(f"{where}: expected {num_classes} classes, got {counts.shape[0]}")
+        raise PayloadError(
+            f"{where}: expected {num_classes} classes, got {counts.shape[0]}", "class_count"
+        )
     if np.any(counts < 0):
-        raise PayloadError(f"{where}: counts must be non-negative, got min {counts.min()}")
+        raise PayloadError(
+            f"{where}: counts must be non-negative, got min {counts.min()}", "value_range"
+        )
 
 
 def _check_keys(kind: str, what: str, got: Mapping[str, Any], expected: set[str]) -> None:
     missing, extra = expected - set(got), set(got) - expected
     if missing:
-        raise PayloadError(f"{kind}: missing {what} key(s) {sorted(missing)}")
+        raise PayloadError(f"{kind}: missing {what} key(s) {sorted(missing)}", "malformed")
     if extra:
-        raise PayloadError(f"{kind}: unexpected {what} key(s) {sorted(extra)}")
+        raise PayloadError(f"{kind}: unexpected {what} key(s) {sorted(extra)}", "malformed")
 
 
 # ---------------------------------------------------------------- base
@@ -132,7 +142,9 @@ class Payload:
 
     def _check_bytes(self, max_bytes: int | None) -> None:
         if max_bytes is not None and self.nbytes > max_bytes:
-            raise PayloadError(f"{self.kind}: {self.nbytes} bytes exceeds max_bytes={max_bytes}")
+            raise PayloadError(
+                f"{self.kind}: {self.nbytes} bytes exceeds max_bytes={max_bytes}", "too_large"
+            )
 
 
 # ---------------------------------------------------------------- payloads
@@ -166,7 +178,9 @@ class PublicLogits(Payload):
         _check_keys(cls.kind, "array", arrays, expected)
         _check_keys(cls.kind, "meta", meta, {"space"})
         if meta["space"] not in SPACES:
-            raise PayloadError(f"{cls.kind}: space must be one of {SPACES}, got {meta['space']!r}")
+            raise PayloadError(
+                f"{cls.kind}: space must be one of {SPACES}, got {meta['space']!r}", "malformed"
+            )
         return cls(
             indices=arrays["indices"],
             values=arrays["values"],
@@ -184,27 +198,38 @@ class PublicLogits(Payload):
     ) -> None:
         k = self.kind
         if self.space not in SPACES:
-            raise PayloadError(f"{k}: space must be one of {SPACES}, got {self.space!r}")
+            raise PayloadError(
+                f"{k}: space must be one of {SPACES}, got {self.space!r}", "malformed"
+            )
         idx = _int_array(f"{k}.indices", self.indices, 1)
         values = _float_array(f"{k}.values", self.values, 2)
         if values.shape[0] != idx.shape[0]:
-            raise PayloadError(f"{k}: {values.shape[0]} value rows but {idx.shape[0]} indices")
+            raise PayloadError(
+                f"{k}: {values.shape[0]} value rows but {idx.shape[0]} indices", "shape"
+            )
         if values.shape[1] != num_classes:
-            raise PayloadError(f"{k}.values: expected {num_classes} classes, got {values.shape[1]}")
+            raise PayloadError(
+                f"{k}.values: expected {num_classes} classes, got {values.shape[1]}", "class_count"
+            )
         _check_indices(k, idx, num_public)
         if self.temperatures is not None:
             temps = _float_array(f"{k}.temperatures", self.temperatures, 1)
             if temps.shape[0] != idx.shape[0]:
-                raise PayloadError(f"{k}: {temps.shape[0]} temperatures but {idx.shape[0]} indices")
+                raise PayloadError(
+                    f"{k}: {temps.shape[0]} temperatures but {idx.shape[0]} indices", "shape"
+                )
             if temps.size and temps.min() <= 0:
-                raise PayloadError(f"{k}.temperatures: must be > 0, got min {temps.min()}")
+                raise PayloadError(
+                    f"{k}.temperatures: must be > 0, got min {temps.min()}", "value_range"
+                )
         if self.space == "probs":
             if values.size and (values.min() < 0 or values.max() > 1):
-                raise PayloadError(f"{k}.values: probabilities outside [0, 1]")
+                raise PayloadError(f"{k}.values: probabilities outside [0, 1]", "value_range")
             err = np.abs(values.sum(axis=1) - 1.0)
             if err.size and err.max() > PROB_TOLERANCE:
                 raise PayloadError(
-                    f"{k}.values: probability rows must sum to 1 (max error {err.max():.3g})"
+                    f"{k}.values: probability rows must sum to 1 (max error {err.max():.3g})",
+                    "value_range",
                 )
         self._check_bytes(max_bytes)
 
@@ -243,10 +268,13 @@ class Votes(Payload):
         idx = _int_array(f"{k}.indices", self.indices, 1)
         votes = _int_array(f"{k}.votes", self.votes, 2)
         if votes.shape[0] != idx.shape[0]:
-            raise PayloadError(f"{k}: {votes.shape[0]} vote rows but {idx.shape[0]} indices")
+            raise PayloadError(
+                f"{k}: {votes.shape[0]} vote rows but {idx.shape[0]} indices", "shape"
+            )
         if votes.size and (votes.min() < -1 or votes.max() >= num_classes):
             raise PayloadError(
-                f"{k}.votes: class ids must be in [-1, {num_classes}), got {votes.min()}..{votes.max()}"
+                f"{k}.votes: class ids must be in [-1, {num_classes}), got {votes.min()}..{votes.max()}",
+                "value_range",
             )
         _check_indices(k, idx, num_public)
         self._check_bytes(max_bytes)
@@ -276,9 +304,13 @@ class _PerClass(Payload):
         values = _float_array(where, self._values(), 2)
         counts = _int_array(f"{self.kind}.counts", self.counts, 1)
         if values.shape[0] != num_classes:
-            raise PayloadError(f"{where}: expected {num_classes} class rows, got {values.shape[0]}")
+            raise PayloadError(
+                f"{where}: expected {num_classes} class rows, got {values.shape[0]}", "class_count"
+            )
         if width is not None and values.shape[1] != width:
-            raise PayloadError(f"{where}: expected {width_name}={width}, got {values.shape[1]}")
+            raise PayloadError(
+                f"{where}: expected {width_name}={width}, got {values.shape[1]}", "shape"
+            )
         _check_counts(f"{self.kind}.counts", counts, num_classes)
 
 
@@ -329,7 +361,8 @@ class Prototypes(_PerClass):
 @PAYLOADS.register("model_weights")
 @dataclass(frozen=True, eq=False)
 class ModelWeights(Payload):
-    """Named model arrays (FedAvg-style baselines); only finiteness and size are checked."""
+    """Named model arrays (FedAvg-style baselines); dtype (float or int), finiteness and size
+    are checked here, names and shapes against the architecture by the strategy."""
 
     kind: ClassVar[str] = "model_weights"
     arrays: dict[str, np.ndarray]
@@ -351,16 +384,23 @@ class ModelWeights(Payload):
         max_bytes: int | None = None,
     ) -> None:
         if not self.arrays:
-            raise PayloadError(f"{self.kind}: no arrays")
+            raise PayloadError(f"{self.kind}: no arrays", "shape")
         for name, value in self.arrays.items():
             arr = _array(f"{self.kind}.{name}", value)
+            if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                raise PayloadError(
+                    f"{self.kind}.{name}: dtype must be a float or integer type, got {arr.dtype}",
+                    "dtype",
+                )
             if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
-                raise PayloadError(f"{self.kind}.{name}: contains NaN or Inf")
+                raise PayloadError(f"{self.kind}.{name}: contains NaN or Inf", "non_finite")
         self._check_bytes(max_bytes)
 
 
 def decode(kind: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Payload:
     """Rebuild the payload of type ``kind`` from its arrays and meta (not validated)."""
     if kind not in PAYLOADS:
-        raise PayloadError(f"unknown payload kind '{kind}'; known: {', '.join(PAYLOADS.names())}")
+        raise PayloadError(
+            f"unknown payload kind '{kind}'; known: {', '.join(PAYLOADS.names())}", "malformed"
+        )
     return PAYLOADS.get(kind).from_arrays(arrays, meta)

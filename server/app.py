@@ -19,11 +19,14 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from clients import attacks, faults
+from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
 from fedkd.config import check_config, compose
-from fedkd.errors import ConfigError
+from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import make_optimizer
+from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
 from server.privacy import check_privacy
 from server.recorder import RunRecorder, console_options
 from server.roster import Roster, discover
@@ -67,6 +70,18 @@ def check_options(cfg: dict[str, Any]) -> type:
     check_privacy(cfg, strategy)
     check_swing(cfg, strategy)
     check_optimizers(cfg)
+    check_faults(cfg)
+    check_checkpoint_config(cfg)
+    attacks.check_attack(cfg, strategy.upload_kind, strategy.name)
+    if (
+        faults.assignments(cfg).get("bad_payload")
+        and faults.bad_mode(cfg, 1) == "indices"
+        and strategy.upload_kind not in ("public_logits", "votes")
+    ):
+        raise ConfigError(
+            f"faults.bad_payload.mode=indices needs public-set knowledge; strategy "
+            f"'{strategy.name}' uploads {strategy.upload_kind or 'nothing'}"
+        )
     return strategy
 
 
@@ -103,12 +118,33 @@ def run_server(
     run_dir: str | Path,
     info: RunInfo | None = None,
     roster: Roster | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every round and write the run's outputs; returns the summary."""
+    """Run every round and write the run's outputs; returns the summary.
+
+    ``resume``: a checkpoint (``server.checkpoint.load_server_checkpoint``) to continue from.
+    """
     info = info or prepare_run(cfg)
     strategy = STRATEGIES.get(cfg["strategy"]["name"])(
         info, None, roster
     )  # fails before any output
+    if resume is not None:
+        if resume.get("strategy_name") != strategy.name:
+            raise CheckpointError(
+                f"resume: the checkpoint is of strategy {resume.get('strategy_name')!r}, "
+                f"the run's is {strategy.name!r}"
+            )
+        try:
+            strategy.load_state_dict(resume["strategy"])
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(
+                f"resume: the checkpoint's strategy state does not fit this run: {err}"
+            ) from None
+        set_rng_state(resume["rng"])
+    strategy.checkpointer = Checkpointer(
+        run_dir, cfg, last_round=None if resume is None else int(resume["round"])
+    )
+    strategy.resume_from = resume
     logs = {**cfg["logging"], **console_options(cfg["logging"])}
     strategy.recorder = recorder = RunRecorder(
         run_dir,
@@ -116,6 +152,8 @@ def run_server(
         tensorboard=bool(logs["tensorboard"]),
         progress=bool(logs["progress"]),
         table=bool(logs["table"]),
+        attackers=attacks.attackers(cfg),
+        resume=None if resume is None else {**resume["recorder"], "round": resume["round"]},
     )
     status: dict[str, Any] = {"status": "finished"}
     try:
@@ -136,7 +174,12 @@ def run_server(
                 "num_clients": cfg["num_clients"],
                 "num_rounds": cfg["num_rounds"],
                 "seed": cfg["seed"],
-                "dropped_replies": dict(strategy.dropped),
+                "rejected_replies": dict(sorted(strategy.dropped.items())),
+                "excluded_clients": {str(c): r for c, r in sorted(strategy.excluded.items())},
+                "fusion_failures": strategy.fusion_failures,
+                "faults": faults.assignments(cfg),
+                "attack": cfg.get("attack", {}).get("kind", "none"),
+                "attackers": attacks.attackers(cfg),
                 **({} if strategy.privacy is None else {"privacy": strategy.privacy.summary()}),
                 "dropped_clients": {
                     str(cid): reasons for cid, reasons in sorted(strategy.dropped_clients.items())
@@ -147,14 +190,17 @@ def run_server(
 
 
 def make_server_app(
-    cfg: dict[str, Any], run_dir: str | Path, info: RunInfo | None = None
+    cfg: dict[str, Any],
+    run_dir: str | Path,
+    info: RunInfo | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> ServerApp:
     """A ServerApp bound to an already composed config (simulation launcher)."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, run_dir, info)
+        run_server(grid, cfg, run_dir, info, resume=resume)
 
     return server_app
 
@@ -179,6 +225,10 @@ def main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
     check_options(cfg)  # fail on a bad config before waiting for SuperNodes
+    if cfg.get("resume"):
+        raise ConfigError(
+            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
+        )
     roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]), cfg_json=json.dumps(cfg))
     overrides = overrides_from_run_config(run_config)
     if (

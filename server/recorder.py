@@ -147,9 +147,15 @@ class RunRecorder:
         table: bool = True,
         console: Console | None = None,
         config: Mapping[str, Any] | None = None,
+        attackers: Sequence[int] = (),
+        resume: Mapping[str, Any] | None = None,
     ) -> None:
-        """``config``: the run's config for the HParams record (default: ``run_dir/config.yaml``)."""
+        """``config``: the run's config for the HParams record (default: ``run_dir/config.yaml``);
+        ``attackers``: hostile clients, left out of the ``honest_*`` accuracies; ``resume``:
+        a ``state_dict()`` from a checkpoint to continue from (``metrics.jsonl`` is cut back to
+        it and TensorBoard purged from the first round not yet written)."""
         self.run_dir = Path(run_dir)
+        self.attackers = {int(c) for c in attackers}
         self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.num_rounds = num_rounds
@@ -159,6 +165,7 @@ class RunRecorder:
             lambda: defaultdict(dict)
         )
         self._server: dict[int, dict[str, float]] = defaultdict(dict)
+        self._server_extra: dict[int, dict[str, Any]] = defaultdict(dict)  # JSON values
         self._rounds: list[dict[str, Any]] = []  # one row per written round
         self._clients: dict[int, list[dict[str, float]]] = defaultdict(list)
         self._written: set[int] = set()
@@ -166,9 +173,13 @@ class RunRecorder:
         self._logged = 0  # rows of self._rounds already logged
         self._first_round_end: tuple[int, float] | None = None
         self._start = time.perf_counter()
-        self._jsonl = (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8")
         self._writers: dict[str, Any] = {}
+        self._purge_step: int | None = None
         self._tensorboard = tensorboard
+        if resume is None:
+            self._jsonl = (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8")
+        else:
+            self._restore(resume)
         self._progress: Progress | None = None
         if progress:
             self._progress = Progress(
@@ -183,6 +194,57 @@ class RunRecorder:
             )
             self._progress.start()
             self._task = self._progress.add_task("", total=num_rounds)
+            if resume is not None:
+                self._progress.update(self._task, completed=int(resume["round"]))
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything recorded so far, and how long ``metrics.jsonl`` is, for a checkpoint."""
+        self._jsonl.flush()
+
+        def plain(table: Mapping[int, Any]) -> dict[int, Any]:
+            return {r: {c: dict(v) for c, v in t.items()} for r, t in table.items()}
+
+        return {
+            "pending": plain(self._pending),
+            "server": {r: dict(v) for r, v in self._server.items()},
+            "server_extra": {r: dict(v) for r, v in self._server_extra.items()},
+            "rounds": list(self._rounds),
+            "clients": {c: list(h) for c, h in self._clients.items()},
+            "written": sorted(self._written),
+            "confusion": dict(self._confusion),
+            "logged": self._logged,
+            "elapsed_s": time.perf_counter() - self._start,
+            "jsonl_bytes": (self.run_dir / "metrics.jsonl").stat().st_size,
+        }
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        from fedkd.errors import CheckpointError
+
+        for rnd, table in state["pending"].items():
+            for cid, values in table.items():
+                self._pending[int(rnd)][int(cid)].update(values)
+        for rnd, values in state["server"].items():
+            self._server[int(rnd)].update(values)
+        for rnd, values in state["server_extra"].items():
+            self._server_extra[int(rnd)].update(values)
+        self._rounds = list(state["rounds"])
+        for cid, history in state["clients"].items():
+            self._clients[int(cid)] = list(history)
+        self._written = {int(r) for r in state["written"]}
+        self._confusion = {int(r): v for r, v in state["confusion"].items()}
+        self._logged = int(state["logged"])
+        self._start = time.perf_counter() - float(state["elapsed_s"])
+        path = self.run_dir / "metrics.jsonl"
+        size = int(state["jsonl_bytes"])
+        if not path.is_file() or path.stat().st_size < size:
+            raise CheckpointError(
+                f"resume: {path} is shorter than the checkpoint's {size} bytes; it was changed"
+            )
+        with path.open("r+b") as f:  # rows of rounds after the checkpoint are written again
+            f.truncate(size)
+        self._jsonl = path.open("a", encoding="utf-8")
+        self._purge_step = max(self._written, default=0) + 1
 
     # ------------------------------------------------------------ input
     def client(self, server_round: int, client_id: int, metrics: dict[str, float]) -> None:
@@ -278,10 +340,20 @@ class RunRecorder:
     def server(self, server_round: int, scalars: dict[str, float]) -> None:
         self._server[server_round].update({k: float(v) for k, v in scalars.items()})
 
+    def server_extra(self, server_round: int, values: dict[str, Any]) -> None:
+        """JSON values for the round's server row in summary.json (e.g. who participated).
+
+        A mapping of numbers (``rejected_replies`` by reason) also becomes TensorBoard
+        scalars ``<key>/<name>``.
+        """
+        self._server_extra[server_round].update(values)
+
     def end_round(self, server_round: int, complete_upto: int) -> None:
         """Write every round <= ``complete_upto`` that is still pending; advance progress."""
         for rnd in sorted(
-            r for r in list(self._pending) + list(self._server) if r <= complete_upto
+            r
+            for r in list(self._pending) + list(self._server) + list(self._server_extra)
+            if r <= complete_upto
         ):
             if rnd not in self._written:
                 self._write_round(rnd)
@@ -333,13 +405,19 @@ class RunRecorder:
         if name not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writers[name] = SummaryWriter(log_dir=str(self.run_dir / "tensorboard" / name))
+            # resumed: events from the first round not yet written on are hidden (TensorBoard's
+            # purge), so the rounds written again appear once
+            self._writers[name] = SummaryWriter(
+                log_dir=str(self.run_dir / "tensorboard" / name), purge_step=self._purge_step
+            )
         return self._writers[name]
 
     def _write_round(self, rnd: int) -> None:
         self._written.add(rnd)
-        clients = self._pending.pop(rnd, {})
+        pending = self._pending.pop(rnd, {})
+        clients = {cid: pending[cid] for cid in sorted(pending)}  # reply order never matters
         server = self._server.pop(rnd, {})
+        extra = self._server_extra.pop(rnd, {})
         for cid in sorted(clients):
             values = clients[cid]
             line = {
@@ -377,9 +455,21 @@ class RunRecorder:
                         f"{key}_max": float(vals.max()),
                     }
                 )
+        if self.attackers:  # the honest clients' mean accuracy
+            for key in acc_keys:
+                vals = [
+                    c[key]
+                    for cid, c in clients.items()
+                    if cid not in self.attackers
+                    and isinstance(c.get(key), float)
+                    and not math.isnan(c[key])
+                ]
+                if vals:
+                    row[f"honest_{key}"] = float(np.mean(vals))
         for key in ("bytes_up", "bytes_down"):
             row[key] = float(sum(c.get(key, 0.0) for c in clients.values()))
         row.update(server)
+        row.update(extra)
         self._rounds.append(row)
         self._jsonl.flush()
         if self._tensorboard:
@@ -391,12 +481,17 @@ class RunRecorder:
                         value,
                         rnd,
                     )
+            for key, value in extra.items():
+                if isinstance(value, Mapping):
+                    for name, number in value.items():
+                        if isinstance(number, (int, float)) and not isinstance(number, bool):
+                            writer.add_scalar(f"{key}/{name}", float(number), rnd)
             for w in self._writers.values():
                 w.flush()
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write everything still pending, summary.json, HParams, table.txt and the console table."""
-        for rnd in sorted(set(self._pending) | set(self._server)):
+        for rnd in sorted(set(self._pending) | set(self._server) | set(self._server_extra)):
             if rnd not in self._written:
                 self._write_round(rnd)
         if self._progress is not None:

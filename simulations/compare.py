@@ -2,7 +2,8 @@
 
 Runs every (method, axis value, seed) as its own ``fedkd-sim`` process with the
 same data, partition and seed; the axis is the Dirichlet alpha, or the held-out
-target domain for the ``domains`` preset. Reads each run's ``summary.json`` and
+target domain for the ``domains`` preset, the share of attacking clients for
+``attacks``. Reads each run's ``summary.json`` and
 writes a Markdown table and a CSV with mean ± std over seeds: the mean local-test
 and global-test accuracy (best and last round) and the bytes per round, or for
 domain shift the target accuracy, voting accuracy and group effect. A run that
@@ -12,6 +13,7 @@ fails is reported as failed; the others still make the table.
     fedkd-compare --preset fusion                     # methods x alpha {0.1, 0.5, 5} x 3 seeds
     fedkd-compare --preset knfu-claim                 # local vs uniform vs personalised fusion
     fedkd-compare --preset domains                    # leave-one-domain-out: FedKA, ablations, vote
+    fedkd-compare --preset attacks                    # mean/median/trimmed/gated fusion vs attackers
     fedkd-compare --methods local fd --seeds 0 1 --set num_rounds=10
 """
 
@@ -44,6 +46,21 @@ METHODS = {
     "fedka-no-vote": [*FEDKA, "strategy.voting_enabled=false"],
     "vote-hetero": ["strategy=vote", "+experiment=vote_digits_domains"],
 }
+# robust fusion against hostile clients (issue 7): every logit strategy with each reducer
+REDUCER_OPTIONS = {
+    "mean": ["strategy.reducer=mean"],
+    "median": ["strategy.reducer=median"],
+    "trimmed": ["strategy.reducer=trimmed_mean", "+strategy.reducer_params.trim=0.2"],
+    "gated": ["strategy.reducer=gated_mean"],
+}
+ROBUST = [f"{s}-{r}" for s in ("fd", "fedmd", "dsfl") for r in REDUCER_OPTIONS]
+METHODS.update(
+    {
+        f"{s}-{r}": [f"strategy={s}", *REDUCER_OPTIONS[r]]
+        for s in ("fd", "fedmd", "dsfl")
+        for r in REDUCER_OPTIONS
+    }
+)
 DOMAINS = ["original", "rotated", "inverted", "noisy", "blurred", "scaled"]
 PRESETS = {
     # issue 2: the five baselines, digits, 20 clients, Dirichlet 0.1, one seed
@@ -56,7 +73,9 @@ PRESETS = {
     # issue 3: every knowledge method x heterogeneity x 3 seeds on digits
     "fusion": {
         "methods": [
-            m for m in METHODS if m not in ("source-only", "fedka", "fedka-no-vote", "vote-hetero")
+            m
+            for m in METHODS
+            if m not in ("source-only", "fedka", "fedka-no-vote", "vote-hetero", *ROBUST)
         ],
         "values": [0.1, 0.5, 5.0],
         "seeds": [0, 1, 2],
@@ -75,6 +94,20 @@ PRESETS = {
             "dataset.num_samples=30000",
             "dataset.class_sep=0.6",
         ],
+    },
+    # issue 7: robust fusion against a share of hostile clients, on the honest clients' accuracy
+    "attacks": {
+        "methods": ROBUST,
+        "axis": "attack.fraction",
+        "values": [0.0, 0.1, 0.2, 0.3],
+        "seeds": [0, 1, 2],
+        "setting": [
+            "dataset=digits",
+            "num_clients=10",
+            "num_rounds=20",
+            "attack.kind=random_logits",
+        ],
+        "columns": "attack",
     },
     # issue 4: every leave-one-domain-out task of digits_domains, FedKA and its ablations
     "domains": {
@@ -114,6 +147,16 @@ def _last_round(key: str, scale: float = 100.0):
     return get
 
 
+def _honest(key: str, which: str):
+    """The honest clients' mean accuracy (every client's when nobody attacked)."""
+
+    def get(s):
+        name = f"honest_{key}" if f"honest_{key}" in s["final"] else key
+        return _final(name, which)(s)
+
+    return get
+
+
 def _kb_per_round(s):
     return s["bytes_per_round"]["total"] / 1024
 
@@ -127,6 +170,13 @@ COLUMNS = {
         ("global-test last", _final("global_test_acc", "last")),
         ("KB/round", _kb_per_round),
     ],
+    "attack": [
+        ("honest global-test last", _honest("global_test_acc", "last")),
+        ("honest global-test best", _honest("global_test_acc", "best")),
+        ("honest local-test last", _honest("local_test_acc", "last")),
+        ("attackers", lambda s: float(len(s.get("attackers", [])))),
+        ("rejected/run", lambda s: float(sum((s.get("rejected_replies") or {}).values()))),
+    ],
     "domain": [
         ("target best", _target("best")),
         ("target last", _target("last")),
@@ -138,8 +188,16 @@ COLUMNS = {
 }
 
 
-def run_one(label: str, axis: str, value, seed: int, setting: list[str], out: Path) -> dict | None:
+def run_one(
+    label: str, axis: str, value, seed: int, setting: list[str], out: Path, reuse: bool = False
+) -> dict | None:
     run_dir = out / f"{label}-{axis.rsplit('.', 1)[-1]}{value}-s{seed}"
+    summary_file = run_dir / "summary.json"
+    if reuse and summary_file.exists():  # finished by an earlier fedkd-compare --out OUT
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        if summary.get("status") == "finished":
+            print(f"[compare] {label} {axis}={value} seed={seed}: reused", flush=True)
+            return summary
     args = [
         *METHODS[label],
         f"{axis}={value}",
@@ -151,7 +209,6 @@ def run_one(label: str, axis: str, value, seed: int, setting: list[str], out: Pa
     cmd = [sys.executable, "-m", "simulations.run", *args, f"hydra.run.dir={run_dir}"]
     print(f"[compare] {label} {axis}={value} seed={seed}", flush=True)
     result = subprocess.run(cmd, capture_output=True, text=True)
-    summary_file = run_dir / "summary.json"
     if result.returncode != 0 or not summary_file.exists():
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         print(f"[compare]   failed: {tail[0]}", flush=True)
@@ -223,6 +280,12 @@ def _value(text: str):
 
 
 NOTES = {
+    "attack": (
+        "Accuracies in % of the **honest** clients only (mean over the clients that did not "
+        "attack; best = best round of that mean, last = final round); attackers = clients "
+        "whose uploads were replaced (a seeded choice per seed); rejected/run = replies the "
+        "server refused; mean ± std over seeds."
+    ),
     "clients": (
         "Accuracies in % (mean over clients; best = best round of that mean, last = final "
         "round); mean ± std over seeds."
@@ -255,6 +318,11 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, help="folder for the runs (default outputs/compare/<preset>-<time>)"
     )
     parser.add_argument("--table", type=Path, help="Markdown output (a .csv is written beside it)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --out: keep the runs that already finished there instead of running them again",
+    )
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
@@ -274,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             summaries = [
                 s
                 for seed in seeds
-                if (s := run_one(label, axis, value, seed, setting, out)) is not None
+                if (s := run_one(label, axis, value, seed, setting, out, args.reuse)) is not None
             ]
             rows.append(
                 {

@@ -46,6 +46,21 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose and not any(isinstance(f, _ClientFailures) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_ClientFailures())
+
+
+class _ClientFailures(logging.Filter):
+    """Keep Flower's tracebacks of failing ClientApps off the console unless verbose: the
+    server already logs one line per rejected reply, naming the client and the reason."""
+
+    GENERIC = "An exception was raised when processing a message by"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from clients.faults import MARK
+
+        text = record.getMessage()
+        return MARK not in text and not text.startswith(self.GENERIC)
 
 
 class _CurrentStdout:
@@ -84,17 +99,23 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
     from clients.app import app as client_app
     from server.app import make_server_app, prepare_run
+    from server.checkpoint import load_server_checkpoint
     from server.recorder import console_options
 
     cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
     info = prepare_run(cfg)  # raises FedkdError before Ray starts
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)), encoding="utf-8")
+    resume = None
+    if cfg.get("resume"):  # the run's own config.yaml stays as it is
+        resume = load_server_checkpoint(run_dir, cfg)  # also raises before Ray starts
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        text = OmegaConf.to_yaml(OmegaConf.create(cfg))
+        (run_dir / "config.yaml").write_text(text, encoding="utf-8")
     quiet_libraries(bool(cfg["logging"]["verbose"]))
     summary: dict[str, Any] = {}
 
-    server_app = make_server_app(cfg, run_dir, info)
+    server_app = make_server_app(cfg, run_dir, info, resume=resume)
     run_simulation(
         server_app=server_app,
         client_app=client_app,
@@ -112,19 +133,45 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
+    from server.checkpoint import resume_config
     from server.recorder import console_options
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
+        run_dir = HydraConfig.get().runtime.output_dir
+        if plain.get("resume"):
+            overrides = list(HydraConfig.get().overrides.task)
+            plain = resume_config(plain, overrides, plain["resume"])
+            run_dir = plain["resume"]
         plain["logging"].update(console_options(plain["logging"]))
         console_logging(plain["logging"])
-        simulate(plain, HydraConfig.get().runtime.output_dir)
+        simulate(plain, run_dir)
     except FedkdError as err:
         print(f"fedkd-sim: error: {err}", file=sys.stderr)
         sys.exit(1)
 
 
+def resume_arguments(argv: list[str]) -> list[str]:
+    """``resume=DIR``: Hydra works in DIR (its run.log goes on) and leaves DIR's .hydra alone."""
+    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if not resume or not resume[-1] or resume[-1] == "null":
+        return argv
+    run_dir = resume[-1]
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise SystemExit("fedkd-sim: error: resume=DIR resumes one run; it takes no -m")
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if given and Path(given[-1]).resolve() != Path(run_dir).resolve():
+        raise SystemExit(
+            f"fedkd-sim: error: resume={run_dir} continues that run in its own directory "
+            f"(hydra.run.dir={given[-1]} differs)"
+        )
+    if not Path(run_dir).is_dir():
+        raise SystemExit(f"fedkd-sim: error: resume: no run directory {run_dir}")
+    return [*argv, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
 def main() -> None:
+    sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
     _hydra_main()
 
 

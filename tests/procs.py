@@ -8,6 +8,7 @@ SuperExec processes Flower detaches into their own session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,3 +40,22 @@ def run_fedkd_sim(args: list[str], timeout: float) -> subprocess.CompletedProces
         proc.communicate()
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def start_fedkd_sim(args: list[str], log_path: Path) -> subprocess.Popen:
+    """Start ``fedkd-sim ARGS`` in its own process group (output to ``log_path``)."""
+    log = open(log_path, "w")  # noqa: SIM115 (closed by the caller's process ending)
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulations.run", *args],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def kill_group(proc: subprocess.Popen) -> int:
+    """SIGKILL the process group ``start_fedkd_sim`` started; its return code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()

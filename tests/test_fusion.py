@@ -29,7 +29,7 @@ V3 = np.array([[1.0, 10.0], [2.0, 20.0], [6.0, 60.0]])  # K = 3 clients, 2 coord
 
 
 def test_reducer_registry() -> None:
-    assert REDUCERS.names() == ["mean", "median", "trimmed_mean"]
+    assert REDUCERS.names() == ["gated_mean", "mean", "median", "trimmed_mean"]
 
 
 def test_mean() -> None:
@@ -301,3 +301,16 @@ def test_robust_reducers_match_numpy_with_outliers(seed: int) -> None:
     assert np.abs(median(values)).max() < 10  # the outliers do not move the robust estimates
     assert np.abs(trimmed_mean(values, trim=0.25)).max() < 10
     assert np.abs(mean(values)).max() > 1e4
+
+
+def test_gated_mean_drops_whole_clients_far_from_the_median() -> None:
+    from fedkd.fusion import gated_mean
+
+    honest = np.array([[1.0, 2.0], [1.2, 2.2], [0.8, 1.8], [1.1, 1.9]])
+    v = np.concatenate([honest, [[50.0, -50.0]]])
+    assert_allclose(gated_mean(v, None), honest.mean(axis=0))
+    assert_allclose(gated_mean(v, np.array([1.0, 1, 1, 3, 100])), [1.05, 1.95])  # 6 = 1+1+1+3
+    assert_allclose(reduce("gated_mean", v, params={"tolerance": 1e9}), v.mean(axis=0))
+    assert_allclose(gated_mean(v[:2], None), v[:2].mean(axis=0))  # < 3 clients: the mean
+    with pytest.raises(ConfigError, match="tolerance must be >= 1"):
+        gated_mean(v, None, tolerance=0.5)

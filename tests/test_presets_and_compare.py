@@ -103,3 +103,21 @@ def test_domain_table_uses_the_global_model_where_there_is_one(tmp_path):
         "| vote-hetero | rotated | 1/2 | 40.0 ± 0.0 | 40.0 ± 0.0 | 40.0 ± 0.0 | n/a | n/a | 2.0 ± 0.0 |"
         in text
     )
+
+
+def test_attack_columns_use_the_honest_clients():
+    from simulations.compare import PRESETS, ROBUST
+
+    preset = PRESETS["attacks"]
+    assert preset["axis"] == "attack.fraction" and preset["values"] == [0.0, 0.1, 0.2, 0.3]
+    assert preset["methods"] == ROBUST and len(preset["seeds"]) == 3
+    attacked = summary(0.9, 0.9, 0.9, 0.9, 0)
+    attacked["final"]["honest_global_test_acc"] = {"best": 0.6, "last": 0.5}
+    attacked.update(attackers=[1, 4], rejected_replies={"shape": 2})
+    clean = summary(0.9, 0.9, 0.7, 0.7, 0)  # no attackers: every client is honest
+    rows = aggregate([attacked, clean], "attack")
+    assert rows["honest global-test last"] == pytest.approx((60.0, 14.1421356))
+    assert rows["attackers"] == pytest.approx((1.0, 1.4142136))
+    assert rows["rejected/run"] == pytest.approx((1.0, 1.4142136))
+    for label in preset["methods"]:
+        check_options(compose([*METHODS[label], "attack.kind=random_logits"]))

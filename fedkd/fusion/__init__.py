@@ -4,7 +4,15 @@ from fedkd.fusion.class_logits import class_mean, leave_one_out
 from fedkd.fusion.knfu import divergence_matrix, epd, fusion_weights, personalised_fusion
 from fedkd.fusion.prototypes import prototype_mean
 from fedkd.fusion.public import era, public_mean, sharpen_entropy, softmax
-from fedkd.fusion.reduce import REDUCERS, mean, median, per_class_reduce, reduce, trimmed_mean
+from fedkd.fusion.reduce import (
+    REDUCERS,
+    gated_mean,
+    mean,
+    median,
+    per_class_reduce,
+    reduce,
+    trimmed_mean,
+)
 from fedkd.fusion.vote import consensus, plurality, topk_vote_counts, vote_counts
 
 __all__ = [
@@ -14,6 +22,7 @@ __all__ = [
     "epd",
     "era",
     "fusion_weights",
+    "gated_mean",
     "leave_one_out",
     "mean",
     "median",

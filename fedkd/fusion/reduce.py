@@ -2,7 +2,8 @@
 
 ``mean`` (optionally weighted) is what every paper uses; ``median`` (coordinate-wise)
 and ``trimmed_mean`` are the robust-fusion options (Yin et al. 2018, arXiv 1803.01498)
-any logit/prototype strategy can select. Offering them for knowledge fusion is our
+any logit/prototype strategy can select; ``gated_mean`` drops whole clients far from the
+median (similarity gating). Offering them for knowledge fusion is our
 choice. Robust reducers take no weights: asking for both raises ConfigError rather than
 silently dropping the weights.
 """
@@ -74,6 +75,32 @@ def trimmed_mean(
     cut = math.floor(trim * k + 1e-9)  # guard against 0.3 * 10 = 2.9999...
     kept = np.sort(values, axis=0)[cut : k - cut]
     return kept.mean(axis=0, dtype=np.float64).astype(_float_dtype(values))
+
+
+@REDUCERS.register("gated_mean")
+def gated_mean(
+    values: np.ndarray, weights: np.ndarray | None = None, tolerance: float = 2.0
+) -> np.ndarray:
+    """Similarity gating: the (weighted) mean of the clients whose whole contribution lies
+    within ``tolerance`` times the median client's L2 distance of the coordinate-wise median.
+
+    Unlike ``median``/``trimmed_mean`` it keeps or drops a client as a whole, so one
+    client's values are never mixed with another's; with fewer than 3 clients it is the
+    mean. Our option (in the spirit of distance-based filters such as Krum).
+    """
+    values, weights = _check(values, weights)
+    if not tolerance >= 1:
+        raise ConfigError(f"gated_mean: tolerance must be >= 1, got {tolerance}")
+    k = values.shape[0]
+    if k < 3:
+        return mean(values, weights)
+    flat = values.reshape(k, -1).astype(np.float64)
+    dist = np.linalg.norm(flat - np.median(flat, axis=0), axis=1)
+    keep = dist <= tolerance * np.median(dist) + 1e-12
+    kept_weights = None if weights is None else weights[keep]
+    if kept_weights is not None and kept_weights.sum() <= 0:
+        kept_weights = None
+    return mean(values[keep], kept_weights)
 
 
 def reduce(

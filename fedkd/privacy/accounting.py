@@ -71,9 +71,13 @@ class RdpLedger:
         if votes_per_teacher < 1:
             raise ConfigError(f"votes_per_teacher must be >= 1, got {votes_per_teacher}")
         self.votes_per_teacher = votes_per_teacher
+        self.orders = None if orders is None else [float(o) for o in orders]
         self.accountant = RdpAccountant(orders)
         self.num_queries = 0
         self.num_answered = 0
+        self.events: list[
+            list[float]
+        ] = []  # [noise multiplier (0: non-private), count] as composed
 
     @property
     def gnmax_sensitivity(self) -> float:
@@ -87,6 +91,29 @@ class RdpLedger:
         if count:
             event = dp_accounting.GaussianDpEvent(z) if z > 0 else dp_accounting.NonPrivateDpEvent()
             self.accountant.compose(event, count)
+            self.events.append([z, count])
+        return self
+
+    def state_dict(self) -> dict:
+        """What was composed so far (for checkpoints); ``load_state_dict`` replays it."""
+        return {
+            "votes_per_teacher": self.votes_per_teacher,
+            "orders": self.orders,
+            "num_queries": self.num_queries,
+            "num_answered": self.num_answered,
+            "events": [list(e) for e in self.events],
+        }
+
+    def load_state_dict(self, state: dict) -> RdpLedger:
+        """Rebuild the accountant by composing the recorded events again (same ε)."""
+        fresh = RdpLedger(votes_per_teacher=int(state["votes_per_teacher"]), orders=state["orders"])
+        for z, count in state["events"]:
+            fresh.gaussian(float(z), int(count))
+        fresh.num_queries, fresh.num_answered = (
+            int(state["num_queries"]),
+            int(state["num_answered"]),
+        )
+        self.__dict__.update(fresh.__dict__)
         return self
 
     def gnmax(self, sigma: float, count: int = 1) -> RdpLedger:

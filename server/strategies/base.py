@@ -10,10 +10,18 @@ for strategies with a server model to evaluate at the end (FedAvg).
 The base class also adds ``confusion: true`` to the plan of the exchanges
 whose evaluation ``logging.confusion_every`` selects, so every strategy gets
 the mean client's confusion matrix without touching its own ``plan``.
+
+Reliability (issue 7): every reply is checked before fusion and a bad one is
+rejected with a reason (``fedkd.errors.REJECT_REASONS``), logged on one line
+naming the client and counted per round (``rejected_replies``); payload
+rejections are strikes (``server.max_strikes`` excludes the client); a fusion
+that leaves NaN/Inf is rolled back; ``state_dict``/``load_state_dict`` and
+``checkpoint`` let a run be checkpointed and resumed (``server/checkpoint.py``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import Counter
@@ -23,13 +31,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from clients import wire
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
-from fedkd.errors import ConfigError, PayloadError
+from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
+from fedkd.knowledge import Payload
+from server.checkpoint import Checkpointer, restore_clients, rng_state, save_clients
 from server.privacy import PrivacyLedger, build_ledger
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
@@ -50,8 +61,31 @@ class RunInfo:
     cfg_json: str
 
 
+def error_summary(reason: str) -> str:
+    """The ClientApp's own exception message out of Flower's error reason (which wraps it
+    in the Ray traceback: ``... ClientAppException occurred. Message: <message>'>``)."""
+    if "Message: " in reason:
+        reason = reason.rsplit("Message: ", 1)[1].removesuffix("'>")
+    return " ".join(reason.split())
+
+
 class FusionError(RuntimeError):
     """Fusion produced unusable knowledge; the round keeps the previous knowledge."""
+
+
+def check_finite_tree(name: str, value: Any) -> None:
+    """FusionError if any float array in ``value`` (payloads, dicts, lists) is not finite."""
+    if isinstance(value, Payload):
+        value = value.to_arrays()
+    if isinstance(value, np.ndarray):
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise FusionError(f"fused {name} contains NaN or Inf")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_finite_tree(f"{name}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_finite_tree(name, item)
 
 
 class FedkdStrategy(Strategy):
@@ -71,7 +105,12 @@ class FedkdStrategy(Strategy):
         server = info.cfg["server"]
         self.fraction_train = float(server["fraction_train"])
         self.min_train_clients = int(server["min_train_clients"])
+        limit = server.get("max_payload_bytes")
+        self.max_payload_bytes = None if limit is None else int(limit)
+        strikes = server.get("max_strikes")
+        self.max_strikes = None if strikes is None else int(strikes)
         self.recorder = recorder
+        self.round_timeout = float(server["round_timeout"])
         self.seed = int(info.cfg["seed"])
         self.confusion_every = (info.cfg.get("logging") or {}).get("confusion_every", 0)
         self._round = 0
@@ -80,8 +119,14 @@ class FedkdStrategy(Strategy):
         self.client_of: dict[int, int] = {}  # node id -> client id
         if roster is not None:
             self.use_roster(roster)
+        self.dropped: Counter[str] = Counter()  # rejected replies of the run, by reason
+        self.strikes: Counter[int] = Counter()  # client id -> replies rejected for their payload
+        self.excluded: dict[int, int] = {}  # client id -> round it was excluded in
+        self.fusion_failures = 0
+        self._rejected_now: dict[int, str] = {}  # this round: client id -> reason
+        self.checkpointer: Checkpointer | None = None  # set by run_server
+        self.resume_from: dict[str, Any] | None = None  # a loaded checkpoint to continue from
         self.setup()
-        self.dropped: Counter[str] = Counter()
         self.privacy: PrivacyLedger | None = build_ledger(
             info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes
         )
@@ -151,6 +196,81 @@ class FedkdStrategy(Strategy):
         """Fuse this round's uploads (client id -> payload); return diagnostics."""
         return {}
 
+    # --------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the strategy has learnt or counted so far, for checkpoints.
+
+        A strategy with state of its own extends it, ``{**super().state_dict(), "x": ...}``,
+        and restores its keys in ``load_state_dict``. Values are numpy arrays, knowledge
+        payloads, dicts, lists and scalars (``server.checkpoint`` stores them without pickle).
+        The server's random streams need no state: ``rng_for`` derives them from
+        (seed, round, purpose).
+        """
+        return {
+            "base": {
+                "rejected_replies": dict(self.dropped),
+                "strikes": dict(self.strikes),
+                "excluded": dict(self.excluded),
+                "fusion_failures": self.fusion_failures,
+                "dropped_clients": {
+                    str(c): {r: list(rs) for r, rs in reasons.items()}
+                    for c, reasons in self.dropped_clients.items()
+                },
+                "stop_reason": self.stop_reason,
+            },
+            **(
+                {}
+                if self.privacy is None
+                else {
+                    "privacy": {
+                        "rounds": {str(c): n for c, n in self.privacy.rounds.items()},
+                        "warned": self.privacy.warned,
+                    }
+                }
+            ),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        base = state["base"]
+        self.dropped = Counter(base["rejected_replies"])
+        self.strikes = Counter({int(c): n for c, n in base["strikes"].items()})
+        self.excluded = {int(c): int(r) for c, r in base["excluded"].items()}
+        self.fusion_failures = int(base["fusion_failures"])
+        self.dropped_clients = {
+            int(c): {r: [int(x) for x in rs] for r, rs in reasons.items()}
+            for c, reasons in base.get("dropped_clients", {}).items()
+        }
+        self.stop_reason = base.get("stop_reason")
+        if self.privacy is not None and "privacy" in state:
+            spent = state["privacy"]
+            self.privacy.rounds = Counter({int(c): int(n) for c, n in spent["rounds"].items()})
+            self.privacy.warned = bool(spent["warned"])
+
+    # keys of state_dict() that are bookkeeping, not knowledge: not checked for NaN/Inf and
+    # kept as they are when a failed fusion rolls the knowledge back (a privacy ledger
+    # never forgets what was spent)
+    NOT_KNOWLEDGE: ClassVar[tuple[str, ...]] = ("base", "ledger", "generator", "privacy")
+
+    def _fuse_or_keep(
+        self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
+    ) -> dict[str, float]:
+        """``fuse``, then make sure no fused knowledge holds NaN/Inf; otherwise roll back."""
+        before = copy.deepcopy(
+            {k: v for k, v in self.state_dict().items() if k not in self.NOT_KNOWLEDGE}
+        )
+        try:
+            diagnostics = self.fuse(server_round, uploads, num_train)
+            state = self.state_dict()
+            for key in state:
+                if key not in self.NOT_KNOWLEDGE:
+                    check_finite_tree(key, state[key])
+            return diagnostics
+        except FusionError as err:
+            self.fusion_failures += 1
+            self.load_state_dict({**self.state_dict(), **before})
+            log.warning("round %d: fusion skipped, previous knowledge kept: %s", server_round, err)
+            return {}
+
     # ------------------------------------------------------------ sampling
     def use_roster(self, roster: Roster) -> None:
         if roster.num_partitions != self.info.num_clients:
@@ -161,7 +281,12 @@ class FedkdStrategy(Strategy):
 
     def sample(self) -> list[int]:
         """Client ids for this round: seeded, so the same seed samples the same clients."""
-        ids = sorted(self.node_of)
+        ids = sorted(c for c in self.node_of if c not in self.excluded)
+        if not ids:
+            raise RuntimeError(
+                f"round {self._round}: every client has been excluded after "
+                f"server.max_strikes={self.max_strikes} rejected replies"
+            )
         size = max(self.min_train_clients, int(round(self.fraction_train * len(ids))))
         size = min(size, len(ids))
         if size == len(ids):
@@ -222,30 +347,54 @@ class FedkdStrategy(Strategy):
     ):
         """(client id, metrics, payload, confusion counts or None) of every usable reply.
 
-        The rest are dropped with a reason; a bad confusion array only loses itself.
+        The rest are rejected with a reason (``rejected_replies``) and a log line
+        naming the client; a bad confusion array only loses itself.
         """
         accepted = []
         for msg in replies:
             cid = self._client_of_reply(msg)
             if msg.has_error():
-                self._drop(server_round, cid, "client_error", msg.error.reason)
+                unavailable = msg.error.code == ErrorCode.NODE_UNAVAILABLE
+                reason = "client_unavailable" if unavailable else "client_error"
+                self._drop(server_round, cid, reason, error_summary(msg.error.reason))
                 continue
             try:
-                if wire.METRICS not in msg.content.metric_records:
-                    raise PayloadError("reply has no metrics record")
-                metrics = dict(msg.content.metric_records[wire.METRICS])
-                num_train = metrics.get("num_train", 1)
-                if not isinstance(num_train, int) or num_train < 0:
-                    raise PayloadError(f"metric num_train must be an int >= 0 (got {num_train!r})")
-                payload = wire.get_payload(msg.content)
+                metrics, payload = self._read_reply(msg)
                 if validate is not None:
                     validate(server_round, cid, payload)
             except PayloadError as err:
-                self._drop(server_round, cid, "invalid_payload", str(err))
+                self._drop(server_round, cid, err.reason, str(err))
                 continue
             metrics["bytes_up"] = wire.payload_bytes(msg.content)
             accepted.append((cid, metrics, payload, self._confusion_of(server_round, cid, msg)))
         return accepted
+
+    def _read_reply(self, msg: Message) -> tuple[dict[str, Any], Any]:
+        """The reply's metrics and decoded payload; PayloadError (with a reason) if unusable."""
+        size = wire.reply_bytes(msg.content)
+        if self.max_payload_bytes is not None and size > self.max_payload_bytes:
+            raise PayloadError(
+                f"reply carries {size} bytes of arrays, more than "
+                f"server.max_payload_bytes={self.max_payload_bytes}",
+                "too_large",
+            )
+        if wire.METRICS not in msg.content.metric_records:
+            raise PayloadError("reply has no metrics record", "bad_metrics")
+        metrics = dict(msg.content.metric_records[wire.METRICS])
+        num_train = metrics.get("num_train", 1)
+        if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 0:
+            raise PayloadError(
+                f"metric num_train must be an int >= 0 (got {num_train!r})", "bad_metrics"
+            )
+        try:
+            payload = wire.get_payload(msg.content)
+        except PayloadError:
+            raise
+        except (ValueError, TypeError, KeyError) as err:  # arrays Flower cannot deserialise
+            raise PayloadError(
+                f"knowledge record cannot be decoded: {err}".splitlines()[0], "malformed"
+            ) from None
+        return metrics, payload
 
     def _confusion_of(self, server_round: int, cid: int, msg: Message) -> np.ndarray | None:
         """The reply's validated global-test confusion counts; a bad array: warning and None."""
@@ -265,7 +414,7 @@ class FedkdStrategy(Strategy):
             return
         if payload is None or payload.kind != self.upload_kind:
             got = "nothing" if payload is None else payload.kind
-            raise PayloadError(f"expected a '{self.upload_kind}' payload, got {got}")
+            raise PayloadError(f"expected a '{self.upload_kind}' payload, got {got}", "wrong_kind")
         payload.validate(
             num_classes=self.info.num_classes,
             num_public=self.info.num_public,
@@ -279,7 +428,7 @@ class FedkdStrategy(Strategy):
                 )
             # float64 values beyond float32's range would turn into Inf once fused
             if not in_range:
-                raise PayloadError(f"'{name}' has values outside the float32 range")
+                raise PayloadError(f"'{name}' has values outside the float32 range", "non_finite")
         self.check_upload(server_round, client_id, payload)
 
     def _client_of_reply(self, msg: Message) -> int:
@@ -290,21 +439,44 @@ class FedkdStrategy(Strategy):
         return self.client_of.get(node, -1)
 
     def _drop(self, server_round: int, cid: int, reason: str, detail: str) -> None:
+        """Reject one reply: counted by reason, logged on one line naming the client."""
         self.dropped[reason] += 1
         self.dropped_clients.setdefault(cid, {}).setdefault(reason, []).append(server_round)
+        self._rejected_now[cid] = reason
+        detail = " ".join(str(detail).split())[:300]  # Flower error reasons span lines
         log.warning(
-            "round %d: dropped reply of client %d (%s): %s", server_round, cid, reason, detail
+            "round %d: rejected reply of client %d (%s): %s", server_round, cid, reason, detail
         )
+        if reason in PAYLOAD_REASONS and cid >= 0:
+            self.strikes[cid] += 1
+            if (
+                self.max_strikes is not None
+                and self.strikes[cid] >= self.max_strikes
+                and cid not in self.excluded
+            ):
+                self.excluded[cid] = server_round
+                log.warning(
+                    "round %d: client %d excluded after %d rejected replies (server.max_strikes)",
+                    server_round,
+                    cid,
+                    self.strikes[cid],
+                )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        before = sum(self.dropped.values())
         replies = list(replies)
+        self._rejected_now = {}
+        excluded_before = set(self.excluded)
         replied = {self._client_of_reply(m) for m in replies}
         for cid in sorted(set(self._bytes_down) - replied):
-            self._drop(server_round, cid, "no_reply", "no reply within server.round_timeout")
-        errors = [m.error.reason for m in replies if m.has_error()]
+            self._drop(server_round, cid, "no_reply", f"nothing within {self.round_timeout:g}s")
+        # a node that is gone is not a bug; a ClientApp that raises everywhere is
+        errors = [
+            m.error.reason
+            for m in replies
+            if m.has_error() and m.error.code != ErrorCode.NODE_UNAVAILABLE
+        ]
         if replies and len(errors) == len(replies):
             raise RuntimeError(
                 f"round {server_round}: every client failed; first error: {errors[0]}"
@@ -322,10 +494,22 @@ class FedkdStrategy(Strategy):
             uploads[cid] = payload
             num_train[cid] = int(metrics.get("num_train", 1))
         self._record_confusion(eval_round, accepted)
+        reasons = Counter(self._rejected_now.values())
         diagnostics: dict[str, float] = {
             "replies": float(len(accepted)),
-            "dropped": float(sum(self.dropped.values()) - before),
+            "rejected": float(len(self._rejected_now)),
         }
+        if self.recorder is not None:
+            participation: dict[str, Any] = {
+                "sampled": sorted(self._bytes_down),
+                "participants": sorted(uploads),
+                "rejected_replies": dict(sorted(reasons.items())),
+                "rejected_clients": {str(c): r for c, r in sorted(self._rejected_now.items())},
+            }
+            newly = sorted(set(self.excluded) - excluded_before)
+            if newly:
+                participation["excluded"] = newly
+            self.recorder.server_extra(server_round, participation)
         if len(accepted) < self.min_train_clients:
             log.warning(
                 "round %d: %d valid replies < min_train_clients=%d; knowledge not updated",
@@ -334,15 +518,11 @@ class FedkdStrategy(Strategy):
                 self.min_train_clients,
             )
         elif self.upload_kind is not None:
-            try:
-                diagnostics.update(self.fuse(server_round, uploads, num_train))
-                if self.central:  # the noised aggregate is released: every client pays
-                    self.privacy.charge(sorted(self.node_of))
-            except FusionError as err:
-                self.dropped["fusion_failed"] += 1
-                log.warning(
-                    "round %d: fusion skipped, previous knowledge kept: %s", server_round, err
-                )
+            failures = self.fusion_failures
+            diagnostics.update(self._fuse_or_keep(server_round, uploads, num_train))
+            if self.central and self.fusion_failures == failures:
+                # the noised aggregate is released: every client pays
+                self.privacy.charge(sorted(self.node_of))
         if self.privacy is not None:
             diagnostics["epsilon"] = self.privacy.max_epsilon()
         return None, MetricRecord(diagnostics)
@@ -426,6 +606,33 @@ class FedkdStrategy(Strategy):
     def summary(self) -> None:
         log.info("strategy %s: %s", self.name, self.params)
 
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint(self, grid: Grid, server_round: int, timeout: float) -> bool:
+        """Clients save their state, then the server writes its checkpoint (atomically).
+
+        Any failure is one error line and leaves the previous checkpoint the good one.
+        """
+        assert self.checkpointer is not None
+        keep = self.checkpointer.last_round
+        error = save_clients(
+            grid, self.node_of, self.checkpointer.clients_folder, server_round, keep, timeout
+        )
+        if error is not None:
+            log.error(
+                "checkpoint of round %d not written: %s; the last good checkpoint is %s",
+                server_round,
+                error,
+                f"round {keep}" if keep else "none",
+            )
+            return False
+        state = {
+            "strategy_name": self.name,
+            "strategy": self.state_dict(),
+            "recorder": None if self.recorder is None else self.recorder.state_dict(),
+            "rng": rng_state(),
+        }
+        return self.checkpointer.write(server_round, state, sorted(self.node_of))
+
     # ------------------------------------------------------------ the loop
     def start(
         self,
@@ -444,7 +651,13 @@ class FedkdStrategy(Strategy):
             self.use_roster(discover(grid, timeout, expected=self.info.num_clients))
         eval_lag = 1 if self.final_evaluation else 0
         empty = ArrayRecord()
-        for rnd in range(1, num_rounds + 1):
+        first = 1
+        if self.resume_from is not None and self.checkpointer is not None:
+            done = int(self.resume_from["round"])
+            restore_clients(grid, self.node_of, self.checkpointer.clients_folder, done, timeout)
+            log.info("resumed from the checkpoint of round %d", done)
+            first = done + 1
+        for rnd in range(first, num_rounds + 1):
             if not self.budget_allows(rnd):
                 break
             started = time.perf_counter()
@@ -461,6 +674,8 @@ class FedkdStrategy(Strategy):
                     )
             if self.recorder is not None:
                 self.recorder.end_round(rnd, complete_upto=rnd - eval_lag)
+            if self.checkpointer is not None and self.checkpointer.due(rnd):
+                self.checkpoint(grid, rnd, timeout)
         if self.stop_reason is not None:
             return result
         evaluate = self.configure_evaluate(num_rounds, empty, ConfigRecord(), grid)

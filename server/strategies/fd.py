@@ -56,6 +56,18 @@ class FD(FedkdStrategy):
         self.teachers: dict[int, ClassLogits] = {}
         self.global_teacher: ClassLogits | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "teachers": dict(self.teachers),
+            "global_teacher": self.global_teacher,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.teachers = {int(c): t for c, t in state["teachers"].items()}
+        self.global_teacher = state["global_teacher"]
+
     def plan(self, server_round: int) -> dict[str, Any]:
         p = self.params
         return {

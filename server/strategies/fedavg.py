@@ -57,6 +57,15 @@ class FedAvg(FedkdStrategy):
             first = min(c for c, k in self.group_of.items() if k == key)
             self.weights[key] = model_to_arrays(self.build(spec, seed_offset=first))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "weights": {k: dict(v) for k, v in self.weights.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if set(state["weights"]) != set(self.weights):
+            raise ValueError("the checkpoint's architecture groups differ from this run's")
+        self.weights = {k: dict(v) for k, v in state["weights"].items()}
+
     def build(self, spec: dict[str, Any], seed_offset: int | None = None) -> torch.nn.Module:
         if seed_offset is not None:
             torch.manual_seed(int(self.cfg["seed"]) * 7919 + seed_offset)
@@ -73,11 +82,19 @@ class FedAvg(FedkdStrategy):
     def check_upload(self, server_round: int, client_id: int, payload: ModelWeights) -> None:
         expected = self.weights[self.group_of[client_id]]
         if set(payload.arrays) != set(expected):
-            raise PayloadError("weights do not match the client's architecture (different keys)")
+            raise PayloadError(
+                "weights do not match the client's architecture (different keys)", "shape"
+            )
         for key, ref in expected.items():
             if payload.arrays[key].shape != ref.shape:
                 raise PayloadError(
-                    f"weight '{key}' has shape {payload.arrays[key].shape}, expected {ref.shape}"
+                    f"weight '{key}' has shape {payload.arrays[key].shape}, expected {ref.shape}",
+                    "shape",
+                )
+            if payload.arrays[key].dtype != ref.dtype:
+                raise PayloadError(
+                    f"weight '{key}' has dtype {payload.arrays[key].dtype}, expected {ref.dtype}",
+                    "dtype",
                 )
 
     def average(self, uploads: dict[int, Any], num_train: dict[int, int]) -> None:

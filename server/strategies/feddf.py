@@ -67,6 +67,14 @@ class FedDF(FedAvg):
         )
         self.generator = torch.Generator().manual_seed(int(self.cfg["seed"]) * 31 + 7)
 
+    def state_dict(self) -> dict[str, Any]:
+        generator = self.generator.get_state().numpy().copy()
+        return {**super().state_dict(), "generator": generator}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(torch.from_numpy(np.asarray(state["generator"], np.uint8)))
+
     def fuse(
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:

@@ -120,6 +120,18 @@ class FedKA(FedAvg):
         self.test_x = torch.from_numpy(fed.global_test.x)
         self.test_y = torch.from_numpy(fed.global_test.y)
 
+    def state_dict(self) -> dict[str, Any]:
+        state = {**super().state_dict(), "reference": self.reference}
+        if self.voting is not None:
+            state["ledger"] = self.voting.ledger.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.reference = state["reference"]
+        if self.voting is not None:
+            self.voting.ledger.load_state_dict(state["ledger"])
+
     def plan(self, server_round: int) -> dict[str, Any]:
         p = self.params
         return {

@@ -47,6 +47,13 @@ class FedProto(FedkdStrategy):
     def setup(self) -> None:
         self.global_prototypes: Prototypes | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "global_prototypes": self.global_prototypes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.global_prototypes = state["global_prototypes"]
+
     def plan(self, server_round: int) -> dict[str, Any]:
         p = self.params
         return {

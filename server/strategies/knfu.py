@@ -71,6 +71,13 @@ class KnFu(PublicSetStrategy):
         super().setup()
         self.personal: dict[int, PublicLogits] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "personal": dict(self.personal)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.personal = {int(c): p for c, p in state["personal"].items()}
+
     def plan(self, server_round: int) -> dict[str, Any]:
         p, temperature = self.params, float(self.params["temperature"])
         return self.with_swing(

@@ -101,6 +101,14 @@ class PublicSetStrategy(FedkdStrategy):
     def privacy_rows(self) -> int:
         return self.size
 
+    def state_dict(self) -> dict[str, Any]:
+        # the subsets need no state: indices_for draws them from (seed, round)
+        return {**super().state_dict(), "targets": self.targets}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.targets = state["targets"]
+
     def indices_for(self, server_round: int) -> np.ndarray:
         """The round's subset of the public set: fresh, seeded, sorted."""
         if server_round not in self.indices:
@@ -119,11 +127,12 @@ class PublicSetStrategy(FedkdStrategy):
     def check_upload(self, server_round: int, client_id: int, payload: PublicLogits) -> None:
         if payload.space != self.upload_space:
             raise PayloadError(
-                f"expected {self.upload_space} on the public set, got {payload.space}"
+                f"expected {self.upload_space} on the public set, got {payload.space}", "wrong_kind"
             )
         if not np.array_equal(payload.indices, self.indices_for(server_round)):
             raise PayloadError(
-                "uploaded public-set indices differ from the ones requested this round"
+                "uploaded public-set indices differ from the ones requested this round",
+                "index_range",
             )
         if self.canaries is not None and self.recorder is not None:
             self.canaries.record(server_round, client_id, payload, self.recorder.run_dir)

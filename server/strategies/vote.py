@@ -82,6 +82,13 @@ class Vote(PublicSetStrategy):
         self.voting = LabelVoting.from_config(self.params["voting"], votes_per_teacher=self.top_k)
         self.public_y = federated_data(data_key(self.cfg)).public_y  # diagnostics only
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ledger": self.voting.ledger.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.voting.ledger.load_state_dict(state["ledger"])
+
     def plan(self, server_round: int) -> dict[str, Any]:
         return {
             "distill": self.default_distill(self.params["distill_loss"]),
@@ -90,10 +97,13 @@ class Vote(PublicSetStrategy):
 
     def check_upload(self, server_round: int, client_id: int, payload: Votes) -> None:
         if payload.votes.shape[1] != self.top_k:
-            raise PayloadError(f"expected top-{self.top_k} votes, got {payload.votes.shape[1]}")
+            raise PayloadError(
+                f"expected top-{self.top_k} votes, got {payload.votes.shape[1]}", "shape"
+            )
         if not np.array_equal(payload.indices, self.indices_for(server_round)):
             raise PayloadError(
-                "uploaded public-set indices differ from the ones requested this round"
+                "uploaded public-set indices differ from the ones requested this round",
+                "index_range",
             )
 
     def fuse(

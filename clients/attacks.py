@@ -1,0 +1,210 @@
+"""Hostile clients: well-formed knowledge that lies (the ``attack`` section of the run config).
+
+An attacker trains like everyone else and evaluates its own model honestly;
+only the knowledge it uploads is replaced, on the client side, so the server
+sees exactly what a hostile client would send. Which clients attack is a
+seeded choice (``attack.fraction`` of the clients, plus ``attack.clients``);
+``summary.json`` lists them under ``attackers`` and reports the honest
+clients' accuracies (``honest_*``).
+
+- ``random_logits``: random values of the payload's shape, ``N(0, magnitude^2)``
+  (logits, prototypes, weights; probabilities are the softmax of such logits,
+  votes random class ids); seeded by (seed, round, client);
+- ``label_flip``: knowledge computed as if the labels were permuted by one
+  seeded derangement ``pi`` shared by all attackers (a coordinated attack):
+  per-class payloads report class ``c``'s row (and count) as class ``pi(c)``,
+  public-set predictions give class ``c``'s score to ``pi(c)``, votes are mapped
+  through ``pi``;
+- ``scale``: logits, prototypes or weights multiplied by ``factor``
+  (probabilities: ``softmax(factor * log p)``, which stays a distribution and
+  inverts it for a negative factor);
+- ``stale``: the knowledge the client uploaded the first time it was asked,
+  re-sent every later round (kept in the client's state; for strategies that
+  ask for a fresh public subset each round the server then rejects it for its
+  indices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+
+from clients import wire
+from clients.faults import check_selection
+from fedkd.errors import ConfigError
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes, decode
+
+KINDS = ("none", "random_logits", "label_flip", "scale", "stale")
+# attack kind -> the payload kinds it applies to
+TARGETS = {
+    "random_logits": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
+    "label_flip": ("class_logits", "prototypes", "public_logits", "votes"),
+    "scale": ("class_logits", "prototypes", "public_logits", "model_weights"),
+    "stale": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
+}
+KEYS = {"kind", "fraction", "clients", "seed", "magnitude", "factor"}
+STALE = "attack_stale"  # context.state records holding a stale attacker's first upload
+STALE_META = "attack_stale_meta"
+
+
+def _attack(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    return cfg.get("attack") or {}
+
+
+def attack_seed(cfg: Mapping[str, Any]) -> int:
+    seed = _attack(cfg).get("seed")
+    return int(cfg["seed"] if seed is None else seed)
+
+
+def attackers(cfg: Mapping[str, Any]) -> list[int]:
+    """The attacking clients: ``attack.clients`` plus a seeded ``attack.fraction`` of the rest."""
+    attack = _attack(cfg)
+    if attack.get("kind", "none") == "none":
+        return []
+    num_clients = int(cfg["num_clients"])
+    chosen = {int(c) for c in attack.get("clients") or []}
+    count = int(round(float(attack.get("fraction") or 0.0) * num_clients))
+    free = sorted(set(range(num_clients)) - chosen)
+    if count > 0 and free:
+        rng = np.random.default_rng([attack_seed(cfg), 0xA77AC])
+        chosen.update(int(c) for c in rng.choice(free, size=min(count, len(free)), replace=False))
+    return sorted(chosen)
+
+
+def permutation(cfg: Mapping[str, Any], num_classes: int) -> np.ndarray:
+    """``pi``: a seeded derangement of the classes (no class keeps its label)."""
+    rng = np.random.default_rng([attack_seed(cfg), 0xF11B])
+    while True:
+        pi = rng.permutation(num_classes)
+        if num_classes < 2 or not np.any(pi == np.arange(num_classes)):
+            return pi
+
+
+def apply(
+    cfg: Mapping[str, Any],
+    client_id: int,
+    server_round: int,
+    payload: Any,
+    state: RecordDict,
+    num_classes: int,
+) -> Any:
+    """The payload an attacking client sends instead of ``payload`` (others: unchanged)."""
+    kind = _attack(cfg).get("kind", "none")
+    if payload is None or kind == "none" or client_id not in attackers(cfg):
+        return payload
+    if payload.kind not in TARGETS[kind]:
+        raise ConfigError(f"attack.kind={kind} cannot attack {payload.kind} payloads")
+    if kind == "stale":
+        return _stale(payload, state)
+    if kind == "random_logits":
+        rng = np.random.default_rng([attack_seed(cfg), server_round, client_id, 0xBAD])
+        return _random(payload, rng, float(_attack(cfg).get("magnitude", 10.0)), num_classes)
+    if kind == "label_flip":
+        return _flip(payload, permutation(cfg, num_classes))
+    return _scale(payload, float(_attack(cfg).get("factor", -5.0)))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _random(payload: Any, rng: np.random.Generator, magnitude: float, num_classes: int) -> Any:
+    def noise(like: np.ndarray) -> np.ndarray:
+        return (rng.standard_normal(like.shape) * magnitude).astype(like.dtype)
+
+    if isinstance(payload, ClassLogits):
+        return ClassLogits(noise(payload.logits), payload.counts)
+    if isinstance(payload, Prototypes):
+        return Prototypes(noise(payload.prototypes), payload.counts)
+    if isinstance(payload, PublicLogits):
+        values = noise(payload.values)
+        if payload.space == "probs":
+            values = _softmax(values.astype(np.float64)).astype(payload.values.dtype)
+        return PublicLogits(payload.indices, values, payload.space)
+    if isinstance(payload, Votes):
+        votes = rng.integers(0, num_classes, size=payload.votes.shape)
+        return Votes(payload.indices, votes.astype(payload.votes.dtype))
+    arrays = {
+        k: noise(v) if np.issubdtype(v.dtype, np.floating) else v for k, v in payload.arrays.items()
+    }
+    return ModelWeights(arrays)
+
+
+def _flip(payload: Any, pi: np.ndarray) -> Any:
+    if isinstance(payload, (ClassLogits, Prototypes)):
+        values = payload.logits if isinstance(payload, ClassLogits) else payload.prototypes
+        rows, counts = np.empty_like(values), np.empty_like(payload.counts)
+        rows[pi], counts[pi] = values, payload.counts  # class c's knowledge filed under pi(c)
+        return type(payload)(rows, counts)
+    if isinstance(payload, PublicLogits):
+        values = np.empty_like(payload.values)
+        values[:, pi] = payload.values  # the score of class c becomes the score of pi(c)
+        return PublicLogits(payload.indices, values, payload.space)
+    votes = np.where(payload.votes >= 0, pi[np.clip(payload.votes, 0, None)], -1)
+    return Votes(payload.indices, votes.astype(payload.votes.dtype))
+
+
+def _scale(payload: Any, factor: float) -> Any:
+    if isinstance(payload, ClassLogits):
+        return ClassLogits((payload.logits * factor).astype(payload.logits.dtype), payload.counts)
+    if isinstance(payload, Prototypes):
+        protos = (payload.prototypes * factor).astype(payload.prototypes.dtype)
+        return Prototypes(protos, payload.counts)
+    if isinstance(payload, PublicLogits):
+        values = payload.values.astype(np.float64)
+        if payload.space == "probs":
+            values = _softmax(factor * np.log(np.clip(values, 1e-12, None)))
+        else:
+            values = values * factor
+        return PublicLogits(payload.indices, values.astype(payload.values.dtype), payload.space)
+    arrays = {
+        k: (v * factor).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+        for k, v in payload.arrays.items()
+    }
+    return ModelWeights(arrays)
+
+
+def _stale(payload: Any, state: RecordDict) -> Any:
+    if STALE in state.array_records:
+        meta = dict(state.config_records[STALE_META])
+        return decode(
+            str(meta.pop("kind")), wire.record_to_arrays(state.array_records[STALE]), meta
+        )
+    state[STALE] = wire.arrays_to_record(payload.to_arrays())
+    state[STALE_META] = ConfigRecord({"kind": payload.kind, **payload.meta()})
+    return payload
+
+
+def check_attack(cfg: Mapping[str, Any], upload_kind: str | None, strategy: str) -> None:
+    """One-line ConfigError for a bad ``attack`` section; runs before Ray starts."""
+    attack = cfg.get("attack")
+    if attack is None:
+        return
+    if not isinstance(attack, Mapping):
+        raise ConfigError(f"attack must be a mapping (got {attack!r})")
+    unknown = set(attack) - KEYS
+    if unknown:
+        raise ConfigError(f"unknown option(s) attack.{', '.join(sorted(unknown))}")
+    kind = attack.get("kind", "none")
+    if kind not in KINDS:
+        raise ConfigError(f"attack.kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    check_selection(attack, "attack", int(cfg["num_clients"]))
+    seed = attack.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"attack.seed must be null or an integer >= 0 (got {seed!r})")
+    for key in ("magnitude", "factor"):
+        value = attack.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ConfigError(f"attack.{key} must be a finite number (got {value!r})")
+    if float(attack.get("magnitude", 1.0)) <= 0:
+        raise ConfigError(f"attack.magnitude must be > 0 (got {attack['magnitude']})")
+    if kind != "none" and upload_kind not in TARGETS[kind]:
+        raise ConfigError(
+            f"attack.kind={kind} cannot attack strategy '{strategy}', which uploads "
+            f"{upload_kind or 'nothing'} (it attacks {', '.join(TARGETS[kind])})"
+        )
