@@ -46,14 +46,15 @@ METHODS = {
     "fedka-no-vote": [*FEDKA, "strategy.voting_enabled=false"],
     "vote-hetero": ["strategy=vote", "+experiment=vote_digits_domains"],
 }
-# robust fusion against hostile clients (issue 7): every logit strategy with each reducer
+# robust fusion against hostile clients (issue 7): per-class logits (fd) and public-set
+# probabilities (dsfl), each with every reducer
 REDUCER_OPTIONS = {
     "mean": ["strategy.reducer=mean"],
     "median": ["strategy.reducer=median"],
     "trimmed": ["strategy.reducer=trimmed_mean", "+strategy.reducer_params.trim=0.2"],
     "gated": ["strategy.reducer=gated_mean"],
 }
-ROBUST = [f"{s}-{r}" for s in ("fd", "fedmd", "dsfl") for r in REDUCER_OPTIONS]
+ROBUST = [f"{s}-{r}" for s in ("fd", "dsfl") for r in REDUCER_OPTIONS]
 METHODS.update(
     {
         f"{s}-{r}": [f"strategy={s}", *REDUCER_OPTIONS[r]]

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -206,7 +207,7 @@ class Deployment:
         import httpx
 
         scheme = "https" if self.tls else "http"
-        verify: Any = str(self.certs / "ca.crt") if self.tls else True
+        verify: Any = ssl.create_default_context(cafile=self.certs / "ca.crt") if self.tls else True
         try:
             return httpx.get(
                 f"{scheme}://{self.address}/health", timeout=2, verify=verify

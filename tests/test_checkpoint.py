@@ -221,6 +221,24 @@ def test_a_strategy_continues_from_its_saved_state(name, tmp_path):
         assert first.voting.epsilon() < float("inf")
 
 
+def test_the_privacy_ledger_and_dropped_clients_survive_a_checkpoint(tmp_path):
+    """A resumed run must not forget the epsilon already spent nor who dropped out."""
+    overrides = ("strategy=fd", "privacy=gaussian", "privacy.noise_multiplier=1")
+    first = STRATEGIES.get("fd")(info_for(*overrides))
+    first.privacy.charge([0, 1, 1])
+    first._drop(3, 2, "no_reply", "nothing within 5s")
+    first.stop_reason = "privacy budget epsilon=8 reached before round 4"
+    ckpt_io.save(tmp_path / "p.ckpt", first.state_dict())
+    second = STRATEGIES.get("fd")(info_for(*overrides))
+    assert second.privacy.epsilon(1) == 0
+    second.load_state_dict(ckpt_io.load(tmp_path / "p.ckpt"))
+    assert dict(second.privacy.rounds) == {0: 1, 1: 2}
+    assert second.privacy.epsilon(1) == pytest.approx(first.privacy.epsilon(1))
+    assert second.privacy.epsilon(1) > second.privacy.epsilon(0) > 0
+    assert second.dropped_clients == {2: {"no_reply": [3]}}
+    assert second.stop_reason == first.stop_reason
+
+
 def test_feddf_keeps_its_distillation_generator(tmp_path):
     info = info_for("strategy=feddf", "model=mlp", "split.server_val_per_class=2")
     first = STRATEGIES.get("feddf")(info)
