@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,24 +52,61 @@ STRATEGY_ARGS = {
 }
 
 
-class Runs(dict):
-    """One short run per strategy, started on first use (so ``-k`` runs only what it needs)."""
+PRIVACY_ARGS = {
+    "central-dsfl": ["strategy=dsfl", "privacy=central", "privacy.target_epsilon=20"],
+    "local-votes": ["strategy=vote", "+experiment=vote_digits_domains", "privacy=gaussian"],
+    "laplace-prototypes": ["strategy=fedproto", "privacy=laplace", "privacy.clip=5"],
+    "subteachers-dsfl": ["strategy=dsfl", "privacy=subteachers", "privacy.shards=3"],
+}
+RUN_ARGS = {
+    **{name: [f"strategy={name}", *args] for name, args in STRATEGY_ARGS.items()},
+    **{f"privacy:{name}": args for name, args in PRIVACY_ARGS.items()},
+}
 
-    def __init__(self, factory) -> None:
+
+class Runs(dict):
+    """Short runs (strategies, privacy mechanisms), two at a time in the background.
+
+    Only the runs the selected tests use are started (so ``-k`` runs only what it
+    needs). Two ``fedkd-sim`` processes overlap well on two cores: much of a short
+    run is Ray starting and stopping, not training.
+    """
+
+    def __init__(self, factory, wanted: list[str]) -> None:
         super().__init__()
         self.factory = factory
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.futures = {name: self.pool.submit(self._run, name) for name in wanted}
+
+    def _run(self, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+        run_dir = self.factory.mktemp(name.replace(":", "-"))
+        return run_dir, run_cli([*RUN_ARGS[name], *SMALL], run_dir)
 
     def __missing__(self, name: str) -> Path:
-        run_dir = self.factory.mktemp(name)
-        result = run_cli([f"strategy={name}", *SMALL, *STRATEGY_ARGS[name]], run_dir)
+        future = self.futures.get(name) or self.pool.submit(self._run, name)
+        run_dir, result = future.result()
         assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
         self[name] = run_dir
         return run_dir
 
 
+def _wanted_runs(session) -> list[str]:
+    """The RUN_ARGS keys of the selected tests that use the ``runs`` fixture."""
+    wanted = []
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "runs" in getattr(item, "fixturenames", ()) and "name" in params:
+            wanted.append(params["name"])
+        if "runs" in getattr(item, "fixturenames", ()) and "mechanism" in params:
+            wanted.append(f"privacy:{params['mechanism']}")
+    return [n for n in dict.fromkeys(wanted) if n in RUN_ARGS]
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Runs:
-    return Runs(tmp_path_factory)
+def runs(tmp_path_factory, request) -> Runs:
+    pool = Runs(tmp_path_factory, _wanted_runs(request.session))
+    yield pool
+    pool.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGY_ARGS))
@@ -291,20 +329,10 @@ def test_local_dp_logs_epsilon_everywhere_and_stops_at_the_budget(tmp_path):
     assert "epsilon" in tensorboard_scalars(run_dir / "tensorboard" / "client_0")
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["strategy=dsfl", "privacy=central", "privacy.target_epsilon=20"],
-        ["strategy=vote", "+experiment=vote_digits_domains", "privacy=gaussian"],
-        ["strategy=fedproto", "privacy=laplace", "privacy.clip=5"],
-        ["strategy=dsfl", "privacy=subteachers", "privacy.shards=3"],
-    ],
-    ids=["central-dsfl", "local-votes", "laplace-prototypes", "subteachers-dsfl"],
-)
-def test_every_privacy_mechanism_runs_and_accounts(tmp_path, args):
-    run_dir = tmp_path / "run"
-    result = run_cli([*args, *SMALL], run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.mark.parametrize("mechanism", sorted(PRIVACY_ARGS))
+def test_every_privacy_mechanism_runs_and_accounts(runs, mechanism):
+    run_dir = runs[f"privacy:{mechanism}"]
+    args = PRIVACY_ARGS[mechanism]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished"
     target = 20.0 if "central" in args[1] else 8.0  # calibrated over the 3 planned rounds
