@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runinfo import info_for
 
 from fedkd import checkpoint as ckpt_io
 from fedkd.config import compose
 from fedkd.errors import CheckpointError, ConfigError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 from server import checkpoint
-from server.strategies import STRATEGIES, RunInfo
+from server.strategies import STRATEGIES
 from server.strategies.base import FusionError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,19 +141,6 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file_and_a_temporary_one(
 
 
 # ---------------------------------------------------------------- strategy state
-def info_for(*overrides: str, num_classes: int = 2, num_public: int = 4) -> RunInfo:
-    cfg = compose(["num_clients=3", *overrides])
-    return RunInfo(
-        num_clients=3,
-        num_classes=num_classes,
-        num_public=num_public,
-        input_shape=(1, 8, 8),
-        feature_dim=int(cfg["model"]["feature_dim"]),
-        cfg=cfg,
-        cfg_json=json.dumps(cfg),
-    )
-
-
 def uploads_for(strategy) -> dict:
     rng = np.random.default_rng(0)
     kind = strategy.upload_kind

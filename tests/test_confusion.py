@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import MetricRecord, RecordDict
+from runinfo import info_for
 
 from clients import wire
 from clients.app import _put_metrics
@@ -29,7 +30,7 @@ from fedkd.knowledge import ClassLogits
 from fedkd.train import confusion_matrix
 from server.recorder import RunRecorder
 from server.roster import Roster
-from server.strategies import STRATEGIES, RunInfo, base
+from server.strategies import STRATEGIES, base
 
 
 def test_counts_rows_are_true_classes_columns_predictions():
@@ -124,8 +125,7 @@ def test_client_sends_counts_in_the_eval_record_only_when_asked():
 # ---------------------------------------------------------------- server: ask, validate, record
 def strategy(name: str, tmp_path, *overrides: str, recorder: bool = True):
     extra = ["model=mlp"] if name == "fedavg" else []
-    cfg = compose(["num_clients=2", "num_rounds=4", f"strategy={name}", *extra, *overrides])
-    info = RunInfo(2, 2, 4, (1, 8, 8), int(cfg["model"]["feature_dim"]), cfg, json.dumps(cfg))
+    info = info_for("num_rounds=4", f"strategy={name}", *extra, *overrides, num_clients=2)
     rec = RunRecorder(tmp_path, num_rounds=4, progress=False, table=False) if recorder else None
     return STRATEGIES.get(name)(info, rec, Roster({0: 10, 1: 11}, 2))
 

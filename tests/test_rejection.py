@@ -8,7 +8,6 @@ checks that a bad reply never stops fusion.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -26,6 +25,7 @@ from flwr.app import (
 )
 from flwr.app.metadata import Metadata
 from flwr.common.constant import ErrorCode
+from runinfo import info_for
 
 from clients import wire
 from fedkd.config import compose
@@ -33,14 +33,13 @@ from fedkd.errors import REJECT_REASONS
 from fedkd.knowledge import ClassLogits, Prototypes, PublicLogits, Votes
 from server.recorder import RunRecorder
 from server.roster import Roster
-from server.strategies import STRATEGIES, RunInfo
+from server.strategies import STRATEGIES
 
 NODES = {0: 10, 1: 11, 2: 12}  # client id -> node id
 
 
 def make(name: str, tmp_path=None, *overrides: str):
-    cfg = compose(["num_clients=3", "num_rounds=4", f"strategy={name}", *overrides])
-    info = RunInfo(3, 2, 4, (1, 8, 8), int(cfg["model"]["feature_dim"]), cfg, json.dumps(cfg))
+    info = info_for("num_rounds=4", f"strategy={name}", *overrides)
     rec = None
     if tmp_path is not None:
         rec = RunRecorder(tmp_path, num_rounds=4, progress=False, table=False, tensorboard=False)

@@ -5,29 +5,15 @@ Uploads are real payloads; the expected fused values are computed by hand.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from runinfo import info_for
 
 from fedkd.config import compose
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits
 from server.app import prepare_run
-from server.strategies import STRATEGIES, RunInfo
-
-
-def info_for(*overrides: str, num_classes: int = 2, num_public: int = 4) -> RunInfo:
-    cfg = compose(["num_clients=3", *overrides])
-    return RunInfo(
-        num_clients=3,
-        num_classes=num_classes,
-        num_public=num_public,
-        input_shape=(1, 8, 8),
-        feature_dim=int(cfg["model"]["feature_dim"]),
-        cfg=cfg,
-        cfg_json=json.dumps(cfg),
-    )
+from server.strategies import STRATEGIES
 
 
 def test_registry_lists_the_five_baselines():
