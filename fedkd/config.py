@@ -89,6 +89,9 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"server.round_timeout must be a number of seconds in (0, 1e7) (got {timeout!r})"
         )
+    poll = server.get("poll_interval", 0.05)
+    if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0.001 <= poll <= 60:
+        raise ConfigError(f"server.poll_interval must be seconds in [0.001, 60] (got {poll!r})")
     for key in ("max_payload_bytes", "max_strikes"):
         value = server.get(key)
         if value is not None and (

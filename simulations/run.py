@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkd.errors import FedkdError
+from simulations import vce_pickup
 
 log = logging.getLogger("fedkd")
 
@@ -113,6 +114,8 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
         (run_dir / "config.yaml").write_text(text, encoding="utf-8")
     quiet_libraries(bool(cfg["logging"]["verbose"]))
+    if cfg["simulation"].get("fast_pickup", True):
+        vce_pickup.install()
     summary: dict[str, Any] = {}
 
     server_app = make_server_app(cfg, run_dir, info, resume=resume)

@@ -41,6 +41,7 @@ from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
 from server.checkpoint import Checkpointer, restore_clients, rng_state, save_clients
+from server.exchange import send_and_receive
 from server.privacy import PrivacyLedger, build_ledger
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
@@ -111,6 +112,7 @@ class FedkdStrategy(Strategy):
         self.max_strikes = None if strikes is None else int(strikes)
         self.recorder = recorder
         self.round_timeout = float(server["round_timeout"])
+        self.poll_interval = float(server.get("poll_interval", 0.05))
         self.seed = int(info.cfg["seed"])
         self.confusion_every = (info.cfg.get("logging") or {}).get("confusion_every", 0)
         self._round = 0
@@ -662,7 +664,7 @@ class FedkdStrategy(Strategy):
                 break
             started = time.perf_counter()
             messages = list(self.configure_train(rnd, empty, ConfigRecord(), grid))
-            replies = grid.send_and_receive(messages, timeout=timeout)
+            replies = send_and_receive(grid, messages, timeout, self.poll_interval)
             # the grid has set each message's id while pushing it
             self._sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
             _, metrics = self.aggregate_train(rnd, replies)
@@ -681,7 +683,7 @@ class FedkdStrategy(Strategy):
         evaluate = self.configure_evaluate(num_rounds, empty, ConfigRecord(), grid)
         if evaluate:
             metrics = self.aggregate_evaluate(
-                num_rounds, grid.send_and_receive(evaluate, timeout=timeout)
+                num_rounds, send_and_receive(grid, evaluate, timeout, self.poll_interval)
             )
             if metrics is not None:
                 result.evaluate_metrics_clientapp[num_rounds] = metrics

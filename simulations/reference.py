@@ -1,0 +1,186 @@
+"""The sequential reference of ``fedkd-bench``: one FD run in one process, no Flower, no Ray.
+
+It performs the identical computation as ``fedkd-sim`` with ``strategy=fd``:
+the same data (``clients.runtime.client_tensors``), the same models and seeds
+(the ClientApp's ``torch.manual_seed(seed * 7919 + id)`` before each client
+round, batch order from ``round_generator(seed, round, id)``), the same client
+round (``clients.round.run_round``: train with the FD regulariser, evaluate on
+the local and global test sets, extract per-label logits), the same seeded
+sampling and the same fusion (``fedkd.fusion.class_mean``), client after client
+on one torch thread per client (``simulation.torch_threads``), as a Ray worker
+has. Only the orchestration is missing, so ``fedkd-sim`` time / reference time
+is what Flower, Ray and the wire cost, and the accuracies must agree.
+
+Written as a plain loop on purpose (nanoGPT style): the benchmark must not
+share the code it measures beyond the client's computation and the fusion math.
+
+    python -m simulations.reference --out DIR [hydra overrides ...]
+
+writes ``DIR/summary.json`` (``wall_time_s``, ``rounds_time_s``, ``final``,
+``rounds``, ``client_updates``) in the shape ``fedkd-sim`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clients.round import round_generator, run_round
+from clients.runtime import client_tensors, configure_torch, data_key
+from fedkd.config import check_config, compose
+from fedkd.confusion import confusion_due
+from fedkd.errors import FedkdError
+from fedkd.fusion import class_mean
+from fedkd.knowledge import ClassLogits
+from fedkd.models import build_model, spec_for_client
+from fedkd.train import resolve_device
+
+SAMPLE_STREAM = 1  # FedkdStrategy.STREAMS["sample"]
+
+
+def sample(cfg: dict[str, Any], server_round: int) -> list[int]:
+    """The clients the server samples in ``server_round`` (FedkdStrategy.sample's rule)."""
+    ids = list(range(int(cfg["num_clients"])))
+    server = cfg["server"]
+    size = max(int(server["min_train_clients"]), round(float(server["fraction_train"]) * len(ids)))
+    size = min(size, len(ids))
+    if size == len(ids):
+        return ids
+    rng = np.random.default_rng([int(cfg["seed"]), server_round, SAMPLE_STREAM])
+    return sorted(rng.choice(ids, size=size, replace=False).tolist())
+
+
+def fd_plan(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "regulariser": {
+            "kind": "class_logits",
+            "loss": params["loss"],
+            "beta": params["beta"],
+            "temperature": params["temperature"],
+        },
+        "extract": {"kind": "class_logits"},
+    }
+
+
+def fuse(uploads: dict[int, ClassLogits], params: dict[str, Any]) -> ClassLogits:
+    """FD's global teacher: each label's row fused over the clients that have the label."""
+    ids = sorted(uploads)
+    logits = np.stack([uploads[i].logits for i in ids]).astype(np.float64)
+    counts = np.stack([uploads[i].counts for i in ids])
+    teacher, present = class_mean(
+        logits,
+        counts,
+        reducer=params.get("reducer", "mean"),
+        weighted=bool(params["weighted"]),
+        reducer_params=params.get("reducer_params") or {},
+    )
+    return ClassLogits(
+        logits=np.where(present[:, None], teacher, 0.0).astype(np.float32),
+        counts=(counts > 0).sum(axis=0).astype(np.int64),
+    )
+
+
+def run_reference(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run ``cfg`` (strategy ``fd``, teacher ``mean``) sequentially; return its summary."""
+    started = time.perf_counter()
+    check_config(cfg)
+    params = cfg["strategy"]
+    if params["name"] != "fd" or params["teacher"] != "mean":
+        raise FedkdError("the reference implements strategy=fd with strategy.teacher=mean only")
+    if cfg.get("privacy", {}).get("name", "none") != "none" or cfg["attack"]["kind"] != "none":
+        raise FedkdError("the reference runs without privacy and attacks")
+    configure_torch(int(cfg["simulation"]["torch_threads"]))
+    seed, key = int(cfg["seed"]), data_key(cfg)
+    device = resolve_device(cfg["client"]["device"])
+    num_rounds = int(cfg["num_rounds"])
+    plan = fd_plan(params)
+    models: dict[int, torch.nn.Module] = {}  # personal models of the clients sampled so far
+    teacher: ClassLogits | None = None
+    rounds: list[dict[str, Any]] = []
+    updates = 0
+    loop_start = time.perf_counter()
+    for rnd in range(1, num_rounds + 1):
+        round_start = time.perf_counter()
+        round_plan = plan
+        if confusion_due(cfg["logging"].get("confusion_every", 0), rnd, num_rounds):
+            round_plan = {**plan, "confusion": True}
+        uploads: dict[int, ClassLogits] = {}
+        accs: dict[str, list[float]] = {"local_test_acc": [], "global_test_acc": []}
+        for cid in sample(cfg, rnd):
+            data = client_tensors(key, cid)
+            torch.manual_seed(seed * 7919 + cid)  # as the ClientApp does before building
+            if cid not in models:
+                spec = spec_for_client(cfg["model"], cid)
+                feature_dim = int(cfg["model"]["feature_dim"])
+                model = build_model(spec, data.input_shape, data.num_classes, feature_dim)
+                models[cid] = model.to(device)
+            output = run_round(
+                models[cid],
+                data,
+                plan=round_plan,
+                client_cfg=cfg["client"],
+                received=teacher,
+                request_indices=None,
+                generator=round_generator(seed, rnd, cid),
+                server_round=rnd,
+                device=device,
+            )
+            uploads[cid] = output.payload
+            for name, values in accs.items():
+                values.append(float(output.metrics[name]))
+            updates += 1
+        teacher = fuse(uploads, params)
+        row = {"round": rnd, "num_clients": len(uploads)}
+        row.update({name: float(np.mean(values)) for name, values in accs.items()})
+        row["round_time_s"] = time.perf_counter() - round_start
+        rounds.append(row)
+    loop_time = time.perf_counter() - loop_start
+    final = {}
+    for name in ("global_test_acc", "local_test_acc"):
+        best = max(rounds, key=lambda r: r[name])
+        final[name] = {
+            "best": best[name],
+            "best_round": best["round"],
+            "last": rounds[-1][name],
+            "last_round": rounds[-1]["round"],
+        }
+    return {
+        "status": "finished",
+        "reference": True,
+        "wall_time_s": time.perf_counter() - started,
+        "rounds_time_s": loop_time,
+        "client_updates": updates,
+        "torch_threads": torch.get_num_threads(),
+        "final": final,
+        "rounds": rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.reference",
+        description="fedkd-bench's sequential FD reference (no Flower, no Ray)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for summary.json")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of configs/config.yaml")
+    args = parser.parse_args(argv)
+    try:
+        summary = run_reference(compose(args.overrides))
+    except FedkdError as err:
+        print(f"reference: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    g = summary["final"]["global_test_acc"]["last"]
+    print(f"reference: {summary['wall_time_s']:.1f}s, global acc {g:.4f} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
