@@ -20,8 +20,10 @@ config keys:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from fedkd.errors import ConfigError
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import resolve_device
-from fedkd.weights import arrays_to_model, model_to_arrays
+from fedkd.weights import arrays_to_model, load_packed, packed_state
 
 MODEL_STATE = "model"
 
@@ -96,13 +98,30 @@ def tensors(node: NodeData, cfg: dict[str, Any]):
 
 
 def load_model(context: Context, cfg: dict[str, Any], pid: int, data) -> torch.nn.Module:
-    """The client's personal model: restored from context.state, else freshly seeded."""
-    torch.manual_seed(cfg["seed"] * 7919 + pid)
+    """The client's personal model: restored from context.state, else freshly seeded.
+
+    A restored model is loaded into this process's one module of that architecture
+    (``_skeleton``): every parameter and buffer is overwritten (``load_packed``
+    checks the layout), so building and initialising a new module each round, a tenth
+    of a small client's round, buys nothing.
+    """
     spec = spec_for_client(cfg["model"], pid)
-    model = build_model(spec, data.input_shape, data.num_classes, int(cfg["model"]["feature_dim"]))
-    if MODEL_STATE in context.state.array_records:
-        arrays_to_model(model, wire.record_to_arrays(context.state.array_records[MODEL_STATE]))
+    feature_dim = int(cfg["model"]["feature_dim"])
+    if MODEL_STATE not in context.state.array_records:
+        # every draw of the client's computation has its own seeded generator; the
+        # global RNG only initialises new modules
+        torch.manual_seed(cfg["seed"] * 7919 + pid)
+        return build_model(spec, data.input_shape, data.num_classes, feature_dim)
+    key = json.dumps(spec, sort_keys=True)
+    model = _skeleton(key, tuple(data.input_shape), data.num_classes, feature_dim)
+    load_packed(model, wire.record_to_arrays(context.state.array_records[MODEL_STATE]))
     return model
+
+
+@lru_cache(maxsize=16)
+def _skeleton(spec_json: str, input_shape, num_classes: int, feature_dim: int) -> torch.nn.Module:
+    """One module per architecture and process, reused for every client that has one."""
+    return build_model(json.loads(spec_json), input_shape, num_classes, feature_dim)
 
 
 def _setup(message: Message, context: Context):
@@ -112,7 +131,9 @@ def _setup(message: Message, context: Context):
     pid = node.partition_id
     data = tensors(node, cfg)
     device = resolve_device(cfg["client"]["device"])
-    model = load_model(context, cfg, pid, data).to(device)
+    model = load_model(context, cfg, pid, data)
+    if device.type != "cpu":
+        model = model.to(device)
     return server_round, cfg, plan, pid, data, device, model
 
 
@@ -151,7 +172,7 @@ def train(message: Message, context: Context) -> Message:
             int(cfg["seed"]), server_round, pid,
         )  # fmt: skip
         save_teachers(context, teachers)
-    context.state[MODEL_STATE] = wire.arrays_to_record(model_to_arrays(model))
+    context.state[MODEL_STATE] = wire.arrays_to_record(packed_state(model))
     content = RecordDict()
     payload = attacks.apply(cfg, pid, server_round, output.payload, context.state, data.num_classes)
     if payload is not None:

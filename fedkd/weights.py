@@ -27,3 +27,36 @@ def arrays_to_model(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
                 f"weight '{key}' has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
             )
     model.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()})
+
+
+def packed_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters and buffers as one flat array per dtype, in ``state_dict`` order.
+
+    What a client keeps between rounds: one array per dtype costs one
+    (de)serialisation instead of one per tensor. The layout is the model's own,
+    so only a module of the same architecture can unpack it (``load_packed``).
+    """
+    groups: dict[str, list[np.ndarray]] = {}
+    for value in model.state_dict().values():
+        array = value.detach().cpu().numpy()
+        groups.setdefault(array.dtype.str, []).append(array.ravel())
+    return {dtype: np.concatenate(parts) for dtype, parts in groups.items()}
+
+
+def load_packed(model: nn.Module, packed: dict[str, np.ndarray]) -> None:
+    """Load ``packed_state`` arrays into ``model``; a different layout raises PayloadError."""
+    own = model.state_dict()
+    offsets = dict.fromkeys(packed, 0)
+    loaded = {}
+    for key, value in own.items():
+        dtype = value.detach().cpu().numpy().dtype.str
+        size = value.numel()
+        start = offsets.get(dtype)
+        if start is None or start + size > packed[dtype].size:
+            raise PayloadError(f"packed state does not fit the model at '{key}'")
+        chunk = packed[dtype][start : start + size].reshape(tuple(value.shape))
+        loaded[key] = torch.from_numpy(np.array(chunk, copy=True))
+        offsets[dtype] = start + size
+    if any(offsets[d] != packed[d].size for d in packed):
+        raise PayloadError("packed state holds more values than the model has")
+    model.load_state_dict(loaded)

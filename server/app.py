@@ -48,7 +48,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
         raise ConfigError(
             f"strategy '{strategy.name}' needs a public set, but split.public_fraction gives none"
         )
-    for pid in range(len(fed.clients)):
+    for pid in range(min(len(fed.clients), len(cfg["model"]["family"]))):  # each architecture once
         spec = spec_for_client(cfg["model"], pid)
         build_model(spec, fed.input_shape, fed.num_classes, int(cfg["model"]["feature_dim"]))
     return RunInfo(

@@ -2,8 +2,8 @@
 
 It performs the identical computation as ``fedkd-sim`` with ``strategy=fd``:
 the same data (``clients.runtime.client_tensors``), the same models and seeds
-(the ClientApp's ``torch.manual_seed(seed * 7919 + id)`` before each client
-round, batch order from ``round_generator(seed, round, id)``), the same client
+(the ClientApp's ``torch.manual_seed(seed * 7919 + id)`` before building a
+client's model, batch order from ``round_generator(seed, round, id)``), the same client
 round (``clients.round.run_round``: train with the FD regulariser, evaluate on
 the local and global test sets, extract per-label logits), the same seeded
 sampling and the same fusion (``fedkd.fusion.class_mean``), client after client
@@ -115,8 +115,8 @@ def run_reference(cfg: dict[str, Any]) -> dict[str, Any]:
         accs: dict[str, list[float]] = {"local_test_acc": [], "global_test_acc": []}
         for cid in sample(cfg, rnd):
             data = client_tensors(key, cid)
-            torch.manual_seed(seed * 7919 + cid)  # as the ClientApp does before building
             if cid not in models:
+                torch.manual_seed(seed * 7919 + cid)  # as the ClientApp does before building
                 spec = spec_for_client(cfg["model"], cid)
                 feature_dim = int(cfg["model"]["feature_dim"])
                 model = build_model(spec, data.input_shape, data.num_classes, feature_dim)

@@ -1,8 +1,9 @@
 """``fedkd-sim`` / ``python -m simulations.run``: one Ray-backed Flower simulation.
 
 Hydra composes ``configs/``; the run directory is Hydra's (``hydra.run.dir``
-overrides it). The config and the data are checked before Ray starts: a bad
-value prints one line naming it and exits with status 1.
+overrides it). The config (and a checkpoint to resume) is checked before Ray
+starts, the data while Ray starts and before any client does: a bad value
+prints one line naming it and exits with status 1.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedkd.errors import FedkdError
+from fedkd.errors import ConfigError, FedkdError
 from simulations import vce_pickup
 
 log = logging.getLogger("fedkd")
@@ -30,7 +31,19 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "log_to_driver": bool(cfg["logging"]["verbose"]),
         "logging_level": logging.INFO if cfg["logging"]["verbose"] else logging.ERROR,
     }
-    if sim.get("ray_num_cpus"):
+    address = sim.get("ray_address")
+    if address:  # join a running cluster (``ray start --head`` elsewhere): it owns the resources
+        if sim.get("ray_num_cpus"):
+            raise ConfigError(
+                "simulation.ray_num_cpus must be null with simulation.ray_address "
+                "(the cluster's `ray start --num-cpus` sets it)"
+            )
+        if not isinstance(address, str) or not (address == "auto" or ":" in address):
+            raise ConfigError(
+                f"simulation.ray_address must be 'host:port' of a Ray head or 'auto' (got {address!r})"
+            )
+        init_args["address"] = address
+    elif sim.get("ray_num_cpus"):
         init_args["num_cpus"] = int(sim["ray_num_cpus"])
     return {
         "client_resources": {
@@ -39,6 +52,60 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
         },
         "init_args": init_args,
     }
+
+
+class EarlyRay:
+    """``ray.init`` in a background thread, as Flower's RayBackend would call it.
+
+    Starting Ray (about 3 s here) overlaps with the driver's own start-up work;
+    Flower's backend then finds Ray initialised and uses it (``init_ray`` skips
+    ``ray.init`` when ``ray.is_initialized()``), and shuts it down at the end as
+    usual. The thread lives until ``release()``: Ray's daemons die with the
+    thread that started them (``PR_SET_PDEATHSIG``). A failure here is left for
+    Flower's own ``ray.init`` to report.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import threading
+
+        self._ready, self._done = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(config,), daemon=True)
+        self._thread.start()
+
+    def _run(self, config: dict[str, Any]) -> None:
+        import ray
+
+        args = {"include_dashboard": False, **config["init_args"]}
+        pythonpath = os.pathsep.join(sys.path)  # what Flower hands its workers
+        if os.environ.get("PYTHONPATH"):
+            pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+        os.environ["PYTHONPATH"] = pythonpath
+        try:
+            if not ray.is_initialized():
+                ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+        except Exception as err:  # Flower's backend retries and reports
+            log.debug("early ray.init failed: %s", err)
+        finally:
+            self._ready.set()
+        self._done.wait()
+
+    def wait(self) -> None:
+        """Until ``ray.init`` has returned."""
+        self._ready.wait()
+
+    def release(self) -> None:
+        """The simulation is over (Flower has shut Ray down): let the thread end."""
+        self._done.set()
+        self._thread.join()
+
+    def stop(self) -> None:
+        """The run will not start: shut Ray down."""
+        import ray
+
+        self._ready.wait()
+        if ray.is_initialized():
+            ray.shutdown()
+        self.release()
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -99,33 +166,44 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
-    from server.app import make_server_app, prepare_run
+    from server.app import check_options, make_server_app, prepare_run
     from server.checkpoint import load_server_checkpoint
     from server.recorder import console_options
 
     cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
-    info = prepare_run(cfg)  # raises FedkdError before Ray starts
+    check_options(cfg)  # a bad option fails before Ray starts
+    backend_config(cfg)  # simulation.ray_* too
     run_dir = Path(run_dir)
     resume = None
     if cfg.get("resume"):  # the run's own config.yaml stays as it is
-        resume = load_server_checkpoint(run_dir, cfg)  # also raises before Ray starts
-    else:
+        resume = load_server_checkpoint(run_dir, cfg)  # also before Ray starts
+    quiet_libraries(bool(cfg["logging"]["verbose"]))  # its env vars reach Ray's processes
+    early_ray = EarlyRay(backend_config(cfg))  # Ray starts while the driver builds the data
+    try:
+        info = prepare_run(cfg)  # data that cannot be split as asked: FedkdError, Ray stopped
+    except BaseException:
+        early_ray.stop()
+        raise
+    if not cfg.get("resume"):
         run_dir.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
         (run_dir / "config.yaml").write_text(text, encoding="utf-8")
-    quiet_libraries(bool(cfg["logging"]["verbose"]))
     if cfg["simulation"].get("fast_pickup", True):
         vce_pickup.install()
+    early_ray.wait()
     summary: dict[str, Any] = {}
 
     server_app = make_server_app(cfg, run_dir, info, resume=resume)
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=int(cfg["num_clients"]),
-        backend_config=backend_config(cfg),
-        verbose_logging=bool(cfg["logging"]["verbose"]),
-    )
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=int(cfg["num_clients"]),
+            backend_config=backend_config(cfg),
+            verbose_logging=bool(cfg["logging"]["verbose"]),
+        )
+    finally:
+        early_ray.release()
     summary_file = run_dir / "summary.json"
     if summary_file.exists():
         import json

@@ -35,10 +35,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import dp_accounting
-from dp_accounting.rdp import RdpAccountant
-
 from fedkd.errors import ConfigError
+
+
+def dp_lib():
+    """``dp_accounting``, imported on first use: it pulls in scipy.signal (0.6 s), which
+    every ClientApp process would otherwise pay at start-up even without privacy."""
+    import dp_accounting
+    import dp_accounting.rdp  # noqa: F401
+
+    return dp_accounting
+
 
 __all__ = ["RdpLedger"]
 
@@ -72,7 +79,7 @@ class RdpLedger:
             raise ConfigError(f"votes_per_teacher must be >= 1, got {votes_per_teacher}")
         self.votes_per_teacher = votes_per_teacher
         self.orders = None if orders is None else [float(o) for o in orders]
-        self.accountant = RdpAccountant(orders)
+        self.accountant = dp_lib().rdp.RdpAccountant(orders)
         self.num_queries = 0
         self.num_answered = 0
         self.events: list[
@@ -89,7 +96,7 @@ class RdpLedger:
         z = _sigma("noise_multiplier", noise_multiplier)
         count = _count("count", count)
         if count:
-            event = dp_accounting.GaussianDpEvent(z) if z > 0 else dp_accounting.NonPrivateDpEvent()
+            event = dp_lib().GaussianDpEvent(z) if z > 0 else dp_lib().NonPrivateDpEvent()
             self.accountant.compose(event, count)
             self.events.append([z, count])
         return self

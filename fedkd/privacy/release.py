@@ -27,14 +27,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting
 import numpy as np
-from dp_accounting.rdp import RdpAccountant
 
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from fedkd.privacy.accounting import dp_lib
 from fedkd.privacy.mechanisms import (
     clip_rows,
     clip_total,
@@ -43,6 +42,9 @@ from fedkd.privacy.mechanisms import (
     randomized_response,
 )
 from fedkd.registry import Registry
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 COUNT_SCALE = 1000  # released label counts = round(noisy histogram * COUNT_SCALE)
 
@@ -55,8 +57,10 @@ class NoiseMechanism:
 
 
 NOISES: Registry[NoiseMechanism] = Registry("noise mechanism")
-NOISES.register("gaussian")(NoiseMechanism(2, gaussian_noise, dp_accounting.GaussianDpEvent))
-NOISES.register("laplace")(NoiseMechanism(1, laplace_noise, dp_accounting.LaplaceDpEvent))
+NOISES.register("gaussian")(
+    NoiseMechanism(2, gaussian_noise, lambda z: dp_lib().GaussianDpEvent(z))
+)
+NOISES.register("laplace")(NoiseMechanism(1, laplace_noise, lambda b: dp_lib().LaplaceDpEvent(b)))
 
 
 @dataclass(frozen=True)
@@ -181,19 +185,19 @@ def round_event(
     if kind == "votes":
         if vote_epsilon is None:
             raise ConfigError("votes need privacy.vote_epsilon (or a target_epsilon)")
-        return dp_accounting.ZCDpEvent(rho=rows * vote_epsilon**2 / 2.0, xi=0.0)
+        return dp_lib().ZCDpEvent(rho=rows * vote_epsilon**2 / 2.0, xi=0.0)
     if noise_multiplier <= 0:
-        return dp_accounting.NonPrivateDpEvent()
+        return dp_lib().NonPrivateDpEvent()
     one = NOISES.get(mechanism).event(noise_multiplier)
     releases = 2 if kind in ("class_logits", "prototypes") else 1
-    return one if releases == 1 else dp_accounting.ComposedDpEvent([one] * releases)
+    return one if releases == 1 else dp_lib().ComposedDpEvent([one] * releases)
 
 
 def epsilon_after(event: dp_accounting.DpEvent, rounds: int, delta: float) -> float:
     """ε at ``delta`` after ``rounds`` compositions of ``event`` (RDP accountant)."""
     if rounds <= 0:
         return 0.0
-    accountant = RdpAccountant()
+    accountant = dp_lib().rdp.RdpAccountant()
     accountant.compose(event, rounds)
     return float(accountant.get_epsilon(delta))
 
@@ -209,9 +213,9 @@ def calibrate(
     if not math.isfinite(target_epsilon) or target_epsilon <= 0:
         raise ConfigError(f"privacy.target_epsilon must be > 0 (got {target_epsilon})")
     return float(
-        dp_accounting.calibrate_dp_mechanism(
-            RdpAccountant,
-            lambda p: dp_accounting.SelfComposedDpEvent(make_event(p), rounds),
+        dp_lib().calibrate_dp_mechanism(
+            dp_lib().rdp.RdpAccountant,
+            lambda p: dp_lib().SelfComposedDpEvent(make_event(p), rounds),
             target_epsilon,
             delta,
         )

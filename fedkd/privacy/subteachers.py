@@ -21,12 +21,16 @@ initialisation offset per shard.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import numpy as np
 
 from fedkd.errors import ConfigError
+from fedkd.privacy.accounting import dp_lib
 from fedkd.privacy.mechanisms import gaussian_noise
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 
 def shard_of(num_records: int, shards: int, seed: int) -> np.ndarray:
@@ -62,7 +66,5 @@ def release(probs: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nda
 def round_event(noise_multiplier: float, queries: int) -> dp_accounting.DpEvent:
     """One round's cost: ``queries`` Gaussian answers with multiplier ``z``."""
     if noise_multiplier <= 0:
-        return dp_accounting.NonPrivateDpEvent()
-    return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.GaussianDpEvent(noise_multiplier), queries
-    )
+        return dp_lib().NonPrivateDpEvent()
+    return dp_lib().SelfComposedDpEvent(dp_lib().GaussianDpEvent(noise_multiplier), queries)

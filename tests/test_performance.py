@@ -1,0 +1,281 @@
+"""Issue 8: the pieces that make runs fast and let them scale, tested for what they do.
+
+Speed itself is measured by ``fedkd-bench`` (README "Performance"), never here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from procs import ROOT, marked, run_fedkd_sim, stop_tree
+
+from fedkd.errors import PayloadError
+from fedkd.models import build_model
+from fedkd.weights import load_packed, model_to_arrays, packed_state
+from simulations import bench
+from simulations.proctree import MARKER
+
+TINY = [
+    "num_clients=4",
+    "num_rounds=2",
+    "logging.progress=false",
+    "logging.table=false",
+    "logging.tensorboard=false",
+    "checkpoint.every=0",
+]
+
+
+# ------------------------------------------------------------------ client state
+def test_packed_state_round_trips_parameters_and_integer_buffers():
+    torch.manual_seed(0)
+    model = build_model({"name": "resnet8"}, (3, 32, 32), 10, 16)  # BatchNorm: int64 buffers
+    model.train()
+    model(torch.randn(4, 3, 32, 32))  # moves running stats and num_batches_tracked
+    packed = packed_state(model)
+    assert set(packed) == {"<f4", "<i8"}  # one flat array per dtype
+    torch.manual_seed(1)
+    other = build_model({"name": "resnet8"}, (3, 32, 32), 10, 16)
+    load_packed(other, packed)
+    for key, value in model_to_arrays(model).items():
+        np.testing.assert_array_equal(model_to_arrays(other)[key], value)
+
+
+def test_packed_state_of_another_architecture_is_refused():
+    small = build_model({"name": "mlp", "hidden": [8]}, (64,), 10, 4)
+    big = build_model({"name": "mlp", "hidden": [16]}, (64,), 10, 4)
+    with pytest.raises(PayloadError, match="does not fit|more values"):
+        load_packed(big, packed_state(small))
+    with pytest.raises(PayloadError, match="more values"):
+        load_packed(small, packed_state(big))
+
+
+# ------------------------------------------------------------------ exchange
+class _FakeReply:
+    def __init__(self, reply_to: str) -> None:
+        self.metadata = type("M", (), {"reply_to_message_id": reply_to})()
+
+
+class _SlowGrid:
+    """A grid whose replies arrive at given times: counts the polls."""
+
+    def __init__(self, arrive_after: dict[str, float]) -> None:
+        self.arrive_after, self.polls, self.t0 = arrive_after, 0, 0.0
+
+    def push_messages(self, messages):
+        self.t0 = time.monotonic()
+        return list(self.arrive_after)
+
+    def pull_messages(self, ids):
+        self.polls += 1
+        now = time.monotonic() - self.t0
+        return [_FakeReply(i) for i in ids if self.arrive_after[i] <= now]
+
+
+def test_exchange_returns_soon_after_the_last_reply_and_respects_the_timeout():
+    from server.exchange import send_and_receive
+
+    grid = _SlowGrid({"a": 0.0, "b": 0.02})
+    started = time.monotonic()
+    replies = send_and_receive(grid, [], timeout=5, max_interval=0.05)
+    took = time.monotonic() - started
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert took < 0.02 + 0.05 + 0.1  # never a full Flower poll interval late for nothing
+    late = _SlowGrid({"a": 0.0, "never": 1e9})
+    started = time.monotonic()
+    replies = send_and_receive(late, [], timeout=0.3, max_interval=0.05)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
+    assert 0.3 <= time.monotonic() - started < 1.0
+    assert late.polls < 0.3 / 0.05 + 15  # backs off to max_interval
+
+
+# ------------------------------------------------------------------ pick-up patch
+def test_the_pickup_patch_fits_this_flower_and_delivers_every_waiting_message():
+    import queue
+    import threading
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from simulations import vce_pickup
+
+    assert vce_pickup.install(), (
+        "Flower's simulation engine changed: check simulations/vce_pickup.py"
+    )
+    assert vce_api.add_messages_to_queue is vce_pickup.add_messages_to_queue
+
+    class Meta:
+        def __init__(self, node):
+            self.dst_node_id, self.delivered_at = node, ""
+
+    class Msg:
+        def __init__(self, node):
+            self.metadata = Meta(node)
+
+    class State:  # the in-memory LinkState's relevant surface
+        def __init__(self):
+            self.lock = threading.Lock()
+            self.message_ins_store = {i: Msg(n) for i, n in enumerate([11, 12, 12, 99])}
+            self.asked: list[int] = []
+
+        def get_message_ins(self, node_id, limit):
+            self.asked.append(node_id)
+            for m in self.message_ins_store.values():
+                if m.metadata.dst_node_id == node_id and m.metadata.delivered_at == "":
+                    m.metadata.delivered_at = "now"
+                    return [m]
+            return []
+
+    state, out, stop = State(), queue.Queue(), threading.Event()
+    nodes = {11: 0, 12: 1, 13: 2}  # node 99 is not in this simulation
+    thread = threading.Thread(
+        target=vce_pickup.add_messages_to_queue, args=(state, out, nodes, stop)
+    )
+    thread.start()
+    time.sleep(0.2)
+    stop.set()
+    thread.join()
+    got = sorted(out.get().metadata.dst_node_id for _ in range(out.qsize()))
+    assert got == [11, 12, 12]  # both of node 12's messages, one per sweep
+    assert 13 not in state.asked  # idle nodes are not scanned
+
+
+# ------------------------------------------------------------------ config
+def test_ray_address_and_num_cpus_together_are_refused_before_ray_starts(tmp_path):
+    result = run_fedkd_sim(
+        [*TINY, "simulation.ray_address=127.0.0.1:1", "simulation.ray_num_cpus=2",
+         f"hydra.run.dir={tmp_path}"],
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "simulation.ray_num_cpus must be null with simulation.ray_address" in result.stderr
+
+
+# ------------------------------------------------------------------ reference
+@pytest.mark.slow
+def test_the_reference_and_the_simulation_compute_the_same_run(tmp_path):
+    """The benchmark's sequential loop is the same computation: same accuracies, every round."""
+    overrides = ["num_clients=5", "num_rounds=3", "server.fraction_train=0.6"]
+    ref = subprocess.run(
+        [sys.executable, "-m", "simulations.reference", "--out", str(tmp_path / "ref"), *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    sim = run_fedkd_sim([*TINY, *overrides, f"hydra.run.dir={tmp_path / 'sim'}"], timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    a = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    b = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
+        assert ra["num_clients"] == rb["num_clients"] == 3  # the same seeded sampling
+        for key in ("global_test_acc", "local_test_acc"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6)
+
+
+def test_bench_figures_and_table_from_summaries(tmp_path):
+    """The derived figures are computed from the runs' summaries as documented."""
+
+    def measured(wall, rounds, per_round, sampled, acc):
+        summary = {
+            "status": "finished",
+            "rounds": [
+                {"round": i + 1, "num_clients": sampled, "round_time_s": per_round}
+                for i in range(rounds)
+            ],
+            "final": {"global_test_acc": {"last": acc}, "local_test_acc": {"last": acc}},
+            "bytes_per_round": {"bytes_up": 1000.0, "bytes_down": 500.0},
+        }
+        return bench.Measured(wall_s=wall, peak_rss=2**30, returncode=0, summary=summary)
+
+    sim = bench.combine([bench.run_figures(measured(30.0, 10, 0.2, 20, 0.5))] * 3)
+    ref = bench.combine([bench.run_figures(measured(10.0, 10, 0.3, 20, 0.5))] * 3)
+    cmp = bench.compare(sim, ref, num_workers=2)
+    assert cmp["ratio"] == pytest.approx(3.0)
+    assert cmp["loop_ratio"] == pytest.approx(2.0 / 3.0)
+    # (0.2 - 0.3 / 2) / 20 clients = 2.5 ms
+    assert cmp["overhead_ms_per_client"] == pytest.approx(2.5)
+    assert sim["peak_rss_mib"] == pytest.approx(1024)
+    assert sim["updates_per_s"] == pytest.approx(200 / 30)
+    result = {
+        "workload": "w", "targets": {"ratio": 1.5}, "simulation": sim, "reference": ref,
+        "comparison": cmp,
+    }  # fmt: skip
+    table = bench.markdown([result], None, "note")
+    assert "| w | 3/3 | 30.0 | 10.0 | 3.00x | 0.67x |" in table
+    assert "≤ 1.5x: not met" in table
+
+
+def test_every_bench_workload_composes():
+    from fedkd.config import check_config, compose
+
+    assert set(bench.workload_names()) >= {
+        "digits-fd-20",
+        "cnn-fd-20",
+        "synthetic-1k",
+        "synthetic-10k",
+    }
+    for name in bench.workload_names():
+        cfg = compose(bench.Workload.load(name).overrides)
+        check_config(cfg)
+        assert cfg["strategy"]["name"] == "fd"
+
+
+# ------------------------------------------------------------------ Ray cluster
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_simulation_joins_a_running_ray_cluster_on_loopback(tmp_path):
+    """`ray start --head` as a separate process; the run uses it; the head is stopped by pid."""
+    ray = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    launch = uuid.uuid4().hex
+    temp = Path(tempfile.mkdtemp(prefix="fedkd-ray-", dir="/tmp"))  # Ray's socket paths are short
+    env = {**os.environ, MARKER: launch, "RAY_USAGE_STATS_ENABLED": "0"}
+    log_path = tmp_path / "head.log"
+    with log_path.open("w") as log:
+        head = subprocess.Popen(
+            [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={temp}"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log_path.read_text():
+            assert head.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the Ray head did not start within 90 s"
+            time.sleep(0.5)
+        result = run_fedkd_sim(
+            [
+                *TINY,
+                f"simulation.ray_address=127.0.0.1:{port}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ],
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["status"] == "finished"
+        assert len(summary["rounds"]) == 2 and summary["rounds"][-1]["num_clients"] == 4
+        # the clients ran in the head's workers: its session logged the run's actors
+        logs = "".join(p.read_text(errors="ignore") for p in temp.rglob("worker-*.out"))
+        assert "ClientAppActor" in logs
+        assert head.poll() is None  # the simulation left the cluster running
+    finally:
+        left = stop_tree([head], launch_id=launch, grace=60, term_first=15)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert left == []
+    assert not marked(launch)
