@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,15 +120,19 @@ def run_server(
     info: RunInfo | None = None,
     roster: Roster | None = None,
     resume: dict[str, Any] | None = None,
+    find_roster: Callable[[Grid, float], Roster | None] | None = None,
 ) -> dict[str, Any]:
     """Run every round and write the run's outputs; returns the summary.
 
     ``resume``: a checkpoint (``server.checkpoint.load_server_checkpoint``) to continue from.
+    ``find_roster``: who is who without the handshake (the simulation knows); None or
+    a None answer: ``server.roster.discover``.
     """
     info = info or prepare_run(cfg)
     strategy = STRATEGIES.get(cfg["strategy"]["name"])(
         info, None, roster
     )  # fails before any output
+    strategy.find_roster = find_roster
     if resume is not None:
         if resume.get("strategy_name") != strategy.name:
             raise CheckpointError(
@@ -194,13 +199,14 @@ def make_server_app(
     run_dir: str | Path,
     info: RunInfo | None = None,
     resume: dict[str, Any] | None = None,
+    find_roster: Callable[[Grid, float], Roster | None] | None = None,
 ) -> ServerApp:
     """A ServerApp bound to an already composed config (simulation launcher)."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, run_dir, info, resume=resume)
+        run_server(grid, cfg, run_dir, info, resume=resume, find_roster=find_roster)
 
     return server_app
 

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkd.errors import ConfigError, FedkdError
-from simulations import vce_pickup
+from simulations import vce_patches
 
 log = logging.getLogger("fedkd")
 
@@ -189,11 +189,18 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
         (run_dir / "config.yaml").write_text(text, encoding="utf-8")
     if cfg["simulation"].get("fast_pickup", True):
-        vce_pickup.install()
+        vce_patches.install_pickup()
+    find_roster = None
+    if vce_patches.capture_nodes():  # the engine's own node -> partition mapping
+        clients = int(cfg["num_clients"])
+
+        def find_roster(grid, timeout):
+            return vce_patches.simulation_roster(grid, timeout, clients)
+
     early_ray.wait()
     summary: dict[str, Any] = {}
 
-    server_app = make_server_app(cfg, run_dir, info, resume=resume)
+    server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
     try:
         run_simulation(
             server_app=server_app,

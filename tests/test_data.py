@@ -347,6 +347,14 @@ def test_fast_assignment_read_matches_load_partition(labels: np.ndarray) -> None
         reference.dataset = _label_table(labels, 3)
         slow = _run_public(reference, 6)
         assert all(np.array_equal(x, y) for x, y in zip(fast, slow, strict=True))
+    from flwr_datasets.partitioner import IidPartitioner
+
+    for n in (6, 7, len(labels) // 3):  # uneven shards: the first ones are one row longer
+        fast = PARTITIONERS.get("iid")(labels, n, 3, {})
+        reference = IidPartitioner(num_partitions=n)
+        reference.dataset = _label_table(labels, 3)
+        slow = _run_public(reference, n)
+        assert all(np.array_equal(x, y) for x, y in zip(fast, slow, strict=True))
 
 
 # ------------------------------------------------------------------ build_federated_data

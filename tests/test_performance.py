@@ -107,12 +107,12 @@ def test_the_pickup_patch_fits_this_flower_and_delivers_every_waiting_message():
 
     from flwr.server.superlink.fleet.vce import vce_api
 
-    from simulations import vce_pickup
+    from simulations import vce_patches
 
-    assert vce_pickup.install(), (
-        "Flower's simulation engine changed: check simulations/vce_pickup.py"
+    assert vce_patches.install_pickup(), (
+        "Flower's simulation engine changed: check simulations/vce_patches.py"
     )
-    assert vce_api.add_messages_to_queue is vce_pickup.add_messages_to_queue
+    assert vce_api.add_messages_to_queue is vce_patches.add_messages_to_queue
 
     class Meta:
         def __init__(self, node):
@@ -139,7 +139,7 @@ def test_the_pickup_patch_fits_this_flower_and_delivers_every_waiting_message():
     state, out, stop = State(), queue.Queue(), threading.Event()
     nodes = {11: 0, 12: 1, 13: 2}  # node 99 is not in this simulation
     thread = threading.Thread(
-        target=vce_pickup.add_messages_to_queue, args=(state, out, nodes, stop)
+        target=vce_patches.add_messages_to_queue, args=(state, out, nodes, stop)
     )
     thread.start()
     time.sleep(0.2)

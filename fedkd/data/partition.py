@@ -39,7 +39,8 @@ def _run(partitioner: Any, labels: np.ndarray, num_partitions: int, seed: int) -
     its index list with dill for the fingerprint, which takes ~30 s for 1M rows. The
     label-based partitioners keep the assignment they select from in
     ``_partition_id_to_indices`` (row positions in the table), so when that exists we
-    read it directly; ``tests/test_data.py`` checks both routes agree.
+    read it directly, and ``IidPartitioner``'s contiguous shards are cut with
+    ``np.array_split``; ``tests/test_data.py`` checks both routes agree.
     """
     table = _label_table(labels, seed)
     partitioner.dataset = table
@@ -51,6 +52,12 @@ def _run(partitioner: Any, labels: np.ndarray, num_partitions: int, seed: int) -
     if isinstance(assignment, dict) and len(assignment) == num_partitions:
         order = np.asarray(table.with_format("numpy")[:]["idx"], dtype=np.int64)
         return [order[np.asarray(assignment[pid], dtype=np.int64)] for pid in range(num_partitions)]
+    if type(partitioner).__name__ == "IidPartitioner":
+        # load_partition is ``Dataset.shard(n, i, contiguous=True)``: the first len % n
+        # shards one row longer, as np.array_split cuts; 2.6 ms a partition through
+        # ``datasets`` (26 s for 10,000 clients) against microseconds here
+        order = np.asarray(table.with_format("numpy")[:]["idx"], dtype=np.int64)
+        return np.array_split(order, num_partitions)
     return _run_public(partitioner, num_partitions)
 
 

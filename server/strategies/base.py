@@ -137,6 +137,8 @@ class FedkdStrategy(Strategy):
         self.dropped_clients: dict[int, dict[str, list[int]]] = {}
         # message id -> node id: the SuperLink answers for a lost node with its own error reply
         self._sent_to: dict[str, int] = {}
+        # who is who without the start-up handshake (set by the simulation launcher)
+        self.find_roster: Callable[[Grid, float], Roster | None] | None = None
 
     # ---------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -650,7 +652,8 @@ class FedkdStrategy(Strategy):
         self.summary()
         result = Result()
         if not self.node_of:
-            self.use_roster(discover(grid, timeout, expected=self.info.num_clients))
+            found = self.find_roster(grid, timeout) if self.find_roster is not None else None
+            self.use_roster(found or discover(grid, timeout, expected=self.info.num_clients))
         eval_lag = 1 if self.final_evaluation else 0
         empty = ArrayRecord()
         first = 1
