@@ -448,3 +448,59 @@ def test_build_tiny_partition_is_data_error() -> None:
     part = {"name": "dirichlet", "alpha": 0.05, "min_partition_size": 0}
     with pytest.raises(DataError, match=r"partition \d+ has [01] samples; need at least 2"):
         build_federated_data(run_cfg(DIGITS, part, num_clients=40))
+
+
+def test_digits_are_scikit_learns_load_digits() -> None:
+    """fedkd reads sklearn's bundled file itself (no sklearn import); same arrays."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from fedkd.data.digits import load_digits
+
+    ours = load_digits({}, 0)
+    bunch = sklearn_digits()
+    np.testing.assert_array_equal(ours.x.reshape(len(ours.x), -1) * 16.0, bunch.data)
+    np.testing.assert_array_equal(ours.y, bunch.target)
+    assert ours.x.dtype == np.float32 and ours.x.shape == (1797, 1, 8, 8)
+
+
+def test_partition_cache_returns_the_same_partitions_and_survives_a_bad_entry(
+    tmp_path, monkeypatch
+) -> None:
+    from fedkd.data import partition_cache
+
+    monkeypatch.setenv("FEDKD_CACHE", str(tmp_path))
+    cfg = run_cfg(DIGITS, {"name": "dirichlet", "alpha": 0.5})
+    fresh = build_federated_data(cfg)
+    entries = list((tmp_path / "partitions").glob("*.npz"))
+    assert len(entries) == 1
+    again = build_federated_data(cfg)  # from the cache
+    for a, b in zip(fresh.clients, again.clients, strict=True):
+        np.testing.assert_array_equal(a.train.y, b.train.y)
+        np.testing.assert_array_equal(a.test.x, b.test.x)
+    entries[0].write_bytes(b"not an npz")  # a damaged entry is rebuilt, not trusted
+    rebuilt = build_federated_data(cfg)
+    np.testing.assert_array_equal(rebuilt.clients[3].train.y, fresh.clients[3].train.y)
+    other = build_federated_data(run_cfg(DIGITS, {"name": "dirichlet", "alpha": 0.3}))
+    assert len(list((tmp_path / "partitions").glob("*.npz"))) == 2  # another config, another entry
+    assert not np.array_equal(other.clients[0].train.y, fresh.clients[0].train.y)
+    monkeypatch.setenv("FEDKD_CACHE", "off")
+    assert partition_cache.cache_dir() is None
+
+
+def test_a_second_process_reads_the_partition_without_importing_flwr_datasets(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fedkd.config import compose; "
+        "from fedkd.data import build_federated_data; "
+        "build_federated_data(compose(['num_clients=7'])); "
+        "print('flwr_datasets' in sys.modules)"
+    )
+    env = {**os.environ, "FEDKD_CACHE": str(tmp_path)}
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        for _ in range(2)
+    ]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"], [r.stderr for r in runs]

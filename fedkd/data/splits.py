@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedkd.data.canaries import insert_canaries
+from fedkd.data.partition_cache import cached_partition
 from fedkd.data.registry import DATASETS, PARTITIONERS
 from fedkd.data.types import (
     DOMAIN_NAMES_KEY,
@@ -215,7 +216,15 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
             DOMAINS_KEY: np.asarray(source.domains, dtype=np.int64)[private],
             DOMAIN_NAMES_KEY: tuple(source.domain_names),
         }
-    parts = partitioner(y[private], num_clients, seed, part_cfg)
+    labels = y[private]
+    parts = cached_partition(
+        partition_cfg["name"],
+        lambda: partitioner(labels, num_clients, seed, part_cfg),
+        labels,
+        num_clients,
+        seed,
+        part_cfg,
+    )
     parts = _check_partitions(parts, len(private), num_clients, partition_cfg["name"])
     clients = []
     for k, part in enumerate(parts):
