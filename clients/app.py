@@ -177,9 +177,10 @@ def train(message: Message, context: Context) -> Message:
     payload = attacks.apply(cfg, pid, server_round, output.payload, context.state, data.num_classes)
     if payload is not None:
         parts = payload.to_arrays(), {"kind": payload.kind, **payload.meta()}
-        if faults.fault_of(cfg, pid, server_round) == "bad_payload":
-            parts = faults.corrupt(cfg, server_round, payload.kind, *parts)
-        wire.put_knowledge(content, *parts)
+        if faults.fault_of(cfg, pid, server_round) == "bad_payload":  # sent raw, as corrupted
+            wire.put_knowledge(content, *faults.corrupt(cfg, server_round, payload.kind, *parts))
+        else:
+            wire.put_knowledge(content, *parts, encoding=cfg.get("knowledge"))
     output.metrics.update(partition_id=pid, client_time=time.perf_counter() - start)
     _put_metrics(content, output.metrics)
     return Message(content=content, reply_to=message)

@@ -43,5 +43,6 @@ def privacy_mod(
         if spec.get("seeded", True)
         else np.random.default_rng()
     )
-    wire.put_payload(reply.content, privatize(payload, LocalSpec.from_dict(spec), rng))
+    noised = privatize(payload, LocalSpec.from_dict(spec), rng)
+    wire.put_payload(reply.content, noised, cfg.get("knowledge"))  # noise first, then encode
     return reply

@@ -5,7 +5,9 @@ One round is one Flower message each way. A message's RecordDict holds:
 - ``config`` (ConfigRecord): ``round``, ``cfg`` (the run config as JSON) and
   ``plan`` (the strategy's instructions to the client, as JSON);
 - ``knowledge`` (ArrayRecord) + ``knowledge_meta`` (ConfigRecord, ``kind`` + the
-  payload's scalar metadata): a typed payload from :mod:`fedkd.knowledge`;
+  payload's scalar metadata): a typed payload from :mod:`fedkd.knowledge`,
+  encoded as the run config's ``knowledge.encoding`` says (:mod:`fedkd.encoding`:
+  ``encoding`` and ``encoding.*`` meta entries; decoded by ``get_payload``);
 - ``request`` (ArrayRecord): e.g. the public-set ``indices`` to predict on;
 - ``metrics`` (MetricRecord, replies only): training and evaluation metrics;
 - ``eval`` (ArrayRecord, replies only, when the plan sets ``confusion``):
@@ -26,6 +28,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedkd.confusion import GLOBAL_CONFUSION  # noqa: F401  (the key in EVAL)
+from fedkd.encoding import decode as decode_knowledge
+from fedkd.encoding import encode as encode_knowledge
 from fedkd.errors import PayloadError
 from fedkd.knowledge import decode
 
@@ -50,13 +54,22 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {key: array.numpy() for key, array in record.items()}
 
 
-def put_payload(content: RecordDict, payload: Any) -> None:
-    """Store a knowledge payload (``fedkd.knowledge``) in a message's content."""
-    put_knowledge(content, payload.to_arrays(), {"kind": payload.kind, **payload.meta()})
+def put_payload(content: RecordDict, payload: Any, encoding: dict[str, Any] | None = None) -> None:
+    """Store a knowledge payload (``fedkd.knowledge``) in a message's content.
+
+    ``encoding``: the run config's ``knowledge`` section (``fedkd.encoding``); None: float32.
+    """
+    put_knowledge(content, payload.to_arrays(), {"kind": payload.kind, **payload.meta()}, encoding)
 
 
-def put_knowledge(content: RecordDict, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Store knowledge arrays and meta as they are (``put_payload`` of a payload's parts)."""
+def put_knowledge(
+    content: RecordDict,
+    arrays: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    encoding: dict[str, Any] | None = None,
+) -> None:
+    """Store knowledge arrays and meta, encoded under ``encoding`` (None: as they are)."""
+    arrays, meta = encode_knowledge(arrays, meta, encoding)
     content[KNOWLEDGE] = arrays_to_record(arrays)
     content[KNOWLEDGE_META] = ConfigRecord(meta)
 
@@ -67,11 +80,14 @@ def get_payload(content: RecordDict) -> Any | None:
         return None
     if KNOWLEDGE_META not in content.config_records:
         raise PayloadError("knowledge arrays arrived without knowledge_meta", "malformed")
-    meta = dict(content.config_records[KNOWLEDGE_META])
+    arrays, meta = decode_knowledge(
+        record_to_arrays(content.array_records[KNOWLEDGE]),
+        dict(content.config_records[KNOWLEDGE_META]),
+    )
     kind = meta.pop("kind", None)
     if not isinstance(kind, str):
         raise PayloadError("knowledge_meta has no 'kind'", "malformed")
-    return decode(kind, record_to_arrays(content.array_records[KNOWLEDGE]), meta)
+    return decode(kind, arrays, meta)
 
 
 def payload_bytes(content: RecordDict) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkd.confusion import check_confusion_every
+from fedkd.encoding import check_spec as check_encoding
 from fedkd.errors import ConfigError
 
 
@@ -89,6 +90,10 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"server.round_timeout must be a number of seconds in (0, 1e7) (got {timeout!r})"
         )
+    try:
+        check_encoding(cfg.get("knowledge"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     poll = server.get("poll_interval", 0.05)
     if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0.001 <= poll <= 60:
         raise ConfigError(f"server.poll_interval must be seconds in [0.001, 60] (got {poll!r})")

@@ -332,7 +332,7 @@ class FedkdStrategy(Strategy):
             )
             payload = self.payload_for(server_round, cid)
             if payload is not None:
-                wire.put_payload(content, payload)
+                wire.put_payload(content, payload, self.cfg.get("knowledge"))
             if request is not None:
                 content[wire.REQUEST] = wire.arrays_to_record(request)
             self._bytes_down[cid] = wire.payload_bytes(content)
@@ -568,7 +568,7 @@ class FedkdStrategy(Strategy):
             )
             payload = self.payload_for(server_round + 1, cid)
             if payload is not None:
-                wire.put_payload(content, payload)
+                wire.put_payload(content, payload, self.cfg.get("knowledge"))
             messages.append(
                 Message(
                     content=content,

@@ -1,0 +1,173 @@
+"""Compact knowledge encodings (fedkd/encoding.py) against hand-computed numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import RecordDict
+
+from clients import wire
+from fedkd.config import check_config, compose
+from fedkd.encoding import decode, encode
+from fedkd.errors import ConfigError, PayloadError
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+
+
+def _round_trip(payload, **spec):
+    """The decoded payload and the bytes of array data on the wire (Flower's count adds
+    each array's .npy header and key)."""
+    content = RecordDict()
+    wire.put_payload(content, payload, spec)
+    sent = wire.record_to_arrays(content[wire.KNOWLEDGE])
+    return wire.get_payload(content), sum(a.nbytes for a in sent.values())
+
+
+def test_float32_is_the_wire_as_before():
+    payload = PublicLogits(np.arange(3), np.ones((3, 4), np.float32), "logits")
+    arrays, meta = encode(payload.to_arrays(), {"kind": payload.kind, "space": "logits"}, None)
+    assert "encoding" not in meta and arrays["values"].dtype == np.float32
+
+
+def test_float16_halves_the_bytes_and_clips_to_its_range():
+    values = np.array([[1.0, -2.5, 1e6], [0.1, 0.0, -1e9]], np.float32)
+    got, size = _round_trip(PublicLogits(np.array([4, 7]), values, "logits"), encoding="float16")
+    np.testing.assert_array_equal(got.indices, [4, 7])  # integer arrays untouched
+    assert got.values.dtype == np.float32
+    np.testing.assert_allclose(got.values[:, :2], values[:, :2], rtol=1e-3)
+    assert got.values[0, 2] == 65504.0 and got.values[1, 2] == -65504.0  # clipped, not Inf
+    assert size == 2 * 8 + 6 * 2  # int64 indices kept, float16 values
+
+
+def test_int8_per_row_scale_hand_computed():
+    logits = np.array([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [3.0, 3.0, -3.0]], np.float32)
+    arrays, meta = encode(
+        {"logits": logits, "counts": np.array([1, 0, 2])},
+        {"kind": "class_logits"},
+        {"encoding": "int8"},
+    )
+    # row 0: scale = 2/127; 1 -> 63.5 -> 64 (round half to even: 64), -2 -> -127, 0.5 -> 31.75 -> 32
+    np.testing.assert_array_equal(arrays["logits"][0], [64, -127, 32])
+    np.testing.assert_allclose(arrays["logits.scale"], [2 / 127, 1.0, 3 / 127], rtol=1e-6)
+    assert arrays["counts"].dtype.kind == "i" and "counts.scale" not in arrays
+    plain, own = decode(arrays, meta)
+    assert own == {"kind": "class_logits"}
+    np.testing.assert_allclose(plain["logits"][0], [64 * 2 / 127, -2.0, 32 * 2 / 127], rtol=1e-6)
+    np.testing.assert_array_equal(plain["logits"][1], [0.0, 0.0, 0.0])  # a zero row stays zero
+    assert np.abs(plain["logits"] - logits).max() <= 0.5 * 3 / 127 + 1e-7  # half a step at most
+
+
+def test_topk_keeps_the_largest_scores_and_fills_the_rest_hand_computed():
+    logits = np.array([[4.0, 1.0, 3.0, -2.0], [0.0, 5.0, 1.0, 2.0]], np.float32)
+    got, _ = _round_trip(
+        ClassLogits(np.vstack([logits, np.zeros((2, 4), np.float32)]), np.array([3, 1, 0, 0])),
+        encoding="topk",
+        top_k=2,
+    )
+    # row 0 keeps 4 and 3; dropped 1 and -2 -> fill -0.5; row 1 keeps 5 and 2, fill (0+1)/2
+    np.testing.assert_allclose(got.logits[0], [4.0, -0.5, 3.0, -0.5])
+    np.testing.assert_allclose(got.logits[1], [0.5, 5.0, 0.5, 2.0])
+    np.testing.assert_array_equal(got.counts, [3, 1, 0, 0])
+    probs = np.array([[0.5, 0.3, 0.15, 0.05]], np.float32)
+    got, _ = _round_trip(PublicLogits(np.array([0]), probs, "probs"), encoding="topk", top_k=2)
+    np.testing.assert_allclose(got.values, [[0.5, 0.3, 0.1, 0.1]], rtol=1e-6)  # still sums to 1
+    assert got.space == "probs"
+
+
+def test_topk_leaves_other_arrays_and_small_tables_alone():
+    protos = Prototypes(np.ones((3, 5), np.float32), np.array([1, 2, 3]))
+    got, _ = _round_trip(protos, encoding="topk", top_k=2)
+    np.testing.assert_array_equal(got.prototypes, protos.prototypes)
+    wide = PublicLogits(np.arange(2), np.ones((2, 3), np.float32), "logits")
+    got, _ = _round_trip(wide, encoding="topk", top_k=3)  # k >= C: nothing to drop
+    np.testing.assert_array_equal(got.values, wide.values)
+
+
+def test_every_encoding_shrinks_a_public_logits_payload_as_expected():
+    rng = np.random.default_rng(0)
+    payload = PublicLogits(np.arange(100), rng.normal(size=(100, 10)).astype(np.float32), "logits")
+    sizes = {
+        e: _round_trip(payload, encoding=e, top_k=3)[1]
+        for e in ("float32", "float16", "int8", "topk")
+    }
+    assert sizes["float32"] == 800 + 4000  # int64 indices + float32 values
+    assert sizes["float16"] == 800 + 2000
+    assert sizes["int8"] == 800 + 1000 + 400  # + one float32 scale per row
+    assert sizes["topk"] == 800 + 1200 + 300 + 400  # 3 values, 3 uint8 ids, 1 fill per row
+    assert max(sizes["topk"], sizes["int8"]) < sizes["float16"] < sizes["float32"]
+
+
+def test_weights_and_votes_travel_under_float16_and_int8():
+    weights = ModelWeights({"w": np.array([[0.5, -1.0]], np.float32), "n": np.array(3)})
+    for encoding in ("float16", "int8"):
+        got, _ = _round_trip(weights, encoding=encoding)
+        np.testing.assert_allclose(got.arrays["w"], [[0.5, -1.0]], atol=1 / 127)
+        assert int(got.arrays["n"]) == 3
+    votes = Votes(np.arange(3), np.array([[1], [2], [0]]))
+    got, _ = _round_trip(votes, encoding="int8")
+    np.testing.assert_array_equal(got.votes, votes.votes)
+
+
+def _encoded(spec, payload):
+    content = RecordDict()
+    wire.put_payload(content, payload, spec)
+    arrays = wire.record_to_arrays(content[wire.KNOWLEDGE])
+    return arrays, dict(content[wire.KNOWLEDGE_META])
+
+
+@pytest.mark.parametrize(
+    "spec, damage, message",
+    [
+        ({"encoding": "int8"}, lambda a, m: a.pop("logits.scale"), "scale"),
+        ({"encoding": "int8"}, lambda a, m: a.update({"logits.scale": np.full(2, np.nan, np.float32)}), "finite"),
+        ({"encoding": "float16"}, lambda a, m: a.update({"logits": a["logits"].astype(np.float32)}), "float16"),
+        ({"encoding": "topk", "top_k": 1}, lambda a, m: a.update({"logits.index": np.full((2, 1), 9, np.uint8)}), "column ids"),
+        ({"encoding": "topk", "top_k": 1}, lambda a, m: a.pop("logits.fill"), "needs"),
+        ({"encoding": "int8"}, lambda a, m: m.update({"encoding": "zip"}), "unknown encoding"),
+    ],
+)  # fmt: skip
+def test_a_malformed_encoded_record_is_rejected_with_its_reason(spec, damage, message):
+    arrays, meta = _encoded(spec, ClassLogits(np.ones((2, 2), np.float32), np.array([1, 1])))
+    damage(arrays, meta)
+    content = RecordDict()
+    content[wire.KNOWLEDGE] = wire.arrays_to_record(arrays)
+    from flwr.app import ConfigRecord
+
+    content[wire.KNOWLEDGE_META] = ConfigRecord(meta)
+    with pytest.raises(PayloadError, match=message) as info:
+        wire.get_payload(content)
+    assert info.value.reason == "malformed"
+
+
+def test_config_errors_name_the_key():
+    check_config(compose(["knowledge.encoding=topk", "knowledge.top_k=5"]))
+    with pytest.raises(ConfigError, match="knowledge.encoding must be one of"):
+        check_config(compose(["knowledge.encoding=bf16"]))
+    with pytest.raises(ConfigError, match="knowledge.top_k must be an integer >= 1"):
+        check_config(compose(["knowledge.top_k=0"]))
+
+
+@pytest.mark.slow
+def test_an_int8_run_uploads_fewer_bytes_and_finishes(tmp_path):
+    import json
+
+    from procs import run_fedkd_sim
+
+    base = ["num_clients=3", "num_rounds=2", "logging.progress=false", "logging.table=false",
+            "logging.tensorboard=false", "checkpoint.every=0"]  # fmt: skip
+    summaries = {}
+    for encoding in ("float32", "int8"):
+        run = tmp_path / encoding
+        result = run_fedkd_sim(
+            [*base, f"knowledge.encoding={encoding}", f"hydra.run.dir={run}"], 300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        summaries[encoding] = json.loads((run / "summary.json").read_text())
+    f32, i8 = (summaries[e]["bytes_per_round"] for e in ("float32", "int8"))
+    # per client: [10, 10] logits + 10 counts: 480 bytes of data as float32, 220 as int8
+    # with its scales; Flower's count adds a .npy header (~128 bytes) per array, which
+    # dominates tables this small
+    saved = 3 * (480 - 220) - 3 * 128  # the scales' extra array header
+    assert f32["bytes_up"] - i8["bytes_up"] == pytest.approx(saved, abs=3 * 16)
+    assert i8["bytes_down"] < f32["bytes_down"]
+    final = summaries["int8"]["final"]["global_test_acc"]["last"]
+    assert summaries["int8"]["status"] == "finished" and np.isfinite(final)
