@@ -327,6 +327,9 @@ def _target_text(result: dict[str, Any]) -> str:
         if stretch is not None:
             extra = f", stretch {stretch}x {'met' if cmp['ratio'] <= stretch else 'not met'}"
         parts.append(f"≤ {targets['ratio']}x: {met}{extra}")
+    if "overhead_ms" in targets and "overhead_ms_per_client" in cmp:
+        met = "met" if cmp["overhead_ms_per_client"] < targets["overhead_ms"] else "not met"
+        parts.append(f"overhead < {targets['overhead_ms']} ms/client: {met}")
     if "peak_rss_gib" in targets and "peak_rss_mib" in sim:
         met = "met" if sim["peak_rss_mib"] / 1024 <= targets["peak_rss_gib"] else "not met"
         parts.append(f"< {targets['peak_rss_gib']} GiB: {met}")
