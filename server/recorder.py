@@ -35,6 +35,7 @@ from rich.table import Table
 
 EVAL_PREFIXES = ("local_test", "global_test")  # metrics that describe an evaluated model
 NOT_SCALARS = ("num_local_test",)  # kept in metrics.jsonl, not plotted
+MAX_OPEN_WRITERS = 64  # TensorBoard writers kept open at once (a file and a thread each)
 TIMINGS = ("client_time",)  # wall-clock: TensorBoard only, so metrics.jsonl is reproducible
 ACCURACIES = (
     "local_test_acc",
@@ -173,7 +174,8 @@ class RunRecorder:
         self._logged = 0  # rows of self._rounds already logged
         self._first_round_end: tuple[int, float] | None = None
         self._start = time.perf_counter()
-        self._writers: dict[str, Any] = {}
+        self._writers: dict[str, Any] = {}  # open writers, least recently used first
+        self._opened: set[str] = set()  # writer folders opened in this process
         self._purge_step: int | None = None
         self._tensorboard = tensorboard
         if resume is None:
@@ -402,15 +404,28 @@ class RunRecorder:
 
     # ------------------------------------------------------------ output
     def _writer(self, name: str):
-        if name not in self._writers:
+        """The TensorBoard writer of ``name`` (``client_<id>``, ``server``).
+
+        At most ``MAX_OPEN_WRITERS`` stay open (each holds a file and a thread): with
+        thousands of clients the least recently used is closed and, when its client
+        reports again, reopened on a new event file in the same folder, which
+        TensorBoard reads as one run.
+        """
+        writer = self._writers.pop(name, None)
+        if writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             # resumed: events from the first round not yet written on are hidden (TensorBoard's
-            # purge), so the rounds written again appear once
-            self._writers[name] = SummaryWriter(
-                log_dir=str(self.run_dir / "tensorboard" / name), purge_step=self._purge_step
+            # purge), so the rounds written again appear once; only on a folder's first open
+            purge = None if name in self._opened else self._purge_step
+            self._opened.add(name)
+            writer = SummaryWriter(
+                log_dir=str(self.run_dir / "tensorboard" / name), purge_step=purge
             )
-        return self._writers[name]
+            while len(self._writers) >= MAX_OPEN_WRITERS:
+                self._writers.pop(next(iter(self._writers))).close()
+        self._writers[name] = writer  # most recently used last
+        return writer
 
     def _write_round(self, rnd: int) -> None:
         self._written.add(rnd)

@@ -279,3 +279,26 @@ def test_a_simulation_joins_a_running_ray_cluster_on_loopback(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
     assert left == []
     assert not marked(launch)
+
+
+# ------------------------------------------------------------------ TensorBoard at scale
+def test_tensorboard_keeps_few_writers_open_and_loses_no_scalar(tmp_path, monkeypatch):
+    """Thousands of clients: writers beyond the cap are closed and reopened; every
+    client's every round still reaches TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from server import recorder as rec
+
+    monkeypatch.setattr(rec, "MAX_OPEN_WRITERS", 3)
+    recorder = rec.RunRecorder(tmp_path, num_rounds=3, progress=False, table=False, config={})
+    for rnd in (1, 2, 3):
+        for cid in range(7):
+            recorder.client(rnd, cid, {"global_test_acc": 0.1 * cid + rnd, "num_train": 5})
+        recorder.end_round(rnd, complete_upto=rnd)
+        assert len(recorder._writers) <= 3
+    recorder.finish({})
+    for cid in range(7):
+        acc = EventAccumulator(str(tmp_path / "tensorboard" / f"client_{cid}"))
+        acc.Reload()
+        steps = sorted((e.step, round(e.value, 4)) for e in acc.Scalars("global_test_acc"))
+        assert steps == [(r, round(0.1 * cid + r, 4)) for r in (1, 2, 3)]
