@@ -1,9 +1,8 @@
 """``fedkd-sim`` / ``python -m simulations.run``: one Ray-backed Flower simulation.
 
 Hydra composes ``configs/``; the run directory is Hydra's (``hydra.run.dir``
-overrides it). The config (and a checkpoint to resume) is checked before Ray
-starts, the data while Ray starts and before any client does: a bad value
-prints one line naming it and exits with status 1.
+overrides it). The config and the data are checked before Ray starts: a bad
+value prints one line naming it and exits with status 1.
 """
 
 from __future__ import annotations
@@ -52,60 +51,6 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
         },
         "init_args": init_args,
     }
-
-
-class EarlyRay:
-    """``ray.init`` in a background thread, as Flower's RayBackend would call it.
-
-    Starting Ray (about 3 s here) overlaps with the driver's own start-up work;
-    Flower's backend then finds Ray initialised and uses it (``init_ray`` skips
-    ``ray.init`` when ``ray.is_initialized()``), and shuts it down at the end as
-    usual. The thread lives until ``release()``: Ray's daemons die with the
-    thread that started them (``PR_SET_PDEATHSIG``). A failure here is left for
-    Flower's own ``ray.init`` to report.
-    """
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        import threading
-
-        self._ready, self._done = threading.Event(), threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(config,), daemon=True)
-        self._thread.start()
-
-    def _run(self, config: dict[str, Any]) -> None:
-        import ray
-
-        args = {"include_dashboard": False, **config["init_args"]}
-        pythonpath = os.pathsep.join(sys.path)  # what Flower hands its workers
-        if os.environ.get("PYTHONPATH"):
-            pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-        os.environ["PYTHONPATH"] = pythonpath
-        try:
-            if not ray.is_initialized():
-                ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
-        except Exception as err:  # Flower's backend retries and reports
-            log.debug("early ray.init failed: %s", err)
-        finally:
-            self._ready.set()
-        self._done.wait()
-
-    def wait(self) -> None:
-        """Until ``ray.init`` has returned."""
-        self._ready.wait()
-
-    def release(self) -> None:
-        """The simulation is over (Flower has shut Ray down): let the thread end."""
-        self._done.set()
-        self._thread.join()
-
-    def stop(self) -> None:
-        """The run will not start: shut Ray down."""
-        import ray
-
-        self._ready.wait()
-        if ray.is_initialized():
-            ray.shutdown()
-        self.release()
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -166,28 +111,22 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
-    from server.app import check_options, make_server_app, prepare_run
+    from server.app import make_server_app, prepare_run
     from server.checkpoint import load_server_checkpoint
     from server.recorder import console_options
 
     cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
-    check_options(cfg)  # a bad option fails before Ray starts
-    backend_config(cfg)  # simulation.ray_* too
+    backend_config(cfg)  # simulation.ray_* checked too
+    info = prepare_run(cfg)  # raises FedkdError before Ray starts
     run_dir = Path(run_dir)
     resume = None
     if cfg.get("resume"):  # the run's own config.yaml stays as it is
-        resume = load_server_checkpoint(run_dir, cfg)  # also before Ray starts
-    quiet_libraries(bool(cfg["logging"]["verbose"]))  # its env vars reach Ray's processes
-    early_ray = EarlyRay(backend_config(cfg))  # Ray starts while the driver builds the data
-    try:
-        info = prepare_run(cfg)  # data that cannot be split as asked: FedkdError, Ray stopped
-    except BaseException:
-        early_ray.stop()
-        raise
-    if not cfg.get("resume"):
+        resume = load_server_checkpoint(run_dir, cfg)  # also raises before Ray starts
+    else:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
         (run_dir / "config.yaml").write_text(text, encoding="utf-8")
+    quiet_libraries(bool(cfg["logging"]["verbose"]))
     if cfg["simulation"].get("fast_pickup", True):
         vce_patches.install_pickup()
     find_roster = None
@@ -197,20 +136,16 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         def find_roster(grid, timeout):
             return vce_patches.simulation_roster(grid, timeout, clients)
 
-    early_ray.wait()
     summary: dict[str, Any] = {}
 
     server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
-    try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=int(cfg["num_clients"]),
-            backend_config=backend_config(cfg),
-            verbose_logging=bool(cfg["logging"]["verbose"]),
-        )
-    finally:
-        early_ray.release()
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=int(cfg["num_clients"]),
+        backend_config=backend_config(cfg),
+        verbose_logging=bool(cfg["logging"]["verbose"]),
+    )
     summary_file = run_dir / "summary.json"
     if summary_file.exists():
         import json
