@@ -16,6 +16,10 @@ practice, but these exact formats are not from a paper):
   finite upload turns into Inf.
 - ``int8``: symmetric linear quantisation per row (the last axis), scale
   ``max|row| / 127`` sent as float32 beside it; an all-zero row gets scale 1.
+- after a lossy decode (float16, int8) probability tables (``space: probs``)
+  are renormalised per row: rounding would otherwise push row sums past the
+  validator's tolerance and every reply would be rejected. A row that decodes
+  to all zeros is left as it is (and rejected: there is nothing to rescale).
 - ``topk``: for score tables ``[N, C]`` (``PublicLogits.values``,
   ``ClassLogits.logits``) each row keeps its ``k`` largest entries (float32,
   column ids in the smallest unsigned dtype that holds ``C``) and one fill
@@ -96,7 +100,7 @@ class Float16(Codec):
             if arrays[key].dtype != np.float16:
                 raise _bad(f"'{key}' should be float16, got {arrays[key].dtype}")
             out[key] = arrays[key].astype(np.float32)
-        return out
+        return _renormalise_probs(out, meta)
 
 
 @ENCODINGS.register("int8")
@@ -130,7 +134,7 @@ class Int8(Codec):
                 q.shape
             )
             del out[f"{key}.scale"]
-        return out
+        return _renormalise_probs(out, meta)
 
 
 @ENCODINGS.register("topk")
@@ -182,6 +186,17 @@ class TopK(Codec):
                 del out[f"{key}.{part}"]
             out[key] = full
         return out
+
+
+def _renormalise_probs(arrays: dict[str, np.ndarray], meta: Mapping[str, Any]) -> dict:
+    """Rows of a decoded probability table rescaled to sum to 1 (see the module docstring)."""
+    key = SCORE_ARRAYS.get(str(meta.get("kind")))
+    if meta.get("space") != "probs" or key not in arrays or arrays[key].ndim != 2:
+        return arrays
+    probs = np.clip(arrays[key], 0.0, None)
+    total = probs.sum(axis=1, keepdims=True)
+    arrays[key] = np.where(total > 0, probs / np.where(total > 0, total, 1.0), probs)
+    return arrays
 
 
 def _names(meta: Mapping[str, Any], arrays: Mapping[str, Any], stored: bool = True) -> list[str]:

@@ -96,6 +96,10 @@ def run_reference(cfg: dict[str, Any]) -> dict[str, Any]:
         raise FedkdError("the reference implements strategy=fd with strategy.teacher=mean only")
     if cfg.get("privacy", {}).get("name", "none") != "none" or cfg["attack"]["kind"] != "none":
         raise FedkdError("the reference runs without privacy and attacks")
+    if cfg.get("knowledge", {}).get("encoding", "float32") != "float32":
+        # the reference exchanges knowledge in memory: a lossy wire encoding would make
+        # the simulation compute something else, and the comparison would not be exact
+        raise FedkdError("the reference exchanges float32 knowledge only (knowledge.encoding)")
     configure_torch(int(cfg["simulation"]["torch_threads"]))
     seed, key = int(cfg["seed"]), data_key(cfg)
     device = resolve_device(cfg["client"]["device"])

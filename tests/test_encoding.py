@@ -73,6 +73,28 @@ def test_topk_keeps_the_largest_scores_and_fills_the_rest_hand_computed():
     assert got.space == "probs"
 
 
+def test_lossy_probabilities_are_renormalised_so_they_pass_validation():
+    # 10 classes: int8 steps of 0.5/127 leave the row sum off by more than the tolerance
+    probs = np.array([[0.5] + [0.5 / 9] * 9, [0.1] * 10], np.float32)
+    arrays, _ = encode(
+        {"indices": np.array([0, 1]), "values": probs},
+        {"kind": "public_logits", "space": "probs"},
+        {"encoding": "int8"},
+    )
+    # row 0: scale 0.5/127, 0.5/9 -> 14.11 -> 14; sum = (127 + 9 * 14) * 0.5/127 = 0.99606
+    raw_sum = (127 + 9 * 14) * 0.5 / 127
+    got, _ = _round_trip(PublicLogits(np.array([0, 1]), probs, "probs"), encoding="int8")
+    np.testing.assert_allclose(got.values[0, 0], 0.5 / raw_sum, rtol=1e-6)
+    np.testing.assert_allclose(got.values[0, 1:], 14 * 0.5 / 127 / raw_sum, rtol=1e-6)
+    np.testing.assert_allclose(got.values[1], 0.1, rtol=1e-6)  # 0.1 is exactly 127 steps
+    np.testing.assert_allclose(got.values.sum(axis=1), 1.0, atol=1e-6)
+    got, _ = _round_trip(PublicLogits(np.array([0, 1]), probs, "probs"), encoding="float16")
+    np.testing.assert_allclose(got.values.sum(axis=1), 1.0, atol=1e-6)
+    logits = np.array([[0.5] + [0.5 / 9] * 9], np.float32)  # logits are not rescaled
+    got, _ = _round_trip(PublicLogits(np.array([0]), logits, "logits"), encoding="int8")
+    np.testing.assert_allclose(got.values.sum(), raw_sum, rtol=1e-6)
+
+
 def test_topk_leaves_other_arrays_and_small_tables_alone():
     protos = Prototypes(np.ones((3, 5), np.float32), np.array([1, 2, 3]))
     got, _ = _round_trip(protos, encoding="topk", top_k=2)

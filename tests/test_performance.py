@@ -21,7 +21,7 @@ import pytest
 import torch
 from procs import ROOT, marked, run_fedkd_sim, stop_tree
 
-from fedkd.errors import PayloadError
+from fedkd.errors import FedkdError, PayloadError
 from fedkd.models import build_model
 from fedkd.weights import load_packed, model_to_arrays, packed_state
 from simulations import bench
@@ -179,6 +179,18 @@ def test_the_reference_and_the_simulation_compute_the_same_run(tmp_path):
         assert ra["num_clients"] == rb["num_clients"] == 3  # the same seeded sampling
         for key in ("global_test_acc", "local_test_acc"):
             assert ra[key] == pytest.approx(rb[key], abs=1e-6)
+
+
+def test_the_reference_refuses_what_it_cannot_compute_exactly():
+    from fedkd.config import compose
+    from simulations.reference import run_reference
+
+    for overrides, message in [
+        (["knowledge.encoding=int8"], "knowledge.encoding"),
+        (["strategy=dsfl"], "strategy=fd"),
+    ]:
+        with pytest.raises(FedkdError, match=message):
+            run_reference(compose(overrides))
 
 
 def test_bench_figures_and_table_from_summaries(tmp_path):
