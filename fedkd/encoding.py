@@ -25,6 +25,8 @@ practice, but these exact formats are not from a paper):
   column ids in the smallest unsigned dtype that holds ``C``) and one fill
   value for the others: the mean of the dropped logits, so the row's mean is
   kept; for probabilities ``(1 - kept mass) / (C - k)``, so rows still sum to 1.
+  The fill travels as the last column of the kept values (``[N, k + 1]``): each
+  array on the wire costs a ~130-byte header, which matters for small tables.
   Other arrays (prototypes, weights, temperatures) stay float32.
 """
 
@@ -160,29 +162,34 @@ class TopK(Codec):
         else:
             fill = (x.sum(axis=1) - kept.sum(axis=1)) / dropped
         del out[key]
-        out[f"{key}.values"] = kept
+        out[f"{key}.values"] = np.hstack([kept, fill[:, None]]).astype(np.float32)
         out[f"{key}.index"] = index.astype(np.min_scalar_type(cols - 1))
-        out[f"{key}.fill"] = fill.astype(np.float32)
         return out, {ENCODED_KEY: key, f"encoding.{key}.cols": cols}
 
     def decode(self, arrays, meta):
         out = dict(arrays)
         for key in _names(meta, arrays, stored=False):
-            values = arrays.get(f"{key}.values")
+            packed = arrays.get(f"{key}.values")
             index = arrays.get(f"{key}.index")
-            fill = arrays.get(f"{key}.fill")
             cols = meta.get(f"encoding.{key}.cols")
-            if values is None or index is None or fill is None or not isinstance(cols, int):
-                raise _bad(f"'{key}' needs .values, .index, .fill and 'encoding.{key}.cols'")
-            if values.ndim != 2 or index.shape != values.shape or fill.shape != (len(values),):
-                raise _bad(f"'{key}' parts have inconsistent shapes")
+            if packed is None or index is None or not isinstance(cols, int):
+                raise _bad(f"'{key}' needs .values, .index and 'encoding.{key}.cols'")
+            if (
+                packed.ndim != 2
+                or index.ndim != 2
+                or packed.shape != (len(index), index.shape[1] + 1)
+            ):
+                raise _bad(
+                    f"'{key}' parts have inconsistent shapes (values [N, k+1], index [N, k])"
+                )
+            values, fill = packed[:, :-1], packed[:, -1]
             if not np.issubdtype(index.dtype, np.integer) or (
                 index.size and (index.min() < 0 or index.max() >= cols)
             ):
                 raise _bad(f"'{key}.index' must hold column ids in 0..{cols - 1}")
             full = np.repeat(fill.astype(np.float32)[:, None], cols, axis=1)
             np.put_along_axis(full, index.astype(np.int64), values.astype(np.float32), axis=1)
-            for part in ("values", "index", "fill"):
+            for part in ("values", "index"):
                 del out[f"{key}.{part}"]
             out[key] = full
         return out

@@ -72,6 +72,7 @@ class Workload:
     description: str
     overrides: list[str]
     targets: dict[str, float] = field(default_factory=dict)
+    reference: bool = True  # False: a method the sequential reference does not implement
 
     @classmethod
     def load(cls, name: str) -> Workload:
@@ -86,6 +87,7 @@ class Workload:
             description=str(spec["description"]),
             overrides=[str(o) for o in spec["overrides"]],
             targets=dict(spec.get("targets") or {}),
+            reference=bool(spec.get("reference", True)),
         )
 
 
@@ -245,7 +247,7 @@ def bench_workload(
     sims, refs = [], []
     for i in range(repeats):
         kinds = [("sim", sim_command, sims)]
-        if reference:
+        if reference and wl.reference:
             kinds.append(("ref", reference_command, refs))
         for kind, command, runs in kinds:
             run_dir = out / wl.name / f"{kind}-{i}"
@@ -296,9 +298,10 @@ def fedavg_bytes(overrides: list[str]) -> float:
 
 
 def bench_encodings(
-    encodings: list[str], out: Path, repeats: int, extra: list[str]
+    encodings: list[str], out: Path, repeats: int, extra: list[str], on: str = "digits-fd-20"
 ) -> dict[str, Any]:
-    wl = Workload.load("digits-fd-20")
+    """Workload ``on`` once per knowledge encoding: bytes per round and accuracy."""
+    wl = Workload.load(on)
     rows = {}
     for enc in encodings:
         sub = Workload(
@@ -307,6 +310,7 @@ def bench_encodings(
         rows[enc] = bench_workload(sub, repeats, out, reference=False, extra=extra)["simulation"]
     return {
         "workload": wl.name,
+        "description": wl.description,
         "by_encoding": rows,
         "fedavg_bytes_per_round": fedavg_bytes(wl.overrides),
     }
@@ -336,7 +340,7 @@ def _target_text(result: dict[str, Any]) -> str:
     return "; ".join(parts) or "–"
 
 
-def markdown(results: list[dict[str, Any]], encodings: dict[str, Any] | None, note: str) -> str:
+def markdown(results: list[dict[str, Any]], encodings: list[dict[str, Any]], note: str) -> str:
     lines = [
         "| workload | runs | wall (s) | reference (s) | ratio | loop ratio | rounds/s | updates/s "
         "| peak RSS (MiB) | up / down per round (kB) | overhead / client (ms) | global acc sim / ref | target |",
@@ -356,12 +360,14 @@ def markdown(results: list[dict[str, Any]], encodings: dict[str, Any] | None, no
             f"| {sim['updates_per_s']:.1f} | {sim['peak_rss_mib']:.0f} | {traffic} "
             f"| {_fmt(cmp.get('overhead_ms_per_client'), '.1f')} | {acc} | {_target_text(r)} |"
         )
-    text = "\n".join(lines) + "\n\n" + note + "\n"
-    if encodings:
-        rows = encodings["by_encoding"]
+    text = ("\n".join(lines) + "\n\n" if results else "") + note + "\n"
+    for table in encodings:
+        rows = table["by_encoding"]
         base = rows.get("float32", {})
-        fedavg = encodings["fedavg_bytes_per_round"]
+        fedavg = table["fedavg_bytes_per_round"]
         lines = [
+            "",
+            f"Encodings on `{table['workload']}` ({table.get('description', '')}):",
             "",
             "| encoding | bytes per round (up + down) | vs float32 | vs FedAvg (same models) "
             "| global acc (last) | Δ vs float32 (points) |",
@@ -406,7 +412,7 @@ def machine_note(repeats: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fedkd-bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--workloads", nargs="+", default=None, help="default: all")
+    parser.add_argument("--workloads", nargs="*", default=None, help="default: all; no names: none")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--out", type=Path, default=None, help="run folders (default outputs/bench/<time>)"
@@ -419,7 +425,14 @@ def main(argv: list[str] | None = None) -> None:
         "--encodings",
         nargs="*",
         default=None,
-        help="also run digits-fd-20 once per knowledge encoding (no names: all)",
+        help="also run the --encodings-on workloads once per knowledge encoding (no names: all)",
+    )
+    parser.add_argument(
+        "--encodings-on",
+        nargs="+",
+        default=["digits-fd-20"],
+        metavar="WORKLOAD",
+        help="workloads the encodings are measured on (default digits-fd-20)",
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
@@ -427,18 +440,28 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("fedkd-bench: error: --repeats must be >= 1")
     names = args.workloads if args.workloads is not None else workload_names()
     workloads = [Workload.load(n) for n in names]
+    chosen: list[str] = []
+    if args.encodings is not None:  # checked before anything runs
+        from fedkd.encoding import ENCODINGS
+
+        chosen = args.encodings or ENCODINGS.names()
+        unknown = [e for e in chosen if e not in ENCODINGS]
+        if unknown:
+            raise SystemExit(
+                f"fedkd-bench: error: unknown encodings {unknown} (known: {', '.join(ENCODINGS.names())})"
+            )
+        for name in args.encodings_on:
+            Workload.load(name)
     out = args.out or Path("outputs/bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     results = [
         bench_workload(wl, args.repeats, out, not args.no_reference, args.overrides)
         for wl in workloads
     ]
-    encodings = None
-    if args.encodings is not None:
-        from fedkd.encoding import ENCODINGS
-
-        chosen = args.encodings or ENCODINGS.names()
-        encodings = bench_encodings(chosen, out, args.repeats, args.overrides)
+    encodings = [
+        bench_encodings(chosen, out, args.repeats, args.overrides, on)
+        for on in (args.encodings_on if chosen else [])
+    ]
     text = markdown(results, encodings, machine_note(args.repeats))
     report = {"results": results, "encodings": encodings, "note": machine_note(args.repeats)}
     table = args.table or out / "bench.md"

@@ -114,7 +114,7 @@ def test_every_encoding_shrinks_a_public_logits_payload_as_expected():
     assert sizes["float32"] == 800 + 4000  # int64 indices + float32 values
     assert sizes["float16"] == 800 + 2000
     assert sizes["int8"] == 800 + 1000 + 400  # + one float32 scale per row
-    assert sizes["topk"] == 800 + 1200 + 300 + 400  # 3 values, 3 uint8 ids, 1 fill per row
+    assert sizes["topk"] == 800 + 1600 + 300  # 3 values + 1 fill (float32), 3 uint8 ids per row
     assert max(sizes["topk"], sizes["int8"]) < sizes["float16"] < sizes["float32"]
 
 
@@ -143,7 +143,8 @@ def _encoded(spec, payload):
         ({"encoding": "int8"}, lambda a, m: a.update({"logits.scale": np.full(2, np.nan, np.float32)}), "finite"),
         ({"encoding": "float16"}, lambda a, m: a.update({"logits": a["logits"].astype(np.float32)}), "float16"),
         ({"encoding": "topk", "top_k": 1}, lambda a, m: a.update({"logits.index": np.full((2, 1), 9, np.uint8)}), "column ids"),
-        ({"encoding": "topk", "top_k": 1}, lambda a, m: a.pop("logits.fill"), "needs"),
+        ({"encoding": "topk", "top_k": 1}, lambda a, m: a.pop("logits.index"), "needs"),
+        ({"encoding": "topk", "top_k": 1}, lambda a, m: a.update({"logits.values": np.ones((2, 1), np.float32)}), "inconsistent"),
         ({"encoding": "int8"}, lambda a, m: m.update({"encoding": "zip"}), "unknown encoding"),
     ],
 )  # fmt: skip

@@ -221,9 +221,18 @@ def test_bench_figures_and_table_from_summaries(tmp_path):
         "workload": "w", "targets": {"ratio": 1.5}, "simulation": sim, "reference": ref,
         "comparison": cmp,
     }  # fmt: skip
-    table = bench.markdown([result], None, "note")
+    table = bench.markdown([result], [], "note")
     assert "| w | 3/3 | 30.0 | 10.0 | 3.00x | 0.67x |" in table
     assert "≤ 1.5x: not met" in table
+    encodings = {
+        "workload": "w",
+        "description": "d",
+        "fedavg_bytes_per_round": 1e6,
+        "by_encoding": {"float32": {**sim, "global_acc": 0.5}, "int8": {**sim, "bytes_up": 250.0, "global_acc": 0.49}},
+    }  # fmt: skip
+    table = bench.markdown([], [encodings], "note")
+    # float32: 1000 + 500 bytes; int8: 250 + 500 = 0.5x of it and 0.00075x of FedAvg's 1 MB
+    assert "| int8 | 0.8 kB | 0.500x | 0.0008x (1.00 MB) | 0.4900 | -1.00 |" in table
 
 
 def test_every_bench_workload_composes():
@@ -236,9 +245,19 @@ def test_every_bench_workload_composes():
         "synthetic-10k",
     }
     for name in bench.workload_names():
-        cfg = compose(bench.Workload.load(name).overrides)
+        workload = bench.Workload.load(name)
+        cfg = compose(workload.overrides)
         check_config(cfg)
-        assert cfg["strategy"]["name"] == "fd"
+        if workload.reference:  # the sequential reference implements fd only
+            assert cfg["strategy"]["name"] == "fd"
+
+
+def test_bench_refuses_unknown_names_before_running(tmp_path):
+    with pytest.raises(SystemExit, match="unknown encodings"):
+        bench.main(["--workloads", "--encodings", "bf16", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no workload 'nope'"):
+        bench.main(["--workloads", "--encodings", "--encodings-on", "nope", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing ran
 
 
 # ------------------------------------------------------------------ Ray cluster
