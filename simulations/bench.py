@@ -410,6 +410,29 @@ def machine_note(repeats: int) -> str:
     )
 
 
+def earlier_report(table: Path | None) -> dict[str, Any]:
+    """``--update``: the report beside ``table`` (none yet: empty); unreadable: one-line error."""
+    if table is None:
+        raise SystemExit("fedkd-bench: error: --update needs --table (the report to update)")
+    path = table.with_suffix(".json")
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        assert isinstance(report.get("results"), list) and isinstance(report.get("encodings"), list)
+        return report
+    except (ValueError, AssertionError, AttributeError) as err:
+        raise SystemExit(
+            f"fedkd-bench: error: {path} is not a fedkd-bench report ({err})"
+        ) from None
+
+
+def merged(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results by workload name: the new ones replace earlier ones; sorted by name."""
+    by_name = {r["workload"]: r for r in earlier} | {r["workload"]: r for r in new}
+    return [by_name[name] for name in sorted(by_name)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fedkd-bench", description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="*", default=None, help="default: all; no names: none")
@@ -434,6 +457,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="WORKLOAD",
         help="workloads the encodings are measured on (default digits-fd-20)",
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other workloads' results from the --table's .json (rerun some, one table)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -452,6 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         for name in args.encodings_on:
             Workload.load(name)
+    earlier = earlier_report(args.table) if args.update else {}
     out = args.out or Path("outputs/bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     results = [
@@ -462,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_encodings(chosen, out, args.repeats, args.overrides, on)
         for on in (args.encodings_on if chosen else [])
     ]
+    results = merged(earlier.get("results", []), results)
+    encodings = merged(earlier.get("encodings", []), encodings)
     text = markdown(results, encodings, machine_note(args.repeats))
     report = {"results": results, "encodings": encodings, "note": machine_note(args.repeats)}
     table = args.table or out / "bench.md"

@@ -252,6 +252,20 @@ def test_every_bench_workload_composes():
             assert cfg["strategy"]["name"] == "fd"
 
 
+def test_bench_update_keeps_the_other_workloads(tmp_path):
+    old = [{"workload": "b", "v": 1}, {"workload": "a", "v": 1}]
+    assert bench.merged(old, [{"workload": "b", "v": 2}]) == [
+        {"workload": "a", "v": 1},
+        {"workload": "b", "v": 2},
+    ]
+    table = tmp_path / "bench.md"
+    assert bench.earlier_report(table) == {}  # nothing yet
+    table.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="bench.json is not a fedkd-bench report"):
+        bench.main(["--workloads", "--update", "--table", str(table), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+
+
 def test_bench_refuses_unknown_names_before_running(tmp_path):
     with pytest.raises(SystemExit, match="unknown encodings"):
         bench.main(["--workloads", "--encodings", "bf16", "--out", str(tmp_path)])
