@@ -382,7 +382,7 @@ def markdown(results: list[dict[str, Any]], encodings: list[dict[str, Any]], not
             delta = (
                 None
                 if base.get("global_acc") is None
-                else 100 * (row["global_acc"] - base["global_acc"])
+                else round(100 * (row["global_acc"] - base["global_acc"]), 2) + 0.0  # no "-0.00"
             )
             lines.append(
                 f"| {enc} | {total / 1e3:.1f} kB | "
