@@ -18,8 +18,8 @@ practice, but these exact formats are not from a paper):
   ``max|row| / 127`` sent as float32 beside it; an all-zero row gets scale 1.
 - after a lossy decode (float16, int8) probability tables (``space: probs``)
   are renormalised per row: rounding would otherwise push row sums past the
-  validator's tolerance and every reply would be rejected. A row that decodes
-  to all zeros is left as it is (and rejected: there is nothing to rescale).
+  validator's tolerance and every reply would be rejected. Only an error that
+  rounding can explain is corrected; anything else is left for validation.
 - ``topk``: for score tables ``[N, C]`` (``PublicLogits.values``,
   ``ClassLogits.logits``) each row keeps its ``k`` largest entries (float32,
   column ids in the smallest unsigned dtype that holds ``C``) and one fill
@@ -196,13 +196,23 @@ class TopK(Codec):
 
 
 def _renormalise_probs(arrays: dict[str, np.ndarray], meta: Mapping[str, Any]) -> dict:
-    """Rows of a decoded probability table rescaled to sum to 1 (see the module docstring)."""
+    """Rows of a decoded probability table rescaled to sum to 1 (see the module docstring).
+
+    Only rows whose sum is off by no more than rounding can explain (half an int8
+    step per entry, or float16's precision) are rescaled: a table that did not sum
+    to 1 before encoding is left as it is, and validation rejects it as it would
+    unencoded.
+    """
     key = SCORE_ARRAYS.get(str(meta.get("kind")))
     if meta.get("space") != "probs" or key not in arrays or arrays[key].ndim != 2:
         return arrays
-    probs = np.clip(arrays[key], 0.0, None)
+    probs = arrays[key]
+    if probs.size == 0 or probs.min() < 0:
+        return arrays
     total = probs.sum(axis=1, keepdims=True)
-    arrays[key] = np.where(total > 0, probs / np.where(total > 0, total, 1.0), probs)
+    rounding = probs.shape[1] * probs.max(axis=1, keepdims=True) / 254 + 1e-3
+    fixable = (total > 0) & (np.abs(total - 1.0) <= rounding)
+    arrays[key] = np.where(fixable, probs / np.where(fixable, total, 1.0), probs)
     return arrays
 
 

@@ -451,7 +451,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.nodes < 0:
         sys.exit("fedkd-deploy: error: --nodes must be >= 1")
-    # Ctrl-C and SIGTERM unwind through Deployment.__exit__, which stops every process
+    # Ctrl-C and SIGTERM unwind through Deployment.__exit__, which stops every process.
+    # SIGINT is set explicitly: Python keeps it ignored when the parent ignored it (a
+    # shell's `cmd &` without job control does), and then Ctrl-C would stop nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         sys.exit(run(args))

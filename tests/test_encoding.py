@@ -90,6 +90,16 @@ def test_lossy_probabilities_are_renormalised_so_they_pass_validation():
     np.testing.assert_allclose(got.values.sum(axis=1), 1.0, atol=1e-6)
     got, _ = _round_trip(PublicLogits(np.array([0, 1]), probs, "probs"), encoding="float16")
     np.testing.assert_allclose(got.values.sum(axis=1), 1.0, atol=1e-6)
+    # a table that never summed to 1 is not "corrected": validation rejects it as unencoded
+    content = RecordDict()
+    wire.put_knowledge(
+        content,
+        {"indices": np.array([0]), "values": np.full((1, 10), 0.2, np.float32)},
+        {"kind": "public_logits", "space": "probs"},
+        {"encoding": "int8"},
+    )
+    with pytest.raises(PayloadError, match="probability rows must sum to 1"):
+        wire.get_payload(content).validate(num_classes=10)
     logits = np.array([[0.5] + [0.5 / 9] * 9], np.float32)  # logits are not rescaled
     got, _ = _round_trip(PublicLogits(np.array([0]), logits, "logits"), encoding="int8")
     np.testing.assert_allclose(got.values.sum(), raw_sum, rtol=1e-6)
@@ -170,27 +180,34 @@ def test_config_errors_name_the_key():
 
 
 @pytest.mark.slow
-def test_an_int8_run_uploads_fewer_bytes_and_finishes(tmp_path):
+def test_an_int8_dsfl_run_sends_what_int8_weighs_and_rejects_nothing(tmp_path):
+    """End to end on probabilities (dsfl): every upload decodes, passes the sum-to-one
+    check (int8 rounding is renormalised) and weighs what an int8 payload weighs."""
     import json
 
     from procs import run_fedkd_sim
 
-    base = ["num_clients=3", "num_rounds=2", "logging.progress=false", "logging.table=false",
-            "logging.tensorboard=false", "checkpoint.every=0"]  # fmt: skip
-    summaries = {}
-    for encoding in ("float32", "int8"):
-        run = tmp_path / encoding
-        result = run_fedkd_sim(
-            [*base, f"knowledge.encoding={encoding}", f"hydra.run.dir={run}"], 300
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        summaries[encoding] = json.loads((run / "summary.json").read_text())
-    f32, i8 = (summaries[e]["bytes_per_round"] for e in ("float32", "int8"))
-    # per client: [10, 10] logits + 10 counts: 480 bytes of data as float32, 220 as int8
-    # with its scales; Flower's count adds a .npy header (~128 bytes) per array, which
-    # dominates tables this small
-    saved = 3 * (480 - 220) - 3 * 128  # the scales' extra array header
-    assert f32["bytes_up"] - i8["bytes_up"] == pytest.approx(saved, abs=3 * 16)
-    assert i8["bytes_down"] < f32["bytes_down"]
-    final = summaries["int8"]["final"]["global_test_acc"]["last"]
-    assert summaries["int8"]["status"] == "finished" and np.isfinite(final)
+    from clients.runtime import data_key, federated_data
+
+    overrides = ["strategy=dsfl", "num_clients=3", "num_rounds=2", "knowledge.encoding=int8"]
+    run = tmp_path / "int8"
+    result = run_fedkd_sim(
+        [*overrides, "logging.progress=false", "logging.table=false",
+         "logging.tensorboard=false", "checkpoint.every=0", f"hydra.run.dir={run}"],
+        300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert all(r["replies"] == 3 and r["rejected"] == 0 for r in summary["rounds"])
+    cfg = compose(overrides)
+    fed = federated_data(data_key(cfg))
+    rows = min(int(cfg["strategy"]["open_size"]), len(fed.public_x))
+    probs = np.full((rows, fed.num_classes), 1.0 / fed.num_classes, np.float32)
+    _, int8_size = _round_trip(PublicLogits(np.arange(rows), probs, "probs"), encoding="int8")
+    _, f32_size = _round_trip(PublicLogits(np.arange(rows), probs, "probs"))
+    content = RecordDict()
+    wire.put_payload(content, PublicLogits(np.arange(rows), probs, "probs"), {"encoding": "int8"})
+    per_client = wire.payload_bytes(content)  # Flower's count: data, headers and keys
+    assert int8_size < f32_size / 2
+    assert summary["bytes_per_round"]["bytes_up"] == pytest.approx(3 * per_client)
