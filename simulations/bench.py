@@ -419,12 +419,17 @@ def earlier_report(table: Path | None) -> dict[str, Any]:
         return {}
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-        assert isinstance(report.get("results"), list) and isinstance(report.get("encodings"), list)
-        return report
-    except (ValueError, AssertionError, AttributeError) as err:
+    except ValueError as err:
         raise SystemExit(
             f"fedkd-bench: error: {path} is not a fedkd-bench report ({err})"
         ) from None
+    if not isinstance(report, dict) or not all(
+        isinstance(report.get(key), list) for key in ("results", "encodings")
+    ):
+        raise SystemExit(
+            f"fedkd-bench: error: {path} is not a fedkd-bench report (no results/encodings lists)"
+        )
+    return report
 
 
 def merged(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

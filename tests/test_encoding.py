@@ -82,6 +82,7 @@ def test_lossy_probabilities_are_renormalised_so_they_pass_validation():
         {"encoding": "int8"},
     )
     # row 0: scale 0.5/127, 0.5/9 -> 14.11 -> 14; sum = (127 + 9 * 14) * 0.5/127 = 0.99606
+    np.testing.assert_array_equal(arrays["values"], [[127] + [14] * 9, [127] * 10])
     raw_sum = (127 + 9 * 14) * 0.5 / 127
     got, _ = _round_trip(PublicLogits(np.array([0, 1]), probs, "probs"), encoding="int8")
     np.testing.assert_allclose(got.values[0, 0], 0.5 / raw_sum, rtol=1e-6)
@@ -204,10 +205,15 @@ def test_an_int8_dsfl_run_sends_what_int8_weighs_and_rejects_nothing(tmp_path):
     fed = federated_data(data_key(cfg))
     rows = min(int(cfg["strategy"]["open_size"]), len(fed.public_x))
     probs = np.full((rows, fed.num_classes), 1.0 / fed.num_classes, np.float32)
-    _, int8_size = _round_trip(PublicLogits(np.arange(rows), probs, "probs"), encoding="int8")
-    _, f32_size = _round_trip(PublicLogits(np.arange(rows), probs, "probs"))
-    content = RecordDict()
-    wire.put_payload(content, PublicLogits(np.arange(rows), probs, "probs"), {"encoding": "int8"})
-    per_client = wire.payload_bytes(content)  # Flower's count: data, headers and keys
-    assert int8_size < f32_size / 2
-    assert summary["bytes_per_round"]["bytes_up"] == pytest.approx(3 * per_client)
+
+    def wire_bytes(spec):  # Flower's count of one upload: data, .npy headers and keys
+        content = RecordDict()
+        wire.put_payload(content, PublicLogits(np.arange(rows), probs, "probs"), spec)
+        return wire.payload_bytes(content)
+
+    int8_bytes, f32_bytes = wire_bytes({"encoding": "int8"}), wire_bytes(None)
+    assert int8_bytes < f32_bytes / 2
+    assert summary["bytes_per_round"]["bytes_up"] == pytest.approx(3 * int8_bytes)
+    # the server's download (round 2: the fused targets, plus the next round's request)
+    # is encoded too: unencoded, the targets alone would weigh f32_bytes per client
+    assert 0 < summary["rounds"][1]["bytes_down"] < 3 * f32_bytes
