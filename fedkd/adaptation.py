@@ -1,4 +1,4 @@
-"""FedKA's training loops (Sun, Chong, Ochiai, arXiv 2203.11635; ALGORITHMS.md §2.3).
+"""FedKA's training loops (Sun, Chong, Ochiai, arXiv 2203.11635; docs/algorithms.md §2.3).
 
 - :func:`adapt_locally`: a client's round, steps 1-2 of §2.3. Phase 1 draws
   ``batches`` source batches, each paired with a target batch, and minimises

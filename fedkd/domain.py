@@ -1,4 +1,4 @@
-"""Domain-adaptation pieces for FedKA (Sun, Chong, Ochiai, arXiv 2203.11635; ALGORITHMS.md §2).
+"""Domain-adaptation pieces for FedKA (Sun, Chong, Ochiai, arXiv 2203.11635; docs/algorithms.md §2).
 
 - :func:`grad_reverse`: gradient reversal layer (GRL; Ganin & Lempitsky 2015, arXiv
   1409.7495): identity forward, gradient times ``-λ`` backward.

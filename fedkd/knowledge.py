@@ -1,4 +1,4 @@
-"""Typed knowledge payloads exchanged between clients and server (see ALGORITHMS.md §0).
+"""Typed knowledge payloads exchanged between clients and server (see docs/algorithms.md §0).
 
 Each payload is a frozen dataclass that converts to and from a flat
 ``dict[str, np.ndarray]`` plus small scalar ``meta`` (what a Flower ``ArrayRecord`` /

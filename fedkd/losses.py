@@ -4,7 +4,7 @@ Each registered loss is a callable object ``loss(student, target, *, temperature
 returning a scalar averaged over the batch, with a ``target_space`` attribute saying what
 the target must be (``"logits"``, ``"probs"`` or ``"features"``). :func:`check_space`
 refuses a loss whose target space differs from the payload's: targets are never converted
-silently (ALGORITHMS.md pitfall 1).
+silently (docs/algorithms.md pitfall 1).
 
 - ``kl``: ``T² · KL(σ_T(target) ‖ σ_T(student))``, batchmean (Hinton et al. 2015,
   arXiv 1503.02531); FD / FedDF-style teachers given as logits.
@@ -14,7 +14,7 @@ silently (ALGORITHMS.md pitfall 1).
   ``T²`` factor; ``T`` softens the student only and defaults to 1 as in DS-FL (our option).
 - ``swing_kl``: ``mean_i T_i² · KL(q_i ‖ σ_{T_i}(student_i))`` with a per-sample temperature
   ``T_i`` (a ``[B]`` tensor, or one float): Swing distillation (Li et al., arXiv 2212.08349,
-  reconstructed in ALGORITHMS.md §3.2; :mod:`fedkd.privacy.swing`). The ``(1−α)·CE`` half of
+  reconstructed in docs/algorithms.md §3.2; :mod:`fedkd.privacy.swing`). The ``(1−α)·CE`` half of
   its loss is ``distill(kd_weight=α, ce_weight=1−α)``.
 - ``l1``: mean absolute error between logits (FedMD digest, Li & Wang arXiv 1910.03581).
 - ``mse``: mean squared error over batch and dims (FedProto, Tan et al. arXiv 2105.00243).

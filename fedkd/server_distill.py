@@ -6,7 +6,7 @@ unlabelled public data, and keeps the student state that validates best.
 
 Follows the reference code (epfml/federated-learning-public-code,
 ``codes/FedDF-code/pcode/aggregation/noise_knowledge_transfer.py`` and
-``adv_knowledge_transfer.py``, ALGORITHMS.md §4.3):
+``adv_knowledge_transfer.py``, docs/algorithms.md §4.3):
 
 - Teacher = weighted average of the teachers' **logits** (``update_student_scheme=avg_logits``,
   as in the README commands), uniform weights ``1/K`` by default; teachers in eval mode.

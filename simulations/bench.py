@@ -1,4 +1,4 @@
-"""``fedkd-bench``: how fast and how big, against a sequential reference (issue 8).
+"""``fedkd-bench``: how fast and how big, against a sequential reference.
 
 Each workload (``configs/bench/<name>.yaml``: Hydra overrides + targets) runs as
 ``fedkd-sim`` and as ``python -m simulations.reference`` (the same computation

@@ -9,7 +9,7 @@ and global-test accuracy (best and last round) and the bytes per round, or for
 domain shift the target accuracy, voting accuracy and group effect. A run that
 fails is reported as failed; the others still make the table.
 
-    fedkd-compare                                     # README table (issue 2 setting)
+    fedkd-compare                                     # the baselines table of the README
     fedkd-compare --preset fusion                     # methods x alpha {0.1, 0.5, 5} x 3 seeds
     fedkd-compare --preset knfu-claim                 # local vs uniform vs personalised fusion
     fedkd-compare --preset domains                    # leave-one-domain-out: FedKA, ablations, vote
@@ -40,13 +40,13 @@ METHODS = {
     "knfu-uniform": ["strategy=knfu", "strategy.beta=0"],
     "knfu": ["strategy=knfu"],
     "fedavg": ["strategy=fedavg", "model=mlp"],
-    # leave-one-domain-out on digits_domains (issue 4)
+    # leave-one-domain-out on digits_domains
     "source-only": [*FEDKA, "strategy.method=source", "strategy.voting_enabled=false"],
     "fedka": FEDKA,
     "fedka-no-vote": [*FEDKA, "strategy.voting_enabled=false"],
     "vote-hetero": ["strategy=vote", "+experiment=vote_digits_domains"],
 }
-# robust fusion against hostile clients (issue 7): per-class logits (fd) and public-set
+# robust fusion against hostile clients: per-class logits (fd) and public-set
 # probabilities (dsfl), each with every reducer
 REDUCER_OPTIONS = {
     "mean": ["strategy.reducer=mean"],
@@ -64,14 +64,14 @@ METHODS.update(
 )
 DOMAINS = ["original", "rotated", "inverted", "noisy", "blurred", "scaled"]
 PRESETS = {
-    # issue 2: the five baselines, digits, 20 clients, Dirichlet 0.1, one seed
+    # the five baselines, digits, 20 clients, Dirichlet 0.1, one seed
     "baselines": {
         "methods": ["local", "fd", "fedmd", "dsfl", "fedavg"],
         "values": [0.1],
         "seeds": [0],
         "setting": ["num_clients=20", "num_rounds=30"],
     },
-    # issue 3: every knowledge method x heterogeneity x 3 seeds on digits
+    # every knowledge method x heterogeneity x 3 seeds on digits
     "fusion": {
         "methods": [
             m
@@ -96,7 +96,7 @@ PRESETS = {
             "dataset.class_sep=0.6",
         ],
     },
-    # issue 7: robust fusion against a share of hostile clients, on the honest clients' accuracy
+    # robust fusion against a share of hostile clients, on the honest clients' accuracy
     "attacks": {
         "methods": ROBUST,
         "axis": "attack.fraction",
@@ -110,7 +110,7 @@ PRESETS = {
         ],
         "columns": "attack",
     },
-    # issue 4: every leave-one-domain-out task of digits_domains, FedKA and its ablations
+    # every leave-one-domain-out task of digits_domains, FedKA and its ablations
     "domains": {
         "methods": ["source-only", "fedka", "fedka-no-vote", "vote-hetero"],
         "axis": "split.target_domain",

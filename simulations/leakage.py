@@ -1,4 +1,4 @@
-"""``fedkd-leakage``: leakage measured, not assumed (issue 5, item 6).
+"""``fedkd-leakage``: leakage measured, not assumed.
 
 Runs the real simulation (one ``fedkd-sim`` process per setting, like
 ``fedkd-compare``) with canaries (``split.canaries``, ``fedkd/data/canaries.py``):
@@ -15,7 +15,7 @@ client-side privacy mod. Attack: a loss threshold attack on the released
 distributions, score = ``log`` of the mean over rounds of ``q(y)`` on the canary's label
 (:func:`fedkd.privacy.leakage.canary_log_probs`); AUC members vs non-members. Where
 per-sample temperatures are released (Swing), the temperature itself is a second
-attack score (``auc_temperature``). Exposure (ALGORITHMS.md §3.3): members grouped
+attack score (``auc_temperature``). Exposure (docs/algorithms.md §3.3): members grouped
 into codes of ``code_length`` labels, ranked among ``C^code_length`` label strings;
 measured on what the client shares, not on the students' models (ours).
 

@@ -1,4 +1,4 @@
-"""FedKA domain-adaptation pieces: GRL, DANN ramp, MK-MMD, domain head (ALGORITHMS.md §2)."""
+"""FedKA domain-adaptation pieces: GRL, DANN ramp, MK-MMD, domain head (docs/algorithms.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Leakage metrics, canaries and the attack (issue 5 item 6).
+"""Leakage metrics, canaries and the attack.
 
 The attack is tested on synthetic uploads passed through the real client-side privacy
 mod's ``privatize``; the canary insertion and the server's canary log on the real data

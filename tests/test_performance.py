@@ -1,4 +1,4 @@
-"""Issue 8: the pieces that make runs fast and let them scale, tested for what they do.
+"""The pieces that make runs fast and let them scale, tested for what they do.
 
 Speed itself is measured by ``fedkd-bench`` (README "Performance"), never here.
 """

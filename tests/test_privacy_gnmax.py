@@ -1,4 +1,4 @@
-"""GNMax / Confident-GNMax noise statistics and the RDP ledger (ALGORITHMS.md §4.7, §5.3)."""
+"""GNMax / Confident-GNMax noise statistics and the RDP ledger (docs/algorithms.md §4.7, §5.3)."""
 
 from __future__ import annotations
 

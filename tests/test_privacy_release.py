@@ -1,4 +1,4 @@
-"""Client-side privacy mod, central noise and their accounting (issue 5)."""
+"""Client-side privacy mod, central noise and their accounting."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ GAUSS = LocalSpec(mechanism="gaussian", noise_multiplier=0.5, clip=2.0)
 
 
 def test_accountant_reproduces_the_reference_values():
-    # ALGORITHMS.md §5.3 / issue 5: Gaussian, no sampling, delta 1e-5, 50 rounds
+    # docs/algorithms.md §5.3: Gaussian, no sampling, delta 1e-5, 50 rounds
     assert epsilon_after(dp_accounting.GaussianDpEvent(5.0), 50, 1e-5) == pytest.approx(
         7.08, abs=0.01
     )

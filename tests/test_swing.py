@@ -1,4 +1,4 @@
-"""Swing-style adaptive temperature and soft-target noise (issue 5 item 3)."""
+"""Swing-style adaptive temperature and soft-target noise."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Canaries for leakage measurements (ALGORITHMS.md §3.3, classification adaptation).
+"""Canaries for leakage measurements (docs/algorithms.md §3.3, classification adaptation).
 
 A canary is a unique input with a random label (Carlini et al. 2019, "The Secret
 Sharer", adapted to classification as §3.3 proposes): seeded uniform noise over the

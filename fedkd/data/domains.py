@@ -1,7 +1,7 @@
 """``digits_domains``: scikit-learn's 8x8 digits turned into several seeded domains.
 
 A small, download-free stand-in for multi-domain benchmarks such as Digit-Five
-(FedKA, ALGORITHMS.md §2): every domain is the same digit task seen through a
+(FedKA, docs/algorithms.md §2): every domain is the same digit task seen through a
 different deterministic transform, so a model trained on some domains meets a
 covariate shift on the others.
 

@@ -4,7 +4,7 @@ The real-data counterpart of ``digits_domains``: ``domains`` maps a domain name 
 path as ``dataset.path`` of ``hf`` takes it (a hub name or a local ``save_to_disk`` or
 parquet folder), and each is read with the ``hf`` loader's helpers (``hf.py``). With
 ``split.target_domain`` and ``partition=domain`` this is FedKA's digit setting
-(ALGORITHMS.md §2): one source domain per client, one domain held out as the server's
+(docs/algorithms.md §2): one source domain per client, one domain held out as the server's
 unlabelled target and the transductive test set.
 
 From FedKA: every domain is brought to one shape, 28x28 RGB (gray images repeat

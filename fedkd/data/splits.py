@@ -6,7 +6,7 @@ rest is partitioned over clients. Each step has its own RNG stream derived from 
 run seed, so every process that calls this gets identical arrays.
 
 Leave-one-domain-out (``split.target_domain: <name>``, for datasets with domains such
-as ``digits_domains``; FedKA, ALGORITHMS.md §2): the target domain's samples are both
+as ``digits_domains``; FedKA, docs/algorithms.md §2): the target domain's samples are both
 the unlabelled public set (``public_x``, inputs only) and the global test set (the same
 samples with their labels, for evaluation only: transductive, as FedKA evaluates on its
 adaptation split). Every source-domain sample goes to the private pool, so

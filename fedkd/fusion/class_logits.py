@@ -4,7 +4,7 @@ The server averages row ℓ of the clients' per-label mean logits over the clien
 label ℓ. The reference reimplementation (zhuangdizhu/FedGen ``serverFedDistill.py``) uses
 a plain unweighted mean, our default. The leave-one-out teacher
 ``F̂_k[ℓ] = (Σ_j F̄_j[ℓ] − F̄_k[ℓ]) / (K_ℓ − 1)`` follows our recollection of the paper's
-Alg. 1 (unverified, ALGORITHMS.md §4.1). Count weighting and robust reducers are our options.
+Alg. 1 (unverified, docs/algorithms.md §4.1). Count weighting and robust reducers are our options.
 """
 
 from __future__ import annotations

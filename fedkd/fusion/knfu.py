@@ -1,5 +1,5 @@
 """KnFu personalised effective-knowledge fusion (Seyedmohammadi, Atapour, Abouei, Mohammadi
-2024, arXiv 2403.11892; ALGORITHMS.md §1).
+2024, arXiv 2403.11892; docs/algorithms.md §1).
 
 The paper's parts: each client receives its own fusion of only the effective knowledge of
 its *semantic neighbours* [ABS]; neighbours are judged from an Estimated Probability

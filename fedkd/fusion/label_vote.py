@@ -3,7 +3,7 @@
 One object serves both alignment-voting strategies (``vote``: heterogeneous clients
 distil on the released labels; ``fedka``: the global model is fine-tuned on them), so
 the threshold, the noise and the privacy accounting are the same code
-(ALGORITHMS.md §2.3 step 4, §2.5, §4.7):
+(docs/algorithms.md §2.3 step 4, §2.5, §4.7):
 
 - ``noise: none``: the plurality label (ties to the lowest class id) where the share of
   voters agreeing reaches ``threshold`` (FedKA: ``threshold = 0``, every sample).

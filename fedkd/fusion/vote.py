@@ -1,6 +1,6 @@
 """Label voting over clients (FedKA federated voting; PATE vote histograms).
 
-FedKA (Sun, Chong, Ochiai, arXiv 2203.11635, ALGORITHMS.md §2.3 step 4) pseudo-labels
+FedKA (Sun, Chong, Ochiai, arXiv 2203.11635, docs/algorithms.md §2.3 step 4) pseudo-labels
 each unlabelled target sample with the per-sample majority vote of the client models'
 argmax labels. PATE (Papernot et al., arXiv 1610.05755 / 1802.08908, §4.7) builds the
 same per-sample histogram ``n_j(x)`` of teacher votes; its noisy aggregators live in

@@ -1,4 +1,4 @@
-"""Differential privacy for released knowledge (ALGORITHMS.md §4.7, §5; no Flower).
+"""Differential privacy for released knowledge (docs/algorithms.md §4.7, §5; no Flower).
 
 Mechanisms (what is released, with which noise) are kept apart from accountants (what
 that costs), as in Opacus: :mod:`fedkd.privacy.mechanisms` draws noise,

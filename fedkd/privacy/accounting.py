@@ -1,7 +1,7 @@
 """Privacy ledger for vote releases: data-independent PATE costs composed by ``dp-accounting``.
 
 :class:`RdpLedger` wraps ``dp_accounting.rdp.RdpAccountant`` (Google ``dp-accounting``,
-ALGORITHMS.md §5.4). Each release is recorded as a ``dp_accounting.GaussianDpEvent`` whose
+docs/algorithms.md §5.4). Each release is recorded as a ``dp_accounting.GaussianDpEvent`` whose
 noise multiplier is the noise std divided by the L2 sensitivity of the noised quantity;
 composition and the RDP → (ε, δ) conversion (the tighter form of §5.3) are the library's.
 Nothing here is a hand-written accountant.

@@ -1,4 +1,4 @@
-"""Leakage metrics on canaries: membership-inference AUC and exposure (ALGORITHMS.md §3.3).
+"""Leakage metrics on canaries: membership-inference AUC and exposure (docs/algorithms.md §3.3).
 
 - :func:`membership_auc`: the ROC AUC of a score that should be higher on members than
   on non-members (Mann-Whitney U / (n_m·n_n), ties count one half). 0.5 = no signal;

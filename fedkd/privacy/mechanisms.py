@@ -1,4 +1,4 @@
-"""Noise mechanisms (ALGORITHMS.md §4.7, §5.2); their costs are in :mod:`.accounting`.
+"""Noise mechanisms (docs/algorithms.md §4.7, §5.2); their costs are in :mod:`.accounting`.
 
 PATE's noisy vote aggregators:
 

@@ -1,6 +1,6 @@
 """Noising what a client releases (local DP) or what the server fuses (central DP).
 
-ALGORITHMS.md §5.1-5.2. Two places, one vocabulary:
+docs/algorithms.md §5.1-5.2. Two places, one vocabulary:
 
 - **Local** (``privacy=gaussian|laplace``, §5.2 B): every client clips and noises its own
   upload before it leaves (:func:`privatize`, applied by ``clients/privacy_mod.py``). The

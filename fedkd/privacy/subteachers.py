@@ -1,4 +1,4 @@
-"""Record-level privacy by sub-teachers (PATE-style soft labels; ALGORITHMS.md §5.2 C).
+"""Record-level privacy by sub-teachers (PATE-style soft labels; docs/algorithms.md §5.2 C).
 
 A client splits its private training data into ``n_t`` disjoint shards, keeps one model
 per shard (trained only on that shard, every round), and releases on the public

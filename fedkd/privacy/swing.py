@@ -1,4 +1,4 @@
-"""Swing-style adaptive temperature and soft-target noise (ALGORITHMS.md §3.2).
+"""Swing-style adaptive temperature and soft-target noise (docs/algorithms.md §3.2).
 
 Swing Distillation (Li et al., arXiv 2212.08349) gives every position its own KD
 temperature, set by how likely it carries private information, and noises the soft

@@ -11,7 +11,7 @@ The base class also adds ``confusion: true`` to the plan of the exchanges
 whose evaluation ``logging.confusion_every`` selects, so every strategy gets
 the mean client's confusion matrix without touching its own ``plan``.
 
-Reliability (issue 7): every reply is checked before fusion and a bad one is
+Reliability: every reply is checked before fusion and a bad one is
 rejected with a reason (``fedkd.errors.REJECT_REASONS``), logged on one line
 naming the client and counted per round (``rejected_replies``); payload
 rejections are strikes (``server.max_strikes`` excludes the client); a fusion

@@ -1,5 +1,5 @@
 """``fedka``: FedKA, feature distribution matching for federated domain generalisation
-(Sun, Chong, Ochiai, ACML 2022, arXiv 2203.11635; ALGORITHMS.md §2, official notebook
+(Sun, Chong, Ochiai, ACML 2022, arXiv 2203.11635; docs/algorithms.md §2, official notebook
 ``FedKA-Digit-Five.ipynb``).
 
 Each client holds one labelled source domain; the unlabelled target domain is the public

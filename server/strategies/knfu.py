@@ -8,7 +8,7 @@ local fine-tuning with ``T^2 * KL(Q_k || softmax(f_k(x) / T))`` (optionally plus
 ``ce_weight * CE`` on private data).
 
 The paper's: the four steps, personalisation to semantic neighbours, the EPD
-and beta = 10 [3P]. Ours [PROPOSED, see ALGORITHMS.md §1.2]: the EPD as the mean
+and beta = 10 [3P]. Ours [PROPOSED, see docs/algorithms.md §1.2]: the EPD as the mean
 soft label over the transfer set, the divergence (``kl``, ``js``,
 ``mean_sample_kl``), the softmax weight form, the optional hard gating
 (``threshold`` / ``top_m``), the loss. Also ours, for one exchange per round:

@@ -1,5 +1,5 @@
 """``vote``: alignment voting for heterogeneous models (FedKA's federated voting as a
-knowledge exchange; ALGORITHMS.md §2.3 step 4, §2.5, §4.7).
+knowledge exchange; docs/algorithms.md §2.3 step 4, §2.5, §4.7).
 
 Clients upload only labels: their top-k classes (``top_k``, argmax by default) on a
 per-round subset of the public set (the unlabelled target domain when
