@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedkd.errors import ConfigError, FedkdError
 from simulations import vce_patches
+from simulations.cluster import (
+    LOCAL,
+    check_connect_timeout,
+    keep_launcher_signal_handlers,
+    resolve_address,
+    wait_for_head,
+)
 
 log = logging.getLogger("fedkd")
 
@@ -30,20 +38,19 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "log_to_driver": bool(cfg["logging"]["verbose"]),
         "logging_level": logging.INFO if cfg["logging"]["verbose"] else logging.ERROR,
     }
-    address = sim.get("ray_address")
-    if address:  # join a running cluster (``ray start --head`` elsewhere): it owns the resources
+    address = resolve_address(sim)
+    check_connect_timeout(sim)
+    if (
+        address != LOCAL
+    ):  # join a running cluster (``ray start --head`` elsewhere): it owns the resources
         if sim.get("ray_num_cpus"):
             raise ConfigError(
                 "simulation.ray_num_cpus must be null with simulation.ray_address "
                 "(the cluster's `ray start --num-cpus` sets it)"
             )
-        if not isinstance(address, str) or not (address == "auto" or ":" in address):
-            raise ConfigError(
-                f"simulation.ray_address must be 'host:port' of a Ray head or 'auto' (got {address!r})"
-            )
-        init_args["address"] = address
     elif sim.get("ray_num_cpus"):
         init_args["num_cpus"] = int(sim["ray_num_cpus"])
+    init_args["address"] = address  # "local": a private instance, never a running cluster
     return {
         "client_resources": {
             "num_cpus": float(sim["num_cpus_per_client"]),
@@ -116,7 +123,9 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     from server.recorder import console_options
 
     cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
-    backend_config(cfg)  # simulation.ray_* checked too
+    backend = backend_config(cfg)  # simulation.ray_* checked too
+    # a cluster to join must answer before anything is built (Ray would retry for minutes)
+    wait_for_head(backend["init_args"]["address"], float(cfg["simulation"]["connect_timeout"]))
     info = prepare_run(cfg)  # raises FedkdError before Ray starts
     run_dir = Path(run_dir)
     resume = None
@@ -127,6 +136,7 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
         (run_dir / "config.yaml").write_text(text, encoding="utf-8")
     quiet_libraries(bool(cfg["logging"]["verbose"]))
+    keep_launcher_signal_handlers()
     if cfg["simulation"].get("fast_pickup", True):
         vce_patches.install_pickup()
     find_roster = None
@@ -143,7 +153,7 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         server_app=server_app,
         client_app=client_app,
         num_supernodes=int(cfg["num_clients"]),
-        backend_config=backend_config(cfg),
+        backend_config=backend,
         verbose_logging=bool(cfg["logging"]["verbose"]),
     )
     summary_file = run_dir / "summary.json"
@@ -193,8 +203,38 @@ def resume_arguments(argv: list[str]) -> list[str]:
     return [*argv, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
 
 
+def stop_everything(signum: int, frame: Any = None) -> None:
+    """Ctrl-C / SIGTERM: stop every process this launcher started (Ray and its workers),
+    by process id, then exit at once (status 128 + signal).
+
+    It runs inside the signal handler instead of raising KeyboardInterrupt: Flower's
+    engine waits for its worker threads in a ``with ThreadPoolExecutor`` block, which
+    would wait again for threads that only stop once that block has ended.
+    """
+    from simulations.proctree import process_tree, stop_tree
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("fedkd-sim: interrupted; stopping the processes it started", file=sys.stderr)
+    logging.shutdown()
+    sys.stderr.flush()
+    # what the engine's threads say about workers vanishing under them is expected: not shown
+    logging.disable(logging.CRITICAL)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    children = [p for p in process_tree([os.getpid()]) if p != os.getpid()]
+    stop_tree(children, grace=20, term_first=5)
+    os._exit(128 + signum)
+
+
 def main() -> None:
     sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
+    # Ray's core installs a handler that turns SIGTERM into an abort (status -6, nothing
+    # stopped); without it the signal reaches ours, which stops what the launcher started
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    # set explicitly: Python keeps SIGINT ignored when started from a shell's background job
+    signal.signal(signal.SIGINT, stop_everything)
+    signal.signal(signal.SIGTERM, stop_everything)
     _hydra_main()
 
 

@@ -22,12 +22,15 @@ __all__ = ["ROOT", "alive", "marked", "process_tree", "run_fedkd_sim", "stop_tre
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_fedkd_sim(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+def run_fedkd_sim(
+    args: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``fedkd-sim ARGS`` from the checkout; on timeout kill its whole process group."""
     cmd = [sys.executable, "-m", "simulations.run", *args]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -42,12 +45,15 @@ def run_fedkd_sim(args: list[str], timeout: float) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def start_fedkd_sim(args: list[str], log_path: Path) -> subprocess.Popen:
+def start_fedkd_sim(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start ``fedkd-sim ARGS`` in its own process group (output to ``log_path``)."""
     log = open(log_path, "w")  # noqa: SIM115 (closed by the caller's process ending)
     return subprocess.Popen(
         [sys.executable, "-m", "simulations.run", *args],
         cwd=ROOT,
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

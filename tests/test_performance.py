@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from procs import ROOT, marked, run_fedkd_sim, stop_tree
+from procs import ROOT, marked, run_fedkd_sim, start_fedkd_sim, stop_tree
 
 from fedkd.errors import FedkdError, PayloadError
 from fedkd.models import build_model
@@ -159,6 +160,49 @@ def test_ray_address_and_num_cpus_together_are_refused_before_ray_starts(tmp_pat
     )  # fmt: skip
     assert result.returncode == 1
     assert "simulation.ray_num_cpus must be null with simulation.ray_address" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["simulation.ray_address=127.0.0.1:{port}", "simulation.connect_timeout=1"],
+         "no Ray head answered within 1 s"),
+        (["simulation.ray_address=nonsense"], "must be 'host:port' of a Ray head or 'auto'"),
+        (["simulation.connect_timeout=-1"], "simulation.connect_timeout must be a number"),
+    ],
+)  # fmt: skip
+def test_a_cluster_that_does_not_answer_stops_the_run_with_one_line(tmp_path, overrides, expected):
+    """Nothing listens on the port: one line naming the address, before data or Ray."""
+    port = _free_port()
+    result = run_fedkd_sim(
+        [*TINY, *(o.format(port=port) for o in overrides), f"hydra.run.dir={tmp_path}"],
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+
+
+def test_a_plain_run_starts_a_private_ray_instance():
+    """``ray_address: null`` hands Ray "local", which never joins RAY_ADDRESS or `ray start`'s
+    cluster; "auto" and host:port are explicit joins."""
+    from simulations.cluster import resolve_address
+    from simulations.run import backend_config
+
+    cfg = {
+        "simulation": {"num_cpus_per_client": 1, "num_gpus_per_client": 0.0,
+                       "ray_num_cpus": 2, "ray_address": None, "connect_timeout": 30},
+        "logging": {"verbose": False},
+    }  # fmt: skip
+    assert backend_config(cfg)["init_args"]["address"] == "local"
+    assert backend_config(cfg)["init_args"]["num_cpus"] == 2
+    os.environ["RAY_ADDRESS"] = "127.0.0.1:6390"
+    try:
+        assert resolve_address({"ray_address": None}) == "local"
+        assert resolve_address({"ray_address": "auto"}) == "127.0.0.1:6390"
+    finally:
+        del os.environ["RAY_ADDRESS"]
 
 
 # ------------------------------------------------------------------ reference
@@ -303,6 +347,18 @@ def test_a_simulation_joins_a_running_ray_cluster_on_loopback(tmp_path):
             assert head.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the Ray head did not start within 90 s"
             time.sleep(0.5)
+
+        def actor_logs() -> str:
+            return "".join(p.read_text(errors="ignore") for p in temp.rglob("worker-*.out"))
+
+        # a plain run never joins a running cluster, even one RAY_ADDRESS points to
+        plain = run_fedkd_sim(
+            [*TINY, f"hydra.run.dir={tmp_path / 'plain'}"],
+            timeout=300,
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+        )
+        assert plain.returncode == 0, plain.stderr[-2000:]
+        assert "ClientAppActor" not in actor_logs()
         result = run_fedkd_sim(
             [
                 *TINY,
@@ -316,14 +372,41 @@ def test_a_simulation_joins_a_running_ray_cluster_on_loopback(tmp_path):
         assert summary["status"] == "finished"
         assert len(summary["rounds"]) == 2 and summary["rounds"][-1]["num_clients"] == 4
         # the clients ran in the head's workers: its session logged the run's actors
-        logs = "".join(p.read_text(errors="ignore") for p in temp.rglob("worker-*.out"))
-        assert "ClientAppActor" in logs
+        assert "ClientAppActor" in actor_logs()
         assert head.poll() is None  # the simulation left the cluster running
     finally:
         left = stop_tree([head], launch_id=launch, grace=60, term_first=15)
         shutil.rmtree(temp, ignore_errors=True)
     assert left == []
     assert not marked(launch)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_launcher_and_everything_it_started(tmp_path):
+    """SIGTERM once the first round is recorded: the launcher exits and no Ray process of
+    its own is left (found by the marker every process it started inherits)."""
+    launch = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    proc = start_fedkd_sim(
+        [*TINY, "num_rounds=200", f"hydra.run.dir={run_dir}"],
+        tmp_path / "sim.log",
+        env={**os.environ, MARKER: launch},
+    )
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().strip()):
+            assert proc.poll() is None, (tmp_path / "sim.log").read_text()[-2000:]
+            time.sleep(0.2)
+        assert marked(launch)  # Ray's processes carry the marker
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+        assert (
+            "interrupted; stopping the processes it started" in (tmp_path / "sim.log").read_text()
+        )
+        assert not marked(launch)
+    finally:
+        left = stop_tree([proc], launch_id=launch, grace=60)
+    assert left == []
 
 
 # ------------------------------------------------------------------ TensorBoard at scale

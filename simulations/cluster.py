@@ -1,0 +1,108 @@
+"""Which Ray instance a simulation uses, and a bounded wait for a cluster to answer.
+
+``simulation.ray_address: null`` starts a private local Ray instance: Ray's own
+default (``ray.init()`` with no address) would join whatever ``RAY_ADDRESS`` or
+the last ``ray start`` on this machine points to, so the launcher passes
+``"local"``, which never picks up a running cluster. Joining one is explicit:
+``"host:port"`` of a head started with ``ray start --head``, or ``"auto"`` for
+the cluster that ``RAY_ADDRESS`` / the last ``ray start`` on this machine names.
+
+Before Ray is asked to connect, the head's GCS port must accept a TCP
+connection within ``simulation.connect_timeout`` seconds; otherwise the run
+stops with one line (Ray itself retries "Failed to connect to GCS" for minutes).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from fedkd.errors import ConfigError
+
+LOCAL = "local"
+# where `ray start` records the address of the cluster it started (Ray's own convention)
+CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"simulation.ray_address must be 'host:port' of a Ray head or 'auto' (got {address!r})"
+        )
+    return host.strip("[]"), int(port)
+
+
+def resolve_address(sim: dict[str, Any]) -> str:
+    """The address to hand ``ray.init``: ``"local"`` (a private instance) or ``host:port``."""
+    address = sim.get("ray_address")
+    if address is None or address == "":
+        return LOCAL
+    if not isinstance(address, str):
+        raise ConfigError(
+            f"simulation.ray_address must be 'host:port' of a Ray head or 'auto' (got {address!r})"
+        )
+    if address == "auto":
+        found = os.environ.get("RAY_ADDRESS") or (
+            CURRENT_CLUSTER.read_text(encoding="utf-8").strip() if CURRENT_CLUSTER.is_file() else ""
+        )
+        if not found:
+            raise ConfigError(
+                "simulation.ray_address=auto found no running cluster (RAY_ADDRESS is unset and "
+                "no `ray start` on this machine): start one with `ray start --head`, or give "
+                "its 'host:port'"
+            )
+        address = found.removeprefix("ray://")
+    _split(address)
+    return address
+
+
+def check_connect_timeout(sim: dict[str, Any]) -> float:
+    value = sim.get("connect_timeout")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(
+            f"simulation.connect_timeout must be a number of seconds > 0 (got {value!r})"
+        )
+    return float(value)
+
+
+def wait_for_head(address: str, timeout: float) -> None:
+    """Return once ``address`` accepts a TCP connection; ConfigError after ``timeout`` seconds."""
+    if address == LOCAL:
+        return
+    host, port = _split(address)
+    deadline = time.monotonic() + timeout
+    error: OSError | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 5.0)):
+                return
+        except OSError as err:
+            error = err
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
+    reason = (error.strerror or str(error)) if error is not None else "no answer"
+    raise ConfigError(
+        f"simulation.ray_address={address}: no Ray head answered within "
+        f"{timeout:g} s ({reason}); start it with `ray start --head --port={port}`, fix the "
+        "address, or raise simulation.connect_timeout"
+    )
+
+
+def keep_launcher_signal_handlers() -> None:
+    """Stop ``ray.init`` from replacing the launcher's SIGTERM handler.
+
+    Ray sets one that calls ``sys.exit`` in the main thread; there the simulation
+    engine is waiting for its worker threads inside a ``with ThreadPoolExecutor``
+    block, and those threads only stop after the block: the launcher would hang
+    instead of stopping. Ray looks the function up on its module at each call, so
+    replacing it here keeps the launcher's handler (``simulations.run``) in place.
+    """
+    import ray._private.utils as ray_utils
+
+    ray_utils.set_sigterm_handler = lambda handler: None
