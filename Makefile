@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format compare figure certs keys deploy clean
+.PHONY: install run test test-fast lint format compare figure certs keys deploy clean
 
 CERT_DIR ?= certs
 CERT_HOST ?=
@@ -29,6 +29,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+## the tests that start no simulation or deployment (no Ray, no Flower processes)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -119,7 +119,10 @@ def test_killed_supernode_run_completes_without_it(tmp_path):
         for i in range(3):
             dep.start_supernode(i, {"partition-id": i, "num-partitions": 3})
         dep.wait_for_nodes(3)
-        overrides = [*RUN, "server.round_timeout=40", "server.min_train_clients=2"]
+        # node 2 sleeps through round 1 (well inside the timeout), so the kill below always
+        # lands before its reply: no race between the kill and a quick client
+        overrides = [*RUN, "server.round_timeout=40", "server.min_train_clients=2",
+                     "faults.slow.clients=[2]", "faults.slow.rounds=[1]", "faults.slow.seconds=30"]  # fmt: skip
         runner = threading.Thread(
             target=lambda: result.update(code=dep.submit(overrides, run_dir, timeout=400))
         )

@@ -68,36 +68,48 @@ class _FakeReply:
         self.metadata = type("M", (), {"reply_to_message_id": reply_to})()
 
 
-class _SlowGrid:
-    """A grid whose replies arrive at given times: counts the polls."""
+class _Clock:
+    """A virtual clock for ``server.exchange``: sleeping advances it, nothing waits."""
 
-    def __init__(self, arrive_after: dict[str, float]) -> None:
-        self.arrive_after, self.polls, self.t0 = arrive_after, 0, 0.0
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _SlowGrid:
+    """A grid whose replies arrive at given (virtual) times: counts the polls."""
+
+    def __init__(self, clock: _Clock, arrive_after: dict[str, float]) -> None:
+        self.clock, self.arrive_after, self.polls = clock, arrive_after, 0
 
     def push_messages(self, messages):
-        self.t0 = time.monotonic()
         return list(self.arrive_after)
 
     def pull_messages(self, ids):
         self.polls += 1
-        now = time.monotonic() - self.t0
-        return [_FakeReply(i) for i in ids if self.arrive_after[i] <= now]
+        return [_FakeReply(i) for i in ids if self.arrive_after[i] <= self.clock.now]
 
 
-def test_exchange_returns_soon_after_the_last_reply_and_respects_the_timeout():
-    from server.exchange import send_and_receive
+def test_exchange_returns_soon_after_the_last_reply_and_respects_the_timeout(monkeypatch):
+    from server import exchange
 
-    grid = _SlowGrid({"a": 0.0, "b": 0.02})
-    started = time.monotonic()
-    replies = send_and_receive(grid, [], timeout=5, max_interval=0.05)
-    took = time.monotonic() - started
+    clock = _Clock()
+    monkeypatch.setattr(exchange, "time", clock)
+    grid = _SlowGrid(clock, {"a": 0.0, "b": 0.02})
+    replies = exchange.send_and_receive(grid, [], timeout=5, max_interval=0.05)
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
-    assert took < 0.02 + 0.05 + 0.1  # never a full Flower poll interval late for nothing
-    late = _SlowGrid({"a": 0.0, "never": 1e9})
-    started = time.monotonic()
-    replies = send_and_receive(late, [], timeout=0.3, max_interval=0.05)
+    # polls start at 1 ms and grow by half: the last reply is seen within one growth step
+    assert 0.02 <= clock.now < 0.02 * exchange.GROWTH + exchange.FIRST_INTERVAL
+    clock.now = 0.0
+    late = _SlowGrid(clock, {"a": 0.0, "never": 1e9})
+    replies = exchange.send_and_receive(late, [], timeout=0.3, max_interval=0.05)
     assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
-    assert 0.3 <= time.monotonic() - started < 1.0
+    assert clock.now == pytest.approx(0.3)  # waits exactly the timeout, never longer
     assert late.polls < 0.3 / 0.05 + 15  # backs off to max_interval
 
 

@@ -39,8 +39,10 @@ FAULTS = [
     "faults.dropout.rounds=[2]",
     "faults.hang.clients=[3]",  # sleeps past the round timeout in round 2
     "faults.hang.rounds=[2]",
-    "faults.hang.seconds=17",
-    "server.round_timeout=15",
+    "faults.hang.seconds=45",
+    # round 1 includes the workers' start-up (imports, data): a timeout that the slowest
+    # loaded machine still meets, so only the hanging client of round 2 misses it
+    "server.round_timeout=40",
     "server.max_strikes=3",
 ]
 
@@ -78,8 +80,8 @@ def test_faulty_and_broken_clients_are_survived_and_counted(tmp_path):
         "non_finite": 1,
         "shape": 1,
     }
-    # the round with a hanging client waited for the timeout, not for the client
-    assert 15 <= rows[2]["round_time_s"] < 20
+    # the round with a hanging client waited for the timeout (client 3: no_reply above)
+    assert rows[2]["round_time_s"] >= 40
     assert all(r["replies"] >= 2 for r in rows.values())  # every round fused
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {m["client"] for m in metrics} == set(range(10)) - set(crash) - {1}
