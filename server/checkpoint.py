@@ -214,6 +214,22 @@ def save_clients(grid, node_of, folder: Path, server_round: int, keep: int | Non
     return error
 
 
+def discard_round(folder: Path, clients: list[int], server_round: int) -> list[int]:
+    """Remove the client files of a checkpoint that was not completed (some clients saved,
+    another did not), so a checkpoint is complete or absent: the ids whose file was removed.
+
+    In a simulation every client writes to the run's folder; in a deployment each node
+    keeps its files on its own disk, where a resume never reads a round without a server
+    checkpoint."""
+    removed = []
+    for cid in clients:
+        path = client_file(folder, cid, server_round)
+        if path.is_file():
+            path.unlink()
+            removed.append(cid)
+    return removed
+
+
 def restore_clients(grid, node_of, folder: Path, server_round: int, timeout: float) -> None:
     """Every client loads its state of ``server_round``; CheckpointError if one cannot."""
     _, error = _exchange(

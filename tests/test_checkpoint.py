@@ -350,3 +350,27 @@ def test_fedka_keeps_its_weights_reference_and_privacy_ledger(tmp_path):
     assert second.voting.ledger.num_answered == 40
     for key, value in first.payload_for(2, 0).arrays.items():
         np.testing.assert_array_equal(value, second.payload_for(2, 0).arrays[key])
+
+
+def test_a_checkpoint_some_clients_could_not_save_leaves_no_client_file(tmp_path, monkeypatch):
+    """Complete or absent: when one client fails to save, the files the others wrote for
+    that round are removed and the last good round's files stay."""
+    from server.strategies import base
+
+    strategy = STRATEGIES.get("fd")(info_for())
+    strategy.node_of = {0: 10, 1: 11, 2: 12}
+    strategy.checkpointer = checkpoint.Checkpointer(tmp_path, {"checkpoint": {"every": 5}}, 5)
+    folder = strategy.checkpointer.clients_folder
+    folder.mkdir(parents=True)
+    for cid in (0, 1, 2):
+        ckpt_io.save(ckpt_io.client_file(folder, cid, 5), {"client": cid})
+
+    def two_of_three_save(grid, node_of, folder, server_round, keep, timeout):
+        for cid in (0, 1):  # client 2 fails
+            ckpt_io.save(ckpt_io.client_file(folder, cid, server_round), {"client": cid})
+        return "client 2: disk full"
+
+    monkeypatch.setattr(base, "save_clients", two_of_three_save)
+    assert strategy.checkpoint(grid=None, server_round=10, timeout=1) is False
+    assert sorted(p.name for p in folder.iterdir()) == [f"client_{c}.r5.ckpt" for c in (0, 1, 2)]
+    assert strategy.checkpointer.last_round == 5 and not strategy.checkpointer.path.exists()

@@ -40,7 +40,13 @@ from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, me
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
-from server.checkpoint import Checkpointer, restore_clients, rng_state, save_clients
+from server.checkpoint import (
+    Checkpointer,
+    discard_round,
+    restore_clients,
+    rng_state,
+    save_clients,
+)
 from server.exchange import send_and_receive
 from server.privacy import PrivacyLedger, build_ledger
 from server.recorder import RunRecorder
@@ -622,6 +628,7 @@ class FedkdStrategy(Strategy):
             grid, self.node_of, self.checkpointer.clients_folder, server_round, keep, timeout
         )
         if error is not None:
+            discard_round(self.checkpointer.clients_folder, sorted(self.node_of), server_round)
             log.error(
                 "checkpoint of round %d not written: %s; the last good checkpoint is %s",
                 server_round,
