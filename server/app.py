@@ -26,6 +26,7 @@ from clients.runtime import data_key, federated_data
 from fedkd.config import check_config, compose
 from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
+from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
 from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
 from server.privacy import check_privacy
@@ -84,6 +85,19 @@ def check_options(cfg: dict[str, Any]) -> type:
             f"'{strategy.name}' uploads {strategy.upload_kind or 'nothing'}"
         )
     return strategy
+
+
+def check_deployment(cfg: dict[str, Any]) -> None:
+    """What a deployment (``flwr run``, ``fedkd-deploy``, real SuperNodes) refuses."""
+    if cfg.get("resume"):
+        raise ConfigError(
+            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
+        )
+    if seeded_noise(cfg):
+        raise ConfigError(
+            "simulation.seeded_noise=true is for simulations only: anyone who knows the run "
+            "config could subtract the noise; drop the override (deployments use OS entropy)"
+        )
 
 
 def check_optimizers(cfg: dict[str, Any]) -> None:
@@ -231,10 +245,7 @@ def main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
     check_options(cfg)  # fail on a bad config before waiting for SuperNodes
-    if cfg.get("resume"):
-        raise ConfigError(
-            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
-        )
+    check_deployment(cfg)
     roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]), cfg_json=json.dumps(cfg))
     overrides = overrides_from_run_config(run_config)
     if (

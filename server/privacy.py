@@ -23,6 +23,8 @@ import numpy as np
 
 from fedkd.errors import ConfigError
 from fedkd.privacy import subteachers
+from fedkd.privacy.floor import Floor
+from fedkd.privacy.noise import NOT_A_GUARANTEE, noise_rng, seeded_noise
 from fedkd.privacy.release import (
     NOISES,
     LocalSpec,
@@ -43,7 +45,7 @@ UNITS = {
 }
 KEYS = {
     "name", "noise_multiplier", "target_epsilon", "delta", "clip", "row_clip", "vote_epsilon",
-    "denominator", "budget_epsilon", "on_budget", "seeded_noise", "shards",
+    "denominator", "budget_epsilon", "on_budget", "shards",
 }  # fmt: skip
 
 
@@ -59,12 +61,19 @@ def _number(p: dict[str, Any], key: str, *, positive: bool = True, optional: boo
 
 def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
     """One-line ConfigError for a bad privacy section or a strategy that cannot use it."""
+    if cfg.get("privacy_floor") is not None:
+        Floor.from_section(cfg["privacy_floor"])
     p = cfg.get("privacy") or {"name": "none"}
     name = p.get("name", "none")
     if name == "none":
         return
     if name not in UNITS:
         raise ConfigError(f"privacy.name must be none, {', '.join(UNITS)} (got {name!r})")
+    if "seeded_noise" in p:
+        raise ConfigError(
+            "privacy.seeded_noise is not an option: seeded privacy noise is the simulation-only "
+            "switch simulation.seeded_noise"
+        )
     unknown = set(p) - KEYS
     if unknown:
         raise ConfigError(f"unknown privacy option(s): {', '.join(sorted(unknown))}")
@@ -148,15 +157,13 @@ class PrivacyLedger:
             "epsilon_max": self.max_epsilon(),
             "epsilon": {str(c): self.epsilon(c) for c in sorted(self.rounds)},
             "rounds_charged": {str(c): n for c, n in sorted(self.rounds.items())},
+            "seeded_noise": self.seeded,
+            "guarantee": NOT_A_GUARANTEE if self.seeded else "noise from OS entropy",
         }
 
     def rng(self, seed: int, server_round: int) -> np.random.Generator:
-        """Central noise: seeded per round for reproducible simulations, else OS entropy."""
-        return (
-            np.random.default_rng([seed, server_round, 11])
-            if self.seeded
-            else np.random.default_rng()
-        )
+        """Central noise: OS entropy; from (seed, round) only with simulation.seeded_noise."""
+        return noise_rng(self.seeded, [seed, server_round, 11])
 
     def mean(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.central
@@ -233,10 +240,12 @@ def build_ledger(
         teachers=teachers,
         budget=p.get("budget_epsilon"),
         on_budget=p.get("on_budget", "stop"),
-        seeded=bool(p.get("seeded_noise", True)),
+        seeded=seeded_noise(cfg),
     )
     log.info(
         "privacy %s: noise multiplier %s, vote epsilon %s, epsilon after %d rounds %.3g at delta %g",
         name, ledger.noise_multiplier, vote_eps, rounds, epsilon_after(event, rounds, delta), delta,
     )  # fmt: skip
+    if ledger.seeded:
+        log.warning("privacy %s: %s", name, NOT_A_GUARANTEE)
     return ledger

@@ -42,6 +42,9 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 f"simulation.ray_address must be 'host:port' of a Ray head or 'auto' (got {address!r})"
             )
         init_args["address"] = address
+        # the cluster's workers were not started by this process: mark them as simulation
+        # clients through Ray (clients/privacy_mod.py)
+        init_args["runtime_env"] = {"env_vars": {"FEDKD_SIMULATION": "1"}}
     elif sim.get("ray_num_cpus"):
         init_args["num_cpus"] = int(sim["ray_num_cpus"])
     return {
@@ -111,6 +114,7 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
+    from clients.privacy_mod import SIMULATION_ENV
     from server.app import make_server_app, prepare_run
     from server.checkpoint import load_server_checkpoint
     from server.recorder import console_options
@@ -139,13 +143,23 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
 
     server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=int(cfg["num_clients"]),
-        backend_config=backend_config(cfg),
-        verbose_logging=bool(cfg["logging"]["verbose"]),
-    )
+    # the clients take their privacy floor from the run config only in a simulation; the
+    # mark is inherited by the local Ray cluster's workers and removed afterwards
+    before = os.environ.get(SIMULATION_ENV)
+    os.environ[SIMULATION_ENV] = "1"
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=int(cfg["num_clients"]),
+            backend_config=backend_config(cfg),
+            verbose_logging=bool(cfg["logging"]["verbose"]),
+        )
+    finally:
+        if before is None:
+            os.environ.pop(SIMULATION_ENV, None)
+        else:
+            os.environ[SIMULATION_ENV] = before
     summary_file = run_dir / "summary.json"
     if summary_file.exists():
         import json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import dp_accounting
@@ -11,7 +12,7 @@ from flwr.app import Context, Message, MessageType, Metadata, RecordDict
 from test_strategies import info_for
 
 from clients import wire
-from clients.privacy_mod import privacy_mod
+from clients.privacy_mod import SIMULATION_ENV, privacy_mod
 from fedkd.config import compose
 from fedkd.errors import ConfigError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
@@ -190,13 +191,23 @@ def instruction(content: RecordDict) -> Message:
     return Message(content=content, metadata=metadata)
 
 
-def test_the_mod_noises_the_reply_and_leaves_other_messages_alone():
+def mod_config(seeded: bool) -> str:
+    """The run config a simulated client receives: its floor section and the noise switch."""
+    cfg = plain_cfg(f"simulation.seeded_noise={str(seeded).lower()}")
+    return json.dumps(
+        {"seed": 0, "simulation": cfg["simulation"], "privacy_floor": cfg["privacy_floor"]}
+    )
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_the_mod_noises_the_reply_and_leaves_other_messages_alone(seeded, monkeypatch):
+    monkeypatch.setenv(SIMULATION_ENV, "1")
     ledger = build_ledger(plain_cfg("privacy=gaussian"), "class_logits", 10, 10)
     plan = {
         "extract": {"kind": "class_logits"},
-        "privacy": {**ledger.local.to_dict(), "seeded": True},
+        "privacy": {**ledger.local.to_dict(), "seeded": seeded},
     }
-    content = RecordDict({wire.CONFIG: wire.make_config(2, '{"seed": 0}', plan)})
+    content = RecordDict({wire.CONFIG: wire.make_config(2, mod_config(seeded), plan)})
     message = instruction(content)
     context = Context(
         run_id=1, node_id=1, node_config={"partition-id": 3}, state=RecordDict(), run_config={}
@@ -212,9 +223,10 @@ def test_the_mod_noises_the_reply_and_leaves_other_messages_alone():
     assert not np.allclose(out.logits, sent.logits)
     assert out.counts.sum() != sent.counts.sum()  # on the COUNT_SCALE grid
     again = wire.get_payload(privacy_mod(message, context, client).content)
-    np.testing.assert_array_equal(out.logits, again.logits)  # seeded by (seed, round, client)
+    # seeded (simulation only): the same noise from (seed, round, client); else OS entropy
+    assert np.array_equal(out.logits, again.logits) == seeded
     plan.pop("privacy")
-    quiet = RecordDict({wire.CONFIG: wire.make_config(2, '{"seed": 0}', plan)})
+    quiet = RecordDict({wire.CONFIG: wire.make_config(2, mod_config(seeded), plan)})
     message = instruction(quiet)
     np.testing.assert_array_equal(
         wire.get_payload(privacy_mod(message, context, client).content).logits, sent.logits

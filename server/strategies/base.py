@@ -40,6 +40,7 @@ from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, me
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
+from fedkd.privacy.noise import noise_rng, seeded_noise
 from server.checkpoint import Checkpointer, restore_clients, rng_state, save_clients
 from server.exchange import send_and_receive
 from server.privacy import PrivacyLedger, build_ledger
@@ -114,6 +115,7 @@ class FedkdStrategy(Strategy):
         self.round_timeout = float(server["round_timeout"])
         self.poll_interval = float(server.get("poll_interval", 0.05))
         self.seed = int(info.cfg["seed"])
+        self.seeded_noise = seeded_noise(info.cfg)
         self.confusion_every = (info.cfg.get("logging") or {}).get("confusion_every", 0)
         self._round = 0
         self._bytes_down: dict[int, int] = {}  # client id -> bytes sent this round
@@ -305,6 +307,11 @@ class FedkdStrategy(Strategy):
         clients never changes which public samples a round uses."""
         return np.random.default_rng([self.seed, server_round, self.STREAMS[stream]])
 
+    def noise_rng_for(self, server_round: int, stream: str) -> np.random.Generator:
+        """Privacy noise (e.g. GNMax): OS entropy unless ``simulation.seeded_noise``
+        (``fedkd.privacy.noise``), then the stream ``rng_for`` would give."""
+        return noise_rng(self.seeded_noise, [self.seed, server_round, self.STREAMS[stream]])
+
     # ------------------------------------------------------ Flower Strategy
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -317,11 +324,11 @@ class FedkdStrategy(Strategy):
         if self.privacy is not None and self.privacy.local is not None:
             plan = {
                 **plan,
-                "privacy": {**self.privacy.local.to_dict(), "seeded": self.privacy.seeded},
+                "privacy": {**self.privacy.local.to_dict(), "seeded": self.seeded_noise},
             }
             self.privacy.charge(sampled)  # each sampled client releases once this round
         if self.privacy is not None and self.privacy.teachers is not None:
-            plan = {**plan, "teachers": {**self.privacy.teachers, "seeded": self.privacy.seeded}}
+            plan = {**plan, "teachers": {**self.privacy.teachers, "seeded": self.seeded_noise}}
             self.privacy.charge(sampled)
         request = self.request_for(server_round)
         messages = []
@@ -529,6 +536,8 @@ class FedkdStrategy(Strategy):
                 self.privacy.charge(sorted(self.node_of))
         if self.privacy is not None:
             diagnostics["epsilon"] = self.privacy.max_epsilon()
+            if self.seeded_noise:  # beside epsilon everywhere it is shown: not a guarantee
+                diagnostics["seeded_noise"] = 1.0
         return None, MetricRecord(diagnostics)
 
     def budget_allows(self, server_round: int) -> bool:

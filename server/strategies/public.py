@@ -65,7 +65,12 @@ class PublicSetStrategy(FedkdStrategy):
         if self.swing is None:
             return plan
         s = self.swing
-        extract = {**plan["extract"], "space": "logits", "swing": s.to_dict()}
+        extract = {
+            **plan["extract"],
+            "space": "logits",
+            "swing": s.to_dict(),
+            "swing_seeded": self.seeded_noise,  # fedkd.privacy.noise
+        }
         extract.pop("temperature", None)
         distill = {
             **plan["distill"],

@@ -112,7 +112,7 @@ class Vote(PublicSetStrategy):
         ids = sorted(uploads)
         indices = self.indices_for(server_round)
         counts = vote_counts(np.stack([uploads[i].votes for i in ids]), self.info.num_classes)
-        rng = self.rng_for(server_round, "vote_noise")
+        rng = self.noise_rng_for(server_round, "vote_noise")
         release = self.voting.release(counts, len(ids), rng)
         answered = release.answered
         self.targets = (
