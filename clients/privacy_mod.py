@@ -22,6 +22,12 @@ Where the floor comes from:
 
 Noise comes from OS entropy (``fedkd.privacy.noise``); seeded by (seed, round, client)
 only where the plan says ``seeded`` and the floor allows it.
+
+Last, under privacy, the reply's metrics are split (:mod:`clients.channel`): the strategy's
+``metrics`` keep only what is not derived from private data; losses, accuracies, sizes and
+timing go to the researcher's ``measurement`` record (simulation) or stay on the node
+(deployment, unless it opts in). This applies to train and evaluate replies and to the
+start-up handshake.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 from flwr.app import Context, Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 
-from clients import wire
+from clients import channel, wire
 from fedkd.errors import ConfigError
 from fedkd.privacy.floor import Floor
 from fedkd.privacy.noise import noise_rng, seeded_noise
@@ -81,27 +87,47 @@ def refusal(message: Message, context: Context) -> str | None:
         return f"unreadable plan ({type(err).__name__}: {err})"
 
 
+def _accepts_none(context: Context, cfg: Mapping[str, Any]) -> bool:
+    """Whether the client's floor accepts un-noised releases (a malformed floor: no)."""
+    try:
+        return "none" in client_floor(context, cfg)[0].mechanisms
+    except ConfigError:
+        return False
+
+
 def privacy_mod(
     message: Message, context: Context, call_next: Callable[[Message, Context], Message]
 ) -> Message:
-    if message.metadata.message_type != MessageType.TRAIN:
-        return call_next(message, context)
-    why = refusal(message, context)
-    if why is not None:
-        pid = context.node_config.get("partition-id", "?")
-        reason = f"client {pid} refuses the plan (privacy floor): {why}"
-        error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
-        return Message(error, reply_to=message)
+    kind = message.metadata.message_type
+    if kind == MessageType.TRAIN:
+        why = refusal(message, context)
+        if why is not None:
+            pid = context.node_config.get("partition-id", "?")
+            reason = f"client {pid} refuses the plan (privacy floor): {why}"
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            return Message(error, reply_to=message)
     reply = call_next(message, context)
-    if reply.has_error():
-        return reply
-    server_round, cfg, plan = wire.read_config(message.content)
-    spec = plan.get("privacy")
-    payload = wire.get_payload(reply.content)
-    if not spec or payload is None:
-        return reply
-    pid = int(context.node_config.get("partition-id", 0))
-    rng = noise_rng(spec.get("seeded") is True, [int(cfg["seed"]), server_round, pid, _STREAM])
-    noised = privatize(payload, LocalSpec.from_dict(spec), rng)
-    wire.put_payload(reply.content, noised, cfg.get("knowledge"))  # noise first, then encode
+    if reply.has_error() or kind not in (
+        MessageType.TRAIN,
+        MessageType.EVALUATE,
+        MessageType.QUERY,
+    ):
+        return reply  # query.save_state / restore_state carry no private data
+    server_round, cfg, plan = 0, {}, {}
+    if wire.CONFIG in message.content.config_records:  # the handshake may come without it
+        server_round, cfg, plan = wire.read_config(message.content)
+    if kind == MessageType.TRAIN:
+        spec = plan.get("privacy")
+        payload = wire.get_payload(reply.content)
+        if spec and payload is not None:
+            pid = int(context.node_config.get("partition-id", 0))
+            key = [int(cfg["seed"]), server_round, pid, _STREAM]
+            noised = privatize(
+                payload, LocalSpec.from_dict(spec), noise_rng(spec.get("seeded") is True, key)
+            )
+            wire.put_payload(reply.content, noised, cfg.get("knowledge"))  # noise, then encode
+    if channel.private_round(plan, cfg, _accepts_none(context, cfg)):
+        channel.split(
+            reply.content, channel.shares_measurement(context.node_config, in_simulation())
+        )
     return reply

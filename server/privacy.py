@@ -61,10 +61,10 @@ def _number(p: dict[str, Any], key: str, *, positive: bool = True, optional: boo
 
 def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
     """One-line ConfigError for a bad privacy section or a strategy that cannot use it."""
-    if cfg.get("privacy_floor") is not None:
-        Floor.from_section(cfg["privacy_floor"])
     p = cfg.get("privacy") or {"name": "none"}
     name = p.get("name", "none")
+    if cfg.get("privacy_floor") is not None:
+        check_floor(Floor.from_section(cfg["privacy_floor"]), p, strategy)
     if name == "none":
         return
     if name not in UNITS:
@@ -108,6 +108,34 @@ def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
         raise ConfigError(
             f"privacy=central cannot protect strategy '{strategy.name}': {why}; "
             "use the client-side mod (privacy=gaussian or privacy=laplace)"
+        )
+
+
+def check_floor(floor: Floor, p: dict[str, Any], strategy: type) -> None:
+    """A simulation whose own clients' floor (``privacy_floor``) would refuse every plan fails
+    now, not in round 1. Only what the config fixes is checked (a calibrated ``z`` is
+    checked by each client when the plan arrives)."""
+    name = p.get("name", "none")
+    if getattr(strategy, "upload_kind", None) is None:
+        return  # nothing released
+    mode = "none" if name in ("none", "central") else name
+    if mode not in floor.mechanisms:
+        raise ConfigError(
+            f"privacy={name} releases what privacy_floor.mechanisms={list(floor.mechanisms)} "
+            f"refuses ({mode}); change privacy or privacy_floor.mechanisms"
+        )
+    z = p.get("noise_multiplier")
+    if mode != "none" and isinstance(z, (int, float)) and z < floor.min_noise_multiplier:
+        raise ConfigError(
+            f"privacy.noise_multiplier={z} is below privacy_floor.min_noise_multiplier="
+            f"{floor.min_noise_multiplier}: every client would refuse the plan"
+        )
+    clip = p.get("clip")
+    limit = floor.max_clip
+    if mode in LOCAL and limit is not None and isinstance(clip, (int, float)) and clip > limit:
+        raise ConfigError(
+            f"privacy.clip={clip} exceeds privacy_floor.max_clip={limit}: "
+            "every client would refuse the plan"
         )
 
 

@@ -4,6 +4,7 @@ clients/privacy_mod.py): a plan the server weakens is refused by the client itse
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients import wire
 from clients.app import app as client_app
-from clients.privacy_mod import packaged_floor
+from clients.channel import MEASUREMENT, PUBLIC_METRICS, SHARE_KEY
+from clients.privacy_mod import SIMULATION_ENV, packaged_floor
 from fedkd.config import compose
 from fedkd.errors import ConfigError
 from fedkd.privacy.floor import Floor
@@ -208,3 +210,81 @@ def test_server_side_noise_is_fresh_unless_the_simulation_seeds_it(overrides, dr
     one, two = (fresh(info_for(*seeded)) for _ in range(2))
     np.testing.assert_array_equal(draw(one), draw(two))
     assert one.privacy is None or one.privacy.summary()["seeded_noise"] is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["privacy=gaussian", "privacy.noise_multiplier=1", "privacy_floor.min_noise_multiplier=2"],
+         "privacy.noise_multiplier=1 is below privacy_floor.min_noise_multiplier=2.0"),
+        (["privacy=central", "strategy=dsfl", "privacy_floor.mechanisms=[gaussian]"],
+         "privacy=central releases what privacy_floor.mechanisms=['gaussian'] refuses (none)"),
+        (["privacy=gaussian", "privacy_floor.max_clip=0.5"], "privacy.clip=1.0 exceeds"),
+        (["privacy_floor.mechanisms=[gaussian, bad]"], "privacy_floor.mechanisms: unknown bad"),
+    ],
+)  # fmt: skip
+def test_a_simulation_its_clients_would_refuse_fails_before_it_starts(overrides, message):
+    from server.app import check_options
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_options(compose(overrides))
+
+
+def test_under_privacy_the_strategys_channel_carries_nothing_private(fd_info, monkeypatch):
+    """Deployment: the reply's metrics hold only ids; the node keeps its measurement unless it
+    opts in. Simulation: the measurement travels apart and reaches the recorder only."""
+    floor = {"privacy-min-noise-multiplier": 1.0, "privacy-mechanisms": "gaussian"}
+    _, replies = round_trip(fd_strategy(fd_info), floor)
+    for reply in replies:
+        assert set(reply.content.metric_records[wire.METRICS]) <= set(PUBLIC_METRICS)
+        assert set(reply.content.metric_records) == {wire.METRICS}
+        assert wire.EVAL not in reply.content.array_records
+        assert set(reply.content.array_records) == {wire.KNOWLEDGE}  # noised, charged
+    _, shared = round_trip(fd_strategy(fd_info), {**floor, SHARE_KEY: True})
+    assert all("train_loss" in r.content.metric_records[MEASUREMENT] for r in shared)
+
+    monkeypatch.setenv(SIMULATION_ENV, "1")
+    strategy = fd_strategy(fd_info)
+    seen = {}
+    strategy.fuse = lambda rnd, uploads, num_train: seen.update(num_train) or {}
+    _, replies = round_trip(strategy, {})
+    for reply in replies:
+        assert set(reply.content.metric_records[wire.METRICS]) <= set(PUBLIC_METRICS)
+        assert "num_train" in reply.content.metric_records[MEASUREMENT]
+    recorded = []
+    strategy.recorder = type("Rec", (), {})()
+    strategy.recorder.client = lambda rnd, cid, m: recorded.append(m)
+    strategy.recorder.server_extra = lambda *a: None
+    strategy._bytes_down = dict.fromkeys(range(3), 0)
+    strategy.aggregate_train(1, replies)
+    assert seen == {0: 1, 1: 1, 2: 1}  # the strategy never learns num_train
+    assert all("global_test_acc" in m and m["num_train"] > 1 for m in recorded)
+
+
+def test_without_privacy_the_metrics_stay_where_they_were():
+    info = prepare_run(compose(["num_clients=3", "client.epochs=1"]))
+    _, replies = round_trip(fd_strategy(info), {})
+    for reply in replies:
+        assert {"num_train", "train_loss", "global_test_acc"} <= set(
+            reply.content.metric_records[wire.METRICS]
+        )
+        assert MEASUREMENT not in reply.content.metric_records
+
+
+def test_the_handshake_keeps_data_sizes_on_a_private_node():
+    cfg = compose(["num_clients=3", "privacy=gaussian"])
+    content = RecordDict({wire.CONFIG: wire.make_config(0, json.dumps(cfg), {})})
+    metadata = Metadata(
+        run_id=1, message_id="q", src_node_id=1, dst_node_id=5, reply_to_message_id="",
+        group_id="", created_at=0.0, ttl=60.0, message_type=MessageType.QUERY,
+    )  # fmt: skip
+    context = Context(
+        run_id=1, node_id=5, state=RecordDict(), run_config={},
+        node_config={"partition-id": 1, "num-partitions": 3},
+    )  # fmt: skip
+    reply = client_app(Message(content=content, metadata=metadata), context)
+    assert dict(reply.content.metric_records[wire.METRICS]) == {
+        "partition_id": 1,
+        "num_partitions": 3,
+    }
+    assert MEASUREMENT not in reply.content.metric_records

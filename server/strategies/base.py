@@ -36,6 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from clients import wire
+from clients.channel import measurement_of
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
@@ -128,6 +129,7 @@ class FedkdStrategy(Strategy):
         self.excluded: dict[int, int] = {}  # client id -> round it was excluded in
         self.fusion_failures = 0
         self._rejected_now: dict[int, str] = {}  # this round: client id -> reason
+        self._measured: dict[int, dict[str, float]] = {}  # client id -> measurement (recorder only)
         self.checkpointer: Checkpointer | None = None  # set by run_server
         self.resume_from: dict[str, Any] | None = None  # a loaded checkpoint to continue from
         self.setup()
@@ -377,6 +379,8 @@ class FedkdStrategy(Strategy):
                 self._drop(server_round, cid, err.reason, str(err))
                 continue
             metrics["bytes_up"] = wire.payload_bytes(msg.content)
+            # the researcher's measurement (clients.channel): recorded, never the strategy's
+            self._measured[cid] = measurement_of(msg.content)
             accepted.append((cid, metrics, payload, self._confusion_of(server_round, cid, msg)))
         return accepted
 
@@ -501,7 +505,7 @@ class FedkdStrategy(Strategy):
             if self.privacy is not None:
                 metrics["epsilon"] = self.privacy.epsilon(cid)
             if self.recorder is not None:
-                self.recorder.client(server_round, cid, metrics)
+                self.recorder.client(server_round, cid, {**self._measured.pop(cid, {}), **metrics})
             uploads[cid] = payload
             num_train[cid] = int(metrics.get("num_train", 1))
         self._record_confusion(eval_round, accepted)
@@ -594,7 +598,7 @@ class FedkdStrategy(Strategy):
         for cid, metrics, _, _ in accepted:
             metrics.pop("bytes_up", None)
             if self.recorder is not None:
-                self.recorder.client(server_round, cid, metrics)
+                self.recorder.client(server_round, cid, {**self._measured.pop(cid, {}), **metrics})
         self._record_confusion(server_round, accepted)
         return MetricRecord({"replies": float(len(accepted))}) if accepted else None
 
