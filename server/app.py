@@ -28,6 +28,7 @@ from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
 from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
+from server import ledger_log
 from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
 from server.privacy import check_privacy
 from server.recorder import RunRecorder, console_options
@@ -164,6 +165,7 @@ def run_server(
         run_dir, cfg, last_round=None if resume is None else int(resume["round"])
     )
     strategy.resume_from = resume
+    ledger_log.attach(strategy, run_dir, resumed=resume is not None)  # append-only, on disk
     logs = {**cfg["logging"], **console_options(cfg["logging"])}
     strategy.recorder = recorder = RunRecorder(
         run_dir,

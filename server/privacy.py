@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -158,8 +159,14 @@ class PrivacyLedger:
         self.rounds: Counter[int] = Counter()
         self._eps = lru_cache(maxsize=None)(lambda n: epsilon_after(self.event, n, self.delta))
         self.warned = False
+        self.sink: Callable[[dict[str, Any]], None] | None = None  # server.ledger_log
 
     def charge(self, client_ids) -> None:
+        """Each of ``client_ids`` releases once; written to the run's log first
+        (``server.ledger_log``) when one is attached."""
+        client_ids = [int(c) for c in client_ids]
+        if self.sink is not None:
+            self.sink({"clients": client_ids})
         for cid in client_ids:
             self.rounds[cid] += 1
 
