@@ -30,7 +30,7 @@ from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
 from server import ledger_log
 from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
-from server.privacy import check_privacy
+from server.privacy import check_privacy, check_record_delta, privacy_summary
 from server.recorder import RunRecorder, console_options
 from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
@@ -51,6 +51,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
         raise ConfigError(
             f"strategy '{strategy.name}' needs a public set, but split.public_fraction gives none"
         )
+    check_record_delta(cfg, max((len(c.train.y) for c in fed.clients), default=0))
     for pid in range(min(len(fed.clients), len(cfg["model"]["family"]))):  # each architecture once
         spec = spec_for_client(cfg["model"], pid)
         build_model(spec, fed.input_shape, fed.num_classes, int(cfg["model"]["feature_dim"]))
@@ -201,7 +202,7 @@ def run_server(
                 "faults": faults.assignments(cfg),
                 "attack": cfg.get("attack", {}).get("kind", "none"),
                 "attackers": attacks.attackers(cfg),
-                **({} if strategy.privacy is None else {"privacy": strategy.privacy.summary()}),
+                **privacy_summary(strategy),
                 "dropped_clients": {
                     str(cid): reasons for cid, reasons in sorted(strategy.dropped_clients.items())
                 },

@@ -23,6 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from server.privacy import vote_ledger
+
 FILE = "privacy_ledger.jsonl"
 
 
@@ -48,12 +50,6 @@ class ReleaseLog:
             if isinstance(entry, dict):
                 out.append(entry)
         return out
-
-
-def vote_ledger(strategy: Any):
-    """The strategy's GNMax ledger (``vote``, ``fedka`` with voting), or None."""
-    voting = getattr(strategy, "voting", None)
-    return None if voting is None or not voting.private else voting.ledger
 
 
 def attach(strategy: Any, run_dir: str | Path, resumed: bool) -> ReleaseLog | None:

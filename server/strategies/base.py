@@ -44,7 +44,7 @@ from fedkd.knowledge import Payload
 from fedkd.privacy.noise import noise_rng, seeded_noise
 from server.checkpoint import Checkpointer, restore_clients, rng_state, save_clients
 from server.exchange import send_and_receive
-from server.privacy import PrivacyLedger, build_ledger
+from server.privacy import PrivacyLedger, build_ledger, vote_ledger
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
 
@@ -136,6 +136,8 @@ class FedkdStrategy(Strategy):
         self.privacy: PrivacyLedger | None = build_ledger(
             info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes
         )
+        if self.privacy is not None:  # label voting's GNMax counts toward budget_epsilon
+            self.privacy.votes = vote_ledger(self)
         self.stop_reason: str | None = None
         # client id -> reason -> rounds: who dropped out, for summary.json
         self.dropped_clients: dict[int, dict[str, list[int]]] = {}
@@ -173,6 +175,11 @@ class FedkdStrategy(Strategy):
 
     def plan(self, server_round: int) -> dict[str, Any]:
         return {"extract": {"kind": "none"}}
+
+    def vote_round_bound(self) -> list[list[float]]:
+        """``[z, count]`` pairs the most one more round of noisy label voting costs (GNMax);
+        none by default."""
+        return []
 
     def privacy_rows(self) -> int:
         """Rows of one upload (for the privacy cost of votes): classes by default."""
@@ -547,7 +554,9 @@ class FedkdStrategy(Strategy):
     def budget_allows(self, server_round: int) -> bool:
         """False when another round would push a client past ``privacy.budget_epsilon``
         and the run is set to stop; with ``on_budget: warn`` it warns once and goes on."""
-        if self.privacy is None or not self.privacy.exhausted(sorted(self.node_of)):
+        if self.privacy is None or not self.privacy.exhausted(
+            sorted(self.node_of), self.vote_round_bound()
+        ):
             return True
         budget = self.privacy.budget
         if self.privacy.on_budget == "warn":
