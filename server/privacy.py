@@ -32,6 +32,7 @@ from fedkd.privacy.release import (
     LocalSpec,
     calibrate,
     epsilon_after,
+    noisy_class_mean,
     noisy_mean,
     round_event,
 )
@@ -264,6 +265,11 @@ class PrivacyLedger:
     def mean(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.central
         return noisy_mean(values, c["clip"], c["noise_multiplier"], c["denominator"], rng)
+
+    def class_mean(self, values: np.ndarray, counts: np.ndarray, rng: np.random.Generator):
+        """Per-class tables: noised sums over noised per-class weights (``noisy_class_mean``)."""
+        c = self.central
+        return noisy_class_mean(values, counts, c["clip"], c["noise_multiplier"], rng)
 
 
 GNMAX_UNIT = (

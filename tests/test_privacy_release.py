@@ -9,6 +9,7 @@ import dp_accounting
 import numpy as np
 import pytest
 from flwr.app import Context, Message, MessageType, Metadata, RecordDict
+from numpy.testing import assert_allclose
 from test_strategies import info_for
 
 from clients import wire
@@ -22,6 +23,7 @@ from fedkd.privacy.release import (
     LocalSpec,
     calibrate,
     epsilon_after,
+    noisy_class_mean,
     noisy_mean,
     privatize,
     round_event,
@@ -231,3 +233,59 @@ def test_the_mod_noises_the_reply_and_leaves_other_messages_alone(seeded, monkey
     np.testing.assert_array_equal(
         wire.get_payload(privacy_mod(message, context, client).content).logits, sent.logits
     )
+
+
+def test_central_per_class_mean_divides_by_the_holders_not_the_cohort():
+    """z = 0, no clipping: a class held by one of five clients keeps its row (a fixed
+    denominator gave [0, 1.2, 0] for [0, 6, 0])."""
+    values = np.zeros((5, 3, 3))
+    counts = np.zeros((5, 3), dtype=np.int64)
+    values[0, 1], counts[0, 1] = [0, 6, 0], 5  # client 0: class 1 only
+    values[1:, 0], counts[1:, 0] = [2, 0, 0], 3  # clients 1-4: class 0 only
+    mean, present, weight = noisy_class_mean(values, counts, 100.0, 0.0, np.random.default_rng())
+    assert_allclose(mean[:2], [[2, 0, 0], [0, 6, 0]])
+    assert present.tolist() == [True, True, False]  # nobody holds class 2
+    assert_allclose(weight, [4, 1, 0])
+
+
+def test_central_per_class_mean_weights_and_clips_by_hand():
+    # A holds classes 0 and 1 (u = 1/sqrt 2 each), B class 0 only (u = 1)
+    values = np.array([[[4, 0, 0], [0, 4, 0], [0, 0, 0]], [[1, 0, 0], [0, 0, 0], [0, 0, 0]]])
+    counts = np.array([[2, 2, 0], [7, 0, 0]])
+    mean, _, weight = noisy_class_mean(values, counts, 100.0, 0.0, np.random.default_rng())
+    # class 0: (4/sqrt2 + 1) / (1/sqrt2 + 1) = 3.82843 / 1.70711 = 2.24264
+    assert_allclose(mean[0], [2.24264, 0, 0], atol=1e-5)
+    assert_allclose(mean[1], [0, 4, 0])  # (4/sqrt2) / (1/sqrt2)
+    assert_allclose(weight, [1.70711, 0.70711, 0], atol=1e-5)
+    # S = 2: A's table (norm sqrt 32 = 5.657) is scaled by 2/5.657 = 0.35355, B's (norm 1) kept
+    clipped, _, _ = noisy_class_mean(values, counts, 2.0, 0.0, np.random.default_rng())
+    assert_allclose(clipped[1], [0, 4 * 0.35355, 0], atol=1e-4)
+    # the noise: std z*S on the sums, z on the weights
+    draws = [
+        noisy_class_mean(values, counts, 2.0, 1.5, np.random.default_rng(s))[2] for s in range(400)
+    ]
+    assert np.std(np.array(draws)[:, 2]) == pytest.approx(1.5, rel=0.12)
+
+
+def test_central_fd_and_fedproto_keep_a_rare_class_at_its_size():
+    from fedkd.knowledge import ClassLogits, Prototypes
+
+    for name in ("fd", "fedproto"):
+        strategy = STRATEGIES.get(name)(
+            info_for(f"strategy={name}", "privacy=central", "privacy.noise_multiplier=1",
+                     "privacy.clip=100", num_clients=5, num_classes=3)
+        )  # fmt: skip
+        strategy.privacy.central["noise_multiplier"] = 0.0
+        rows = [np.array([[0, 0, 0], [0, 6, 0], [0, 0, 0]], np.float32)] + [
+            np.array([[2, 0, 0], [0, 0, 0], [0, 0, 0]], np.float32)
+        ] * 4
+        held = [np.array([0, 5, 0])] + [np.array([3, 0, 0])] * 4
+        if name == "fd":
+            uploads = {k: ClassLogits(logits=rows[k], counts=held[k]) for k in range(5)}
+            strategy.fuse(1, uploads, dict.fromkeys(range(5), 1))
+            fused = strategy.global_teacher.logits
+        else:
+            uploads = {k: Prototypes(prototypes=rows[k], counts=held[k]) for k in range(5)}
+            strategy.fuse(1, uploads, dict.fromkeys(range(5), 1))
+            fused = strategy.global_prototypes.prototypes
+        assert_allclose(fused[:2], [[2, 0, 0], [0, 6, 0]], err_msg=name)

@@ -173,6 +173,47 @@ def noisy_mean(
     return (total + gaussian_noise(values.shape[1:], noise_multiplier * clip, rng)) / denominator
 
 
+def noisy_class_mean(
+    values: np.ndarray,
+    counts: np.ndarray,
+    clip: float,
+    noise_multiplier: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Central noise for per-class tables: ``(mean [C, D], present [C], noisy weight [C])``.
+
+    ``values [K, C, D]`` (FD logits, prototypes), ``counts [K, C]`` (a row counts where
+    ``counts > 0``). A class held by ``k`` of ``K`` clients must be averaged over those
+    ``k``, not the cohort (a fixed denominator would scale it by ``k/K``), yet ``k`` is
+    private. So both are released with noise (ours): client ``k`` holding ``c_k`` classes
+    contributes ``u_k = present_k / sqrt(c_k)`` (unit L2 norm) and its table clipped to
+    ``S`` as a whole, times ``u_k``; then
+
+        mean_c = (sum_k u_kc v_kc + N(0, (z S)^2)) / max(sum_k u_kc + N(0, z^2), 1/sqrt(C))
+
+    Adding or removing one client moves the sums by at most ``S`` and the weights by at
+    most 1 (L2): two Gaussian releases with multiplier ``z`` (the ledger charges a
+    per-class table twice). The mean is weighted by ``1/sqrt(c_k)`` (ours). A class is
+    ``present`` where its noisy weight reaches ``1/(2 sqrt(C))`` (half the smallest weight
+    one client can give), a data-independent threshold: post-processing.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    present = np.asarray(counts) > 0
+    if values.ndim != 3 or present.shape != values.shape[:2]:
+        raise ValueError(f"expected values [K, C, D] and counts [K, C], got {values.shape}")
+    num_classes = values.shape[1]
+    held = present.sum(axis=1, keepdims=True)
+    weights = np.where(present, 1.0 / np.sqrt(np.maximum(held, 1)), 0.0)  # [K, C]
+    masked = np.where(present[..., None], values, 0.0)
+    clipped = np.stack([clip_total(v, clip) for v in masked]) if len(masked) else masked
+    sums = (weights[..., None] * clipped).sum(axis=0)
+    sums = sums + gaussian_noise(sums.shape, noise_multiplier * clip, rng)
+    noisy_weight = weights.sum(axis=0) + gaussian_noise((num_classes,), noise_multiplier, rng)
+    floor = 1.0 / math.sqrt(num_classes)
+    mean = sums / np.maximum(noisy_weight, floor)[:, None]
+    return mean, noisy_weight >= floor / 2.0, noisy_weight
+
+
 # ------------------------------------------------------------------------ accounting
 def round_event(
     mechanism: str, noise_multiplier: float, kind: str, rows: int, vote_epsilon: float | None

@@ -190,6 +190,14 @@ class FedkdStrategy(Strategy):
         assert self.privacy is not None and self.privacy.central is not None
         return self.privacy.mean(values, self.privacy.rng(self.seed, server_round))
 
+    def central_class_mean(self, server_round: int, values: np.ndarray, counts: np.ndarray):
+        """``privacy=central`` for per-class tables ``[K, C, D]``: ``(mean, present)``, each
+        class averaged over a noised count of its holders (``noisy_class_mean``)."""
+        assert self.privacy is not None and self.privacy.central is not None
+        rng = self.privacy.rng(self.seed, server_round)
+        mean, present, _ = self.privacy.class_mean(values, counts, rng)
+        return mean, present
+
     @property
     def central(self) -> bool:
         return self.privacy is not None and self.privacy.central is not None
