@@ -36,6 +36,7 @@ from fedkd.privacy.release import (
     noisy_mean,
     round_event,
 )
+from fedkd.privacy.release import accountant as new_accountant
 
 log = logging.getLogger("fedkd")
 
@@ -218,7 +219,7 @@ class PrivacyLedger:
         events = [*(self.votes.events if self.votes is not None else []), *extra]
         if not events:
             return self._eps(n)
-        accountant = dp_lib().rdp.RdpAccountant()
+        accountant = new_accountant()
         if n:
             accountant.compose(self.event, n)
         for z, count in events:
@@ -336,7 +337,7 @@ def build_ledger(
     elif kind == "votes":
         if vote_eps is None:
             vote_eps = calibrate(
-                lambda e: round_event(mechanism, 1.0, "votes", rows, e),
+                lambda e: round_event(mechanism, 1.0, "votes", rows, e, num_classes),
                 rounds,
                 float(p["target_epsilon"]),
                 delta,
@@ -350,7 +351,7 @@ def build_ledger(
             delta,
         )
     if teachers is None:
-        event = round_event(mechanism, float(z or 0.0), kind, rows, vote_eps)
+        event = round_event(mechanism, float(z or 0.0), kind, rows, vote_eps, num_classes)
     local = central = None
     if name in LOCAL:
         local = LocalSpec(

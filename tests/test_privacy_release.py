@@ -9,7 +9,7 @@ import dp_accounting
 import numpy as np
 import pytest
 from flwr.app import Context, Message, MessageType, Metadata, RecordDict
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 from test_strategies import info_for
 
 from clients import wire
@@ -20,13 +20,17 @@ from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits,
 from fedkd.privacy.mechanisms import clip_rows, clip_total, randomized_response
 from fedkd.privacy.release import (
     COUNT_SCALE,
+    COUNT_SENSITIVITY,
+    NOISES,
     LocalSpec,
+    _noisy_counts,
     calibrate,
     epsilon_after,
     noisy_class_mean,
     noisy_mean,
     privatize,
     round_event,
+    rr_noise_parameter,
 )
 from server.privacy import build_ledger, check_privacy
 from server.strategies import STRATEGIES
@@ -289,3 +293,38 @@ def test_central_fd_and_fedproto_keep_a_rare_class_at_its_size():
             strategy.fuse(1, uploads, dict.fromkeys(range(5), 1))
             fused = strategy.global_prototypes.prototypes
         assert_allclose(fused[:2], [[2, 0, 0], [0, 6, 0]], err_msg=name)
+
+
+def test_randomized_response_is_accounted_through_its_exact_rdp():
+    """One k-ary response, replace-one, order 2, by hand: D_2 = log((e^2e + e^-e + k-2) / Z)."""
+    eps, k = 1.0, 10
+    z = math.exp(eps) + k - 1
+    hand = math.log((math.exp(2 * eps) + math.exp(-eps) + (k - 2)) / z)  # 0.29613
+    acc = dp_accounting.rdp.RdpAccountant(
+        orders=[2.0], neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    acc.compose(round_event("gaussian", 0.0, "votes", 1, eps, k))
+    assert acc._rdp[0] == pytest.approx(hand) == pytest.approx(0.29613, abs=1e-5)
+    # keep probability e^eps / (e^eps + k - 1) = 1 - p + p/k
+    p = rr_noise_parameter(eps, k)
+    assert 1 - p + p / k == pytest.approx(math.exp(eps) / z)
+    # tighter than the zCDP bound rho = eps^2 / 2 it replaces (500 labels, 10 rounds)
+    exact = epsilon_after(round_event("gaussian", 0.0, "votes", 500, 0.1, 10), 10, 1e-5)
+    zcdp = epsilon_after(dp_accounting.ZCDpEvent(rho=500 * 0.1**2 / 2), 10, 1e-5)
+    assert exact == pytest.approx(19.56, abs=0.01) and zcdp == pytest.approx(57.30, abs=0.01)
+
+
+def test_a_label_histogram_is_noised_at_its_l2_sensitivity_sqrt2():
+    # two one-hot histograms are the farthest apart: L2 sqrt(2), L1 2
+    assert np.linalg.norm(np.array([1.0, 0, 0]) - np.array([0, 1.0, 0])) == pytest.approx(
+        COUNT_SENSITIVITY[2]
+    )
+    counts = np.array([30, 10, 60])
+    for mechanism, draw in (("gaussian", "normal"), ("laplace", "laplace")):
+        spec = LocalSpec(mechanism=mechanism, noise_multiplier=0.7, clip=1.0)
+        noise = getattr(np.random.default_rng(3), draw)(
+            0.0, 0.7 * COUNT_SENSITIVITY[NOISES.get(mechanism).order], size=3
+        )
+        expected = np.rint(np.clip(counts / 100 + noise, 0, None) * COUNT_SCALE)
+        assert_array_equal(_noisy_counts(counts, spec, np.random.default_rng(3)), expected)
+    assert {1: 2.0, 2: pytest.approx(1.41421356)} == COUNT_SENSITIVITY

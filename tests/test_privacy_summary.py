@@ -54,7 +54,7 @@ def test_the_budget_counts_gnmax_with_the_local_mod():
     )
     # the total is one accountant over both streams: more than either alone
     assert summary["epsilon_total_max"] > max(summary["epsilon_max"], summary["gnmax"]["epsilon"])
-    event = round_event("gaussian", 0.0, "votes", 3, 0.05)
+    event = round_event("gaussian", 0.0, "votes", 3, 0.05, 2)
     assert vote.privacy.event == event
 
 

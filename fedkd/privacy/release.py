@@ -8,9 +8,11 @@ docs/algorithms.md §5.1-5.2. Two places, one vocabulary:
   matrix moves by at most ``2S`` (``S`` = the clip bound), so the noise std (Gaussian,
   L2) or scale (Laplace, L1) is ``z · 2S``. Label counts sent beside per-class tables
   (FD logits, FedProto prototypes) leak the label distribution, so they are released
-  the same way: as a histogram (L1 norm 1, so sensitivity 2) with the same ``z``, then
+  the same way: as a histogram (L1 norm 1, so replace-one sensitivity 2 in L1 and
+  ``sqrt(2)`` in L2) with the same ``z``, then
   rounded to integers on a fixed public scale (``COUNT_SCALE``). Votes (labels) go
-  through k-ary randomized response with ``vote_epsilon`` per label (``top_k = 1``).
+  through k-ary randomized response with ``vote_epsilon`` per label (``top_k = 1``),
+  accounted through its exact RDP (``dp_accounting.RandomizedResponseDpEvent``).
 - **Central** (``privacy=central``, §5.2 A): the server clips each upload to ``S``, sums,
   adds ``N(0, z²S²)`` and divides by a **fixed** denominator (:func:`noisy_mean`);
   client-level DP under add/remove-one-client, trusted server.
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
     import dp_accounting
 
 COUNT_SCALE = 1000  # released label counts = round(noisy histogram * COUNT_SCALE)
+# replace-one sensitivity of a label histogram (non-negative, sums to 1): two one-hot
+# histograms are the farthest apart, L1 distance 2, L2 distance sqrt(2)
+COUNT_SENSITIVITY = {1: 2.0, 2: math.sqrt(2.0)}
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def _noisy(values: np.ndarray, spec: LocalSpec, rng: np.random.Generator) -> np.
 def _noisy_counts(counts: np.ndarray, spec: LocalSpec, rng: np.random.Generator) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     hist = counts / counts.sum() if counts.sum() > 0 else counts
-    scale = spec.noise_multiplier * 2.0  # a histogram's L1 (and L2) replace-one sensitivity <= 2
+    scale = spec.noise_multiplier * COUNT_SENSITIVITY[NOISES.get(spec.mechanism).order]
     noisy = hist + NOISES.get(spec.mechanism).sample(hist.shape, scale, rng)
     return np.rint(np.clip(noisy, 0.0, None) * COUNT_SCALE).astype(np.int64)
 
@@ -215,18 +220,45 @@ def noisy_class_mean(
 
 
 # ------------------------------------------------------------------------ accounting
+def accountant() -> dp_accounting.rdp.RdpAccountant:
+    """The RDP accountant every ledger uses. Replace-one: the relation under which
+    ``dp_accounting`` composes randomized response exactly; the RDP of a Gaussian or
+    Laplace event does not depend on it (its multiplier already carries the sensitivity
+    of the unit, add/remove for central noise)."""
+    lib = dp_lib()
+    return lib.rdp.RdpAccountant(neighboring_relation=lib.NeighboringRelation.REPLACE_ONE)
+
+
+def rr_noise_parameter(epsilon: float, num_classes: int) -> float:
+    """``dp_accounting``'s randomized-response ``p`` (output uniform over all ``k`` buckets with
+    probability ``p``) of :func:`~fedkd.privacy.mechanisms.randomized_response`, which keeps a
+    label with probability ``e^ε / (e^ε + k - 1)``: ``p / k = 1 / (e^ε + k - 1)``."""
+    return num_classes / (math.exp(epsilon) + num_classes - 1)
+
+
 def round_event(
-    mechanism: str, noise_multiplier: float, kind: str, rows: int, vote_epsilon: float | None
+    mechanism: str,
+    noise_multiplier: float,
+    kind: str,
+    rows: int,
+    vote_epsilon: float | None,
+    num_classes: int | None = None,
 ) -> dp_accounting.DpEvent:
     """What one client's release costs in one round, as a ``dp_accounting`` event.
 
-    A per-class table plus its counts is two releases; votes are ``rows`` ε-DP
-    randomized responses, i.e. ``rows · ε²/2``-zCDP (Bun & Steinke 2016, Prop. 1.4).
+    A per-class table plus its counts is two releases; votes are ``rows`` k-ary randomized
+    responses (ε per label), composed through their exact RDP
+    (``RandomizedResponseDpEvent``, replace-one).
     """
     if kind == "votes":
         if vote_epsilon is None:
             raise ConfigError("votes need privacy.vote_epsilon (or a target_epsilon)")
-        return dp_lib().ZCDpEvent(rho=rows * vote_epsilon**2 / 2.0, xi=0.0)
+        if num_classes is None or num_classes < 2:
+            raise ConfigError(f"votes need the number of classes (got {num_classes})")
+        one = dp_lib().RandomizedResponseDpEvent(
+            rr_noise_parameter(vote_epsilon, num_classes), num_classes
+        )
+        return dp_lib().SelfComposedDpEvent(one, rows)
     if noise_multiplier <= 0:
         return dp_lib().NonPrivateDpEvent()
     one = NOISES.get(mechanism).event(noise_multiplier)
@@ -238,9 +270,9 @@ def epsilon_after(event: dp_accounting.DpEvent, rounds: int, delta: float) -> fl
     """ε at ``delta`` after ``rounds`` compositions of ``event`` (RDP accountant)."""
     if rounds <= 0:
         return 0.0
-    accountant = dp_lib().rdp.RdpAccountant()
-    accountant.compose(event, rounds)
-    return float(accountant.get_epsilon(delta))
+    acc = accountant()
+    acc.compose(event, rounds)
+    return float(acc.get_epsilon(delta))
 
 
 def calibrate(
@@ -255,7 +287,7 @@ def calibrate(
         raise ConfigError(f"privacy.target_epsilon must be > 0 (got {target_epsilon})")
     return float(
         dp_lib().calibrate_dp_mechanism(
-            dp_lib().rdp.RdpAccountant,
+            accountant,
             lambda p: dp_lib().SelfComposedDpEvent(make_event(p), rounds),
             target_epsilon,
             delta,
