@@ -43,17 +43,42 @@ def test_exposure_on_hand_made_codes():
     assert exposure(uniform, [0, 1]) == pytest.approx(2 - math.log2(2.5))  # mean rank of ties
 
 
-def test_exposure_extrapolation_agrees_with_enumeration():
+def brute_force_exposure(lp: np.ndarray, code: np.ndarray) -> float:
+    """Every one of the C^m label strings scored and ranked (small codes only)."""
+    m, c = lp.shape
+    scores = np.array([sum(lp[i, s[i]] for i in range(m)) for s in np.ndindex(*(c,) * m)])
+    true = lp[np.arange(m), code].sum()
+    tol = 1e-9 * max(1.0, abs(true))
+    rank = (scores > true + tol).sum() + ((np.abs(scores - true) <= tol).sum() + 1) / 2
+    return m * math.log2(c) - math.log2(rank)
+
+
+def test_exposure_is_exact_and_its_extrapolation_agrees_with_enumeration():
     rng = np.random.default_rng(0)
-    lp = np.log(rng.dirichlet(np.ones(10), size=5))
-    code = lp.argmax(axis=1)  # the most likely code: exposure log2 10^5 exactly
-    assert exposure(lp, code) == pytest.approx(5 * math.log2(10))
-    middling = rng.integers(0, 10, size=5)
-    exact, approx = exposure(lp, middling), exposure(lp, middling, exact_limit=0)
-    assert abs(exact - approx) < 1.0
-    assert 0 <= approx <= 5 * math.log2(10)
-    assert mean_exposure(lp, code, 5) == pytest.approx(5 * math.log2(10))
-    assert math.isnan(mean_exposure(lp, code, 6))
+    for trial in range(12):
+        lp = np.log(rng.dirichlet(np.full(6, 0.5), size=4))  # 6^4 = 1296 strings
+        code = lp.argmax(axis=1)
+        code[: trial % 4] = rng.integers(0, 6, size=trial % 4)  # from memorised to random
+        exact = brute_force_exposure(lp, code)
+        assert exposure(lp, code) == pytest.approx(exact)  # meet in the middle: exact
+        # the saddle-point tail (used beyond exact_limit) against exact enumeration
+        assert exposure(lp, code, exact_limit=0) == pytest.approx(exact, abs=0.6), trial
+    assert mean_exposure(lp, lp.argmax(axis=1), 4) == pytest.approx(4 * math.log2(6))
+    assert math.isnan(mean_exposure(lp, code, 5))
+
+
+def test_a_memorised_seven_label_code_is_not_underestimated():
+    """10^7 candidates: a normal fit gave about half the exposure of the exact rank."""
+    rng = np.random.default_rng(2)
+    lp = np.log(rng.dirichlet(np.full(10, 0.5), size=7))
+    top = lp.argmax(axis=1)
+    assert exposure(lp, top) == pytest.approx(7 * math.log2(10))  # 23.25 bits, rank 1
+    assert exposure(lp, top, exact_limit=0) == pytest.approx(7 * math.log2(10))
+    second = top.copy()
+    second[0] = np.argsort(lp[0])[-2]
+    exact = exposure(lp, second)
+    assert 15 < exact < 7 * math.log2(10)
+    assert exposure(lp, second, exact_limit=0) == pytest.approx(exact, abs=0.3)
 
 
 def test_canary_log_probs_average_rounds_and_skip_missing():
