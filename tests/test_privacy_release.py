@@ -123,10 +123,16 @@ def test_votes_go_through_randomized_response():
     )
 
 
-def test_weights_are_noised_except_integer_counters():
+def test_weights_are_noised_and_integer_counters_withheld():
     weights = ModelWeights({"w": np.zeros((3, 3), np.float32), "steps": np.array(7, np.int64)})
     out = privatize(weights, GAUSS, np.random.default_rng(0))
-    assert out.arrays["steps"] == 7 and out.arrays["steps"].shape == ()
+    # BatchNorm's step counter counts the client's batches (its data size): sent as 0
+    assert out.arrays["steps"] == 0 and out.arrays["steps"].shape == ()
+    assert out.arrays["steps"].dtype == np.int64 and weights.arrays["steps"] == 7
+    only = privatize(
+        ModelWeights({"steps": np.array(7, np.int64)}), GAUSS, np.random.default_rng(0)
+    )
+    assert only.arrays["steps"] == 0
     assert out.arrays["w"].dtype == np.float32 and np.abs(out.arrays["w"]).sum() > 0
 
 

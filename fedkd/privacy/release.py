@@ -21,7 +21,7 @@ docs/algorithms.md §5.1-5.2. Two places, one vocabulary:
 ledger and :func:`calibrate` (target ε over the planned rounds → ``z``) use the library.
 Ours: counts are released on a 1/``COUNT_SCALE`` grid; probabilities are clamped at 0 and
 renormalised after noise (post-processing); integer weight arrays (BatchNorm's step
-counter) are not noised.
+counter, which counts the client's batches) are released as zeros.
 """
 
 from __future__ import annotations
@@ -138,11 +138,14 @@ def privatize(payload: Any, spec: LocalSpec, rng: np.random.Generator) -> Any:
         return replace(payload, votes=votes)
     if isinstance(payload, ModelWeights):
         floats = sorted(k for k, v in payload.arrays.items() if np.issubdtype(v.dtype, np.floating))
+        # integer arrays (BatchNorm's step counter) count the client's batches, a function
+        # of its data size: they leave as zeros, which says nothing
+        arrays = {k: v if k in floats else np.zeros_like(v) for k, v in payload.arrays.items()}
         if not floats:
-            return payload
+            return ModelWeights(arrays)
         flat = np.concatenate([payload.arrays[k].ravel() for k in floats])
         noisy = _noisy(flat[None, :], spec, rng)[0]
-        arrays, start = dict(payload.arrays), 0
+        start = 0
         for k in floats:
             n = payload.arrays[k].size
             arrays[k] = (
