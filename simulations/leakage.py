@@ -137,6 +137,8 @@ def regenerated_noise(run_dir: Path, rounds: np.ndarray) -> np.ndarray | None:
     count, client, _ = canary_options(cfg["split"])
     fed = federated_data(data_key(cfg))
     num_public, num_classes = len(fed.public_x), fed.num_classes
+    if "open_size" not in cfg["strategy"]:
+        raise SystemExit("fedkd-leakage: regenerating noise needs a dsfl run (strategy.open_size)")
     size = min(int(cfg["strategy"]["open_size"]), num_public)
     canaries = np.arange(num_public - 2 * count, num_public)
     seed = int(cfg["seed"])
