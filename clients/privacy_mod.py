@@ -1,48 +1,133 @@
-"""The client-side privacy mod: a Flower mod that noises every outgoing knowledge payload.
+"""The client-side privacy mod: the client's floor, then noise on every outgoing payload.
 
-It wraps the ClientApp (``ClientApp(mods=[privacy_mod])``): after the round ran, the
-reply's knowledge payload (public-set logits or probabilities, per-class logits and
-their counts, prototypes, votes, weights) is replaced by
+It wraps the ClientApp (``ClientApp(mods=[privacy_mod])``). Before a train round runs,
+the plan is held against the client's own floor (:class:`fedkd.privacy.floor.Floor`): a
+plan weaker than the floor (too little noise, a mechanism the client does not accept,
+seeded noise, un-noised knowledge when ``none`` is not accepted) gets an error reply
+naming why, and nothing the client knows leaves. After the round ran, the reply's
+knowledge payload (public-set logits or probabilities, per-class logits and their
+counts, prototypes, votes, weights) is replaced by
 :func:`fedkd.privacy.release.privatize` under the spec the server put in the plan
-(``plan["privacy"]``: mechanism, calibrated noise multiplier, clip bounds). The
-client's own model and metrics are untouched: only what leaves the client is noised.
-Without ``plan["privacy"]`` (``privacy=none`` or ``central``) the reply passes through.
+(``plan["privacy"]``). The client's own model is untouched: only what leaves is noised.
 
-Noise is seeded by (seed, round, client) when the plan says ``seeded`` (reproducible
-simulations); ``privacy.seeded_noise=false`` draws from the OS instead, which is what a
-real deployment wants (a known seed lets anyone subtract the noise).
+Where the floor comes from:
+
+- **deployment** (a SuperNode): its node config (``privacy-mechanisms``,
+  ``privacy-min-noise-multiplier``, ``privacy-max-clip``, ``privacy-max-vote-epsilon``),
+  with the node's own copy of ``configs/config.yaml``'s ``privacy_floor`` for keys it
+  does not set: never the server's message. Seeded noise is always refused.
+- **simulation** (the launcher marks its Ray workers with ``FEDKD_SIMULATION=1``): the run
+  config's ``privacy_floor`` section, and seeded noise only with the run config's
+  ``simulation.seeded_noise=true``.
+
+Noise comes from OS entropy (``fedkd.privacy.noise``); seeded by (seed, round, client)
+only where the plan says ``seeded`` and the floor allows it.
+
+Last, under privacy, the reply's metrics are split (:mod:`clients.channel`): the strategy's
+``metrics`` keep only what is not derived from private data; losses, accuracies, sizes and
+timing go to the researcher's ``measurement`` record (simulation) or stay on the node
+(deployment, unless it opts in). This applies to train and evaluate replies and to the
+start-up handshake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
 
-import numpy as np
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Error, Message, MessageType
+from flwr.common.constant import ErrorCode
 
-from clients import wire
+from clients import channel, wire
+from fedkd.errors import ConfigError
+from fedkd.privacy.floor import Floor
+from fedkd.privacy.noise import noise_rng, seeded_noise
 from fedkd.privacy.release import LocalSpec, privatize
 
 _STREAM = 7  # keeps the noise stream apart from the batch-order generator
+SIMULATION_ENV = "FEDKD_SIMULATION"  # set by simulations/run.py for its Ray workers only
+
+
+def in_simulation() -> bool:
+    return os.environ.get(SIMULATION_ENV) == "1"
+
+
+@lru_cache(maxsize=1)
+def packaged_floor() -> dict[str, Any]:
+    """``privacy_floor`` of this node's own ``configs/config.yaml`` (a deployment's defaults)."""
+    from omegaconf import OmegaConf
+
+    from fedkd.config import config_dir
+
+    section = OmegaConf.load(config_dir() / "config.yaml").get("privacy_floor")
+    return dict(OmegaConf.to_container(section)) if section is not None else {}
+
+
+def client_floor(context: Context, cfg: Mapping[str, Any]) -> tuple[Floor, bool]:
+    """(this client's floor, whether seeded noise is allowed); ConfigError if malformed."""
+    if in_simulation():
+        section = cfg.get("privacy_floor")
+        if section is None:
+            raise ConfigError("the run config has no privacy_floor section")
+        return Floor.from_section(section), seeded_noise(cfg)
+    return Floor.from_node_config(context.node_config, packaged_floor()), False
+
+
+def refusal(message: Message, context: Context) -> str | None:
+    """Why this client refuses the train message's plan (one line), or None."""
+    try:
+        _, cfg, plan = wire.read_config(message.content)
+        floor, seeded_allowed = client_floor(context, cfg)
+        return floor.refusal(plan, seeded_allowed=seeded_allowed)
+    except ConfigError as err:
+        return str(err)
+    except (KeyError, ValueError, TypeError) as err:
+        return f"unreadable plan ({type(err).__name__}: {err})"
+
+
+def _accepts_none(context: Context, cfg: Mapping[str, Any]) -> bool:
+    """Whether the client's floor accepts un-noised releases (a malformed floor: no)."""
+    try:
+        return "none" in client_floor(context, cfg)[0].mechanisms
+    except ConfigError:
+        return False
 
 
 def privacy_mod(
     message: Message, context: Context, call_next: Callable[[Message, Context], Message]
 ) -> Message:
+    kind = message.metadata.message_type
+    if kind == MessageType.TRAIN:
+        why = refusal(message, context)
+        if why is not None:
+            pid = context.node_config.get("partition-id", "?")
+            reason = f"client {pid} refuses the plan (privacy floor): {why}"
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            return Message(error, reply_to=message)
     reply = call_next(message, context)
-    if message.metadata.message_type != MessageType.TRAIN or reply.has_error():
-        return reply
-    server_round, cfg, plan = wire.read_config(message.content)
-    spec = plan.get("privacy")
-    payload = wire.get_payload(reply.content)
-    if not spec or payload is None:
-        return reply
-    pid = int(context.node_config.get("partition-id", 0))
-    rng = (
-        np.random.default_rng([int(cfg["seed"]), server_round, pid, _STREAM])
-        if spec.get("seeded", True)
-        else np.random.default_rng()
-    )
-    noised = privatize(payload, LocalSpec.from_dict(spec), rng)
-    wire.put_payload(reply.content, noised, cfg.get("knowledge"))  # noise first, then encode
+    if reply.has_error() or kind not in (
+        MessageType.TRAIN,
+        MessageType.EVALUATE,
+        MessageType.QUERY,
+    ):
+        return reply  # query.save_state / restore_state carry no private data
+    server_round, cfg, plan = 0, {}, {}
+    if wire.CONFIG in message.content.config_records:  # the handshake may come without it
+        server_round, cfg, plan = wire.read_config(message.content)
+    if kind == MessageType.TRAIN:
+        spec = plan.get("privacy")
+        payload = wire.get_payload(reply.content)
+        if spec and payload is not None:
+            pid = int(context.node_config.get("partition-id", 0))
+            key = [int(cfg["seed"]), server_round, pid, _STREAM]
+            noised = privatize(
+                payload, LocalSpec.from_dict(spec), noise_rng(spec.get("seeded") is True, key)
+            )
+            wire.put_payload(reply.content, noised, cfg.get("knowledge"))  # noise, then encode
+    if channel.private_round(plan, cfg, _accepts_none(context, cfg)):
+        channel.split(
+            reply.content, channel.shares_measurement(context.node_config, in_simulation())
+        )
     return reply

@@ -256,7 +256,14 @@ def run_round(
     if extract.get("at", "end") == "end":
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)
     if extract.get("swing") and payload is not None:  # Swing soft targets (fedkd.privacy.swing)
-        payload = swing_payload(payload, received, extract["swing"], data.public_canary, generator)
+        payload = swing_payload(
+            payload,
+            received,
+            extract["swing"],
+            data.public_canary,
+            generator,
+            seeded=extract.get("swing_seeded") is True,
+        )
     return RoundOutput(payload=payload, metrics=metrics)
 
 

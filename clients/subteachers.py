@@ -1,6 +1,7 @@
 """Sub-teacher release on the client (record-level privacy; fedkd.privacy.subteachers).
 
-When the plan carries ``teachers`` ({"shards", "sigma", "seeded"}), the client keeps one
+When the plan carries ``teachers`` ({"shards", "sigma", "seeded"}; noise from OS entropy
+unless ``seeded``, :mod:`fedkd.privacy.noise`), the client keeps one
 model per disjoint shard of its training data in ``context.state`` (``teacher_<t>``),
 trains each on its shard only, and uploads the noised mean of their probabilities on the
 requested public samples instead of its own model's predictions. Its personal model
@@ -20,6 +21,7 @@ from clients.runtime import ClientTensors
 from fedkd.errors import PayloadError
 from fedkd.knowledge import PublicLogits
 from fedkd.models import build_model, spec_for_client
+from fedkd.privacy.noise import noise_rng
 from fedkd.privacy.subteachers import release, shard_of
 from fedkd.train import make_optimizer, predict, train_supervised
 from fedkd.weights import arrays_to_model, model_to_arrays
@@ -79,10 +81,6 @@ def teacher_release(
     x = data.public_x[idx].to(device)
     batch = int(client_cfg["eval_batch_size"])
     probs = np.stack([torch.softmax(predict(m, x, batch)[1], 1).cpu().numpy() for m in teachers])
-    rng = (
-        np.random.default_rng([seed, server_round, pid, _STREAM])
-        if spec.get("seeded", True)
-        else np.random.default_rng()
-    )
+    rng = noise_rng(spec.get("seeded") is True, [seed, server_round, pid, _STREAM])
     values = release(probs, float(spec["sigma"]), rng).astype(np.float32)
     return PublicLogits(indices=request_indices.astype(np.int64), values=values, space="probs")

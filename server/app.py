@@ -26,9 +26,11 @@ from clients.runtime import data_key, federated_data
 from fedkd.config import check_config, compose
 from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
+from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
+from server import ledger_log
 from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
-from server.privacy import check_privacy
+from server.privacy import check_privacy, check_record_delta, privacy_summary
 from server.recorder import RunRecorder, console_options
 from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
@@ -49,6 +51,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
         raise ConfigError(
             f"strategy '{strategy.name}' needs a public set, but split.public_fraction gives none"
         )
+    check_record_delta(cfg, max((len(c.train.y) for c in fed.clients), default=0))
     for pid in range(min(len(fed.clients), len(cfg["model"]["family"]))):  # each architecture once
         spec = spec_for_client(cfg["model"], pid)
         build_model(spec, fed.input_shape, fed.num_classes, int(cfg["model"]["feature_dim"]))
@@ -84,6 +87,19 @@ def check_options(cfg: dict[str, Any]) -> type:
             f"'{strategy.name}' uploads {strategy.upload_kind or 'nothing'}"
         )
     return strategy
+
+
+def check_deployment(cfg: dict[str, Any]) -> None:
+    """What a deployment (``flwr run``, ``fedkd-deploy``, real SuperNodes) refuses."""
+    if cfg.get("resume"):
+        raise ConfigError(
+            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
+        )
+    if seeded_noise(cfg):
+        raise ConfigError(
+            "simulation.seeded_noise=true is for simulations only: anyone who knows the run "
+            "config could subtract the noise; drop the override (deployments use OS entropy)"
+        )
 
 
 def check_optimizers(cfg: dict[str, Any]) -> None:
@@ -150,6 +166,7 @@ def run_server(
         run_dir, cfg, last_round=None if resume is None else int(resume["round"])
     )
     strategy.resume_from = resume
+    ledger_log.attach(strategy, run_dir, resumed=resume is not None)  # append-only, on disk
     logs = {**cfg["logging"], **console_options(cfg["logging"])}
     strategy.recorder = recorder = RunRecorder(
         run_dir,
@@ -185,7 +202,7 @@ def run_server(
                 "faults": faults.assignments(cfg),
                 "attack": cfg.get("attack", {}).get("kind", "none"),
                 "attackers": attacks.attackers(cfg),
-                **({} if strategy.privacy is None else {"privacy": strategy.privacy.summary()}),
+                **privacy_summary(strategy),
                 "dropped_clients": {
                     str(cid): reasons for cid, reasons in sorted(strategy.dropped_clients.items())
                 },
@@ -231,10 +248,7 @@ def main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
     cfg = compose(overrides_from_run_config(run_config))
     check_options(cfg)  # fail on a bad config before waiting for SuperNodes
-    if cfg.get("resume"):
-        raise ConfigError(
-            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
-        )
+    check_deployment(cfg)
     roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]), cfg_json=json.dumps(cfg))
     overrides = overrides_from_run_config(run_config)
     if (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,14 +24,19 @@ import numpy as np
 
 from fedkd.errors import ConfigError
 from fedkd.privacy import subteachers
+from fedkd.privacy.accounting import dp_lib
+from fedkd.privacy.floor import Floor
+from fedkd.privacy.noise import NOT_A_GUARANTEE, noise_rng, seeded_noise
 from fedkd.privacy.release import (
     NOISES,
     LocalSpec,
     calibrate,
     epsilon_after,
+    noisy_class_mean,
     noisy_mean,
     round_event,
 )
+from fedkd.privacy.release import accountant as new_accountant
 
 log = logging.getLogger("fedkd")
 
@@ -43,7 +49,7 @@ UNITS = {
 }
 KEYS = {
     "name", "noise_multiplier", "target_epsilon", "delta", "clip", "row_clip", "vote_epsilon",
-    "denominator", "budget_epsilon", "on_budget", "seeded_noise", "shards",
+    "denominator", "budget_epsilon", "on_budget", "shards",
 }  # fmt: skip
 
 
@@ -58,13 +64,26 @@ def _number(p: dict[str, Any], key: str, *, positive: bool = True, optional: boo
 
 
 def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
-    """One-line ConfigError for a bad privacy section or a strategy that cannot use it."""
+    """One-line ConfigError for a bad privacy section or a strategy that cannot use it, or
+    for a plan the run's own clients' floor (``privacy_floor``) would refuse."""
+    check_section(cfg, strategy)
+    if cfg.get("privacy_floor") is not None:
+        p = cfg.get("privacy") or {"name": "none"}
+        check_floor(Floor.from_section(cfg["privacy_floor"]), p, strategy)
+
+
+def check_section(cfg: dict[str, Any], strategy: type) -> None:
     p = cfg.get("privacy") or {"name": "none"}
     name = p.get("name", "none")
     if name == "none":
         return
     if name not in UNITS:
         raise ConfigError(f"privacy.name must be none, {', '.join(UNITS)} (got {name!r})")
+    if "seeded_noise" in p:
+        raise ConfigError(
+            "privacy.seeded_noise is not an option: seeded privacy noise is the simulation-only "
+            "switch simulation.seeded_noise"
+        )
     unknown = set(p) - KEYS
     if unknown:
         raise ConfigError(f"unknown privacy option(s): {', '.join(sorted(unknown))}")
@@ -75,6 +94,8 @@ def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
     _number(p, "budget_epsilon")
     if not 0 < p["delta"] < 1:
         raise ConfigError(f"privacy.delta must be in (0, 1) (got {p['delta']})")
+    if name != "subteachers":  # client-level: delta below 1 / number of clients
+        check_delta("privacy.delta", float(p["delta"]), int(cfg["num_clients"]), "clients")
     if p.get("clip") is None:
         raise ConfigError("privacy.clip must be set: noise is only meaningful on bounded uploads")
     if p.get("noise_multiplier") is None and p.get("target_epsilon") is None:
@@ -102,6 +123,57 @@ def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
         )
 
 
+def check_delta(key: str, delta: float, units: int, what: str) -> None:
+    """A delta of 1/n or more lets a mechanism publish one of the n units outright."""
+    if units > 0 and not delta < 1.0 / units:
+        raise ConfigError(
+            f"{key}={delta:g} must be below 1/{units} (the {what} it protects); set e.g. "
+            f"{key}={min(1e-5, 0.1 / units):.1g}"
+        )
+
+
+def check_record_delta(cfg: dict[str, Any], records: int) -> None:
+    """Record-level (sub-teachers) and GNMax deltas, once the data sizes are known.
+
+    ``records``: the largest client's training-set size."""
+    p = cfg.get("privacy") or {}
+    if p.get("name") == "subteachers":
+        check_delta("privacy.delta", float(p["delta"]), records, "records of a client")
+    voting = (cfg.get("strategy") or {}).get("voting")
+    if isinstance(voting, dict) and voting.get("noise", "none") != "none":
+        check_delta(
+            "strategy.voting.delta", float(voting["delta"]), int(cfg["num_clients"]), "clients"
+        )
+
+
+def check_floor(floor: Floor, p: dict[str, Any], strategy: type) -> None:
+    """A simulation whose own clients' floor (``privacy_floor``) would refuse every plan fails
+    now, not in round 1. Only what the config fixes is checked (a calibrated ``z`` is
+    checked by each client when the plan arrives)."""
+    name = p.get("name", "none")
+    if getattr(strategy, "upload_kind", None) is None:
+        return  # nothing released
+    mode = "none" if name in ("none", "central") else name
+    if mode not in floor.mechanisms:
+        raise ConfigError(
+            f"privacy={name} releases what privacy_floor.mechanisms={list(floor.mechanisms)} "
+            f"refuses ({mode}); change privacy or privacy_floor.mechanisms"
+        )
+    z = p.get("noise_multiplier")
+    if mode != "none" and isinstance(z, (int, float)) and z < floor.min_noise_multiplier:
+        raise ConfigError(
+            f"privacy.noise_multiplier={z} is below privacy_floor.min_noise_multiplier="
+            f"{floor.min_noise_multiplier}: every client would refuse the plan"
+        )
+    clip = p.get("clip")
+    limit = floor.max_clip
+    if mode in LOCAL and limit is not None and isinstance(clip, (int, float)) and clip > limit:
+        raise ConfigError(
+            f"privacy.clip={clip} exceeds privacy_floor.max_clip={limit}: "
+            "every client would refuse the plan"
+        )
+
+
 @dataclass
 class PrivacyLedger:
     """Per-client participation counts → ε via the RDP accountant (cached per count)."""
@@ -121,8 +193,15 @@ class PrivacyLedger:
         self.rounds: Counter[int] = Counter()
         self._eps = lru_cache(maxsize=None)(lambda n: epsilon_after(self.event, n, self.delta))
         self.warned = False
+        self.sink: Callable[[dict[str, Any]], None] | None = None  # server.ledger_log
+        self.votes: Any = None  # the strategy's GNMax ledger (RdpLedger), set by the strategy
 
     def charge(self, client_ids) -> None:
+        """Each of ``client_ids`` releases once; written to the run's log first
+        (``server.ledger_log``) when one is attached."""
+        client_ids = [int(c) for c in client_ids]
+        if self.sink is not None:
+            self.sink({"clients": client_ids})
         for cid in client_ids:
             self.rounds[cid] += 1
 
@@ -132,35 +211,102 @@ class PrivacyLedger:
     def max_epsilon(self) -> float:
         return max((self.epsilon(c) for c in self.rounds), default=0.0)
 
-    def exhausted(self, client_ids) -> bool:
-        """Would one more release by these clients exceed the budget?"""
+    def total_epsilon(self, cid: int, rounds: int | None = None, extra=()) -> float:
+        """ε of everything ``cid`` released: this mechanism's ``rounds`` (default: charged)
+        releases composed with the strategy's GNMax releases (``votes``) and ``extra``
+        ``[z, count]`` pairs, in one RDP accountant."""
+        n = self.rounds[cid] if rounds is None else rounds
+        events = [*(self.votes.events if self.votes is not None else []), *extra]
+        if not events:
+            return self._eps(n)
+        accountant = new_accountant()
+        if n:
+            accountant.compose(self.event, n)
+        for z, count in events:
+            one = dp_lib().GaussianDpEvent(z) if z > 0 else dp_lib().NonPrivateDpEvent()
+            accountant.compose(one, int(count))
+        return float(accountant.get_epsilon(self.delta))
+
+    def exhausted(self, client_ids, next_votes=()) -> bool:
+        """Would one more release by these clients (and ``next_votes``, the most one more
+        GNMax round costs) exceed the budget?"""
         if self.budget is None:
             return False
-        return any(self._eps(self.rounds[c] + 1) > self.budget for c in client_ids)
+        return any(
+            self.total_epsilon(c, self.rounds[c] + 1, next_votes) > self.budget for c in client_ids
+        )
 
     def summary(self) -> dict[str, Any]:
+        total = (
+            {}
+            if self.votes is None
+            else {
+                "epsilon_total_max": max((self.total_epsilon(c) for c in self.rounds), default=0.0)
+            }
+        )
         return {
+            **total,
             "mechanism": self.name,
             "unit": UNITS[self.name],
             "noise_multiplier": self.noise_multiplier,
+            # k-ary randomized response on each vote, per label and round (local mod)
             "vote_epsilon": None if self.local is None else self.local.vote_epsilon,
             "delta": self.delta,
             "epsilon_max": self.max_epsilon(),
             "epsilon": {str(c): self.epsilon(c) for c in sorted(self.rounds)},
             "rounds_charged": {str(c): n for c, n in sorted(self.rounds.items())},
+            "seeded_noise": self.seeded,
+            "guarantee": NOT_A_GUARANTEE if self.seeded else "noise from OS entropy",
         }
 
     def rng(self, seed: int, server_round: int) -> np.random.Generator:
-        """Central noise: seeded per round for reproducible simulations, else OS entropy."""
-        return (
-            np.random.default_rng([seed, server_round, 11])
-            if self.seeded
-            else np.random.default_rng()
-        )
+        """Central noise: OS entropy; from (seed, round) only with simulation.seeded_noise."""
+        return noise_rng(self.seeded, [seed, server_round, 11])
 
     def mean(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.central
         return noisy_mean(values, c["clip"], c["noise_multiplier"], c["denominator"], rng)
+
+    def class_mean(self, values: np.ndarray, counts: np.ndarray, rng: np.random.Generator):
+        """Per-class tables: noised sums over noised per-class weights (``noisy_class_mean``)."""
+        c = self.central
+        return noisy_class_mean(values, counts, c["clip"], c["noise_multiplier"], rng)
+
+
+GNMAX_UNIT = (
+    "client-level: one client's votes (each client is one GNMax teacher, replace-one); "
+    "the server that counts the raw votes is trusted"
+)
+
+
+def vote_ledger(strategy: Any):
+    """The strategy's GNMax ledger (``vote``, ``fedka`` with noisy voting), or None."""
+    voting = getattr(strategy, "voting", None)
+    return None if voting is None or not voting.private else voting.ledger
+
+
+def privacy_summary(strategy: Any) -> dict[str, Any]:
+    """``summary.json["privacy"]``: the privacy group's ledger and, under a distinct name, the
+    GNMax ledger of label voting (``gnmax``, its own unit and delta); {} with neither."""
+    out = {} if strategy.privacy is None else strategy.privacy.summary()
+    votes = vote_ledger(strategy)
+    if votes is not None:
+        voting = strategy.voting
+        seeded = bool(getattr(strategy, "seeded_noise", False))
+        out["gnmax"] = {
+            "mechanism": voting.noise,
+            "unit": GNMAX_UNIT,
+            "epsilon": voting.epsilon(),
+            "delta": voting.delta,
+            "queries": votes.num_queries,
+            "answered": votes.num_answered,
+            "seeded_noise": seeded,
+            "guarantee": NOT_A_GUARANTEE if seeded else "noise from OS entropy",
+        }
+    not_protected = getattr(strategy, "not_protected", None)
+    if out and not_protected:
+        out["not_protected"] = not_protected
+    return {"privacy": out} if out else {}
 
 
 def build_ledger(
@@ -191,7 +337,7 @@ def build_ledger(
     elif kind == "votes":
         if vote_eps is None:
             vote_eps = calibrate(
-                lambda e: round_event(mechanism, 1.0, "votes", rows, e),
+                lambda e: round_event(mechanism, 1.0, "votes", rows, e, num_classes),
                 rounds,
                 float(p["target_epsilon"]),
                 delta,
@@ -205,7 +351,7 @@ def build_ledger(
             delta,
         )
     if teachers is None:
-        event = round_event(mechanism, float(z or 0.0), kind, rows, vote_eps)
+        event = round_event(mechanism, float(z or 0.0), kind, rows, vote_eps, num_classes)
     local = central = None
     if name in LOCAL:
         local = LocalSpec(
@@ -233,10 +379,12 @@ def build_ledger(
         teachers=teachers,
         budget=p.get("budget_epsilon"),
         on_budget=p.get("on_budget", "stop"),
-        seeded=bool(p.get("seeded_noise", True)),
+        seeded=seeded_noise(cfg),
     )
     log.info(
         "privacy %s: noise multiplier %s, vote epsilon %s, epsilon after %d rounds %.3g at delta %g",
         name, ledger.noise_multiplier, vote_eps, rounds, epsilon_after(event, rounds, delta), delta,
     )  # fmt: skip
+    if ledger.seeded:
+        log.warning("privacy %s: %s", name, NOT_A_GUARANTEE)
     return ledger

@@ -94,6 +94,21 @@ def wait_for_head(address: str, timeout: float) -> None:
     )
 
 
+def join_cluster(init_args: dict[str, Any], env_vars: dict[str, str]) -> None:
+    """Connect to the cluster at ``init_args["address"]`` with ``env_vars`` set in every
+    worker it starts for this job (the cluster's workers do not inherit the launcher's
+    environment). Flower's engine then finds Ray initialised and uses this connection;
+    like Flower, the workers get the launcher's ``sys.path`` as ``PYTHONPATH``."""
+    import sys
+
+    import ray
+
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **env_vars}}, **init_args)
+
+
 def keep_launcher_signal_handlers() -> None:
     """Stop ``ray.init`` from replacing the launcher's SIGTERM handler.
 

@@ -359,11 +359,12 @@ def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> No
     from clients.runtime import data_key, federated_data
     from fedkd.config import compose
     from fedkd.data.local import load_local_data
-    from server.app import check_options
+    from server.app import check_deployment, check_options
 
     cfg = compose(list(overrides))
     cfg["num_clients"] = nodes
     check_options(cfg)
+    check_deployment(cfg)
     if paths:
         fed = federated_data(data_key(cfg))
         for path in paths:

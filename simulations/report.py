@@ -307,10 +307,10 @@ def figure_epsilon(runs: list[Run], out: Path) -> Path | None:
                 for r in run.rounds
                 if r["round"] in eps and isinstance(r.get(key), (int, float))
             ]
+            seeded = (run.summary.get("privacy") or {}).get("seeded_noise") is True
+            label = f"{run.label} (seeded noise: epsilon not a guarantee)" if seeded else run.label
             if xy:
-                ax.plot(
-                    *zip(*xy, strict=True), marker="o", markersize=3, color=color, label=run.label
-                )
+                ax.plot(*zip(*xy, strict=True), marker="o", markersize=3, color=color, label=label)
         ax.set(title=f"{title} accuracy vs privacy budget", xlabel="epsilon")
         ax.set_ylabel("mean accuracy")
         ax.grid(alpha=0.3)

@@ -23,6 +23,7 @@ from simulations import vce_patches
 from simulations.cluster import (
     LOCAL,
     check_connect_timeout,
+    join_cluster,
     keep_launcher_signal_handlers,
     resolve_address,
     wait_for_head,
@@ -40,9 +41,8 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     address = resolve_address(sim)
     check_connect_timeout(sim)
-    if (
-        address != LOCAL
-    ):  # join a running cluster (``ray start --head`` elsewhere): it owns the resources
+    if address != LOCAL:
+        # join a running cluster (``ray start --head`` elsewhere): it owns the resources
         if sim.get("ray_num_cpus"):
             raise ConfigError(
                 "simulation.ray_num_cpus must be null with simulation.ray_address "
@@ -118,6 +118,7 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
+    from clients.privacy_mod import SIMULATION_ENV
     from server.app import make_server_app, prepare_run
     from server.checkpoint import load_server_checkpoint
     from server.recorder import console_options
@@ -149,13 +150,25 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
 
     server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=int(cfg["num_clients"]),
-        backend_config=backend,
-        verbose_logging=bool(cfg["logging"]["verbose"]),
-    )
+    # the clients take their privacy floor from the run config only in a simulation; the
+    # mark is inherited by the local Ray cluster's workers and removed afterwards
+    before = os.environ.get(SIMULATION_ENV)
+    os.environ[SIMULATION_ENV] = "1"
+    try:
+        if backend["init_args"]["address"] != LOCAL:  # a cluster's workers: through Ray
+            join_cluster(backend["init_args"], {SIMULATION_ENV: "1"})
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=int(cfg["num_clients"]),
+            backend_config=backend,
+            verbose_logging=bool(cfg["logging"]["verbose"]),
+        )
+    finally:
+        if before is None:
+            os.environ.pop(SIMULATION_ENV, None)
+        else:
+            os.environ[SIMULATION_ENV] = before
     summary_file = run_dir / "summary.json"
     if summary_file.exists():
         import json

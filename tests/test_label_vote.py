@@ -101,7 +101,7 @@ def test_vote_strategy_releases_one_hot_labels_where_clients_agree():
     assert diag["pseudo_labels"] == 2
     truth = vote.public_y[idx[:2]]
     assert diag["voting_acc"] == pytest.approx(float((truth == [0, 1]).mean()))
-    assert "vote_epsilon" not in diag
+    assert "gnmax_epsilon" not in diag
 
 
 def test_vote_strategy_with_no_consensus_sends_nothing_to_distil():
@@ -128,7 +128,7 @@ def test_vote_strategy_logs_epsilon_with_gnmax():
     idx = vote.indices_for(1)
     uploads = {c: Votes(indices=idx, votes=np.array([[0], [1], [2]])) for c in range(3)}
     diag = vote.fuse(1, uploads, {0: 1, 1: 1, 2: 1})
-    assert diag["vote_epsilon"] == pytest.approx(RdpLedger().gnmax(1.0, count=3).epsilon(1e-5))
+    assert diag["gnmax_epsilon"] == pytest.approx(RdpLedger().gnmax(1.0, count=3).epsilon(1e-5))
 
 
 def test_vote_top_k_larger_than_the_classes_is_refused():

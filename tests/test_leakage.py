@@ -43,17 +43,42 @@ def test_exposure_on_hand_made_codes():
     assert exposure(uniform, [0, 1]) == pytest.approx(2 - math.log2(2.5))  # mean rank of ties
 
 
-def test_exposure_extrapolation_agrees_with_enumeration():
+def brute_force_exposure(lp: np.ndarray, code: np.ndarray) -> float:
+    """Every one of the C^m label strings scored and ranked (small codes only)."""
+    m, c = lp.shape
+    scores = np.array([sum(lp[i, s[i]] for i in range(m)) for s in np.ndindex(*(c,) * m)])
+    true = lp[np.arange(m), code].sum()
+    tol = 1e-9 * max(1.0, abs(true))
+    rank = (scores > true + tol).sum() + ((np.abs(scores - true) <= tol).sum() + 1) / 2
+    return m * math.log2(c) - math.log2(rank)
+
+
+def test_exposure_is_exact_and_its_extrapolation_agrees_with_enumeration():
     rng = np.random.default_rng(0)
-    lp = np.log(rng.dirichlet(np.ones(10), size=5))
-    code = lp.argmax(axis=1)  # the most likely code: exposure log2 10^5 exactly
-    assert exposure(lp, code) == pytest.approx(5 * math.log2(10))
-    middling = rng.integers(0, 10, size=5)
-    exact, approx = exposure(lp, middling), exposure(lp, middling, exact_limit=0)
-    assert abs(exact - approx) < 1.0
-    assert 0 <= approx <= 5 * math.log2(10)
-    assert mean_exposure(lp, code, 5) == pytest.approx(5 * math.log2(10))
-    assert math.isnan(mean_exposure(lp, code, 6))
+    for trial in range(12):
+        lp = np.log(rng.dirichlet(np.full(6, 0.5), size=4))  # 6^4 = 1296 strings
+        code = lp.argmax(axis=1)
+        code[: trial % 4] = rng.integers(0, 6, size=trial % 4)  # from memorised to random
+        exact = brute_force_exposure(lp, code)
+        assert exposure(lp, code) == pytest.approx(exact)  # meet in the middle: exact
+        # the saddle-point tail (used beyond exact_limit) against exact enumeration
+        assert exposure(lp, code, exact_limit=0) == pytest.approx(exact, abs=0.6), trial
+    assert mean_exposure(lp, lp.argmax(axis=1), 4) == pytest.approx(4 * math.log2(6))
+    assert math.isnan(mean_exposure(lp, code, 5))
+
+
+def test_a_memorised_seven_label_code_is_not_underestimated():
+    """10^7 candidates: a normal fit gave about half the exposure of the exact rank."""
+    rng = np.random.default_rng(2)
+    lp = np.log(rng.dirichlet(np.full(10, 0.5), size=7))
+    top = lp.argmax(axis=1)
+    assert exposure(lp, top) == pytest.approx(7 * math.log2(10))  # 23.25 bits, rank 1
+    assert exposure(lp, top, exact_limit=0) == pytest.approx(7 * math.log2(10))
+    second = top.copy()
+    second[0] = np.argsort(lp[0])[-2]
+    exact = exposure(lp, second)
+    assert 15 < exact < 7 * math.log2(10)
+    assert exposure(lp, second, exact_limit=0) == pytest.approx(exact, abs=0.3)
 
 
 def test_canary_log_probs_average_rounds_and_skip_missing():
@@ -185,3 +210,68 @@ def test_real_runs_strong_noise_brings_the_attack_to_chance(tmp_path):
     assert clean > 0.7
     assert strong < clean and abs(strong - 0.5) < 0.15
     assert runs["gaussian z=1"]["epsilon"] < runs["none"]["epsilon"] == math.inf
+
+
+def test_denoising_by_hand():
+    """q = max(c + n, 0) / s with c = [.03, .01, 0], n = [.5, -.4, .2]: s = .73,
+    q = [.7260, 0, .2740]; the attacker's c_j = q_j * (n_0 + n_2) - n_j on q_j > 0."""
+    from simulations.leakage import denoised
+
+    c, n = np.array([0.03, 0.01, 0.0]), np.array([0.5, -0.4, 0.2])
+    q = np.maximum(c + n, 0) / np.maximum(c + n, 0).sum()
+    est = denoised(q[None, None], n[None, None])[0, 0]
+    np.testing.assert_allclose(est, [0.72603 * 0.7 - 0.5, 0.0, 0.27397 * 0.7 - 0.2], atol=1e-5)
+    missing = denoised(np.full((1, 1, 3), np.nan), n[None, None])
+    assert np.isnan(missing).all()
+
+
+def test_the_attacker_regenerates_seeded_noise_exactly(tmp_path, monkeypatch):
+    """Through the real privacy mod: client 0 releases zero logits, i.e. its noise alone."""
+    import json
+
+    from flwr.app import Context, Message, MessageType, Metadata, RecordDict
+    from omegaconf import OmegaConf
+
+    from clients import wire
+    from clients.privacy_mod import SIMULATION_ENV, privacy_mod
+    from clients.runtime import data_key, federated_data
+    from server.privacy import build_ledger
+    from simulations.leakage import regenerated_noise
+
+    cfg = compose(
+        ["strategy=dsfl", "num_clients=3", "split.canaries.count=2", "strategy.open_size=100000",
+         "privacy=gaussian", "privacy.noise_multiplier=1.0", "simulation.seeded_noise=true"]
+    )  # fmt: skip
+    OmegaConf.save(OmegaConf.create(cfg), tmp_path / "config.yaml")
+    (tmp_path / "summary.json").write_text(json.dumps({"privacy": {"noise_multiplier": 1.0}}))
+    fed = federated_data(data_key(cfg))
+    n, c = len(fed.public_x), fed.num_classes
+    ledger = build_ledger(cfg, "public_logits", n, c)
+    plan = {
+        "extract": {"kind": "public_logits"},
+        "privacy": {**ledger.local.to_dict(), "seeded": True},
+    }
+    metadata = Metadata(
+        run_id=1, message_id="m", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+        group_id="", created_at=0.0, ttl=60.0, message_type=MessageType.TRAIN,
+    )  # fmt: skip
+    message = Message(
+        content=RecordDict({wire.CONFIG: wire.make_config(3, json.dumps(cfg), plan)}),
+        metadata=metadata,
+    )
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
+    )
+
+    def zeros(msg, ctx):
+        reply = RecordDict()
+        sent = PublicLogits(np.arange(n), np.zeros((n, c), np.float32), "logits")
+        wire.put_payload(reply, sent)
+        return Message(content=reply, reply_to=msg)
+
+    monkeypatch.setenv(SIMULATION_ENV, "1")
+    released = wire.get_payload(privacy_mod(message, context, zeros).content).values
+    regenerated = regenerated_noise(tmp_path, np.array([3]))
+    assert regenerated.shape == (1, 4, c)
+    np.testing.assert_allclose(regenerated[0], released[-4:], rtol=1e-6, atol=1e-6)
+    assert np.abs(released).max() > 0.5  # noise std 2 z clip = 2

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import dp_accounting
 import numpy as np
 import pytest
 from flwr.app import Context, Message, MessageType, Metadata, RecordDict
+from numpy.testing import assert_allclose, assert_array_equal
 from test_strategies import info_for
 
 from clients import wire
-from clients.privacy_mod import privacy_mod
+from clients.privacy_mod import SIMULATION_ENV, privacy_mod
 from fedkd.config import compose
 from fedkd.errors import ConfigError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 from fedkd.privacy.mechanisms import clip_rows, clip_total, randomized_response
 from fedkd.privacy.release import (
     COUNT_SCALE,
+    COUNT_SENSITIVITY,
+    NOISES,
     LocalSpec,
+    _noisy_counts,
     calibrate,
     epsilon_after,
+    noisy_class_mean,
     noisy_mean,
     privatize,
     round_event,
+    rr_noise_parameter,
 )
 from server.privacy import build_ledger, check_privacy
 from server.strategies import STRATEGIES
@@ -116,10 +123,16 @@ def test_votes_go_through_randomized_response():
     )
 
 
-def test_weights_are_noised_except_integer_counters():
+def test_weights_are_noised_and_integer_counters_withheld():
     weights = ModelWeights({"w": np.zeros((3, 3), np.float32), "steps": np.array(7, np.int64)})
     out = privatize(weights, GAUSS, np.random.default_rng(0))
-    assert out.arrays["steps"] == 7 and out.arrays["steps"].shape == ()
+    # BatchNorm's step counter counts the client's batches (its data size): sent as 0
+    assert out.arrays["steps"] == 0 and out.arrays["steps"].shape == ()
+    assert out.arrays["steps"].dtype == np.int64 and weights.arrays["steps"] == 7
+    only = privatize(
+        ModelWeights({"steps": np.array(7, np.int64)}), GAUSS, np.random.default_rng(0)
+    )
+    assert only.arrays["steps"] == 0
     assert out.arrays["w"].dtype == np.float32 and np.abs(out.arrays["w"]).sum() > 0
 
 
@@ -190,13 +203,23 @@ def instruction(content: RecordDict) -> Message:
     return Message(content=content, metadata=metadata)
 
 
-def test_the_mod_noises_the_reply_and_leaves_other_messages_alone():
+def mod_config(seeded: bool) -> str:
+    """The run config a simulated client receives: its floor section and the noise switch."""
+    cfg = plain_cfg(f"simulation.seeded_noise={str(seeded).lower()}")
+    return json.dumps(
+        {"seed": 0, "simulation": cfg["simulation"], "privacy_floor": cfg["privacy_floor"]}
+    )
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_the_mod_noises_the_reply_and_leaves_other_messages_alone(seeded, monkeypatch):
+    monkeypatch.setenv(SIMULATION_ENV, "1")
     ledger = build_ledger(plain_cfg("privacy=gaussian"), "class_logits", 10, 10)
     plan = {
         "extract": {"kind": "class_logits"},
-        "privacy": {**ledger.local.to_dict(), "seeded": True},
+        "privacy": {**ledger.local.to_dict(), "seeded": seeded},
     }
-    content = RecordDict({wire.CONFIG: wire.make_config(2, '{"seed": 0}', plan)})
+    content = RecordDict({wire.CONFIG: wire.make_config(2, mod_config(seeded), plan)})
     message = instruction(content)
     context = Context(
         run_id=1, node_id=1, node_config={"partition-id": 3}, state=RecordDict(), run_config={}
@@ -212,10 +235,102 @@ def test_the_mod_noises_the_reply_and_leaves_other_messages_alone():
     assert not np.allclose(out.logits, sent.logits)
     assert out.counts.sum() != sent.counts.sum()  # on the COUNT_SCALE grid
     again = wire.get_payload(privacy_mod(message, context, client).content)
-    np.testing.assert_array_equal(out.logits, again.logits)  # seeded by (seed, round, client)
+    # seeded (simulation only): the same noise from (seed, round, client); else OS entropy
+    assert np.array_equal(out.logits, again.logits) == seeded
     plan.pop("privacy")
-    quiet = RecordDict({wire.CONFIG: wire.make_config(2, '{"seed": 0}', plan)})
+    quiet = RecordDict({wire.CONFIG: wire.make_config(2, mod_config(seeded), plan)})
     message = instruction(quiet)
     np.testing.assert_array_equal(
         wire.get_payload(privacy_mod(message, context, client).content).logits, sent.logits
     )
+
+
+def test_central_per_class_mean_divides_by_the_holders_not_the_cohort():
+    """z = 0, no clipping: a class held by one of five clients keeps its row (a fixed
+    denominator gave [0, 1.2, 0] for [0, 6, 0])."""
+    values = np.zeros((5, 3, 3))
+    counts = np.zeros((5, 3), dtype=np.int64)
+    values[0, 1], counts[0, 1] = [0, 6, 0], 5  # client 0: class 1 only
+    values[1:, 0], counts[1:, 0] = [2, 0, 0], 3  # clients 1-4: class 0 only
+    mean, present, weight = noisy_class_mean(values, counts, 100.0, 0.0, np.random.default_rng())
+    assert_allclose(mean[:2], [[2, 0, 0], [0, 6, 0]])
+    assert present.tolist() == [True, True, False]  # nobody holds class 2
+    assert_allclose(weight, [4, 1, 0])
+
+
+def test_central_per_class_mean_weights_and_clips_by_hand():
+    # A holds classes 0 and 1 (u = 1/sqrt 2 each), B class 0 only (u = 1)
+    values = np.array([[[4, 0, 0], [0, 4, 0], [0, 0, 0]], [[1, 0, 0], [0, 0, 0], [0, 0, 0]]])
+    counts = np.array([[2, 2, 0], [7, 0, 0]])
+    mean, _, weight = noisy_class_mean(values, counts, 100.0, 0.0, np.random.default_rng())
+    # class 0: (4/sqrt2 + 1) / (1/sqrt2 + 1) = 3.82843 / 1.70711 = 2.24264
+    assert_allclose(mean[0], [2.24264, 0, 0], atol=1e-5)
+    assert_allclose(mean[1], [0, 4, 0])  # (4/sqrt2) / (1/sqrt2)
+    assert_allclose(weight, [1.70711, 0.70711, 0], atol=1e-5)
+    # S = 2: A's table (norm sqrt 32 = 5.657) is scaled by 2/5.657 = 0.35355, B's (norm 1) kept
+    clipped, _, _ = noisy_class_mean(values, counts, 2.0, 0.0, np.random.default_rng())
+    assert_allclose(clipped[1], [0, 4 * 0.35355, 0], atol=1e-4)
+    # the noise: std z*S on the sums, z on the weights
+    draws = [
+        noisy_class_mean(values, counts, 2.0, 1.5, np.random.default_rng(s))[2] for s in range(400)
+    ]
+    assert np.std(np.array(draws)[:, 2]) == pytest.approx(1.5, rel=0.12)
+
+
+def test_central_fd_and_fedproto_keep_a_rare_class_at_its_size():
+    from fedkd.knowledge import ClassLogits, Prototypes
+
+    for name in ("fd", "fedproto"):
+        strategy = STRATEGIES.get(name)(
+            info_for(f"strategy={name}", "privacy=central", "privacy.noise_multiplier=1",
+                     "privacy.clip=100", num_clients=5, num_classes=3)
+        )  # fmt: skip
+        strategy.privacy.central["noise_multiplier"] = 0.0
+        rows = [np.array([[0, 0, 0], [0, 6, 0], [0, 0, 0]], np.float32)] + [
+            np.array([[2, 0, 0], [0, 0, 0], [0, 0, 0]], np.float32)
+        ] * 4
+        held = [np.array([0, 5, 0])] + [np.array([3, 0, 0])] * 4
+        if name == "fd":
+            uploads = {k: ClassLogits(logits=rows[k], counts=held[k]) for k in range(5)}
+            strategy.fuse(1, uploads, dict.fromkeys(range(5), 1))
+            fused = strategy.global_teacher.logits
+        else:
+            uploads = {k: Prototypes(prototypes=rows[k], counts=held[k]) for k in range(5)}
+            strategy.fuse(1, uploads, dict.fromkeys(range(5), 1))
+            fused = strategy.global_prototypes.prototypes
+        assert_allclose(fused[:2], [[2, 0, 0], [0, 6, 0]], err_msg=name)
+
+
+def test_randomized_response_is_accounted_through_its_exact_rdp():
+    """One k-ary response, replace-one, order 2, by hand: D_2 = log((e^2e + e^-e + k-2) / Z)."""
+    eps, k = 1.0, 10
+    z = math.exp(eps) + k - 1
+    hand = math.log((math.exp(2 * eps) + math.exp(-eps) + (k - 2)) / z)  # 0.29613
+    acc = dp_accounting.rdp.RdpAccountant(
+        orders=[2.0], neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    acc.compose(round_event("gaussian", 0.0, "votes", 1, eps, k))
+    assert acc._rdp[0] == pytest.approx(hand) == pytest.approx(0.29613, abs=1e-5)
+    # keep probability e^eps / (e^eps + k - 1) = 1 - p + p/k
+    p = rr_noise_parameter(eps, k)
+    assert 1 - p + p / k == pytest.approx(math.exp(eps) / z)
+    # tighter than the zCDP bound rho = eps^2 / 2 it replaces (500 labels, 10 rounds)
+    exact = epsilon_after(round_event("gaussian", 0.0, "votes", 500, 0.1, 10), 10, 1e-5)
+    zcdp = epsilon_after(dp_accounting.ZCDpEvent(rho=500 * 0.1**2 / 2), 10, 1e-5)
+    assert exact == pytest.approx(19.56, abs=0.01) and zcdp == pytest.approx(57.30, abs=0.01)
+
+
+def test_a_label_histogram_is_noised_at_its_l2_sensitivity_sqrt2():
+    # two one-hot histograms are the farthest apart: L2 sqrt(2), L1 2
+    assert np.linalg.norm(np.array([1.0, 0, 0]) - np.array([0, 1.0, 0])) == pytest.approx(
+        COUNT_SENSITIVITY[2]
+    )
+    counts = np.array([30, 10, 60])
+    for mechanism, draw in (("gaussian", "normal"), ("laplace", "laplace")):
+        spec = LocalSpec(mechanism=mechanism, noise_multiplier=0.7, clip=1.0)
+        noise = getattr(np.random.default_rng(3), draw)(
+            0.0, 0.7 * COUNT_SENSITIVITY[NOISES.get(mechanism).order], size=3
+        )
+        expected = np.rint(np.clip(counts / 100 + noise, 0, None) * COUNT_SCALE)
+        assert_array_equal(_noisy_counts(counts, spec, np.random.default_rng(3)), expected)
+    assert {1: 2.0, 2: pytest.approx(1.41421356)} == COUNT_SENSITIVITY

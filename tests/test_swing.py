@@ -181,6 +181,8 @@ def test_reference_is_the_received_knowledge_where_it_covers_the_sample():
         (["strategy=dsfl", "swing=adaptive", "swing.noise=cauchy"], "swing.noise"),
         (["strategy=dsfl", "swing=adaptive", "+swing.tau=1"], "unknown swing option"),
         (["strategy=dsfl", "swing=adaptive", "privacy=gaussian"], "release_temperatures=false"),
+        (["strategy=dsfl", "swing=adaptive", "privacy=central"], "privacy=central does not noise"),
+        (["strategy=dsfl", "swing=adaptive", "privacy=subteachers"], "release_temperatures=false"),
         (["strategy=dsfl", "swing=adaptive", "strategy.era_on=logits"], "era_on=probs"),
     ],
 )

@@ -113,6 +113,19 @@ class LabelVoting:
             agreement=agreement,
         )
 
+    def round_bound(self, num_queries: int) -> list[list[float]]:
+        """``[noise multiplier, count]`` pairs the most one more release of ``num_queries``
+        samples can cost (every query answered): what a budget check must assume."""
+        ledger = self.ledger
+        if self.noise == "gnmax":
+            return [[self.sigma / ledger.gnmax_sensitivity, num_queries]]
+        if self.noise == "confident_gnmax":
+            return [
+                [self.sigma1, num_queries],
+                [self.sigma2 / ledger.gnmax_sensitivity, num_queries],
+            ]
+        return []
+
     def epsilon(self) -> float:
         """Client-level ε at ``delta`` over every release so far; ∞ without noise."""
         return self.ledger.epsilon(self.delta) if self.private else math.inf

@@ -33,7 +33,7 @@ may be released (§4.7). ``σ = 0`` is recorded as a non-private release (ε = �
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fedkd.errors import ConfigError
 
@@ -85,6 +85,7 @@ class RdpLedger:
         self.events: list[
             list[float]
         ] = []  # [noise multiplier (0: non-private), count] as composed
+        self.sink: Callable[[dict], None] | None = None  # called with every composition
 
     @property
     def gnmax_sensitivity(self) -> float:
@@ -96,6 +97,8 @@ class RdpLedger:
         z = _sigma("noise_multiplier", noise_multiplier)
         count = _count("count", count)
         if count:
+            if self.sink is not None:  # persisted before it counts (an append-only log)
+                self.sink({"noise_multiplier": z, "count": count})
             event = dp_lib().GaussianDpEvent(z) if z > 0 else dp_lib().NonPrivateDpEvent()
             self.accountant.compose(event, count)
             self.events.append([z, count])
@@ -120,7 +123,9 @@ class RdpLedger:
             int(state["num_queries"]),
             int(state["num_answered"]),
         )
+        sink = self.sink
         self.__dict__.update(fresh.__dict__)
+        self.sink = sink  # the replay is not a new release
         return self
 
     def gnmax(self, sigma: float, count: int = 1) -> RdpLedger:

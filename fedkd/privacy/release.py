@@ -8,9 +8,11 @@ docs/algorithms.md §5.1-5.2. Two places, one vocabulary:
   matrix moves by at most ``2S`` (``S`` = the clip bound), so the noise std (Gaussian,
   L2) or scale (Laplace, L1) is ``z · 2S``. Label counts sent beside per-class tables
   (FD logits, FedProto prototypes) leak the label distribution, so they are released
-  the same way: as a histogram (L1 norm 1, so sensitivity 2) with the same ``z``, then
+  the same way: as a histogram (L1 norm 1, so replace-one sensitivity 2 in L1 and
+  ``sqrt(2)`` in L2) with the same ``z``, then
   rounded to integers on a fixed public scale (``COUNT_SCALE``). Votes (labels) go
-  through k-ary randomized response with ``vote_epsilon`` per label (``top_k = 1``).
+  through k-ary randomized response with ``vote_epsilon`` per label (``top_k = 1``),
+  accounted through its exact RDP (``dp_accounting.RandomizedResponseDpEvent``).
 - **Central** (``privacy=central``, §5.2 A): the server clips each upload to ``S``, sums,
   adds ``N(0, z²S²)`` and divides by a **fixed** denominator (:func:`noisy_mean`);
   client-level DP under add/remove-one-client, trusted server.
@@ -19,7 +21,7 @@ docs/algorithms.md §5.1-5.2. Two places, one vocabulary:
 ledger and :func:`calibrate` (target ε over the planned rounds → ``z``) use the library.
 Ours: counts are released on a 1/``COUNT_SCALE`` grid; probabilities are clamped at 0 and
 renormalised after noise (post-processing); integer weight arrays (BatchNorm's step
-counter) are not noised.
+counter, which counts the client's batches) are released as zeros.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
     import dp_accounting
 
 COUNT_SCALE = 1000  # released label counts = round(noisy histogram * COUNT_SCALE)
+# replace-one sensitivity of a label histogram (non-negative, sums to 1): two one-hot
+# histograms are the farthest apart, L1 distance 2, L2 distance sqrt(2)
+COUNT_SENSITIVITY = {1: 2.0, 2: math.sqrt(2.0)}
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def _noisy(values: np.ndarray, spec: LocalSpec, rng: np.random.Generator) -> np.
 def _noisy_counts(counts: np.ndarray, spec: LocalSpec, rng: np.random.Generator) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     hist = counts / counts.sum() if counts.sum() > 0 else counts
-    scale = spec.noise_multiplier * 2.0  # a histogram's L1 (and L2) replace-one sensitivity <= 2
+    scale = spec.noise_multiplier * COUNT_SENSITIVITY[NOISES.get(spec.mechanism).order]
     noisy = hist + NOISES.get(spec.mechanism).sample(hist.shape, scale, rng)
     return np.rint(np.clip(noisy, 0.0, None) * COUNT_SCALE).astype(np.int64)
 
@@ -133,11 +138,14 @@ def privatize(payload: Any, spec: LocalSpec, rng: np.random.Generator) -> Any:
         return replace(payload, votes=votes)
     if isinstance(payload, ModelWeights):
         floats = sorted(k for k, v in payload.arrays.items() if np.issubdtype(v.dtype, np.floating))
+        # integer arrays (BatchNorm's step counter) count the client's batches, a function
+        # of its data size: they leave as zeros, which says nothing
+        arrays = {k: v if k in floats else np.zeros_like(v) for k, v in payload.arrays.items()}
         if not floats:
-            return payload
+            return ModelWeights(arrays)
         flat = np.concatenate([payload.arrays[k].ravel() for k in floats])
         noisy = _noisy(flat[None, :], spec, rng)[0]
-        arrays, start = dict(payload.arrays), 0
+        start = 0
         for k in floats:
             n = payload.arrays[k].size
             arrays[k] = (
@@ -173,19 +181,87 @@ def noisy_mean(
     return (total + gaussian_noise(values.shape[1:], noise_multiplier * clip, rng)) / denominator
 
 
+def noisy_class_mean(
+    values: np.ndarray,
+    counts: np.ndarray,
+    clip: float,
+    noise_multiplier: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Central noise for per-class tables: ``(mean [C, D], present [C], noisy weight [C])``.
+
+    ``values [K, C, D]`` (FD logits, prototypes), ``counts [K, C]`` (a row counts where
+    ``counts > 0``). A class held by ``k`` of ``K`` clients must be averaged over those
+    ``k``, not the cohort (a fixed denominator would scale it by ``k/K``), yet ``k`` is
+    private. So both are released with noise (ours): client ``k`` holding ``c_k`` classes
+    contributes ``u_k = present_k / sqrt(c_k)`` (unit L2 norm) and its table clipped to
+    ``S`` as a whole, times ``u_k``; then
+
+        mean_c = (sum_k u_kc v_kc + N(0, (z S)^2)) / max(sum_k u_kc + N(0, z^2), 1/sqrt(C))
+
+    Adding or removing one client moves the sums by at most ``S`` and the weights by at
+    most 1 (L2): two Gaussian releases with multiplier ``z`` (the ledger charges a
+    per-class table twice). The mean is weighted by ``1/sqrt(c_k)`` (ours). A class is
+    ``present`` where its noisy weight reaches ``1/(2 sqrt(C))`` (half the smallest weight
+    one client can give), a data-independent threshold: post-processing.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    present = np.asarray(counts) > 0
+    if values.ndim != 3 or present.shape != values.shape[:2]:
+        raise ValueError(f"expected values [K, C, D] and counts [K, C], got {values.shape}")
+    num_classes = values.shape[1]
+    held = present.sum(axis=1, keepdims=True)
+    weights = np.where(present, 1.0 / np.sqrt(np.maximum(held, 1)), 0.0)  # [K, C]
+    masked = np.where(present[..., None], values, 0.0)
+    clipped = np.stack([clip_total(v, clip) for v in masked]) if len(masked) else masked
+    sums = (weights[..., None] * clipped).sum(axis=0)
+    sums = sums + gaussian_noise(sums.shape, noise_multiplier * clip, rng)
+    noisy_weight = weights.sum(axis=0) + gaussian_noise((num_classes,), noise_multiplier, rng)
+    floor = 1.0 / math.sqrt(num_classes)
+    mean = sums / np.maximum(noisy_weight, floor)[:, None]
+    return mean, noisy_weight >= floor / 2.0, noisy_weight
+
+
 # ------------------------------------------------------------------------ accounting
+def accountant() -> dp_accounting.rdp.RdpAccountant:
+    """The RDP accountant every ledger uses. Replace-one: the relation under which
+    ``dp_accounting`` composes randomized response exactly; the RDP of a Gaussian or
+    Laplace event does not depend on it (its multiplier already carries the sensitivity
+    of the unit, add/remove for central noise)."""
+    lib = dp_lib()
+    return lib.rdp.RdpAccountant(neighboring_relation=lib.NeighboringRelation.REPLACE_ONE)
+
+
+def rr_noise_parameter(epsilon: float, num_classes: int) -> float:
+    """``dp_accounting``'s randomized-response ``p`` (output uniform over all ``k`` buckets with
+    probability ``p``) of :func:`~fedkd.privacy.mechanisms.randomized_response`, which keeps a
+    label with probability ``e^ε / (e^ε + k - 1)``: ``p / k = 1 / (e^ε + k - 1)``."""
+    return num_classes / (math.exp(epsilon) + num_classes - 1)
+
+
 def round_event(
-    mechanism: str, noise_multiplier: float, kind: str, rows: int, vote_epsilon: float | None
+    mechanism: str,
+    noise_multiplier: float,
+    kind: str,
+    rows: int,
+    vote_epsilon: float | None,
+    num_classes: int | None = None,
 ) -> dp_accounting.DpEvent:
     """What one client's release costs in one round, as a ``dp_accounting`` event.
 
-    A per-class table plus its counts is two releases; votes are ``rows`` ε-DP
-    randomized responses, i.e. ``rows · ε²/2``-zCDP (Bun & Steinke 2016, Prop. 1.4).
+    A per-class table plus its counts is two releases; votes are ``rows`` k-ary randomized
+    responses (ε per label), composed through their exact RDP
+    (``RandomizedResponseDpEvent``, replace-one).
     """
     if kind == "votes":
         if vote_epsilon is None:
             raise ConfigError("votes need privacy.vote_epsilon (or a target_epsilon)")
-        return dp_lib().ZCDpEvent(rho=rows * vote_epsilon**2 / 2.0, xi=0.0)
+        if num_classes is None or num_classes < 2:
+            raise ConfigError(f"votes need the number of classes (got {num_classes})")
+        one = dp_lib().RandomizedResponseDpEvent(
+            rr_noise_parameter(vote_epsilon, num_classes), num_classes
+        )
+        return dp_lib().SelfComposedDpEvent(one, rows)
     if noise_multiplier <= 0:
         return dp_lib().NonPrivateDpEvent()
     one = NOISES.get(mechanism).event(noise_multiplier)
@@ -197,9 +273,9 @@ def epsilon_after(event: dp_accounting.DpEvent, rounds: int, delta: float) -> fl
     """ε at ``delta`` after ``rounds`` compositions of ``event`` (RDP accountant)."""
     if rounds <= 0:
         return 0.0
-    accountant = dp_lib().rdp.RdpAccountant()
-    accountant.compose(event, rounds)
-    return float(accountant.get_epsilon(delta))
+    acc = accountant()
+    acc.compose(event, rounds)
+    return float(acc.get_epsilon(delta))
 
 
 def calibrate(
@@ -214,7 +290,7 @@ def calibrate(
         raise ConfigError(f"privacy.target_epsilon must be > 0 (got {target_epsilon})")
     return float(
         dp_lib().calibrate_dp_mechanism(
-            dp_lib().rdp.RdpAccountant,
+            accountant,
             lambda p: dp_lib().SelfComposedDpEvent(make_event(p), rounds),
             target_epsilon,
             delta,

@@ -39,6 +39,7 @@ import numpy as np
 
 from fedkd.errors import ConfigError
 from fedkd.knowledge import PublicLogits
+from fedkd.privacy.noise import noise_rng
 from fedkd.registry import Registry
 
 NOISE_KINDS = ("laplace", "gaussian", "none")
@@ -212,17 +213,28 @@ def reference_on(received: Any, indices: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def swing_payload(payload: Any, received: Any, spec: Mapping[str, Any], canary, generator) -> Any:
+def swing_payload(
+    payload: Any,
+    received: Any,
+    spec: Mapping[str, Any],
+    canary,
+    generator,
+    *,
+    seeded: bool = False,
+) -> Any:
     """The client round's hook: Swing soft targets from the extracted public-set logits.
 
     ``canary``: the client's bool mask over the public set (oracle score) or None;
-    ``generator``: the round's ``torch.Generator``, from which the noise seed is drawn
-    (so the noise depends only on (seed, round, client)).
+    ``generator``: the round's ``torch.Generator``. One draw is taken from it whatever
+    ``seeded`` says (so the batch order after it stays the same); the noise comes from OS
+    entropy, or with ``seeded`` (``simulation.seeded_noise``, :mod:`fedkd.privacy.noise`)
+    from that draw, i.e. from (seed, round, client).
     """
     import torch  # the rest of this module is numpy only
 
     swing = SwingSpec(**spec)
-    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    draw = int(torch.randint(0, 2**62, (1,), generator=generator))
+    rng = noise_rng(seeded, [draw])
     mask = None if canary is None else canary.numpy()[payload.indices]
     return swing_release(
         payload, swing, rng, reference=reference_on(received, payload.indices), canary=mask

@@ -36,10 +36,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from clients import wire
+from clients.channel import measurement_of
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
+from fedkd.privacy.noise import noise_rng, seeded_noise
 from server.checkpoint import (
     Checkpointer,
     discard_round,
@@ -48,7 +50,7 @@ from server.checkpoint import (
     save_clients,
 )
 from server.exchange import send_and_receive
-from server.privacy import PrivacyLedger, build_ledger
+from server.privacy import PrivacyLedger, build_ledger, vote_ledger
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
 
@@ -120,6 +122,7 @@ class FedkdStrategy(Strategy):
         self.round_timeout = float(server["round_timeout"])
         self.poll_interval = float(server.get("poll_interval", 0.05))
         self.seed = int(info.cfg["seed"])
+        self.seeded_noise = seeded_noise(info.cfg)
         self.confusion_every = (info.cfg.get("logging") or {}).get("confusion_every", 0)
         self._round = 0
         self._bytes_down: dict[int, int] = {}  # client id -> bytes sent this round
@@ -132,12 +135,15 @@ class FedkdStrategy(Strategy):
         self.excluded: dict[int, int] = {}  # client id -> round it was excluded in
         self.fusion_failures = 0
         self._rejected_now: dict[int, str] = {}  # this round: client id -> reason
+        self._measured: dict[int, dict[str, float]] = {}  # client id -> measurement (recorder only)
         self.checkpointer: Checkpointer | None = None  # set by run_server
         self.resume_from: dict[str, Any] | None = None  # a loaded checkpoint to continue from
         self.setup()
         self.privacy: PrivacyLedger | None = build_ledger(
             info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes
         )
+        if self.privacy is not None:  # label voting's GNMax counts toward budget_epsilon
+            self.privacy.votes = vote_ledger(self)
         self.stop_reason: str | None = None
         # client id -> reason -> rounds: who dropped out, for summary.json
         self.dropped_clients: dict[int, dict[str, list[int]]] = {}
@@ -176,6 +182,11 @@ class FedkdStrategy(Strategy):
     def plan(self, server_round: int) -> dict[str, Any]:
         return {"extract": {"kind": "none"}}
 
+    def vote_round_bound(self) -> list[list[float]]:
+        """``[z, count]`` pairs the most one more round of noisy label voting costs (GNMax);
+        none by default."""
+        return []
+
     def privacy_rows(self) -> int:
         """Rows of one upload (for the privacy cost of votes): classes by default."""
         return self.info.num_classes
@@ -184,6 +195,14 @@ class FedkdStrategy(Strategy):
         """``privacy=central``: the clipped, noised mean over clients (axis 0), fixed denominator."""
         assert self.privacy is not None and self.privacy.central is not None
         return self.privacy.mean(values, self.privacy.rng(self.seed, server_round))
+
+    def central_class_mean(self, server_round: int, values: np.ndarray, counts: np.ndarray):
+        """``privacy=central`` for per-class tables ``[K, C, D]``: ``(mean, present)``, each
+        class averaged over a noised count of its holders (``noisy_class_mean``)."""
+        assert self.privacy is not None and self.privacy.central is not None
+        rng = self.privacy.rng(self.seed, server_round)
+        mean, present, _ = self.privacy.class_mean(values, counts, rng)
+        return mean, present
 
     @property
     def central(self) -> bool:
@@ -311,6 +330,11 @@ class FedkdStrategy(Strategy):
         clients never changes which public samples a round uses."""
         return np.random.default_rng([self.seed, server_round, self.STREAMS[stream]])
 
+    def noise_rng_for(self, server_round: int, stream: str) -> np.random.Generator:
+        """Privacy noise (e.g. GNMax): OS entropy unless ``simulation.seeded_noise``
+        (``fedkd.privacy.noise``), then the stream ``rng_for`` would give."""
+        return noise_rng(self.seeded_noise, [self.seed, server_round, self.STREAMS[stream]])
+
     # ------------------------------------------------------ Flower Strategy
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -323,11 +347,11 @@ class FedkdStrategy(Strategy):
         if self.privacy is not None and self.privacy.local is not None:
             plan = {
                 **plan,
-                "privacy": {**self.privacy.local.to_dict(), "seeded": self.privacy.seeded},
+                "privacy": {**self.privacy.local.to_dict(), "seeded": self.seeded_noise},
             }
             self.privacy.charge(sampled)  # each sampled client releases once this round
         if self.privacy is not None and self.privacy.teachers is not None:
-            plan = {**plan, "teachers": {**self.privacy.teachers, "seeded": self.privacy.seeded}}
+            plan = {**plan, "teachers": {**self.privacy.teachers, "seeded": self.seeded_noise}}
             self.privacy.charge(sampled)
         request = self.request_for(server_round)
         messages = []
@@ -376,6 +400,8 @@ class FedkdStrategy(Strategy):
                 self._drop(server_round, cid, err.reason, str(err))
                 continue
             metrics["bytes_up"] = wire.payload_bytes(msg.content)
+            # the researcher's measurement (clients.channel): recorded, never the strategy's
+            self._measured[cid] = measurement_of(msg.content)
             accepted.append((cid, metrics, payload, self._confusion_of(server_round, cid, msg)))
         return accepted
 
@@ -500,7 +526,7 @@ class FedkdStrategy(Strategy):
             if self.privacy is not None:
                 metrics["epsilon"] = self.privacy.epsilon(cid)
             if self.recorder is not None:
-                self.recorder.client(server_round, cid, metrics)
+                self.recorder.client(server_round, cid, {**self._measured.pop(cid, {}), **metrics})
             uploads[cid] = payload
             num_train[cid] = int(metrics.get("num_train", 1))
         self._record_confusion(eval_round, accepted)
@@ -535,12 +561,16 @@ class FedkdStrategy(Strategy):
                 self.privacy.charge(sorted(self.node_of))
         if self.privacy is not None:
             diagnostics["epsilon"] = self.privacy.max_epsilon()
+            if self.seeded_noise:  # beside epsilon everywhere it is shown: not a guarantee
+                diagnostics["seeded_noise"] = 1.0
         return None, MetricRecord(diagnostics)
 
     def budget_allows(self, server_round: int) -> bool:
         """False when another round would push a client past ``privacy.budget_epsilon``
         and the run is set to stop; with ``on_budget: warn`` it warns once and goes on."""
-        if self.privacy is None or not self.privacy.exhausted(sorted(self.node_of)):
+        if self.privacy is None or not self.privacy.exhausted(
+            sorted(self.node_of), self.vote_round_bound()
+        ):
             return True
         budget = self.privacy.budget
         if self.privacy.on_budget == "warn":
@@ -591,7 +621,7 @@ class FedkdStrategy(Strategy):
         for cid, metrics, _, _ in accepted:
             metrics.pop("bytes_up", None)
             if self.recorder is not None:
-                self.recorder.client(server_round, cid, metrics)
+                self.recorder.client(server_round, cid, {**self._measured.pop(cid, {}), **metrics})
         self._record_confusion(server_round, accepted)
         return MetricRecord({"replies": float(len(accepted))}) if accepted else None
 

@@ -90,11 +90,9 @@ class FD(FedkdStrategy):
         logits = np.stack([uploads[i].logits for i in ids]).astype(np.float64)
         counts = np.stack([uploads[i].counts for i in ids])
         weighted = bool(self.params["weighted"])
-        if self.central:  # every row released: which labels a client has is not revealed
-            masked = np.where(counts[..., None] > 0, logits, 0.0)
-            teacher = self.central_mean(server_round, masked)
-            present = np.ones(len(teacher), dtype=bool)
-            counts = np.ones_like(counts)
+        if self.central:  # noised per-class sums over noised per-class holder counts
+            teacher, present = self.central_class_mean(server_round, logits, counts)
+            counts = np.broadcast_to(present, counts.shape).astype(np.int64)  # raw counts unused
         else:
             teacher, present = class_mean(logits, counts, weighted=weighted, **self.reducer)
         # counts of the teacher: how many clients contributed to each label row

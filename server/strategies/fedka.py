@@ -30,6 +30,10 @@ are in ``summary.json``), ``fedavg_target_acc`` (before voting), ``client_target
 accuracy minus that mean (negative transfer when < 0; the paper's exact definition was
 not retrieved, this is ours), ``finetune_weight_shift`` (how far voting moved the
 global weights) and the voting diagnostics of :mod:`server.strategies.vote`.
+**Privacy**: the GNMax epsilon of noisy voting (``summary.json["privacy"]["gnmax"]``) covers
+the released labels only. The clients' weights are not protected: they reach the server
+raw and their average is broadcast un-noised (``summary.json["privacy"]["not_protected"]``).
+
 Clients report their own models' ``local_test_acc`` (source) and ``global_test_acc``
 (target). Evaluation is transductive, on the target samples used for adaptation, as in
 the paper (pitfall 5).
@@ -120,6 +124,16 @@ class FedKA(FedAvg):
         self.test_x = torch.from_numpy(fed.global_test.x)
         self.test_y = torch.from_numpy(fed.global_test.y)
 
+    # summary.json["privacy"]["not_protected"]: what no epsilon here covers
+    not_protected = (
+        "fedka uploads and broadcasts model weights: the clients' raw weights reach the "
+        "server and their FedAvg goes to every client un-noised; the GNMax epsilon covers "
+        "the released labels only"
+    )
+
+    def vote_round_bound(self) -> list[list[float]]:
+        return [] if self.voting is None else self.voting.round_bound(len(self.target_x))
+
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), "reference": self.reference}
         if self.voting is not None:
@@ -181,7 +195,7 @@ class FedKA(FedAvg):
         if self.voting is not None:
             counts = vote_counts(np.stack(votes), self.info.num_classes)
             release = self.voting.release(
-                counts, len(votes), self.rng_for(server_round, "vote_noise")
+                counts, len(votes), self.noise_rng_for(server_round, "vote_noise")
             )
             p = self.params
             out["vote_finetune_loss"] = finetune_on_votes(

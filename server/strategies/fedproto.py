@@ -70,11 +70,10 @@ class FedProto(FedkdStrategy):
     ) -> dict[str, float]:
         ids = sorted(uploads)
         protos = np.stack([uploads[i].prototypes for i in ids]).astype(np.float64)
-        counts = np.stack([uploads[i].counts for i in ids])
-        if self.central:  # every row released: which labels a client has is not revealed
-            fused = self.central_mean(server_round, np.where(counts[..., None] > 0, protos, 0.0))
-            present = np.ones(len(fused), dtype=bool)
-            counts = np.ones_like(counts)
+        counts = held = np.stack([uploads[i].counts for i in ids])
+        if self.central:  # noised per-class sums over noised per-class holder counts
+            fused, present = self.central_class_mean(server_round, protos, counts)
+            counts = np.broadcast_to(present, counts.shape).astype(np.int64)  # raw counts unused
         else:
             fused, present = prototype_mean(
                 protos, counts, weighted=bool(self.params["weighted"]), **self.reducer
@@ -88,9 +87,9 @@ class FedProto(FedkdStrategy):
         spread = float(
             np.mean(
                 [
-                    np.linalg.norm(protos[k] - fused, axis=1)[counts[k] > 0].mean()
+                    np.linalg.norm(protos[k] - fused, axis=1)[held[k] > 0].mean()
                     for k in range(len(ids))
-                    if (counts[k] > 0).any()
+                    if (held[k] > 0).any()
                 ]
             )
         )

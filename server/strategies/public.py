@@ -37,11 +37,12 @@ class PublicSetStrategy(FedkdStrategy):
                 f"(dsfl, knfu); '{cfg['strategy']['name']}' does not"
             )
         spec = SwingSpec.from_config(section)
-        private = (cfg.get("privacy") or {}).get("name", "none") in ("gaussian", "laplace")
-        if private and spec.score != "oracle" and spec.release_temperatures:
+        privacy = (cfg.get("privacy") or {}).get("name", "none")
+        if privacy != "none" and spec.score != "oracle" and spec.release_temperatures:
+            # every mode: central would broadcast their plain mean, the mod does not noise them
             raise ConfigError(
                 f"swing.score={spec.score} releases temperatures that depend on private data, "
-                "which the client-side privacy mod does not noise; set swing.release_temperatures=false"
+                f"which privacy={privacy} does not noise; set swing.release_temperatures=false"
             )
         return spec
 
@@ -65,7 +66,12 @@ class PublicSetStrategy(FedkdStrategy):
         if self.swing is None:
             return plan
         s = self.swing
-        extract = {**plan["extract"], "space": "logits", "swing": s.to_dict()}
+        extract = {
+            **plan["extract"],
+            "space": "logits",
+            "swing": s.to_dict(),
+            "swing_seeded": self.seeded_noise,  # fedkd.privacy.noise
+        }
         extract.pop("temperature", None)
         distill = {
             **plan["distill"],

@@ -13,7 +13,8 @@ training. Nothing else is exchanged, so any mix of architectures works.
 Logged per round: ``answered_share`` (released / queried), ``vote_agreement`` (mean
 noise-free share of voters on the plurality label), ``voting_acc`` (released labels
 against the public samples' held-back labels; diagnostics only, never sent) and, with
-noise, ``vote_epsilon``. Ours: the one-round lag of :class:`PublicSetStrategy`, and
+noise, ``gnmax_epsilon`` (cumulative client-level GNMax epsilon; ``privacy.vote_epsilon`` is
+the local mod's per-label randomized response, another thing). Ours: the one-round lag of :class:`PublicSetStrategy`, and
 one-hot targets with ``soft_ce`` (equal to hard-label CE) so the client's distillation
 step is shared with the other public-set methods.
 """
@@ -47,7 +48,7 @@ def voting_diagnostics(
     if true_labels is not None and answered.any():
         out["voting_acc"] = float((release.labels[answered] == true_labels[answered]).mean())
     if voting.private:
-        out["vote_epsilon"] = voting.epsilon()
+        out["gnmax_epsilon"] = voting.epsilon()  # cumulative, client-level (not per label)
     return out
 
 
@@ -82,6 +83,9 @@ class Vote(PublicSetStrategy):
         self.voting = LabelVoting.from_config(self.params["voting"], votes_per_teacher=self.top_k)
         self.public_y = federated_data(data_key(self.cfg)).public_y  # diagnostics only
 
+    def vote_round_bound(self) -> list[list[float]]:
+        return self.voting.round_bound(self.size)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "ledger": self.voting.ledger.state_dict()}
 
@@ -112,7 +116,7 @@ class Vote(PublicSetStrategy):
         ids = sorted(uploads)
         indices = self.indices_for(server_round)
         counts = vote_counts(np.stack([uploads[i].votes for i in ids]), self.info.num_classes)
-        rng = self.rng_for(server_round, "vote_noise")
+        rng = self.noise_rng_for(server_round, "vote_noise")
         release = self.voting.release(counts, len(ids), rng)
         answered = release.answered
         self.targets = (
