@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients import attacks, faults
 from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
+from fedkd.bounds import Bounds
 from fedkd.config import check_config, compose
 from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
@@ -73,6 +74,7 @@ def check_options(cfg: dict[str, Any]) -> type:
     check_optimizers(cfg)
     check_faults(cfg)
     check_checkpoint_config(cfg)
+    Bounds.from_config(cfg.get("bounds"))
     attacks.check_attack(cfg, strategy.upload_kind, strategy.name)
     if (
         faults.assignments(cfg).get("bad_payload")
