@@ -143,7 +143,7 @@ def run_server(
             )
         try:
             strategy.load_state_dict(resume["strategy"])
-        except (KeyError, ValueError, TypeError, AttributeError) as err:
+        except Exception as err:  # checked before Ray starts (server.resume_check); kept
             raise CheckpointError(
                 f"resume: the checkpoint's strategy state does not fit this run: {err}"
             ) from None

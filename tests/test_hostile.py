@@ -259,3 +259,81 @@ def test_poisoned_knowledge_is_rolled_back_and_no_honest_client_is_struck(tmp_pa
     # a single NaN reply in a healthy round is the client's own fault
     fp.aggregate_train(3, [reply(0, protos(1.0)), reply(1, nan), reply(2, protos(2.0))])
     assert fp.strikes == {1: 1} and fp.excluded == {1: 3}
+
+
+# ---------------------------------------------------------------- checkpoints
+def zip_checkpoint(path, state: str, members: dict[str, bytes] | None = None):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("state.json", state)
+        for name, data in (members or {}).items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("state", "members"),
+    [
+        ('{"a": {"$float": {"x": 1}}}', None),  # TypeError in the tree layer
+        ('{"a": {"$payload": "class_logits", "arrays": [1], "meta": {}}}', None),
+        ('{"a": {"$payload": "class_logits", "arrays": {}, "meta": 5}}', None),
+        ('{"a": {"$tuple": 5}}', None),
+        ('{"a": {"$dict": [[1]]}}', None),
+        ("[" * 100_000 + "]" * 100_000, None),  # RecursionError
+        ('{"a": {"$array": "big"}}', {"big.npy": npy_declaring((2**36,))}),
+        ('{"a": 1}', {"x.npy": b"\x93NUMPY garbage"}),
+        ("\xff\xfe not json", None),
+    ],
+)
+def test_any_damage_inside_a_checkpoint_is_one_line(tmp_path, state, members):
+    from fedkd import checkpoint as ckpt_io
+    from fedkd.errors import CheckpointError
+
+    path = zip_checkpoint(tmp_path / "server.ckpt", state, members)
+    with pytest.raises(CheckpointError) as err:
+        ckpt_io.load(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_strategy_state_that_does_not_fit_is_one_line_before_ray(tmp_path):
+    from runinfo import info_for
+
+    from fedkd.errors import CheckpointError
+    from server.resume_check import check_resume
+
+    info = info_for("strategy=fedavg", "model=mlp")
+    good = {
+        "round": 2,
+        "strategy_name": "fedavg",
+        "strategy": {"base": {}, "weights": {"other-architecture": {}}},
+        "recorder": {},
+        "rng": {},
+    }
+    with pytest.raises(CheckpointError, match=r"^resume: the checkpoint of round 2 does not fit"):
+        check_resume(info, good)
+    with pytest.raises(CheckpointError, match="is of strategy 'fd', the run's is 'fedavg'"):
+        check_resume(info, {**good, "strategy_name": "fd"})
+
+
+def test_a_checkpoint_of_this_run_passes_the_resume_check(tmp_path):
+    from runinfo import info_for
+
+    from fedkd import checkpoint as ckpt_io
+    from server.checkpoint import rng_state
+    from server.resume_check import check_resume
+
+    fd = make("fd", tmp_path)
+    three(fd, reply(1, good_fd(2.0)))
+    fd.recorder.end_round(1, complete_upto=1)
+    tree = {
+        "round": 1,
+        "strategy_name": "fd",
+        "strategy": fd.state_dict(),
+        "recorder": fd.recorder.state_dict(),
+        "rng": rng_state(),
+    }
+    ckpt_io.save(tmp_path / "server.ckpt", tree)
+    before = np.random.get_state()[1].copy()
+    check_resume(info_for("num_rounds=4", "strategy=fd"), ckpt_io.load(tmp_path / "server.ckpt"))
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # nothing changed here
