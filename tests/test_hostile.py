@@ -337,3 +337,24 @@ def test_a_checkpoint_of_this_run_passes_the_resume_check(tmp_path):
     before = np.random.get_state()[1].copy()
     check_resume(info_for("num_rounds=4", "strategy=fd"), ckpt_io.load(tmp_path / "server.ckpt"))
     np.testing.assert_array_equal(np.random.get_state()[1], before)  # nothing changed here
+
+
+# ---------------------------------------------------------------- the end-to-end attacker
+def test_count_claim_lies_about_counts_only():
+    from clients import attacks
+    from fedkd.config import compose
+
+    cfg = compose(["num_clients=3", "attack.kind=count_claim", "attack.clients=[1]"])
+    honest = Prototypes(np.ones((2, 4), np.float32), np.array([5, 0]))
+    sent = attacks.apply(cfg, 1, 1, honest, RecordDict(), 2)
+    np.testing.assert_array_equal(sent.counts, [2**62, 0])
+    np.testing.assert_array_equal(sent.prototypes, honest.prototypes)
+    metrics = {"num_train": 40}
+    attacks.claim_count(cfg, 1, metrics)
+    assert metrics == {"num_train": 2**62}
+    attacks.claim_count(cfg, 0, other := {"num_train": 40})
+    assert (
+        other == {"num_train": 40} and attacks.apply(cfg, 0, 1, honest, RecordDict(), 2) is honest
+    )
+    with pytest.raises(ConfigError, match=r"attack.count must be an integer in \[0, 2\^63\)"):
+        attacks.check_attack({**cfg, "attack": {**cfg["attack"], "count": -1}}, "prototypes", "x")
