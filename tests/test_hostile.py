@@ -358,3 +358,34 @@ def test_count_claim_lies_about_counts_only():
     )
     with pytest.raises(ConfigError, match=r"attack.count must be an integer in \[0, 2\^63\)"):
         attacks.check_attack({**cfg, "attack": {**cfg["attack"], "count": -1}}, "prototypes", "x")
+
+
+# ---------------------------------------------------------------- the start-up handshake
+class AnsweringGrid:
+    """A grid whose one node answers the start-up query with ``metrics``."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def send_and_receive(self, messages, timeout):
+        content = RecordDict({wire.METRICS: MetricRecord({})})
+        content.metric_records[wire.METRICS]._data.update(self.metrics)
+        return [Message(content=content, metadata=metadata(0))]
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [{"partition_id": 0}, {"partition_id": 1.5, "num_partitions": 3}, {"num_partitions": -1}],
+)
+def test_a_bad_handshake_answer_is_one_line(metrics, monkeypatch):
+    from server import roster
+
+    # the query messages need a running Flower app to be built; their content is not the test
+    monkeypatch.setattr(
+        roster, "Message", lambda **kwargs: Message(content=RecordDict(), metadata=metadata(0))
+    )
+    assert roster._ask(AnsweringGrid({"partition_id": 2, "num_partitions": 3}), [10], 1.0, None)[
+        0
+    ] == {10: (2, 3)}
+    with pytest.raises(ConfigError, match="node 10 answered the start-up query badly"):
+        roster._ask(AnsweringGrid(metrics), [10], 1.0, None)
