@@ -10,9 +10,9 @@ the entry and what it may hold.
   ``client``, byte counts, ``epsilon``, ...) may never come from a client: a
   reply carrying one is rejected, so row identity cannot be overwritten.
 - Every other name must match an entry of :data:`EXACT` or a suffix rule of
-  :data:`SUFFIXES` (accuracies in [0, 1], losses finite and >= 0, times finite and
-  >= 0); anything else is rejected (``unknown metric``). A new client metric is one
-  line here.
+  :data:`SUFFIXES` (accuracies in [0, 1], losses finite and >= 0 up to -1e-4 of
+  rounding, times finite and >= 0); anything else is rejected (``unknown metric``).
+  A new client metric is one line here.
 - Counts (``num_train``, ``num_local_test``) are integers in ``[0, max_count]``
   (``bounds.max_count``). A client can still claim any count up to that bound: the
   server also caps the sample-count weight it gives each client
@@ -67,7 +67,7 @@ def _num(value: float) -> str:
 
 COUNT_HIGH = math.inf  # placeholder: replaced by the run's bounds.max_count
 ACCURACY = Rule("number", 0.0, 1.0)
-LOSS = Rule("number", 0.0)
+LOSS = Rule("number", -1e-4)  # >= 0, less float32 rounding of a KL divergence near 0
 EXACT: dict[str, Rule] = {
     "num_train": Rule("count", 0, COUNT_HIGH),
     "num_local_test": Rule("count", 0, COUNT_HIGH),
