@@ -41,6 +41,13 @@ METHODS = {
     "knfu": ["strategy=knfu"],
     "fedavg": ["strategy=fedavg", "model=mlp"],
     "fedproto-weighted": ["strategy=fedproto", "strategy.weighted=true"],
+    # the same without the magnitude bounds (what the hostile preset's defences are worth)
+    "fedproto-weighted-unbounded": [
+        "strategy=fedproto",
+        "strategy.weighted=true",
+        "bounds.prototypes=null",
+    ],
+    "fedavg-unbounded": ["strategy=fedavg", "model=mlp", "bounds.weights=null"],
     # leave-one-domain-out on digits_domains
     "source-only": [*FEDKA, "strategy.method=source", "strategy.voting_enabled=false"],
     "fedka": FEDKA,

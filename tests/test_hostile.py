@@ -256,9 +256,19 @@ def test_poisoned_knowledge_is_rolled_back_and_no_honest_client_is_struck(tmp_pa
     assert dict(fp.dropped) == {"non_finite": 2}
     assert not fp.strikes and not fp.excluded and fp.sample() == sorted(NODES)
     assert fp.global_prototypes is None and diagnostics["knowledge_rolled_back"] == 1.0
+    # the broken honest models keep sending NaN: still not their clients' fault
+    fp.aggregate_train(3, [reply(0, nan), reply(1, protos(1.0)), reply(2, nan)])
+    assert not fp.strikes and not fp.excluded
     # a single NaN reply in a healthy round is the client's own fault
-    fp.aggregate_train(3, [reply(0, protos(1.0)), reply(1, nan), reply(2, protos(2.0))])
-    assert fp.strikes == {1: 1} and fp.excluded == {1: 3}
+    fp.aggregate_train(4, [reply(0, protos(1.0)), reply(1, nan), reply(2, protos(2.0))])
+    assert fp.strikes == {1: 1} and fp.excluded == {1: 4}
+
+
+def test_a_nan_majority_with_no_fusion_to_blame_strikes_the_clients():
+    fd = make("fd", None, "server.max_strikes=1")
+    nan = ClassLogits(np.full((2, 2), np.nan, np.float32), np.ones(2, np.int64))
+    fd.aggregate_train(1, [reply(0, nan), reply(1, nan), reply(2, good_fd())])
+    assert fd.excluded == {0: 1, 1: 1}
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -122,6 +122,7 @@ class FedkdStrategy(Strategy):
         )
         self._strikes_now: list[int] = []  # this round: clients whose payload was rejected
         self._knowledge_before: dict[str, Any] | None = None  # before the last fusion
+        self._poisoned_since: int | None = None  # round of the last rollback, while it lasts
         self.recorder = recorder
         self.round_timeout = float(server["round_timeout"])
         self.poll_interval = float(server.get("poll_interval", 0.05))
@@ -577,21 +578,28 @@ class FedkdStrategy(Strategy):
         When most replies of a round are rejected as ``non_finite`` after a fusion, the
         broadcast knowledge made the honest models NaN, not the clients: the knowledge is
         rolled back to what it was before that fusion, this round does not fuse, and the
-        clients rejected for ``non_finite`` get no strike.
+        clients rejected for ``non_finite`` get no strike, in this round and in the
+        following ones while most replies stay non-finite (their models stay broken).
         """
         victims = {c for c, r in self._rejected_now.items() if r == "non_finite"}
         answered = sum(1 for m in replies if not m.has_error())
-        if self._knowledge_before is None or 2 * len(victims) <= answered:
+        if 2 * len(victims) <= answered:
+            self._poisoned_since = None
             return set()
-        self.load_state_dict({**self.state_dict(), **self._knowledge_before})
-        self._knowledge_before = None
-        log.warning(
-            "round %d: %d of %d replies non-finite after the last fusion: knowledge rolled "
-            "back to before it, no strikes",
-            server_round,
-            len(victims),
-            answered,
-        )
+        if self._knowledge_before is not None:
+            self.load_state_dict({**self.state_dict(), **self._knowledge_before})
+            self._knowledge_before = None
+            self._poisoned_since = server_round
+            log.warning(
+                "round %d: %d of %d replies non-finite after the last fusion: knowledge rolled "
+                "back to before it, no strikes",
+                server_round,
+                len(victims),
+                answered,
+            )
+        elif self._poisoned_since is None:
+            return set()  # no fusion to blame: the clients are
+        # the models the poisoned knowledge broke stay broken: not their clients' fault
         return victims
 
     def budget_allows(self, server_round: int) -> bool:
