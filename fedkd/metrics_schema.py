@@ -88,6 +88,11 @@ def rule_for(name: str) -> Rule | None:
     return None
 
 
+class NonFiniteMetric(PayloadError):
+    """A metric that is NaN or Inf (reason ``bad_metrics``): what a client whose model has
+    turned NaN reports, which the server tells apart from other bad metrics."""
+
+
 def _fail(message: str) -> PayloadError:
     return PayloadError(message, "bad_metrics")
 
@@ -113,7 +118,7 @@ def check_metrics(metrics: Mapping[str, Any], max_count: int) -> dict[str, int |
         if isinstance(value, int) and rule.kind != "count" and abs(value) > MAX_INT_AS_FLOAT:
             raise _fail(f"metric {shown} must be {expected}, got an integer beyond 2^53")
         if isinstance(value, float) and not math.isfinite(value):
-            raise _fail(f"metric {shown} must be {expected}, got {value}")
+            raise NonFiniteMetric(f"metric {shown} must be {expected}, got {value}", "bad_metrics")
         too_low = rule.low is not None and value < rule.low
         too_high = high is not None and value > high
         if too_low or too_high:

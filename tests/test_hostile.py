@@ -256,9 +256,11 @@ def test_poisoned_knowledge_is_rolled_back_and_no_honest_client_is_struck(tmp_pa
     assert dict(fp.dropped) == {"non_finite": 2}
     assert not fp.strikes and not fp.excluded and fp.sample() == sorted(NODES)
     assert fp.global_prototypes is None and diagnostics["knowledge_rolled_back"] == 1.0
-    # the broken honest models keep sending NaN: still not their clients' fault
-    fp.aggregate_train(3, [reply(0, nan), reply(1, protos(1.0)), reply(2, nan)])
-    assert not fp.strikes and not fp.excluded
+    # the broken honest models keep sending NaN, and report NaN losses (bad_metrics, checked
+    # first): still not their clients' fault
+    nan_loss = {"num_train": 5, "train_loss": float("nan")}
+    fp.aggregate_train(3, [reply(0, nan, metrics=nan_loss), reply(1, protos(1.0)), reply(2, nan)])
+    assert fp.dropped["bad_metrics"] == 1 and not fp.strikes and not fp.excluded
     # a single NaN reply in a healthy round is the client's own fault
     fp.aggregate_train(4, [reply(0, protos(1.0)), reply(1, nan), reply(2, protos(2.0))])
     assert fp.strikes == {1: 1} and fp.excluded == {1: 4}

@@ -42,7 +42,7 @@ from fedkd.encoding import DecodeLimits
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
-from fedkd.metrics_schema import check_metrics
+from fedkd.metrics_schema import NonFiniteMetric, check_metrics
 from server.checkpoint import Checkpointer, restore_clients, rng_state, save_clients
 from server.exchange import send_and_receive
 from server.privacy import PrivacyLedger, build_ledger
@@ -121,6 +121,7 @@ class FedkdStrategy(Strategy):
             max_bytes=self.max_payload_bytes,
         )
         self._strikes_now: list[int] = []  # this round: clients whose payload was rejected
+        self._nonfinite_now: set[int] = set()  # this round: rejected for NaN/Inf
         self._knowledge_before: dict[str, Any] | None = None  # before the last fusion
         self._poisoned_since: int | None = None  # round of the last rollback, while it lasts
         self.recorder = recorder
@@ -390,6 +391,8 @@ class FedkdStrategy(Strategy):
                 metrics["bytes_up"] = wire.payload_bytes(msg.content)
             except PayloadError as err:
                 self._drop(server_round, cid, err.reason, str(err))
+                if err.reason == "non_finite" or isinstance(err, NonFiniteMetric):
+                    self._nonfinite_now.add(cid)  # a NaN model: see _poisoned
                 continue
             except Exception as err:  # nothing one reply does may stop the round
                 self._drop(server_round, cid, "malformed", f"{type(err).__name__}: {err}")
@@ -501,6 +504,7 @@ class FedkdStrategy(Strategy):
         replies = list(replies)
         self._rejected_now = {}
         self._strikes_now = []
+        self._nonfinite_now = set()
         excluded_before = set(self.excluded)
         replied = {self._client_of_reply(m) for m in replies}
         for cid in sorted(set(self._bytes_down) - replied):
@@ -575,13 +579,14 @@ class FedkdStrategy(Strategy):
     def _poisoned(self, server_round: int, replies: list[Message]) -> set[int]:
         """Clients not to strike because the knowledge they received is to blame.
 
-        When most replies of a round are rejected as ``non_finite`` after a fusion, the
+        When most replies of a round are rejected for NaN/Inf (``non_finite`` knowledge,
+        or NaN/Inf metrics: ``bad_metrics`` of a model that turned NaN) after a fusion, the
         broadcast knowledge made the honest models NaN, not the clients: the knowledge is
         rolled back to what it was before that fusion, this round does not fuse, and the
         clients rejected for ``non_finite`` get no strike, in this round and in the
         following ones while most replies stay non-finite (their models stay broken).
         """
-        victims = {c for c, r in self._rejected_now.items() if r == "non_finite"}
+        victims = set(self._nonfinite_now)
         answered = sum(1 for m in replies if not m.has_error())
         if 2 * len(victims) <= answered:
             self._poisoned_since = None
