@@ -401,3 +401,21 @@ def test_a_bad_handshake_answer_is_one_line(metrics, monkeypatch):
     ] == {10: (2, 3)}
     with pytest.raises(ConfigError, match="node 10 answered the start-up query badly"):
         roster._ask(AnsweringGrid(metrics), [10], 1.0, None)
+
+
+def test_a_count_within_bounds_is_capped_in_fedavg():
+    avg = make("fedavg", None, "model=mlp")  # bounds.weight_cap=10
+    key = next(iter(avg.weights))
+    ones = ModelWeights({k: np.ones_like(v) for k, v in avg.weights[key].items()})
+    threes = ModelWeights({k: np.full_like(v, 3) for k, v in avg.weights[key].items()})
+    avg.aggregate_train(
+        1,
+        [
+            reply(0, ones, metrics={"num_train": 100}),
+            reply(1, threes, metrics={"num_train": 10**7}),
+            reply(2, ones, metrics={"num_train": 100}),
+        ],
+    )
+    # median claim 100: client 1 weighs 10 x 100 = 1000, so (100 + 3 * 1000 + 100) / 1200
+    name = next(k for k, v in avg.weights[key].items() if v.dtype == np.float32)
+    np.testing.assert_allclose(avg.weights[key][name], 3200 / 1200, rtol=1e-6)
