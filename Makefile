@@ -49,6 +49,7 @@ compare: $(STAMP)
 	$(BIN)/fedkd-compare --preset knfu-claim
 	$(BIN)/fedkd-compare --preset domains
 	$(BIN)/fedkd-compare --preset attacks
+	$(BIN)/fedkd-compare --preset hostile
 
 ## regenerate the example report in docs/figures/ (default run, 20 rounds; under a minute)
 figure: $(STAMP)

@@ -182,6 +182,7 @@ def train(message: Message, context: Context) -> Message:
         else:
             wire.put_knowledge(content, *parts, encoding=cfg.get("knowledge"))
     output.metrics.update(partition_id=pid, client_time=time.perf_counter() - start)
+    attacks.claim_count(cfg, pid, output.metrics)
     _put_metrics(content, output.metrics)
     return Message(content=content, reply_to=message)
 

@@ -18,6 +18,10 @@ clients' accuracies (``honest_*``).
 - ``scale``: logits, prototypes or weights multiplied by ``factor``
   (probabilities: ``softmax(factor * log p)``, which stays a distribution and
   inverts it for a negative factor);
+- ``count_claim``: honest values, but the reply claims ``num_train =
+  attack.count`` (default 2^62) training samples and, in per-class payloads, that
+  many samples of each class it has, to take over count-weighted fusion (FedAvg;
+  ``weighted: true`` in fd and fedproto);
 - ``stale``: the knowledge the client uploaded the first time it was asked,
   re-sent every later round (kept in the client's state; for strategies that
   ask for a fresh public subset each round the server then rejects it for its
@@ -37,15 +41,16 @@ from clients.faults import check_selection
 from fedkd.errors import ConfigError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes, decode
 
-KINDS = ("none", "random_logits", "label_flip", "scale", "stale")
+KINDS = ("none", "random_logits", "label_flip", "scale", "stale", "count_claim")
 # attack kind -> the payload kinds it applies to
 TARGETS = {
     "random_logits": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
     "label_flip": ("class_logits", "prototypes", "public_logits", "votes"),
     "scale": ("class_logits", "prototypes", "public_logits", "model_weights"),
     "stale": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
+    "count_claim": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
 }
-KEYS = {"kind", "fraction", "clients", "seed", "magnitude", "factor"}
+KEYS = {"kind", "fraction", "clients", "seed", "magnitude", "factor", "count"}
 STALE = "attack_stale"  # context.state records holding a stale attacker's first upload
 STALE_META = "attack_stale_meta"
 
@@ -99,12 +104,25 @@ def apply(
         raise ConfigError(f"attack.kind={kind} cannot attack {payload.kind} payloads")
     if kind == "stale":
         return _stale(payload, state)
+    if kind == "count_claim":  # honest values; its label counts and num_train (claim_count) lie
+        if isinstance(payload, (ClassLogits, Prototypes)):
+            count = int(_attack(cfg).get("count", 2**62))
+            counts = np.where(payload.counts > 0, count, 0).astype(np.int64)
+            return type(payload)(payload.to_arrays()[payload._value_key], counts)
+        return payload
     if kind == "random_logits":
         rng = np.random.default_rng([attack_seed(cfg), server_round, client_id, 0xBAD])
         return _random(payload, rng, float(_attack(cfg).get("magnitude", 10.0)), num_classes)
     if kind == "label_flip":
         return _flip(payload, permutation(cfg, num_classes))
     return _scale(payload, float(_attack(cfg).get("factor", -5.0)))
+
+
+def claim_count(cfg: Mapping[str, Any], client_id: int, metrics: dict[str, Any]) -> None:
+    """``count_claim``: an attacker's reply claims ``attack.count`` training samples."""
+    attack = _attack(cfg)
+    if attack.get("kind", "none") == "count_claim" and client_id in attackers(cfg):
+        metrics["num_train"] = int(attack.get("count", 2**62))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -201,6 +219,9 @@ def check_attack(cfg: Mapping[str, Any], upload_kind: str | None, strategy: str)
         value = attack.get(key, 1.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
             raise ConfigError(f"attack.{key} must be a finite number (got {value!r})")
+    count = attack.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63:
+        raise ConfigError(f"attack.count must be an integer in [0, 2^63) (got {count!r})")
     if float(attack.get("magnitude", 1.0)) <= 0:
         raise ConfigError(f"attack.magnitude must be > 0 (got {attack['magnitude']})")
     if kind != "none" and upload_kind not in TARGETS[kind]:

@@ -22,7 +22,6 @@ that use it (FedAvg's weighted mean) become uniform.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,15 +60,8 @@ def split(content: RecordDict, share: bool) -> None:
         del content[wire.EVAL]
 
 
-def measurement_of(content: RecordDict) -> dict[str, float]:
-    """The researcher's channel of a reply (server side): finite numbers only, else nothing."""
+def measurement_of(content: RecordDict) -> dict[str, Any]:
+    """The researcher's channel of a reply (server side), as sent: the server checks it
+    against the metrics schema (``fedkd.metrics_schema``) like the ``metrics`` record."""
     record = content.metric_records.get(MEASUREMENT)
-    if record is None:
-        return {}
-    return {
-        str(key): value
-        for key, value in dict(record).items()
-        if isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    }
+    return {} if record is None else dict(record)

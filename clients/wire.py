@@ -28,10 +28,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedkd.confusion import GLOBAL_CONFUSION  # noqa: F401  (the key in EVAL)
+from fedkd.encoding import DecodeLimits
 from fedkd.encoding import decode as decode_knowledge
 from fedkd.encoding import encode as encode_knowledge
 from fedkd.errors import PayloadError
 from fedkd.knowledge import decode
+from fedkd.npy import load_npy
 
 CONFIG = "config"
 KNOWLEDGE = "knowledge"
@@ -51,7 +53,16 @@ def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {key: array.numpy() for key, array in record.items()}
+    """The record's arrays, each allocated only after its ``.npy`` header was checked
+    against the bytes present (``fedkd.npy``): PayloadError (``malformed``) otherwise."""
+    out = {}
+    for key, array in record.items():
+        if array.stype != "numpy.ndarray":
+            raise PayloadError(
+                f"array '{key}': serialisation {array.stype!r} is not .npy", "malformed"
+            )
+        out[key] = load_npy(key, array.data)
+    return out
 
 
 def put_payload(content: RecordDict, payload: Any, encoding: dict[str, Any] | None = None) -> None:
@@ -74,8 +85,11 @@ def put_knowledge(
     content[KNOWLEDGE_META] = ConfigRecord(meta)
 
 
-def get_payload(content: RecordDict) -> Any | None:
-    """The typed payload in ``content`` or None; malformed records raise PayloadError."""
+def get_payload(content: RecordDict, limits: DecodeLimits | None = None) -> Any | None:
+    """The typed payload in ``content`` or None; malformed records raise PayloadError.
+
+    ``limits``: what the receiver accepts of encoded fields (``fedkd.encoding.DecodeLimits``;
+    the server passes the run's classes and byte limit)."""
     if KNOWLEDGE not in content.array_records:
         return None
     if KNOWLEDGE_META not in content.config_records:
@@ -83,6 +97,7 @@ def get_payload(content: RecordDict) -> Any | None:
     arrays, meta = decode_knowledge(
         record_to_arrays(content.array_records[KNOWLEDGE]),
         dict(content.config_records[KNOWLEDGE_META]),
+        limits,
     )
     kind = meta.pop("kind", None)
     if not isinstance(kind, str):

@@ -33,6 +33,7 @@ practice, but these exact formats are not from a paper):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,6 +56,36 @@ def _bad(message: str) -> PayloadError:
     return PayloadError(f"encoded knowledge: {message}", "malformed")
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What a receiver accepts of the fields an encoded record declares, checked before
+    anything is allocated: ``encodings`` (the codecs accepted: the run's own), ``max_columns``
+    (the run's classes: the widest score table a top-k record may expand to) and
+    ``max_bytes`` (the largest decoded array). None: no bound."""
+
+    encodings: tuple[str, ...] | None = None
+    max_columns: int | None = None
+    max_bytes: int | None = None
+
+    def check_table(self, key: str, rows: int, cols: int) -> None:
+        if self.max_columns is not None and cols > self.max_columns:
+            raise _bad(f"'encoding.{key}.cols'={cols} exceeds the run's {self.max_columns} classes")
+        if self.max_bytes is not None and rows * cols * 4 > self.max_bytes:
+            raise PayloadError(
+                f"encoded knowledge: '{key}' would decode to {rows * cols * 4} bytes, more than "
+                f"{self.max_bytes}",
+                "too_large",
+            )
+
+
+NO_LIMITS = DecodeLimits()
+
+
+def _float_part(key: str, value: np.ndarray) -> None:
+    if value.dtype not in (np.float32, np.float64):
+        raise _bad(f"'{key}' must be float32 or float64, got {value.dtype}")
+
+
 class Codec:
     """``encode(arrays, meta, spec) -> (arrays, extra meta)``; ``decode(arrays, meta) -> arrays``."""
 
@@ -66,7 +97,10 @@ class Codec:
         raise NotImplementedError
 
     def decode(
-        self, arrays: dict[str, np.ndarray], meta: Mapping[str, Any]
+        self,
+        arrays: dict[str, np.ndarray],
+        meta: Mapping[str, Any],
+        limits: DecodeLimits = NO_LIMITS,
     ) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
@@ -80,7 +114,7 @@ class Float32(Codec):
     def encode(self, arrays, meta, spec):
         return dict(arrays), {}
 
-    def decode(self, arrays, meta):
+    def decode(self, arrays, meta, limits=NO_LIMITS):
         return dict(arrays)
 
 
@@ -96,7 +130,7 @@ class Float16(Codec):
             out[key] = np.clip(arrays[key], -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
         return out, {ENCODED_KEY: ",".join(names)}
 
-    def decode(self, arrays, meta):
+    def decode(self, arrays, meta, limits=NO_LIMITS):
         out = dict(arrays)
         for key in _names(meta, arrays):
             if arrays[key].dtype != np.float16:
@@ -123,12 +157,15 @@ class Int8(Codec):
             out[f"{key}.scale"] = scale.astype(np.float32)
         return out, {ENCODED_KEY: ",".join(names)}
 
-    def decode(self, arrays, meta):
+    def decode(self, arrays, meta, limits=NO_LIMITS):
         out = dict(arrays)
         for key in _names(meta, arrays):
             q, scale = arrays[key], arrays.get(f"{key}.scale")
             if q.dtype != np.int8 or scale is None:
                 raise _bad(f"'{key}' needs int8 values and a '{key}.scale' array")
+            _float_part(f"{key}.scale", scale)
+            if q.ndim >= 1 and q.shape[-1] == 0:
+                raise _bad(f"'{key}' has rows of length 0")
             rows = q.reshape(-1, q.shape[-1]) if q.ndim >= 1 else q.reshape(1, 1)
             if scale.shape != (len(rows),) or not np.isfinite(scale).all() or (scale < 0).any():
                 raise _bad(f"'{key}.scale' must hold {len(rows)} finite values >= 0")
@@ -166,14 +203,22 @@ class TopK(Codec):
         out[f"{key}.index"] = index.astype(np.min_scalar_type(cols - 1))
         return out, {ENCODED_KEY: key, f"encoding.{key}.cols": cols}
 
-    def decode(self, arrays, meta):
+    def decode(self, arrays, meta, limits=NO_LIMITS):
         out = dict(arrays)
         for key in _names(meta, arrays, stored=False):
             packed = arrays.get(f"{key}.values")
             index = arrays.get(f"{key}.index")
             cols = meta.get(f"encoding.{key}.cols")
-            if packed is None or index is None or not isinstance(cols, int):
+            if (
+                packed is None
+                or index is None
+                or isinstance(cols, bool)
+                or not isinstance(cols, int)
+            ):
                 raise _bad(f"'{key}' needs .values, .index and 'encoding.{key}.cols'")
+            if cols < 1:
+                raise _bad(f"'encoding.{key}.cols' must be >= 1, got {cols}")
+            _float_part(f"{key}.values", packed)
             if (
                 packed.ndim != 2
                 or index.ndim != 2
@@ -182,6 +227,9 @@ class TopK(Codec):
                 raise _bad(
                     f"'{key}' parts have inconsistent shapes (values [N, k+1], index [N, k])"
                 )
+            if index.shape[1] > cols:
+                raise _bad(f"'{key}.index' keeps {index.shape[1]} of {cols} columns")
+            limits.check_table(key, len(index), cols)  # before the [N, cols] table exists
             values, fill = packed[:, :-1], packed[:, -1]
             if not np.issubdtype(index.dtype, np.integer) or (
                 index.size and (index.min() < 0 or index.max() >= cols)
@@ -252,13 +300,22 @@ def encode(
     return encoded, {**meta, META_KEY: name, **extra}
 
 
-def decode(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Undo ``encode``: plain arrays and the payload's own meta (codec entries removed)."""
+def decode(
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+    limits: DecodeLimits | None = None,
+) -> tuple[dict, dict]:
+    """Undo ``encode``: plain arrays and the payload's own meta (codec entries removed).
+
+    ``limits`` bound what the record's own fields may make the receiver allocate."""
     name = meta.get(META_KEY)
     if name is None:
         return dict(arrays), dict(meta)
     if not isinstance(name, str) or name not in ENCODINGS:
-        raise _bad(f"unknown encoding {name!r}")
-    decoded = ENCODINGS.get(name)().decode(dict(arrays), meta)
+        raise _bad(f"unknown encoding {str(name)[:40]!r}")
+    limits = limits or NO_LIMITS
+    if limits.encodings is not None and name not in limits.encodings:
+        raise _bad(f"encoding {name!r} is not this run's ({', '.join(limits.encodings)})")
+    decoded = ENCODINGS.get(name)().decode(dict(arrays), meta, limits)
     own = {k: v for k, v in meta.items() if k != META_KEY and not k.startswith(f"{META_KEY}.")}
     return decoded, own

@@ -35,15 +35,21 @@ class CheckpointError(FedkdError):
 
 # Why a reply was rejected (the keys of ``rejected_replies``). Payload reasons first.
 REJECT_REASONS = {
-    "bad_metrics": "no metrics record, or num_train is not an int >= 0",
-    "malformed": "the knowledge record cannot be decoded (unknown kind, missing keys or meta)",
+    "bad_metrics": "no metrics record, or a metric outside the schema (fedkd/metrics_schema.py)",
+    "malformed": (
+        "the knowledge record cannot be decoded (unknown kind, missing keys or meta, a .npy "
+        "header that lies about its size, bad encoded fields, any error while reading it)"
+    ),
     "wrong_kind": "not the payload kind (or value space) the strategy expects",
     "shape": "an array has the wrong number of dimensions or rows",
     "dtype": "an array has a dtype the payload does not allow",
     "class_count": "the class axis does not match the run's number of classes",
     "index_range": "public-set indices out of range, repeated, or not the ones requested",
     "non_finite": "NaN or Inf, or float64 values beyond float32's range",
-    "value_range": "probabilities outside [0, 1] or not summing to 1, negative counts, bad class ids",
+    "value_range": (
+        "probabilities outside [0, 1] or not summing to 1, negative counts, bad class ids, "
+        "values or counts beyond bounds.*"
+    ),
     "too_large": "the reply is larger than server.max_payload_bytes",
     "invalid_payload": "any other payload check",
     "client_error": "the ClientApp raised (Flower error reply)",

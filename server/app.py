@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients import attacks, faults
 from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
+from fedkd.bounds import Bounds
 from fedkd.config import check_config, compose
 from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
@@ -76,6 +77,7 @@ def check_options(cfg: dict[str, Any]) -> type:
     check_optimizers(cfg)
     check_faults(cfg)
     check_checkpoint_config(cfg)
+    Bounds.from_config(cfg.get("bounds"))
     attacks.check_attack(cfg, strategy.upload_kind, strategy.name)
     if (
         faults.assignments(cfg).get("bad_payload")
@@ -157,7 +159,7 @@ def run_server(
             )
         try:
             strategy.load_state_dict(resume["strategy"])
-        except (KeyError, ValueError, TypeError, AttributeError) as err:
+        except Exception as err:  # checked before Ray starts (server.resume_check); kept
             raise CheckpointError(
                 f"resume: the checkpoint's strategy state does not fit this run: {err}"
             ) from None

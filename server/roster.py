@@ -76,17 +76,24 @@ def _ask(
             raise ConfigError(
                 f"client on node {node} cannot start: {client_error(reply.error.reason)}"
             )
-        metrics = reply.content.metric_records[wire.METRICS]
-        if "num_train" in metrics:
-            log.info(
-                "client %d (node %d): %d train / %d test samples from its %s",
-                int(metrics["partition_id"]),
-                node,
-                int(metrics["num_train"]),
-                int(metrics["num_local_test"]),
-                "own data file" if metrics.get("local_data") else "partition",
-            )
-        answers[node] = (int(metrics["partition_id"]), int(metrics["num_partitions"]))
+        try:  # a reply from another process: a bad one is one line, not a traceback
+            metrics = reply.content.metric_records[wire.METRICS]
+            ids = [metrics[k] for k in ("partition_id", "num_partitions")]
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ids):
+                raise ValueError(f"partition_id/num_partitions must be integers >= 0, got {ids}")
+            if "num_train" in metrics:
+                log.info(
+                    "client %d (node %d): %d train / %d test samples from its %s",
+                    ids[0],
+                    node,
+                    int(metrics["num_train"]),
+                    int(metrics["num_local_test"]),
+                    "own data file" if metrics.get("local_data") else "partition",
+                )
+        except Exception as err:
+            detail = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+            raise ConfigError(f"node {node} answered the start-up query badly ({detail})") from None
+        answers[node] = (ids[0], ids[1])
     return answers, unavailable
 
 

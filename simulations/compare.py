@@ -40,6 +40,14 @@ METHODS = {
     "knfu-uniform": ["strategy=knfu", "strategy.beta=0"],
     "knfu": ["strategy=knfu"],
     "fedavg": ["strategy=fedavg", "model=mlp"],
+    "fedproto-weighted": ["strategy=fedproto", "strategy.weighted=true"],
+    # the same without the magnitude bounds (what the hostile preset's defences are worth)
+    "fedproto-weighted-unbounded": [
+        "strategy=fedproto",
+        "strategy.weighted=true",
+        "bounds.prototypes=null",
+    ],
+    "fedavg-unbounded": ["strategy=fedavg", "model=mlp", "bounds.weights=null"],
     # leave-one-domain-out on digits_domains
     "source-only": [*FEDKA, "strategy.method=source", "strategy.voting_enabled=false"],
     "fedka": FEDKA,
@@ -110,6 +118,23 @@ PRESETS = {
         ],
         "columns": "attack",
     },
+    # one attacker sending extreme but finite knowledge or an absurd sample count: the
+    # bounds (configs/config.yaml, bounds.*) reject it, the honest clients are unharmed
+    "hostile": {
+        "methods": ["fedproto-weighted", "fedavg"],
+        "axis": "attack.kind",
+        "values": ["none", "scale", "count_claim"],
+        "seeds": [0, 1, 2],
+        "setting": [
+            "dataset=digits",
+            "num_clients=10",
+            "num_rounds=20",
+            "attack.clients=[0]",
+            "attack.factor=1e30",
+            "server.max_strikes=3",
+        ],
+        "columns": "hostile",
+    },
     # every leave-one-domain-out task of digits_domains, FedKA and its ablations
     "domains": {
         "methods": ["source-only", "fedka", "fedka-no-vote", "vote-hetero"],
@@ -158,6 +183,10 @@ def _honest(key: str, which: str):
     return get
 
 
+def _excluded(s) -> set[int]:
+    return {int(c) for c in s.get("excluded_clients") or {}}
+
+
 def _kb_per_round(s):
     return s["bytes_per_round"]["total"] / 1024
 
@@ -177,6 +206,14 @@ COLUMNS = {
         ("honest local-test last", _honest("local_test_acc", "last")),
         ("attackers", lambda s: float(len(s.get("attackers", [])))),
         ("rejected/run", lambda s: float(sum((s.get("rejected_replies") or {}).values()))),
+    ],
+    "hostile": [
+        ("honest global-test last", _honest("global_test_acc", "last")),
+        ("honest global-test best", _honest("global_test_acc", "best")),
+        ("honest local-test last", _honest("local_test_acc", "last")),
+        ("rejected/run", lambda s: float(sum((s.get("rejected_replies") or {}).values()))),
+        ("excluded attackers", lambda s: float(len(_excluded(s) & set(s.get("attackers", []))))),
+        ("excluded honest", lambda s: float(len(_excluded(s) - set(s.get("attackers", []))))),
     ],
     "domain": [
         ("target best", _target("best")),
@@ -281,6 +318,12 @@ def _value(text: str):
 
 
 NOTES = {
+    "hostile": (
+        "Accuracies in % of the **honest** clients only (client 0 attacks: `scale` uploads its "
+        "prototypes or weights times 1e30, `count_claim` claims num_train = 2^62; `none` is "
+        "the attack-free run); rejected/run = replies the server refused; excluded = clients "
+        "excluded after server.max_strikes=3 rejected payloads; mean ± std over seeds."
+    ),
     "attack": (
         "Accuracies in % of the **honest** clients only (mean over the clients that did not "
         "attack; best = best round of that mean, last = final round); attackers = clients "

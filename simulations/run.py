@@ -122,6 +122,7 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     from server.app import make_server_app, prepare_run
     from server.checkpoint import load_server_checkpoint
     from server.recorder import console_options
+    from server.resume_check import check_resume
 
     cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
     backend = backend_config(cfg)  # simulation.ray_* checked too
@@ -132,6 +133,7 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     resume = None
     if cfg.get("resume"):  # the run's own config.yaml stays as it is
         resume = load_server_checkpoint(run_dir, cfg)  # also raises before Ray starts
+        check_resume(info, resume)  # the state fits this run: one line, not a traceback
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))

@@ -37,10 +37,13 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from clients import wire
 from clients.channel import measurement_of
+from fedkd.bounds import Bounds, cap_weights, check_magnitude, clip_uploads
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
+from fedkd.encoding import DecodeLimits
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
+from fedkd.metrics_schema import NonFiniteMetric, check_metrics
 from fedkd.privacy.noise import noise_rng, seeded_noise
 from server.checkpoint import (
     Checkpointer,
@@ -118,6 +121,17 @@ class FedkdStrategy(Strategy):
         self.max_payload_bytes = None if limit is None else int(limit)
         strikes = server.get("max_strikes")
         self.max_strikes = None if strikes is None else int(strikes)
+        self.bounds = Bounds.from_config(info.cfg.get("bounds"))
+        encoding = (info.cfg.get("knowledge") or {}).get("encoding", "float32")
+        self.decode_limits = DecodeLimits(
+            encodings=(encoding,),
+            max_columns=info.num_classes,
+            max_bytes=self.max_payload_bytes,
+        )
+        self._strikes_now: list[int] = []  # this round: clients whose payload was rejected
+        self._nonfinite_now: set[int] = set()  # this round: rejected for NaN/Inf
+        self._knowledge_before: dict[str, Any] | None = None  # before the last fusion
+        self._poisoned_since: int | None = None  # round of the last rollback, while it lasts
         self.recorder = recorder
         self.round_timeout = float(server["round_timeout"])
         self.poll_interval = float(server.get("poll_interval", 0.05))
@@ -288,16 +302,24 @@ class FedkdStrategy(Strategy):
             {k: v for k, v in self.state_dict().items() if k not in self.NOT_KNOWLEDGE}
         )
         try:
+            # bounds.clip / bounds.weight_cap (fedkd.bounds); off: uploads and counts as they are
+            uploads = clip_uploads(uploads, self.bounds.clip)
+            num_train = cap_weights(num_train, self.bounds.weight_cap)
             diagnostics = self.fuse(server_round, uploads, num_train)
             state = self.state_dict()
             for key in state:
                 if key not in self.NOT_KNOWLEDGE:
                     check_finite_tree(key, state[key])
+            self._knowledge_before = before
             return diagnostics
-        except FusionError as err:
+        except Exception as err:  # any failure of fusion keeps the last good knowledge
             self.fusion_failures += 1
             self.load_state_dict({**self.state_dict(), **before})
-            log.warning("round %d: fusion skipped, previous knowledge kept: %s", server_round, err)
+            detail = err if isinstance(err, FusionError) else f"{type(err).__name__}: {err}"
+            detail = " ".join(str(detail).split())[:300]
+            log.warning(
+                "round %d: fusion skipped, previous knowledge kept: %s", server_round, detail
+            )
             return {}
 
     # ------------------------------------------------------------ sampling
@@ -396,12 +418,19 @@ class FedkdStrategy(Strategy):
                 metrics, payload = self._read_reply(msg)
                 if validate is not None:
                     validate(server_round, cid, payload)
+                metrics["bytes_up"] = wire.payload_bytes(msg.content)
+                # the researcher's measurement (clients.channel): checked like the metrics,
+                # recorded, never given to the strategy
+                measured = check_metrics(measurement_of(msg.content), self.bounds.max_count)
             except PayloadError as err:
                 self._drop(server_round, cid, err.reason, str(err))
+                if err.reason == "non_finite" or isinstance(err, NonFiniteMetric):
+                    self._nonfinite_now.add(cid)  # a NaN model: see _poisoned
                 continue
-            metrics["bytes_up"] = wire.payload_bytes(msg.content)
-            # the researcher's measurement (clients.channel): recorded, never the strategy's
-            self._measured[cid] = measurement_of(msg.content)
+            except Exception as err:  # nothing one reply does may stop the round
+                self._drop(server_round, cid, "malformed", f"{type(err).__name__}: {err}")
+                continue
+            self._measured[cid] = measured
             accepted.append((cid, metrics, payload, self._confusion_of(server_round, cid, msg)))
         return accepted
 
@@ -416,14 +445,9 @@ class FedkdStrategy(Strategy):
             )
         if wire.METRICS not in msg.content.metric_records:
             raise PayloadError("reply has no metrics record", "bad_metrics")
-        metrics = dict(msg.content.metric_records[wire.METRICS])
-        num_train = metrics.get("num_train", 1)
-        if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 0:
-            raise PayloadError(
-                f"metric num_train must be an int >= 0 (got {num_train!r})", "bad_metrics"
-            )
+        metrics = check_metrics(msg.content.metric_records[wire.METRICS], self.bounds.max_count)
         try:
-            payload = wire.get_payload(msg.content)
+            payload = wire.get_payload(msg.content, self.decode_limits)
         except PayloadError:
             raise
         except (ValueError, TypeError, KeyError) as err:  # arrays Flower cannot deserialise
@@ -439,7 +463,7 @@ class FedkdStrategy(Strategy):
             if GLOBAL_CONFUSION not in arrays:
                 return None
             return check_confusion(arrays[GLOBAL_CONFUSION], self.info.num_classes)
-        except (PayloadError, ValueError, TypeError) as err:
+        except Exception as err:  # a bad measurement loses only itself
             log.warning(
                 "round %d: ignored the confusion matrix of client %d: %s", server_round, cid, err
             )
@@ -465,6 +489,7 @@ class FedkdStrategy(Strategy):
             # float64 values beyond float32's range would turn into Inf once fused
             if not in_range:
                 raise PayloadError(f"'{name}' has values outside the float32 range", "non_finite")
+        check_magnitude(payload, self.bounds)
         self.check_upload(server_round, client_id, payload)
 
     def _client_of_reply(self, msg: Message) -> int:
@@ -484,6 +509,15 @@ class FedkdStrategy(Strategy):
             "round %d: rejected reply of client %d (%s): %s", server_round, cid, reason, detail
         )
         if reason in PAYLOAD_REASONS and cid >= 0:
+            self._strikes_now.append(cid)  # counted by _settle_strikes, once the round is read
+
+    def _settle_strikes(self, server_round: int, forgiven: set[int] = frozenset()) -> None:
+        """Strike the clients whose payload was rejected this round, except ``forgiven``
+        (victims of poisoned knowledge, see ``_poisoned``); exclude at max_strikes."""
+        strikes, self._strikes_now = self._strikes_now, []
+        for cid in strikes:
+            if cid in forgiven:
+                continue
             self.strikes[cid] += 1
             if (
                 self.max_strikes is not None
@@ -503,6 +537,8 @@ class FedkdStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self._rejected_now = {}
+        self._strikes_now = []
+        self._nonfinite_now = set()
         excluded_before = set(self.excluded)
         replied = {self._client_of_reply(m) for m in replies}
         for cid in sorted(set(self._bytes_down) - replied):
@@ -520,16 +556,27 @@ class FedkdStrategy(Strategy):
         accepted = self._valid_replies(server_round, replies, self._validate_upload)
         uploads, num_train = {}, {}
         eval_round = self.eval_round(server_round)
-        for cid, metrics, payload, _ in accepted:
+        recorded = []
+        for cid, metrics, payload, confusion in accepted:
             metrics["bytes_down"] = self._bytes_down.get(cid, 0)
             metrics["eval_round"] = eval_round
             if self.privacy is not None:
                 metrics["epsilon"] = self.privacy.epsilon(cid)
             if self.recorder is not None:
-                self.recorder.client(server_round, cid, {**self._measured.pop(cid, {}), **metrics})
+                try:
+                    self.recorder.client(
+                        server_round, cid, {**self._measured.pop(cid, {}), **metrics}
+                    )
+                except Exception as err:  # the schema should make this impossible
+                    self._drop(server_round, cid, "bad_metrics", f"{type(err).__name__}: {err}")
+                    continue
             uploads[cid] = payload
             num_train[cid] = int(metrics.get("num_train", 1))
+            recorded.append((cid, metrics, payload, confusion))
+        accepted = recorded
         self._record_confusion(eval_round, accepted)
+        poisoned = self._poisoned(server_round, replies)
+        self._settle_strikes(server_round, poisoned)
         reasons = Counter(self._rejected_now.values())
         diagnostics: dict[str, float] = {
             "replies": float(len(accepted)),
@@ -546,7 +593,9 @@ class FedkdStrategy(Strategy):
             if newly:
                 participation["excluded"] = newly
             self.recorder.server_extra(server_round, participation)
-        if len(accepted) < self.min_train_clients:
+        if poisoned:
+            diagnostics["knowledge_rolled_back"] = 1.0
+        elif len(accepted) < self.min_train_clients:
             log.warning(
                 "round %d: %d valid replies < min_train_clients=%d; knowledge not updated",
                 server_round,
@@ -564,6 +613,37 @@ class FedkdStrategy(Strategy):
             if self.seeded_noise:  # beside epsilon everywhere it is shown: not a guarantee
                 diagnostics["seeded_noise"] = 1.0
         return None, MetricRecord(diagnostics)
+
+    def _poisoned(self, server_round: int, replies: list[Message]) -> set[int]:
+        """Clients not to strike because the knowledge they received is to blame.
+
+        When most replies of a round are rejected for NaN/Inf (``non_finite`` knowledge,
+        or NaN/Inf metrics: ``bad_metrics`` of a model that turned NaN) after a fusion, the
+        broadcast knowledge made the honest models NaN, not the clients: the knowledge is
+        rolled back to what it was before that fusion, this round does not fuse, and the
+        clients rejected for ``non_finite`` get no strike, in this round and in the
+        following ones while most replies stay non-finite (their models stay broken).
+        """
+        victims = set(self._nonfinite_now)
+        answered = sum(1 for m in replies if not m.has_error())
+        if 2 * len(victims) <= answered:
+            self._poisoned_since = None
+            return set()
+        if self._knowledge_before is not None:
+            self.load_state_dict({**self.state_dict(), **self._knowledge_before})
+            self._knowledge_before = None
+            self._poisoned_since = server_round
+            log.warning(
+                "round %d: %d of %d replies non-finite after the last fusion: knowledge rolled "
+                "back to before it, no strikes",
+                server_round,
+                len(victims),
+                answered,
+            )
+        elif self._poisoned_since is None:
+            return set()  # no fusion to blame: the clients are
+        # the models the poisoned knowledge broke stay broken: not their clients' fault
+        return victims
 
     def budget_allows(self, server_round: int) -> bool:
         """False when another round would push a client past ``privacy.budget_epsilon``
@@ -617,7 +697,9 @@ class FedkdStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        self._strikes_now = []
         accepted = self._valid_replies(server_round, replies, None)
+        self._settle_strikes(server_round)
         for cid, metrics, _, _ in accepted:
             metrics.pop("bytes_up", None)
             if self.recorder is not None:

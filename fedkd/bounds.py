@@ -1,0 +1,193 @@
+"""Magnitude bounds on uploaded knowledge, sample-count weight caps, norm clipping.
+
+Validation (:mod:`fedkd.knowledge`) accepts any finite float32 value, but finite
+is not harmless: one fedproto upload of 1e30 prototypes averages into a global
+prototype of 1e29, which turns every honest model NaN the round after. The
+``bounds`` section of the run config limits what a reply may hold and how much
+one reply can weigh:
+
+- **absolute bounds** per payload kind (:func:`check_magnitude`, reason
+  ``value_range``): ``bounds.logits`` for logits (``class_logits``, and
+  ``public_logits`` in logit space; probabilities are already in [0, 1]),
+  ``bounds.prototypes`` for prototypes, ``bounds.weights`` for floating model
+  arrays; integer arrays (label counts, integer model buffers) at most
+  ``bounds.max_count``;
+- **sample-count weights** (:func:`cap_weights`): a client can claim any
+  ``num_train`` up to ``bounds.max_count`` (the metrics schema rejects more), so
+  the weight fusion gives it is capped at ``bounds.weight_cap`` times the
+  round's median claim;
+- **norm clipping** before fusion (:func:`clip_to_median`, ``bounds.clip``, off
+  by default): each upload row's distance to the round's coordinate-wise median is
+  clipped to ``clip`` times the median of those distances.
+
+Absolute bounds guard the process (no overflow, no NaN on the honest clients);
+the robust reducers (``strategy.reducer``) and clipping limit the influence of
+attackers that stay inside them. Choices that are ours: the default values
+(``configs/config.yaml``), bounding per element rather than per row, clipping
+towards the coordinate-wise median (the median-distance rule follows norm-bounding
+defences such as Sun et al. 2019, arXiv 1911.07963, but the exact form is ours), and
+leaving a row unclipped when the median distance is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedkd.errors import ConfigError, PayloadError
+from fedkd.knowledge import ClassLogits, ModelWeights, Payload, Prototypes, PublicLogits
+
+KEYS = ("logits", "prototypes", "weights", "max_count", "weight_cap", "clip")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The ``bounds`` config section; None disables a bound."""
+
+    logits: float | None = None
+    prototypes: float | None = None
+    weights: float | None = None
+    max_count: int = 2**53
+    weight_cap: float | None = None
+    clip: float | None = None
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> Bounds:
+        """ConfigError naming the key for a bad value (runs before Ray starts)."""
+        section = dict(section or {})
+        unknown = sorted(set(section) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"bounds: unknown key(s) {unknown}; known: {', '.join(KEYS)}")
+        values: dict[str, Any] = {}
+        for key in ("logits", "prototypes", "weights", "weight_cap", "clip"):
+            value = section.get(key)
+            if value is None:
+                values[key] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"bounds.{key} must be null or a number > 0 (got {value!r})")
+            values[key] = float(value)
+        if values["weight_cap"] is not None and values["weight_cap"] < 1:
+            raise ConfigError(f"bounds.weight_cap must be >= 1 (got {values['weight_cap']})")
+        count = section.get("max_count", 2**53)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 2**53:
+            raise ConfigError(f"bounds.max_count must be an integer in [1, 2^53] (got {count!r})")
+        return cls(**values, max_count=count)
+
+
+def _check_abs(where: str, array: np.ndarray, bound: float | None) -> None:
+    if bound is None or array.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        peak = float(np.max(np.abs(array.astype(np.float64))))
+    if not peak <= bound:
+        raise PayloadError(
+            f"{where}: |value| up to {peak:.3g} exceeds bounds limit {bound:g}", "value_range"
+        )
+
+
+def check_magnitude(payload: Payload, bounds: Bounds) -> None:
+    """PayloadError ``value_range`` when a validated payload holds values beyond ``bounds``."""
+    limit = {"logits": bounds.logits, "prototypes": bounds.prototypes}
+    if isinstance(payload, ClassLogits):
+        _check_abs("class_logits.logits", payload.logits, limit["logits"])
+    elif isinstance(payload, Prototypes):
+        _check_abs("prototypes.prototypes", payload.prototypes, limit["prototypes"])
+    elif isinstance(payload, PublicLogits) and payload.space == "logits":
+        _check_abs("public_logits.values", payload.values, limit["logits"])
+    elif isinstance(payload, ModelWeights):
+        for name, array in payload.arrays.items():
+            floating = np.issubdtype(array.dtype, np.floating)
+            bound = bounds.weights if floating else float(bounds.max_count)
+            _check_abs(f"model_weights.{name}", array, bound)
+    counts = getattr(payload, "counts", None)
+    if isinstance(counts, np.ndarray) and counts.size and counts.max() > bounds.max_count:
+        raise PayloadError(
+            f"{payload.kind}.counts: {counts.max()} exceeds bounds.max_count={bounds.max_count}",
+            "value_range",
+        )
+
+
+def cap_weights(num_train: Mapping[int, int], cap: float | None) -> dict[int, int]:
+    """Each client's sample count capped at ``cap`` times the median count (None: as is).
+
+    ``{0: 100, 1: 120, 2: 10**9}`` with ``cap=4``: median 120, so client 2 weighs 480.
+    """
+    out = {cid: int(n) for cid, n in num_train.items()}
+    if cap is None or not out:
+        return out
+    limit = cap * float(np.median(list(out.values())))
+    return {cid: int(min(n, max(limit, 1.0))) for cid, n in out.items()}
+
+
+def clip_to_median(values: np.ndarray, mask: np.ndarray, factor: float) -> np.ndarray:
+    """Rows ``values[k, r]`` (``[K, R, D]``) clipped towards the coordinate-wise median row.
+
+    For each row ``r``, over the clients with ``mask[k, r]``: ``m`` = coordinate-wise
+    median of their rows, ``d_k = ||values[k, r] - m||``; a row with ``d_k > factor *
+    median_k(d_k)`` becomes ``m + (values[k, r] - m) * factor * median(d) / d_k``. Rows
+    whose median distance is 0, and masked-out rows, are returned unchanged.
+    """
+    out = np.array(values, dtype=np.float64, copy=True)
+    for r in range(out.shape[1]):
+        rows = np.flatnonzero(mask[:, r])
+        if len(rows) < 3:  # with two rows the median is their mean: both equally far
+            continue
+        block = out[rows, r]
+        centre = np.median(block, axis=0)
+        dist = np.linalg.norm(block - centre, axis=1)
+        limit = factor * float(np.median(dist))
+        if limit <= 0:
+            continue
+        scale = np.where(dist > limit, limit / np.where(dist > 0, dist, 1.0), 1.0)
+        out[rows, r] = centre + (block - centre) * scale[:, None]
+    return out
+
+
+def clip_uploads(uploads: Mapping[int, Payload], factor: float | None) -> dict[int, Payload]:
+    """The round's uploads with their rows clipped (:func:`clip_to_median`); None: as is.
+
+    Rows are class rows of ``class_logits`` / ``prototypes`` (clients with count 0
+    left out), sample rows of ``public_logits`` in logit space, and whole floating
+    arrays of ``model_weights`` (each name on its own); probabilities and votes are
+    bounded already and returned unchanged.
+    """
+    uploads = dict(uploads)
+    if factor is None or len(uploads) < 3:
+        return uploads
+    ids = sorted(uploads)
+    first = uploads[ids[0]]
+    if isinstance(first, (ClassLogits, Prototypes)):
+        key = "logits" if isinstance(first, ClassLogits) else "prototypes"
+        stacked = np.stack([getattr(uploads[i], key) for i in ids]).astype(np.float64)
+        mask = np.stack([uploads[i].counts for i in ids]) > 0
+        clipped = clip_to_median(stacked, mask, factor)
+        return {
+            cid: dataclasses.replace(uploads[cid], **{key: clipped[k].astype(np.float32)})
+            for k, cid in enumerate(ids)
+        }
+    if isinstance(first, PublicLogits) and first.space == "logits":
+        stacked = np.stack([uploads[i].values for i in ids]).astype(np.float64)
+        clipped = clip_to_median(stacked, np.ones(stacked.shape[:2], bool), factor)
+        return {
+            cid: dataclasses.replace(uploads[cid], values=clipped[k].astype(np.float32))
+            for k, cid in enumerate(ids)
+        }
+    if isinstance(first, ModelWeights):
+        arrays = {cid: dict(uploads[cid].arrays) for cid in ids}
+        for name, ref in first.arrays.items():
+            if not all(name in uploads[i].arrays for i in ids):
+                continue  # another architecture group
+            shapes = {uploads[i].arrays[name].shape for i in ids}
+            if not np.issubdtype(ref.dtype, np.floating) or len(shapes) != 1:
+                continue  # an integer buffer, or shapes of different groups
+            stacked = np.stack([uploads[i].arrays[name].reshape(1, -1) for i in ids])
+            clipped = clip_to_median(stacked, np.ones((len(ids), 1), bool), factor)
+            for k, cid in enumerate(ids):
+                arrays[cid][name] = clipped[k].reshape(ref.shape).astype(ref.dtype)
+        return {cid: ModelWeights(arrays[cid]) for cid in ids}
+    return uploads
