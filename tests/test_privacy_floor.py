@@ -288,3 +288,29 @@ def test_the_handshake_keeps_data_sizes_on_a_private_node():
         "num_partitions": 3,
     }
     assert MEASUREMENT not in reply.content.metric_records
+
+
+@pytest.mark.slow
+def test_in_a_real_run_clients_refuse_a_calibrated_noise_below_their_floor(tmp_path):
+    """Through Flower and Ray: a target epsilon of 1000 calibrates z far below the clients'
+    floor of 0.5; every client answers with its refusal and nothing is released."""
+    from procs import run_fedkd_sim
+
+    run_dir = tmp_path / "refused"
+    result = run_fedkd_sim(
+        ["num_clients=3", "num_rounds=2", "privacy=gaussian", "privacy.target_epsilon=1000",
+         "privacy_floor.min_noise_multiplier=0.5", "logging.progress=false",
+         "logging.table=false", f"hydra.run.dir={run_dir}"],
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert re.search(
+        r"every client failed; first error: client \d refuses the plan \(privacy floor\): "
+        r"noise multiplier 0\.\d+ is below the client's minimum 0\.5",
+        result.stderr,
+    ), result.stderr[-3000:]
+    metrics = run_dir / "metrics.jsonl"
+    assert not metrics.exists() or metrics.read_text() == ""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["privacy"]["rounds_charged"] == {"0": 1, "1": 1, "2": 1}  # charged anyway
