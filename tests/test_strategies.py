@@ -240,3 +240,12 @@ def test_public_set_strategies_need_a_public_set():
 def test_feddf_needs_a_server_validation_split():
     with pytest.raises(ConfigError, match="server_val_per_class"):
         prepare_run(compose(["strategy=feddf", "split.server_val_per_class=0"]))
+
+
+def test_knfu_charges_privacy_for_every_public_row_it_releases():
+    """KnFu releases predictions on the whole public set each round: the record-level ledger
+    counts that many queries (its subset size is a placeholder of 1)."""
+    strategy = STRATEGIES.get("knfu")(
+        info_for("strategy=knfu", "privacy=subteachers", num_public=30)
+    )
+    assert strategy.privacy_rows() == 30 == len(strategy.indices_for(1))

@@ -67,6 +67,9 @@ class KnFu(PublicSetStrategy):
     def indices_for(self, server_round: int) -> np.ndarray:
         return np.arange(self.info.num_public, dtype=np.int64)
 
+    def privacy_rows(self) -> int:
+        return self.info.num_public  # every round releases the whole public set
+
     def setup(self) -> None:
         super().setup()
         self.personal: dict[int, PublicLogits] = {}
