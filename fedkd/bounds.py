@@ -15,7 +15,7 @@ one reply can weigh:
 - **sample-count weights** (:func:`cap_weights`, :func:`cap_uploads`): a client can
   claim any ``num_train`` (and any label count) up to ``bounds.max_count`` (more is
   rejected), so the weight fusion gives it is capped at ``bounds.weight_cap`` times
-  the round's median claim (label counts: per class, over the clients that have it);
+  the round's median claim (label counts: their total per client);
 - **norm clipping** before fusion (:func:`clip_to_median`, ``bounds.clip``, off
   by default): each upload row's distance to the round's coordinate-wise median is
   clipped to ``clip`` times the median of those distances.
@@ -125,20 +125,22 @@ def cap_weights(num_train: Mapping[int, int], cap: float | None) -> dict[int, in
 
 
 def cap_class_counts(counts: np.ndarray, cap: float | None) -> np.ndarray:
-    """Label counts ``[K, C]`` capped per class at ``cap`` times the median of the non-zero
-    counts of that class (None: as is); zeros stay zero, so who has a class is unchanged.
+    """Label counts ``[K, C]`` whose total per client is capped at ``cap`` times the median
+    total (None: as is), the same rule as :func:`cap_weights`: a client over it has all its
+    counts scaled down (rounded down, but a non-zero count stays >= 1, so who has a class
+    is unchanged).
 
-    ``[[10, 0], [20, 5], [10**7, 5]]`` with ``cap=4``: class 0's median is 20, so the third
-    client's count becomes 80; class 1 (median 5, limit 20) is unchanged.
+    ``[[10, 0], [20, 5], [10**7, 5]]`` with ``cap=4``: totals 10, 25 and 10^7 + 5, median
+    25, limit 100; the third client's counts become ``[99, 1]``.
     """
     out = np.array(counts, dtype=np.int64, copy=True)
-    if cap is None:
+    totals = out.sum(axis=1)
+    if cap is None or not (totals > 0).any():
         return out
-    for c in range(out.shape[1]):
-        present = out[:, c] > 0
-        if present.any():
-            limit = max(1, int(cap * float(np.median(out[present, c]))))
-            out[:, c] = np.minimum(out[:, c], limit)
+    limit = max(1.0, cap * float(np.median(totals[totals > 0])))
+    for k in np.flatnonzero(totals > limit):
+        scaled = np.floor(out[k] * (limit / float(totals[k]))).astype(np.int64)
+        out[k] = np.where(out[k] > 0, np.maximum(scaled, 1), 0)
     return out
 
 

@@ -227,7 +227,7 @@ def test_weight_caps_and_clipping_by_hand():
     assert cap_weights({0: 100, 1: 120, 2: 10**9}, 4.0) == {0: 100, 1: 120, 2: 480}
     assert cap_weights({0: 100, 1: 10**9}, None) == {0: 100, 1: 10**9}
     counts = np.array([[10, 0], [20, 5], [10**7, 5]])
-    np.testing.assert_array_equal(cap_class_counts(counts, 4.0), [[10, 0], [20, 5], [80, 5]])
+    np.testing.assert_array_equal(cap_class_counts(counts, 4.0), [[10, 0], [20, 5], [99, 1]])
     # one row, four clients at 0, 1, 2 and 100 (1-D): median 1.5; distances 1.5, .5, .5, 98.5;
     # median distance 1.0, factor 2: the last row is pulled to 1.5 + 2 = 3.5
     values = np.array([0.0, 1.0, 2.0, 100.0]).reshape(4, 1, 1)
@@ -434,5 +434,6 @@ def test_label_counts_within_bounds_are_capped_in_weighted_fd():
             reply(2, ClassLogits(np.zeros((2, 2), np.float32), counts)),
         ],
     )
-    # per class: median 10, cap 20: (10 * 0 + 20 * 9 + 10 * 0) / 40 = 4.5
+    # totals 20, 2e6, 20: median 20, limit 40, so client 1 counts [20, 20] per class:
+    # (10 * 0 + 20 * 9 + 10 * 0) / 40 = 4.5
     np.testing.assert_allclose(fd.global_teacher.logits, 4.5)
