@@ -12,10 +12,10 @@ one reply can weigh:
   ``bounds.prototypes`` for prototypes, ``bounds.weights`` for floating model
   arrays; integer arrays (label counts, integer model buffers) at most
   ``bounds.max_count``;
-- **sample-count weights** (:func:`cap_weights`): a client can claim any
-  ``num_train`` up to ``bounds.max_count`` (the metrics schema rejects more), so
-  the weight fusion gives it is capped at ``bounds.weight_cap`` times the
-  round's median claim;
+- **sample-count weights** (:func:`cap_weights`, :func:`cap_uploads`): a client can
+  claim any ``num_train`` (and any label count) up to ``bounds.max_count`` (more is
+  rejected), so the weight fusion gives it is capped at ``bounds.weight_cap`` times
+  the round's median claim (label counts: their total per client);
 - **norm clipping** before fusion (:func:`clip_to_median`, ``bounds.clip``, off
   by default): each upload row's distance to the round's coordinate-wise median is
   clipped to ``clip`` times the median of those distances.
@@ -122,6 +122,41 @@ def cap_weights(num_train: Mapping[int, int], cap: float | None) -> dict[int, in
         return out
     limit = cap * float(np.median(list(out.values())))
     return {cid: int(min(n, max(limit, 1.0))) for cid, n in out.items()}
+
+
+def cap_class_counts(counts: np.ndarray, cap: float | None) -> np.ndarray:
+    """Label counts ``[K, C]`` whose total per client is capped at ``cap`` times the median
+    total (None: as is), the same rule as :func:`cap_weights`: a client over it has all its
+    counts scaled down (rounded down, but a non-zero count stays >= 1, so who has a class
+    is unchanged).
+
+    ``[[10, 0], [20, 5], [10**7, 5]]`` with ``cap=4``: totals 10, 25 and 10^7 + 5, median
+    25, limit 100; the third client's counts become ``[99, 1]``.
+    """
+    out = np.array(counts, dtype=np.int64, copy=True)
+    totals = out.sum(axis=1)
+    if cap is None or not (totals > 0).any():
+        return out
+    limit = max(1.0, cap * float(np.median(totals[totals > 0])))
+    for k in np.flatnonzero(totals > limit):
+        scaled = np.floor(out[k] * (limit / float(totals[k]))).astype(np.int64)
+        out[k] = np.where(out[k] > 0, np.maximum(scaled, 1), 0)
+    return out
+
+
+def cap_uploads(uploads: Mapping[int, Payload], cap: float | None) -> dict[int, Payload]:
+    """Per-class payloads with their label counts capped (:func:`cap_class_counts`): the
+    weights of ``weighted: true`` in fd and fedproto. Other payloads are returned as they are."""
+    uploads = dict(uploads)
+    ids = sorted(uploads)
+    if (
+        cap is None
+        or not ids
+        or not all(isinstance(uploads[i], (ClassLogits, Prototypes)) for i in ids)
+    ):
+        return uploads
+    capped = cap_class_counts(np.stack([uploads[i].counts for i in ids]), cap)
+    return {cid: dataclasses.replace(uploads[cid], counts=capped[k]) for k, cid in enumerate(ids)}
 
 
 def clip_to_median(values: np.ndarray, mask: np.ndarray, factor: float) -> np.ndarray:

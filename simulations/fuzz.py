@@ -62,7 +62,9 @@ from server.app import prepare_run
 from server.roster import Roster
 from server.strategies import STRATEGIES, FedkdStrategy
 
-# strategy -> overrides: small budgets where fusion trains a server model
+# strategy -> overrides: small budgets where fusion trains a server model; there fusion runs
+# only when the hostile reply is accepted too (min_train_clients=3), on a small test split
+CHEAP_FUSION = ["server.min_train_clients=3", "split.global_test_per_class=3"]
 SETUPS: dict[str, list[str]] = {
     "fd": ["strategy=fd"],
     "fedproto": ["strategy=fedproto"],
@@ -78,12 +80,14 @@ SETUPS: dict[str, list[str]] = {
         "strategy.max_steps=1",
         "strategy.eval_every=1",
         "strategy.patience=1",
+        *CHEAP_FUSION,
     ],
     "fedka": [
         "+experiment=fedka_digits_domains",
         "model=mlp",
         "strategy.vote_batches=1",
         "strategy.batch_size=8",
+        *CHEAP_FUSION,
     ],
     "local": ["strategy=local"],
 }
@@ -563,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("fedkd").setLevel(logging.ERROR)  # one warning per rejected reply
+    import torch
+
+    torch.set_num_threads(1)  # as a client process; the fuzzer is one process per call
     stats: dict[str, dict[str, Counter]] = {}
     counts: dict[str, int] = {}
     for name in args.strategies:

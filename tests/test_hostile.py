@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from test_rejection import NODES, good_fd, make, metadata, reply
 
 from clients import wire
-from fedkd.bounds import Bounds, cap_weights, clip_to_median
+from fedkd.bounds import Bounds, cap_class_counts, cap_weights, clip_to_median
 from fedkd.encoding import DecodeLimits
 from fedkd.encoding import decode as decode_knowledge
 from fedkd.errors import ConfigError, PayloadError
@@ -226,6 +226,8 @@ def test_weight_caps_and_clipping_by_hand():
     # median of (100, 120, 10^9) is 120: capped at 4 x 120 = 480
     assert cap_weights({0: 100, 1: 120, 2: 10**9}, 4.0) == {0: 100, 1: 120, 2: 480}
     assert cap_weights({0: 100, 1: 10**9}, None) == {0: 100, 1: 10**9}
+    counts = np.array([[10, 0], [20, 5], [10**7, 5]])
+    np.testing.assert_array_equal(cap_class_counts(counts, 4.0), [[10, 0], [20, 5], [99, 1]])
     # one row, four clients at 0, 1, 2 and 100 (1-D): median 1.5; distances 1.5, .5, .5, 98.5;
     # median distance 1.0, factor 2: the last row is pulled to 1.5 + 2 = 3.5
     values = np.array([0.0, 1.0, 2.0, 100.0]).reshape(4, 1, 1)
@@ -419,3 +421,19 @@ def test_a_count_within_bounds_is_capped_in_fedavg():
     # median claim 100: client 1 weighs 10 x 100 = 1000, so (100 + 3 * 1000 + 100) / 1200
     name = next(k for k, v in avg.weights[key].items() if v.dtype == np.float32)
     np.testing.assert_allclose(avg.weights[key][name], 3200 / 1200, rtol=1e-6)
+
+
+def test_label_counts_within_bounds_are_capped_in_weighted_fd():
+    fd = make("fd", None, "strategy.weighted=true", "bounds.weight_cap=2")
+    counts = np.array([10, 10])
+    fd.aggregate_train(
+        1,
+        [
+            reply(0, ClassLogits(np.zeros((2, 2), np.float32), counts)),
+            reply(1, ClassLogits(np.full((2, 2), 9, np.float32), np.array([10**6, 10**6]))),
+            reply(2, ClassLogits(np.zeros((2, 2), np.float32), counts)),
+        ],
+    )
+    # totals 20, 2e6, 20: median 20, limit 40, so client 1 counts [20, 20] per class:
+    # (10 * 0 + 20 * 9 + 10 * 0) / 40 = 4.5
+    np.testing.assert_allclose(fd.global_teacher.logits, 4.5)

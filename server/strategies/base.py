@@ -37,7 +37,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from clients import wire
 from clients.channel import measurement_of
-from fedkd.bounds import Bounds, cap_weights, check_magnitude, clip_uploads
+from fedkd.bounds import Bounds, cap_uploads, cap_weights, check_magnitude, clip_uploads
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
 from fedkd.encoding import DecodeLimits
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
@@ -303,7 +303,7 @@ class FedkdStrategy(Strategy):
         )
         try:
             # bounds.clip / bounds.weight_cap (fedkd.bounds); off: uploads and counts as they are
-            uploads = clip_uploads(uploads, self.bounds.clip)
+            uploads = cap_uploads(clip_uploads(uploads, self.bounds.clip), self.bounds.weight_cap)
             num_train = cap_weights(num_train, self.bounds.weight_cap)
             diagnostics = self.fuse(server_round, uploads, num_train)
             state = self.state_dict()
