@@ -24,6 +24,7 @@ from clients import attacks, faults
 from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
 from fedkd.config import check_config, compose
+from fedkd.console import phase
 from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import make_optimizer
@@ -161,6 +162,7 @@ def run_server(
         resume=None if resume is None else {**resume["recorder"], "round": resume["round"]},
     )
     status: dict[str, Any] = {"status": "finished"}
+    phase("first round", "the server is up; waiting for the clients' first replies")
     try:
         strategy.start(
             grid, num_rounds=int(cfg["num_rounds"]), timeout=float(cfg["server"]["round_timeout"])

@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from fedkd.console import CONSOLE, EtaColumn, RoundClock, clock, phase
 
 EVAL_PREFIXES = ("local_test", "global_test")  # metrics that describe an evaluated model
 NOT_SCALARS = ("num_local_test",)  # kept in metrics.jsonl, not plotted
@@ -119,11 +121,6 @@ def final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def finite_or_null(value: Any) -> Any:
     """JSON has no NaN/Inf: write them as null."""
     if isinstance(value, float):
@@ -160,7 +157,7 @@ class RunRecorder:
         self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.num_rounds = num_rounds
-        self.console = console or Console(stderr=False)
+        self.console = console or CONSOLE  # log lines print above the bar
         self.show_table = table
         self._pending: dict[int, dict[int, dict[str, float]]] = defaultdict(
             lambda: defaultdict(dict)
@@ -172,7 +169,7 @@ class RunRecorder:
         self._written: set[int] = set()
         self._confusion: dict[int, dict[str, Any]] = {}  # eval round -> confusion.json entry
         self._logged = 0  # rows of self._rounds already logged
-        self._first_round_end: tuple[int, float] | None = None
+        self._clock = RoundClock(num_rounds)  # ETA from the rounds after the first
         self._start = time.perf_counter()
         self._writers: dict[str, Any] = {}  # open writers, least recently used first
         self._opened: set[str] = set()  # writer folders opened in this process
@@ -189,8 +186,7 @@ class RunRecorder:
                 BarColumn(),
                 TextColumn("{task.description}"),
                 TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+                EtaColumn(self._clock),
                 console=self.console,
                 transient=False,
             )
@@ -359,6 +355,9 @@ class RunRecorder:
         ):
             if rnd not in self._written:
                 self._write_round(rnd)
+        if not self._clock.started:
+            phase("first round", f"round {server_round} done (includes the workers' start-up)")
+        self._clock.record(server_round)
         if self._progress is not None:
             last = self._rounds[-1] if self._rounds else {}
             desc = " ".join(
@@ -376,16 +375,8 @@ class RunRecorder:
         self._logged = len(self._rounds)
 
     def _log_round(self, row: dict[str, Any], server_round: int) -> None:
-        now = time.perf_counter()
-        elapsed = now - self._start
-        if self._first_round_end is None:
-            self._first_round_end = (server_round, now)
-        first, first_end = self._first_round_end
-        left = max(self.num_rounds - server_round, 0)
-        if server_round > first:  # rate after the first round (which includes start-up)
-            eta = (now - first_end) / (server_round - first) * left
-        else:
-            eta = elapsed / max(server_round, 1) * left
+        elapsed = time.perf_counter() - self._start
+        eta = self._clock.remaining()
         accs = "  ".join(
             f"{k} {row[k]:.4f} ± {row.get(f'{k}_std', 0.0):.4f}"
             for k in ACCURACIES
@@ -398,8 +389,8 @@ class RunRecorder:
             accs or "no accuracy",
             row.get("bytes_up", 0.0),
             row.get("bytes_down", 0.0),
-            _clock(elapsed),
-            _clock(eta),
+            clock(elapsed),
+            clock(eta),
         )
 
     # ------------------------------------------------------------ output

@@ -71,11 +71,14 @@ def _balanced_sample(
 ) -> np.ndarray:
     """``per_class`` random indices of every class, in random order; DataError if short."""
     picked = []
+    counts = np.bincount(y, minlength=num_classes)[:num_classes]
     for c in range(num_classes):
         idx = np.flatnonzero(y == c)
         if len(idx) < per_class:
+            fits = int(counts.min())
             raise DataError(
-                f"class {c} has {len(idx)} samples in the {where}; split.{key} asks for {per_class}"
+                f"class {c} has {len(idx)} samples in the {where}; split.{key} asks for "
+                f"{per_class}: set split.{key}={fits} or lower (the smallest class has {fits})"
             )
         picked.append(rng.choice(idx, per_class, replace=False))
     return rng.permutation(np.concatenate(picked)).astype(np.int64)
