@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedkd.console import ConsoleHandler, log_to_files, mark_start, phase, route_through_console
 from fedkd.errors import ConfigError, FedkdError
-from simulations import vce_patches
+from simulations import jobnames, vce_patches
 from simulations.cluster import (
     LOCAL,
     check_connect_timeout,
@@ -31,6 +31,8 @@ from simulations.cluster import (
 )
 
 log = logging.getLogger("fedkd")
+jobnames.register()  # multirun job folders named by their overrides (configs/config.yaml)
+_JOBS_STARTED = [0]  # jobs this process has started (a multirun runs several)
 
 
 def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +171,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     overrides = list(HydraConfig.get().overrides.task)
+    if _JOBS_STARTED[0]:  # a sweep's next job: its phase lines count from its own start
+        mark_start()
+    _JOBS_STARTED[0] += 1
     try:
         run_dir = HydraConfig.get().runtime.output_dir
         if plain.get("resume"):
