@@ -1,11 +1,11 @@
 """Everything a run writes: TensorBoard, metrics.jsonl, summary.json, console.
 
 Written by the server process only. Per-client scalars go to
-``tensorboard/client_<id>/`` (same tag names for every client, so TensorBoard
-overlays them), cross-client statistics to ``tensorboard/server/`` and the
-run's hyperparameters (the flattened config) with its final metrics to
-``tensorboard/hparams/`` for TensorBoard's HParams tab. The final per-client
-table also goes to ``table.txt`` and a line per round to the ``fedkd.rounds``
+``tensorboard/client_<id>/`` (same tags for every client, so TensorBoard
+overlays them), cross-client statistics to ``tensorboard/server/`` under their
+own tags (``server/tags.py`` is the one table of tag names), and the run's
+hyperparameters (the flattened config) to the server run's HParams session.
+The final per-client table also goes to ``table.txt`` and a line per round to the ``fedkd.rounds``
 logger (Hydra's ``run.log``; the console only at ``logging.level=verbose``).
 Global-test confusion counts, when the strategy collects them, go to
 ``confusion.json`` and the mean client's matrix to the server's TensorBoard
@@ -34,6 +34,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedkd.console import CONSOLE, EtaColumn, RoundClock, clock, phase
+from server.tags import client_tag, mapping_tag, server_tag
 
 EVAL_PREFIXES = ("local_test", "global_test")  # metrics that describe an evaluated model
 NOT_SCALARS = ("num_local_test",)  # kept in metrics.jsonl, not plotted
@@ -104,20 +105,6 @@ def hparams_of(cfg: Mapping[str, Any]) -> dict[str, float | int | str]:
             out[key] = value
         else:
             out[key] = str(value)
-    return out
-
-
-def final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """``final.<metric>.best/last`` (and bytes per round) from a run's summary."""
-    out = {}
-    for key, entry in summary.get("final", {}).items():
-        for which in ("best", "last"):
-            value = entry.get(which)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                out[f"final.{key}.{which}"] = float(value)
-    total = summary.get("bytes_per_round", {}).get("total")
-    if isinstance(total, (int, float)):
-        out["bytes_per_round.total"] = float(total)
     return out
 
 
@@ -441,7 +428,7 @@ class RunRecorder:
                         and key not in NOT_SCALARS
                         and not math.isnan(value)
                     ):
-                        writer.add_scalar(key, value, rnd)
+                        writer.add_scalar(client_tag(key), value, rnd)
         row: dict[str, Any] = {"round": rnd, "num_clients": len(clients)}
         acc_keys = sorted({k for c in clients.values() for k in c if k.endswith("_acc")})
         for key in acc_keys:
@@ -482,16 +469,12 @@ class RunRecorder:
             writer = self._writer("server")
             for key, value in row.items():
                 if key != "round" and isinstance(value, float) and not math.isnan(value):
-                    writer.add_scalar(
-                        key.replace("_std", "/std").replace("_min", "/min").replace("_max", "/max"),
-                        value,
-                        rnd,
-                    )
+                    writer.add_scalar(server_tag(key), value, rnd)
             for key, value in extra.items():
                 if isinstance(value, Mapping):
                     for name, number in value.items():
                         if isinstance(number, (int, float)) and not isinstance(number, bool):
-                            writer.add_scalar(f"{key}/{name}", float(number), rnd)
+                            writer.add_scalar(mapping_tag(key, name), float(number), rnd)
             for w in self._writers.values():
                 w.flush()
 
@@ -541,22 +524,20 @@ class RunRecorder:
         return {names.get(k, k): summary[k] for k in keys if k in summary}
 
     def _write_hparams(self, summary: dict[str, Any]) -> None:
-        """HParams session in ``tensorboard/hparams/``: flattened config and ``final.*`` metrics.
+        """HParams session in the ``server`` run: the flattened config; its metrics are the
+        server's own scalars (their last values), so no run of one-point charts is added.
 
         No experiment summary is written: TensorBoard then builds the HParams
         table from every run's session (so runs of different strategies show
         the union of their keys) and takes as metrics the scalars of the
-        session folder, which holds only the final metrics.
+        session's run.
         """
         from torch.utils.tensorboard.summary import hparams
 
-        metrics = final_metrics(summary)
-        _, session_start, session_end = hparams(hparams_of(self._run_config(summary)), metrics)
-        writer = self._writer("hparams")
+        _, session_start, session_end = hparams(hparams_of(self._run_config(summary)), {})
+        writer = self._writer("server")
         step = max((r["round"] for r in self._rounds), default=0)
         writer.file_writer.add_summary(session_start, step)
-        for tag, value in metrics.items():
-            writer.add_scalar(tag, value, step)
         writer.file_writer.add_summary(session_end, step)
         writer.flush()
 

@@ -251,13 +251,17 @@ def test_recorder_writes_hparams_table_and_round_lines(tmp_path, caplog):
     )
     assert "eta 0:00:00" in round_lines[1]
 
-    hparams, scalars = read_hparams(tmp_path / "tensorboard" / "hparams")
+    # the session lives in the server run: its metrics are the server's scalars, and no
+    # separate run of one-point charts shows up in the Scalars tab
+    hparams, scalars = read_hparams(tmp_path / "tensorboard" / "server")
+    assert not (tmp_path / "tensorboard" / "hparams").exists()
     assert hparams["strategy.name"].string_value == "knfu"
     assert hparams["num_clients"].number_value == 2
     assert hparams["model.family"].string_value == '[{"name":"mlp","hidden":[64]}]'
     assert not any(key.startswith("logging.") for key in hparams)
-    assert scalars["final.local_test_acc.best"] == pytest.approx(0.55)
-    assert scalars["final.global_test_acc.last"] == pytest.approx(0.3)
+    assert scalars["accuracy/local_test_mean"] == pytest.approx(0.55)
+    assert scalars["accuracy/local_test_std"] == pytest.approx(0.05)
+    assert scalars["accuracy/global_test_mean"] == pytest.approx(0.3)
     assert summary["final"]["local_test_acc"]["best"] == pytest.approx(0.55)
 
     table = (tmp_path / "table.txt").read_text()
@@ -309,16 +313,17 @@ def test_real_sweep_root_table_report_and_hparams(sweep, tmp_path):
     text = (sweep / "summary.md").read_text()
     assert "| all runs | 2/2 | 0 1 |" in text  # only the seed differs: one setting
     assert (sweep / "summary.csv").is_file()
-    for job in ("0", "1"):
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
+    for job in ("seed=0", "seed=1"):
         assert (sweep / job / "table.txt").is_file()
         assert "round 3/3" in (sweep / job / "run.log").read_text()
-        hparams, scalars = read_hparams(sweep / job / "tensorboard" / "hparams")
+        hparams, scalars = read_hparams(sweep / job / "tensorboard" / "server")
         assert hparams["strategy.name"].string_value == "knfu"
-        assert hparams["seed"].number_value == int(job)
-        assert 0 < scalars["final.local_test_acc.best"] <= 1
+        assert hparams["seed"].number_value == int(job.removeprefix("seed="))
+        assert 0 < scalars["accuracy/local_test_mean"] <= 1
 
     out = tmp_path / "report"
-    written = rep.report([sweep / "0", sweep / "1"], out)
+    written = rep.report([sweep / "seed=0", sweep / "seed=1"], out)
     assert out / "summary.md" in written
     sizes = {
         "accuracy.png": rep.figure_pixels("accuracy"),

@@ -264,13 +264,19 @@ def test_tensorboard_holds_per_client_scalars(runs, name):
     board = runs[name] / "tensorboard"
     for cid in range(5):
         scalars = tensorboard_scalars(board / f"client_{cid}")
-        for tag in ("train_loss", "local_test_acc", "global_test_acc", "bytes_up", "bytes_down"):
+        for tag in (
+            "loss/train",
+            "accuracy/local_test",
+            "accuracy/global_test",
+            "traffic/bytes_up",
+            "traffic/bytes_down",
+        ):
             assert tag in scalars, f"client_{cid} lacks {tag}"
-        assert [step for step, _ in scalars["train_loss"]] == [1, 2, 3]
+        assert [step for step, _ in scalars["loss/train"]] == [1, 2, 3]
     server = tensorboard_scalars(board / "server")
-    assert (
-        "local_test_acc" in server and "local_test_acc/std" in server and "round_time_s" in server
-    )
+    for tag in ("accuracy/local_test_mean", "accuracy/local_test_std", "time/round_s"):
+        assert tag in server, f"server lacks {tag}"
+    assert "traffic/bytes_up_total" in server and "traffic/bytes_up" not in server
 
 
 def test_same_seed_gives_identical_metrics(runs, tmp_path):
