@@ -245,45 +245,30 @@ class RunRecorder:
         """JSON values (e.g. a row of fusion weights) for this client's metrics.jsonl line."""
         self._pending[server_round][client_id].update(values)
 
-    def image(
-        self,
-        server_round: int,
-        tag: str,
-        matrix: np.ndarray,
-        xlabel: str = "",
-        ylabel: str = "",
-        *,
-        labels: Sequence[str] | None = None,
-        vmax: float | None = None,
-        annotate: bool = False,
-        size: tuple[float, float] = (4.5, 4.0),
-    ) -> None:
-        """A heatmap of ``matrix`` in the server's TensorBoard images (e.g. fusion weights).
-
-        ``labels`` name every row and column (e.g. classes); ``annotate`` prints
-        each cell's value, readable up to about 12 x 12.
-        """
+    def image(self, server_round: int, tag: str, draw: Any, size: tuple[float, float]) -> None:
+        """A figure in the server's TensorBoard images: ``draw(ax, title)`` draws it with a
+        ``fedkd.plots`` helper (the same one ``fedkd-report`` uses) and returns the image."""
         if not self._tensorboard:
             return
-        import matplotlib
+        from fedkd.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=size, layout="constrained")
-        shown = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax)
+        shown = draw(ax, f"{tag}, round {server_round}")
         fig.colorbar(shown, ax=ax)
-        ax.set(title=f"{tag} (round {server_round})", xlabel=xlabel, ylabel=ylabel)
-        if labels is not None:
-            ticks = range(len(labels))
-            ax.set_xticks(ticks, labels, fontsize=7)
-            ax.set_yticks(ticks, labels, fontsize=7)
-        if annotate:
-            top = float(np.max(matrix)) if vmax is None else vmax
-            for (row, col), value in np.ndenumerate(matrix):
-                color = "black" if value > 0.6 * top else "white"
-                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color)
         self._writer("server").add_figure(tag, fig, server_round, close=True)
+
+    def fusion_weights(self, server_round: int, weights: np.ndarray) -> None:
+        """KnFu's fusion weights of one round as the image ``fusion/weights``."""
+        from fedkd.plots import draw_fusion_weights
+
+        side = 4.0 + 0.25 * min(len(weights), 24)
+        self.image(
+            server_round,
+            "fusion/weights",
+            lambda ax, title: draw_fusion_weights(ax, weights, title),
+            (side + 1.0, side),
+        )
 
     def confusion(
         self, eval_round: int, counts: Mapping[int, np.ndarray], mean_client: np.ndarray
@@ -294,22 +279,19 @@ class RunRecorder:
         image ``confusion/mean_client`` at step ``eval_round``; everything goes
         to ``confusion.json`` when the run finishes.
         """
+        from fedkd.plots import draw_confusion
+
         self._confusion[eval_round] = {
             "round": eval_round,
             "clients": {str(cid): np.asarray(counts[cid]).tolist() for cid in sorted(counts)},
             "mean_client": np.round(mean_client, 6).tolist(),
         }
-        classes = [str(c) for c in range(len(mean_client))]
+        side = 4.0 + 0.25 * min(len(mean_client), 24)
         self.image(
             eval_round,
             "confusion/mean_client",
-            mean_client,
-            xlabel="predicted class",
-            ylabel="true class",
-            labels=classes if len(classes) <= 30 else None,
-            vmax=1.0,
-            annotate=len(classes) <= 12,
-            size=(6.0, 5.0),
+            lambda ax, title: draw_confusion(ax, mean_client, title),
+            (side + 1.0, side),
         )
 
     def _write_confusion(self) -> None:

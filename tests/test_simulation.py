@@ -195,8 +195,8 @@ def test_knfu_logs_fusion_weights(runs):
         str(runs["knfu"] / "tensorboard" / "server"), size_guidance={"images": 0}
     )
     acc.Reload()
-    assert "fusion_weights" in acc.Tags()["images"]
-    assert len(acc.Images("fusion_weights")) == 3
+    assert "fusion/weights" in acc.Tags()["images"]
+    assert len(acc.Images("fusion/weights")) == 3
 
 
 def test_fedproto_reports_nearest_prototype_accuracy(runs):
