@@ -120,7 +120,8 @@ class Deployment:
         The console skips the HTTP access lines (several per second per node).
         """
         assert proc.stdout is not None
-        with (self.work_dir / "logs" / f"{name}.log").open("a", encoding="utf-8") as file:
+        log_name = re.sub(r"[^\w.-]+", "_", name)  # "node 0" -> logs/node_0.log
+        with (self.work_dir / "logs" / f"{log_name}.log").open("a", encoding="utf-8") as file:
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 self.logs[name].append(line)
@@ -356,18 +357,19 @@ def _tail(result: subprocess.CompletedProcess) -> str:
 
 def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> None:
     """Fail before any process starts: the config, and each node's data against the run's task."""
-    from clients.runtime import data_key, federated_data
     from fedkd.config import compose
-    from fedkd.data.local import load_local_data
+    from fedkd.errors import DataError
     from server.app import check_options
+    from simulations.check_data import check_files
 
     cfg = compose(list(overrides))
     cfg["num_clients"] = nodes
     check_options(cfg)
-    if paths:
-        fed = federated_data(data_key(cfg))
-        for path in paths:
-            load_local_data(path, num_classes=fed.num_classes, input_shape=fed.input_shape)
+    if paths:  # every bad file, one line each, named by its client (partition) id
+        results = check_files(paths, [*overrides, f"num_clients={nodes}"])
+        bad = [f"client {i}: {line}" for i, (_, ok, line) in enumerate(results) if not ok]
+        if bad:
+            raise DataError("\n".join(bad))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -459,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         sys.exit(run(args))
     except DeployError as err:
-        print(f"fedkd-deploy: error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # several bad clients: one line each
+            print(f"fedkd-deploy: error: {line}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("fedkd-deploy: interrupted; every process it started was stopped", file=sys.stderr)
