@@ -250,7 +250,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         _run_flwr(grid, run_config, run_dir)
     except FedkdError as err:
-        log.error("%s", err)  # the one line, in the stream and in run.log
+        for line in str(err).splitlines():  # one line (one per client that cannot start)
+            log.error("%s", line)  # in the stream and in run.log
         raise err.with_traceback(None) from None  # Flower logs it: keep its traceback short
     finally:
         log.removeHandler(run_log)
