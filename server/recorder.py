@@ -565,7 +565,11 @@ class RunRecorder:
         table = Table(title=f"per-client accuracy ({self.run_dir})")
         for col in ("client", "train n", "local last", "local best", "global last", "global best"):
             table.add_column(col, justify="right")
+        dropped = summary.get("dropped_clients") or {}
+        if dropped:  # their "last" values are from the last round they answered
+            table.add_column("dropped")
         for cid, entry in summary["clients"].items():
+            notes = [self._dropped_note(int(cid), dropped[cid])] if cid in dropped else []
             table.add_row(
                 cid,
                 str(int(entry["num_train"])) if entry.get("num_train") is not None else "",
@@ -578,6 +582,7 @@ class RunRecorder:
                         "global_test_acc_best",
                     )
                 ),
+                *(notes or ([""] if dropped else [])),
             )
         final = summary["final"]
         if final:
@@ -589,6 +594,16 @@ class RunRecorder:
             ]
             table.add_row("mean", "", *cells)
         return table
+
+    def _dropped_note(self, cid: int, reasons: Mapping[str, Sequence[int]]) -> str:
+        """``no_reply in rounds 3, 4; last from round 2`` for a client that dropped out."""
+        parts = []
+        for reason, rounds in sorted(reasons.items()):
+            listed = ", ".join(str(r) for r in sorted(set(rounds)))
+            parts.append(f"{reason} in round{'s' if len(set(rounds)) > 1 else ''} {listed}")
+        answered = [h["round"] for h in self._clients.get(cid, []) if "round" in h]
+        last = f"; last from round {max(answered)}" if answered else "; never answered"
+        return "; ".join(parts) + last
 
     def _traffic_line(self, summary: dict[str, Any]) -> str:
         return (

@@ -355,6 +355,20 @@ def _tail(result: subprocess.CompletedProcess) -> str:
     return lines[-1].strip() if lines else f"exit status {result.returncode}"
 
 
+def existing_keys(folder: Path, nodes: int) -> list[Path]:
+    """``folder/node_<i>`` for every node, each with its ``.pub``; DeployError naming the
+    first missing file and how to make it."""
+    keys = [folder.resolve() / f"node_{i}" for i in range(nodes)]
+    for key in keys:
+        for path in (key, key.with_suffix(".pub")):
+            if not path.is_file():
+                raise DeployError(
+                    f"--keys {folder}: no {path.name} for {nodes} nodes; run "
+                    f"`make keys NODES={nodes}` or drop --keys to make new ones"
+                )
+    return keys
+
+
 def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> None:
     """Fail before any process starts: the config, and each node's data against the run's task."""
     from fedkd.config import compose
@@ -394,7 +408,10 @@ def run(args: argparse.Namespace) -> int:
         work_dir, tls=tls, auth=tls and args.auth, certs=args.certs, launch_id=launch_id
     ) as dep:
         dep.start_superlink()
-        keys = dep.make_keys(nodes) if dep.auth else [None] * nodes
+        if dep.auth and args.keys:  # e.g. from `make keys`
+            keys = existing_keys(Path(args.keys), nodes)
+        else:
+            keys = dep.make_keys(nodes) if dep.auth else [None] * nodes
         if dep.auth:
             dep.register([key.with_suffix(".pub") for key in keys])
         for i in range(nodes):
@@ -438,6 +455,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-auth", dest="auth", action="store_false", help="no SuperNode authentication"
     )
     parser.add_argument("--certs", help="folder with ca.crt, server.crt, server.key (default: new)")
+    parser.add_argument(
+        "--keys", help="folder with SuperNode key pairs node_<i>, node_<i>.pub (default: new)"
+    )
     parser.add_argument(
         "--work-dir", help="logs, keys, Flower homes and run/ (default: outputs/deploy/<time>)"
     )

@@ -124,3 +124,17 @@ def test_launcher_checks_data_before_starting_anything(tmp_path):
         f"fedkd-deploy: error: client 1: local data '{tmp_path / 'missing.csv'}' does not exist",
     ]
     assert not (tmp_path / "work").exists()  # no process was started
+
+
+def test_deploy_uses_existing_keys_or_says_how_to_make_them(tmp_path):
+    from simulations.deploy import existing_keys
+
+    for i in range(2):
+        (tmp_path / f"node_{i}").write_text("private")
+        (tmp_path / f"node_{i}.pub").write_text("public")
+    assert existing_keys(tmp_path, 2) == [
+        tmp_path.resolve() / "node_0",
+        tmp_path.resolve() / "node_1",
+    ]
+    with pytest.raises(DeployError, match=r"no node_2 for 3 nodes; run `make keys NODES=3`"):
+        existing_keys(tmp_path, 3)

@@ -307,6 +307,24 @@ def test_recorder_writes_hparams_table_and_round_lines(tmp_path, caplog):
     assert "per-client accuracy" in table and "0.600" in table and "bytes/round" in table
 
 
+def test_table_marks_dropped_clients(tmp_path):
+    recorder = RunRecorder(tmp_path, num_rounds=3, progress=False, table=False, config={})
+    for rnd in (1, 2, 3):
+        for cid in (0, 1):
+            if cid == 1 and rnd > 1:
+                continue  # client 1 stops answering after round 1
+            recorder.client(rnd, cid, {"local_test_acc": 0.5, "global_test_acc": 0.4})
+        recorder.end_round(rnd, complete_upto=rnd)
+    recorder.finish({"dropped_clients": {"1": {"no_reply": [2, 3]}}})
+    rows = {
+        line.split("│")[1].strip(): line
+        for line in (tmp_path / "table.txt").read_text().splitlines()
+        if line.count("│") > 6
+    }
+    assert "no_reply in rounds 2, 3; last from round 1" in rows["1"]
+    assert "no_reply" not in rows["0"]
+
+
 def test_hparams_values_are_numbers_and_strings():
     values = hparams_of({"a": {"b": True, "c": None, "d": [1, 2]}, "e": 3, "logging": {"x": 1}})
     assert values == {"a.b": "true", "a.c": "null", "a.d": "[1,2]", "e": 3}
