@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from fedkd.config import compose
 from fedkd.console import ConsoleHandler, EtaColumn, RoundClock, clock, route_through_console
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, FedkdError
 from fedkd.schema import check_early, check_top_level, explain_compose_error
 from simulations.run import console_logging
 
@@ -143,11 +143,14 @@ def test_composition_errors_say_what_to_write(overrides, expected):
             ["strategy.reducer=medain"],
             "strategy.reducer=medain: unknown reducer; did you mean median?",
         ),
-        (["dataset=hf", "dataset.path=./no/such/folder"], "dataset.path=./no/such/folder: no such"),
+        (
+            ["dataset=hf", "dataset.path=./no/such/folder"],
+            "'./no/such/folder' from the hub or disk: no such directory; set dataset.path",
+        ),
     ],
 )
 def test_early_checks_refuse_bad_values(overrides, expected):
-    with pytest.raises(ConfigError, match=re.escape(expected)):
+    with pytest.raises(FedkdError, match=re.escape(expected)):
         check_early(compose(overrides), overrides)
 
 

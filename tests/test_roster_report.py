@@ -69,7 +69,7 @@ def test_discover_reports_every_client_that_cannot_start():
             "init_args": {"num_cpus": 2, "include_dashboard": False, "address": "local"},
         },
     )
-    reason = "dataset.path=/no/such/folder: no such directory"
+    reason = "'/no/such/folder' from the hub or disk: no such directory"
     lines = errors[0].splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "client 0 cannot start",

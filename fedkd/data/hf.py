@@ -206,9 +206,10 @@ def check_hf(cfg: Mapping[str, Any]) -> None:
         )
     local = Path(path).expanduser()
     if (os.path.isabs(path) or path.startswith((".", "~"))) and not local.is_dir():
-        raise ConfigError(
-            f"dataset.path={path}: no such directory; give an existing folder "
-            f"(save_to_disk or parquet files) or a hub name such as mnist"
+        raise DataError(
+            f"could not load hf dataset '{path}' from the hub or disk: no such directory; set "
+            f"dataset.path to an existing folder (save_to_disk or parquet files) or a hub name "
+            f"such as mnist"
         )
 
 

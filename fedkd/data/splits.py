@@ -210,6 +210,20 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
             f"after the global test and public sets; lower num_clients or use more data"
         )
 
+    if dataset_cfg["name"] == "partitioned":  # 4-5. every client's split from its files
+        from fedkd.data.partitioned import read_clients
+
+        fed = FederatedData(
+            clients=read_clients(dataset_cfg, num_clients, num_classes, source.input_shape),
+            public_x=x[public],
+            public_y=y[public],
+            global_test=global_test,
+            num_classes=num_classes,
+            input_shape=tuple(source.input_shape),
+            server_val=server_val,
+        )
+        return insert_canaries(fed, split, seed)
+
     # 4. partition the private pool, 5. split each partition into local train/test
     # (a dataset with domains hands the partitioner its domain ids via reserved keys)
     part_cfg = partition_cfg
