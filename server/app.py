@@ -27,7 +27,6 @@ from fedkd.config import check_config, compose
 from fedkd.console import phase
 from fedkd.errors import CheckpointError, ConfigError, FedkdError
 from fedkd.models import build_model, spec_for_client
-from fedkd.schema import check_early
 from fedkd.train import make_optimizer
 from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
 from server.privacy import check_privacy
@@ -266,6 +265,8 @@ def _write_config(cfg: dict[str, Any], run_dir: Path) -> None:
 
 
 def _run_flwr(grid: Grid, run_config: dict[str, Any], run_dir: Path) -> None:
+    from fedkd.schema import check_early
+
     overrides = overrides_from_run_config(run_config)
     cfg = compose(overrides)
     check_early(cfg, overrides)  # the same checks as fedkd-sim, before anything else

@@ -413,13 +413,10 @@ def figure_epsilon(runs: list[Run], out: Output) -> Path | None:
                 ax.plot(
                     *zip(*xy, strict=True), marker="o", markersize=3, color=color, label=run.label
                 )
-        ax.set(
-            title=f"{title} accuracy vs privacy budget",
-            xlabel="epsilon",
-            ylabel="mean accuracy",
-            ylim=(0.0, 1.0),
-        )
+        ax.set(title=f"{title} accuracy vs privacy budget", xlabel="epsilon")
+        ax.set_ylabel("mean accuracy")
         ax.grid(alpha=0.3)
+        ax.set_ylim(0.0, 1.0)
     _legend(fig, axes)
     return _save(fig, out, "epsilon")
 

@@ -146,8 +146,8 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
 
-    server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
     phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
+    server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
     run_simulation(
         server_app=server_app,
         client_app=client_app,
