@@ -245,9 +245,12 @@ class RunRecorder:
         """JSON values (e.g. a row of fusion weights) for this client's metrics.jsonl line."""
         self._pending[server_round][client_id].update(values)
 
-    def image(self, server_round: int, tag: str, draw: Any, size: tuple[float, float]) -> None:
+    def image(
+        self, server_round: int, tag: str, draw: Any, size: tuple[float, float], scale: str
+    ) -> None:
         """A figure in the server's TensorBoard images: ``draw(ax, title)`` draws it with a
-        ``fedkd.plots`` helper (the same one ``fedkd-report`` uses) and returns the image."""
+        ``fedkd.plots`` helper (the same one ``fedkd-report`` uses) and returns the image;
+        ``scale`` labels the colour bar."""
         if not self._tensorboard:
             return
         from fedkd.plots import pyplot
@@ -255,19 +258,20 @@ class RunRecorder:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=size, layout="constrained")
         shown = draw(ax, f"{tag}, round {server_round}")
-        fig.colorbar(shown, ax=ax)
+        fig.colorbar(shown, ax=ax, label=scale, shrink=0.9)
         self._writer("server").add_figure(tag, fig, server_round, close=True)
 
     def fusion_weights(self, server_round: int, weights: np.ndarray) -> None:
         """KnFu's fusion weights of one round as the image ``fusion/weights``."""
-        from fedkd.plots import draw_fusion_weights
+        from fedkd.plots import FUSION_SCALE, draw_fusion_weights
 
         side = 4.0 + 0.25 * min(len(weights), 24)
         self.image(
             server_round,
             "fusion/weights",
             lambda ax, title: draw_fusion_weights(ax, weights, title),
-            (side + 1.0, side),
+            (side + 1.5, side),
+            FUSION_SCALE,
         )
 
     def confusion(
@@ -279,7 +283,7 @@ class RunRecorder:
         image ``confusion/mean_client`` at step ``eval_round``; everything goes
         to ``confusion.json`` when the run finishes.
         """
-        from fedkd.plots import draw_confusion
+        from fedkd.plots import CONFUSION_SCALE, draw_confusion
 
         self._confusion[eval_round] = {
             "round": eval_round,
@@ -291,7 +295,8 @@ class RunRecorder:
             eval_round,
             "confusion/mean_client",
             lambda ax, title: draw_confusion(ax, mean_client, title),
-            (side + 1.0, side),
+            (side + 1.5, side),
+            f"{CONFUSION_SCALE} (mean over clients)",
         )
 
     def _write_confusion(self) -> None:

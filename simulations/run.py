@@ -108,6 +108,7 @@ def console_logging(logs: dict[str, Any]) -> None:
 
 def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Check ``cfg``, then run the simulation and return its summary."""
+    phase("libraries", "loading torch and Flower")
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
