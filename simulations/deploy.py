@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedkd.errors import DataError, FedkdError
 from simulations.proctree import MARKER, stop_tree
 
 ROOT = Path(__file__).resolve().parent.parent  # the Flower App (pyproject.toml)
@@ -371,17 +372,22 @@ def existing_keys(folder: Path, nodes: int) -> list[Path]:
 
 def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> None:
     """Fail before any process starts: the config, and each node's data against the run's task."""
+    from clients.runtime import data_key, federated_data
     from fedkd.config import compose
-    from fedkd.errors import DataError
+    from fedkd.data.local import load_local_data
     from server.app import check_options
-    from simulations.check_data import check_files
 
     cfg = compose(list(overrides))
     cfg["num_clients"] = nodes
     check_options(cfg)
-    if paths:  # every bad file, one line each, named by its client (partition) id
-        results = check_files(paths, [*overrides, f"num_clients={nodes}"])
-        bad = [f"client {i}: {line}" for i, (_, ok, line) in enumerate(results) if not ok]
+    if paths:
+        fed = federated_data(data_key(cfg))
+        bad = []  # every bad file, one line each, named by its client (partition) id
+        for i, path in enumerate(paths):
+            try:
+                load_local_data(path, num_classes=fed.num_classes, input_shape=fed.input_shape)
+            except FedkdError as err:
+                bad.append(f"client {i}: {err}")
         if bad:
             raise DataError("\n".join(bad))
 
