@@ -105,7 +105,12 @@ def test_tls_auth_three_nodes_with_own_data(tmp_path):
     ]
     for cid in range(3):  # per-client scalars reach TensorBoard as in simulation
         scalars = tensorboard_scalars(run_dir / "tensorboard" / f"client_{cid}")
-        for tag in ("local_test_acc", "global_test_acc", "train_loss", "bytes_up"):
+        for tag in (
+            "accuracy/local_test",
+            "accuracy/global_test",
+            "loss/train",
+            "traffic/bytes_up",
+        ):
             assert scalars[tag] == [1, 2], (cid, tag, sorted(scalars))
 
 

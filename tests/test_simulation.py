@@ -334,8 +334,8 @@ def test_local_dp_logs_epsilon_everywhere_and_stops_at_the_budget(tmp_path):
     assert all(r["epsilon"] > 0 for r in rows)
     assert max(r["epsilon"] for r in rows) == pytest.approx(privacy["epsilon_max"])
     server = tensorboard_scalars(run_dir / "tensorboard" / "server")
-    assert [step for step, _ in server["epsilon"]] == [1, 2]
-    assert "epsilon" in tensorboard_scalars(run_dir / "tensorboard" / "client_0")
+    assert [step for step, _ in server["privacy/epsilon"]] == [1, 2]
+    assert "privacy/epsilon" in tensorboard_scalars(run_dir / "tensorboard" / "client_0")
 
 
 @pytest.mark.parametrize("mechanism", sorted(PRIVACY_ARGS))
