@@ -31,9 +31,12 @@ def elapsed() -> float:
     return time.perf_counter() - _START[0]
 
 
+phase_log = logging.getLogger("fedkd.phase")
+
+
 def phase(name: str, detail: str) -> None:
     """One status line of a start-up phase, e.g. ``[  3.2 s] data: ...``."""
-    log.info("[%5.1f s] %s: %s", elapsed(), name, detail)
+    phase_log.info("[%5.1f s] %s: %s", elapsed(), name, detail)
 
 
 class ConsoleHandler(logging.Handler):

@@ -19,7 +19,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedkd.console import ConsoleHandler, log_to_files, mark_start, phase, route_through_console
+from fedkd.console import (
+    ConsoleHandler,
+    file_handlers,
+    log_to_files,
+    mark_start,
+    phase,
+    route_through_console,
+)
 from fedkd.errors import ConfigError, FedkdError
 from simulations import jobnames, vce_patches
 from simulations.cluster import (
@@ -172,6 +179,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     overrides = list(HydraConfig.get().overrides.task)
+    # a refused resume leaves the earlier run's directory as it was, run.log included:
+    # its phase lines go to the console only
+    own_run = not plain.get("resume")
+    if not own_run:
+        for handler in file_handlers():
+            handler.addFilter(lambda record: record.name != "fedkd.phase")
     if _JOBS_STARTED[0]:  # a sweep's next job: its phase lines count from its own start
         mark_start()
     _JOBS_STARTED[0] += 1
@@ -189,11 +202,13 @@ def _hydra_main(cfg: DictConfig) -> None:
         phase("config", f"composed and checked ({plain['strategy']['name']}, {run_dir})")
         simulate(plain, run_dir)
     except FedkdError as err:
-        log_to_files(f"fedkd-sim: error: {err}")  # the failed run's run.log says why
+        if own_run:
+            log_to_files(f"fedkd-sim: error: {err}")  # the failed run's run.log says why
         print(f"fedkd-sim: error: {err}", file=sys.stderr)
         sys.exit(1)
     except Exception:
-        log_to_files(f"fedkd-sim: failed:\n{traceback.format_exc()}")
+        if own_run:
+            log_to_files(f"fedkd-sim: failed:\n{traceback.format_exc()}")
         raise
 
 
