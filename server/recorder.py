@@ -589,6 +589,8 @@ class RunRecorder:
                 ),
                 *(notes or ([""] if dropped else [])),
             )
+        for cid in sorted(set(dropped) - set(summary["clients"]), key=int):  # never answered
+            table.add_row(cid, "", *["n/a"] * 4, self._dropped_note(int(cid), dropped[cid]))
         final = summary["final"]
         if final:
             table.add_section()

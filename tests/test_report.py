@@ -315,7 +315,7 @@ def test_table_marks_dropped_clients(tmp_path):
                 continue  # client 1 stops answering after round 1
             recorder.client(rnd, cid, {"local_test_acc": 0.5, "global_test_acc": 0.4})
         recorder.end_round(rnd, complete_upto=rnd)
-    recorder.finish({"dropped_clients": {"1": {"no_reply": [2, 3]}}})
+    recorder.finish({"dropped_clients": {"1": {"no_reply": [2, 3]}, "2": {"no_reply": [1]}}})
     rows = {
         line.split("│")[1].strip(): line
         for line in (tmp_path / "table.txt").read_text().splitlines()
@@ -323,6 +323,7 @@ def test_table_marks_dropped_clients(tmp_path):
     }
     assert "no_reply in rounds 2, 3; last from round 1" in rows["1"]
     assert "no_reply" not in rows["0"]
+    assert "no_reply in round 1; never answered" in rows["2"]  # a client with no values at all
 
 
 def test_hparams_values_are_numbers_and_strings():
