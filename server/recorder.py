@@ -486,7 +486,7 @@ class RunRecorder:
         for writer in self._writers.values():
             writer.close()
         table = self._table(summary)
-        plain = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+        plain = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
         plain.print(table)
         plain.print(self._traffic_line(summary))
         (self.run_dir / "table.txt").write_text(plain.file.getvalue(), encoding="utf-8")
