@@ -66,8 +66,11 @@ keys:
 	bash scripts/supernode_keys.sh $(KEY_DIR) $(NODES)
 
 ## Flower deployment on this machine: SuperLink + NODES SuperNodes, TLS and authentication, 2 rounds
+## (with $(CERT_DIR)/ and $(KEY_DIR)/ from `make certs` / `make keys` when they exist)
 deploy: $(STAMP)
-	$(BIN)/fedkd-deploy --nodes $(NODES) num_rounds=2
+	$(BIN)/fedkd-deploy --nodes $(NODES) \
+		$(if $(wildcard $(CERT_DIR)/ca.crt),--certs $(CERT_DIR)) \
+		$(if $(wildcard $(KEY_DIR)/node_0),--keys $(KEY_DIR)) num_rounds=2
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

@@ -39,7 +39,7 @@ from clients.round import evaluate_client, round_generator, run_round
 from clients.runtime import client_tensors, configure_torch, data_key
 from clients.subteachers import load_teachers, save_teachers, teacher_release
 from fedkd import checkpoint as ckpt_io
-from fedkd.errors import ConfigError
+from fedkd.errors import ConfigError, DataError
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import resolve_device
@@ -208,7 +208,10 @@ def introduce(context: Context, content: RecordDict) -> dict[str, int]:
     if wire.CONFIG in content.config_records:
         _, cfg, _ = wire.read_config(content)
         cfg["num_clients"] = node.num_partitions  # what the server sets once all have answered
-        data = tensors(node, cfg)
+        try:
+            data = tensors(node, cfg)
+        except (ConfigError, DataError) as err:  # the server reports every client by its id
+            raise type(err)(f"client {node.partition_id}: {err}") from None
         metrics.update(
             num_train=len(data.train_y),
             num_local_test=len(data.test_y),

@@ -39,7 +39,10 @@ def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
             cfg = OmegaConf.to_container(cfg, resolve=False)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+        from fedkd.schema import explain_compose_error
+
+        text = str(err) if err.__cause__ is None else f"{err}\n{err.__cause__}"
+        raise ConfigError(explain_compose_error(text, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
     cfg.pop("hydra", None)

@@ -7,8 +7,9 @@ raise :class:`~fedkd.errors.ConfigError` listing the known names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import difflib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from fedkd.errors import ConfigError
 
@@ -21,14 +22,23 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._checks: dict[str, Callable[[Mapping[str, Any]], None]] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name``; duplicate names are a bug."""
+    def register(
+        self, name: str, check: Callable[[Mapping[str, Any]], None] | None = None
+    ) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; duplicate names are a bug.
+
+        ``check(section)``: checks the component's config section (e.g. ``cfg["partition"]``)
+        without data or torch; ``check`` runs it right after the config is composed.
+        """
 
         def decorator(obj: T) -> T:
             if name in self._items:
                 raise RuntimeError(f"{self.kind} '{name}' is registered twice")
             self._items[name] = obj
+            if check is not None:
+                self._checks[name] = check
             return obj
 
         return decorator
@@ -39,7 +49,16 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise ConfigError(f"unknown {self.kind} '{name}'; known: {known}") from None
+            close = difflib.get_close_matches(str(name), sorted(self._items), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown {self.kind} '{name}'; known: {known}{hint}") from None
+
+    def check(self, name: str, section: Mapping[str, Any]) -> None:
+        """Look ``name`` up and run its registered check on its config ``section``
+        (a one-line ConfigError); components without a check pass."""
+        self.get(name)
+        if name in self._checks:
+            self._checks[name](section)
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -25,7 +25,8 @@ from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
 from fedkd.bounds import Bounds
 from fedkd.config import check_config, compose
-from fedkd.errors import CheckpointError, ConfigError
+from fedkd.console import phase
+from fedkd.errors import CheckpointError, ConfigError, FedkdError
 from fedkd.models import build_model, spec_for_client
 from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
@@ -180,6 +181,7 @@ def run_server(
         resume=None if resume is None else {**resume["recorder"], "round": resume["round"]},
     )
     status: dict[str, Any] = {"status": "finished"}
+    phase("first round", "the server is up; waiting for the clients' first replies")
     try:
         strategy.start(
             grid, num_rounds=int(cfg["num_rounds"]), timeout=float(cfg["server"]["round_timeout"])
@@ -238,9 +240,18 @@ def overrides_from_run_config(run_config: dict[str, Any]) -> list[str]:
 app = ServerApp()
 
 
+RUN_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as fedkd-sim's run.log
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """``flwr run``: the run config overrides configs/; the clients say how many they are."""
+    """``flwr run``: the run config overrides configs/; the clients say how many they are.
+
+    The run directory gets ``config.yaml`` and ``run.log`` as under ``fedkd-sim``. A bad
+    config fails before any SuperNode is asked, as one ``fedkd ERROR`` line in the log
+    stream; the ServerApp then raises, so Flower marks the run failed with that line as its
+    details (``flwr list``) and the ServerApp process exits non-zero.
+    """
     if not log.handlers:  # flwr-serverapp configures only Flower's logger: show fedkd's lines too
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("fedkd %(levelname)s: %(message)s"))
@@ -248,11 +259,44 @@ def main(grid: Grid, context: Context) -> None:
         log.setLevel(logging.INFO)
         log.propagate = False
     run_config = dict(context.run_config)
-    cfg = compose(overrides_from_run_config(run_config))
+    default_dir = Path("outputs") / "flwr" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = Path(str(run_config.get("run_dir") or default_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_log = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    run_log.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
+    log.addHandler(run_log)
+    try:
+        _run_flwr(grid, run_config, run_dir)
+    except FedkdError as err:
+        for line in str(err).splitlines():  # one line (one per client that cannot start)
+            log.error("%s", line)  # in the stream and in run.log
+        raise err.with_traceback(None) from None  # Flower logs it: keep its traceback short
+    finally:
+        log.removeHandler(run_log)
+        run_log.close()
+
+
+def _write_config(cfg: dict[str, Any], run_dir: Path) -> None:
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.create(cfg))
+    (run_dir / "config.yaml").write_text(text, encoding="utf-8")
+
+
+def _run_flwr(grid: Grid, run_config: dict[str, Any], run_dir: Path) -> None:
+    from fedkd.schema import check_early
+
+    overrides = overrides_from_run_config(run_config)
+    cfg = compose(overrides)
+    check_early(cfg, overrides)  # the same checks as fedkd-sim, before anything else
     check_options(cfg)  # fail on a bad config before waiting for SuperNodes
     check_deployment(cfg)
+    if cfg.get("resume"):
+        raise ConfigError(
+            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
+        )
+    _write_config(cfg, run_dir)
     roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]), cfg_json=json.dumps(cfg))
-    overrides = overrides_from_run_config(run_config)
     if (
         any(o.startswith("num_clients=") for o in overrides)
         and cfg["num_clients"] != roster.num_partitions
@@ -262,5 +306,5 @@ def main(grid: Grid, context: Context) -> None:
             f"{roster.num_partitions} partitions"
         )
     cfg["num_clients"] = roster.num_partitions
-    default_dir = Path("outputs") / "flwr" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run_server(grid, cfg, run_config.get("run_dir") or default_dir, roster=roster)
+    _write_config(cfg, run_dir)  # with the number of clients the SuperNodes hold
+    run_server(grid, cfg, run_dir, roster=roster)

@@ -1,11 +1,11 @@
 """Everything a run writes: TensorBoard, metrics.jsonl, summary.json, console.
 
 Written by the server process only. Per-client scalars go to
-``tensorboard/client_<id>/`` (same tag names for every client, so TensorBoard
-overlays them), cross-client statistics to ``tensorboard/server/`` and the
-run's hyperparameters (the flattened config) with its final metrics to
-``tensorboard/hparams/`` for TensorBoard's HParams tab. The final per-client
-table also goes to ``table.txt`` and a line per round to the ``fedkd.rounds``
+``tensorboard/client_<id>/`` (same tags for every client, so TensorBoard
+overlays them), cross-client statistics to ``tensorboard/server/`` under their
+own tags (``server/tags.py`` is the one table of tag names), and the run's
+hyperparameters (the flattened config) to the server run's HParams session.
+The final per-client table also goes to ``table.txt`` and a line per round to the ``fedkd.rounds``
 logger (Hydra's ``run.log``; the console only at ``logging.level=verbose``).
 Global-test confusion counts, when the strategy collects them, go to
 ``confusion.json`` and the mean client's matrix to the server's TensorBoard
@@ -30,8 +30,11 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from fedkd.console import CONSOLE, EtaColumn, RoundClock, clock, phase
+from server.tags import client_tag, mapping_tag, server_tag
 
 EVAL_PREFIXES = ("local_test", "global_test")  # metrics that describe an evaluated model
 NOT_SCALARS = ("num_local_test",)  # kept in metrics.jsonl, not plotted
@@ -105,25 +108,6 @@ def hparams_of(cfg: Mapping[str, Any]) -> dict[str, float | int | str]:
     return out
 
 
-def final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """``final.<metric>.best/last`` (and bytes per round) from a run's summary."""
-    out = {}
-    for key, entry in summary.get("final", {}).items():
-        for which in ("best", "last"):
-            value = entry.get(which)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                out[f"final.{key}.{which}"] = float(value)
-    total = summary.get("bytes_per_round", {}).get("total")
-    if isinstance(total, (int, float)):
-        out["bytes_per_round.total"] = float(total)
-    return out
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def finite_or_null(value: Any) -> Any:
     """JSON has no NaN/Inf: write them as null."""
     if isinstance(value, float):
@@ -160,7 +144,7 @@ class RunRecorder:
         self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.num_rounds = num_rounds
-        self.console = console or Console(stderr=False)
+        self.console = console or CONSOLE  # log lines print above the bar
         self.show_table = table
         self._pending: dict[int, dict[int, dict[str, float]]] = defaultdict(
             lambda: defaultdict(dict)
@@ -172,7 +156,7 @@ class RunRecorder:
         self._written: set[int] = set()
         self._confusion: dict[int, dict[str, Any]] = {}  # eval round -> confusion.json entry
         self._logged = 0  # rows of self._rounds already logged
-        self._first_round_end: tuple[int, float] | None = None
+        self._clock = RoundClock(num_rounds)  # ETA from the rounds after the first
         self._start = time.perf_counter()
         self._writers: dict[str, Any] = {}  # open writers, least recently used first
         self._opened: set[str] = set()  # writer folders opened in this process
@@ -189,8 +173,7 @@ class RunRecorder:
                 BarColumn(),
                 TextColumn("{task.description}"),
                 TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+                EtaColumn(self._clock),
                 console=self.console,
                 transient=False,
             )
@@ -263,44 +246,33 @@ class RunRecorder:
         self._pending[server_round][client_id].update(values)
 
     def image(
-        self,
-        server_round: int,
-        tag: str,
-        matrix: np.ndarray,
-        xlabel: str = "",
-        ylabel: str = "",
-        *,
-        labels: Sequence[str] | None = None,
-        vmax: float | None = None,
-        annotate: bool = False,
-        size: tuple[float, float] = (4.5, 4.0),
+        self, server_round: int, tag: str, draw: Any, size: tuple[float, float], scale: str
     ) -> None:
-        """A heatmap of ``matrix`` in the server's TensorBoard images (e.g. fusion weights).
-
-        ``labels`` name every row and column (e.g. classes); ``annotate`` prints
-        each cell's value, readable up to about 12 x 12.
-        """
+        """A figure in the server's TensorBoard images: ``draw(ax, title)`` draws it with a
+        ``fedkd.plots`` helper (the same one ``fedkd-report`` uses) and returns the image;
+        ``scale`` labels the colour bar."""
         if not self._tensorboard:
             return
-        import matplotlib
+        from fedkd.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=size, layout="constrained")
-        shown = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax)
-        fig.colorbar(shown, ax=ax)
-        ax.set(title=f"{tag} (round {server_round})", xlabel=xlabel, ylabel=ylabel)
-        if labels is not None:
-            ticks = range(len(labels))
-            ax.set_xticks(ticks, labels, fontsize=7)
-            ax.set_yticks(ticks, labels, fontsize=7)
-        if annotate:
-            top = float(np.max(matrix)) if vmax is None else vmax
-            for (row, col), value in np.ndenumerate(matrix):
-                color = "black" if value > 0.6 * top else "white"
-                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color)
+        shown = draw(ax, f"{tag}, round {server_round}")
+        fig.colorbar(shown, ax=ax, label=scale, shrink=0.9)
         self._writer("server").add_figure(tag, fig, server_round, close=True)
+
+    def fusion_weights(self, server_round: int, weights: np.ndarray) -> None:
+        """KnFu's fusion weights of one round as the image ``fusion/weights``."""
+        from fedkd.plots import FUSION_SCALE, draw_fusion_weights
+
+        side = 4.0 + 0.25 * min(len(weights), 24)
+        self.image(
+            server_round,
+            "fusion/weights",
+            lambda ax, title: draw_fusion_weights(ax, weights, title),
+            (side + 1.5, side),
+            FUSION_SCALE,
+        )
 
     def confusion(
         self, eval_round: int, counts: Mapping[int, np.ndarray], mean_client: np.ndarray
@@ -311,22 +283,20 @@ class RunRecorder:
         image ``confusion/mean_client`` at step ``eval_round``; everything goes
         to ``confusion.json`` when the run finishes.
         """
+        from fedkd.plots import CONFUSION_SCALE, draw_confusion
+
         self._confusion[eval_round] = {
             "round": eval_round,
             "clients": {str(cid): np.asarray(counts[cid]).tolist() for cid in sorted(counts)},
             "mean_client": np.round(mean_client, 6).tolist(),
         }
-        classes = [str(c) for c in range(len(mean_client))]
+        side = 4.0 + 0.25 * min(len(mean_client), 24)
         self.image(
             eval_round,
             "confusion/mean_client",
-            mean_client,
-            xlabel="predicted class",
-            ylabel="true class",
-            labels=classes if len(classes) <= 30 else None,
-            vmax=1.0,
-            annotate=len(classes) <= 12,
-            size=(6.0, 5.0),
+            lambda ax, title: draw_confusion(ax, mean_client, title),
+            (side + 1.5, side),
+            f"{CONFUSION_SCALE} (mean over clients)",
         )
 
     def _write_confusion(self) -> None:
@@ -359,6 +329,9 @@ class RunRecorder:
         ):
             if rnd not in self._written:
                 self._write_round(rnd)
+        if not self._clock.started:
+            phase("first round", f"round {server_round} done (includes the workers' start-up)")
+        self._clock.record(server_round)
         if self._progress is not None:
             last = self._rounds[-1] if self._rounds else {}
             desc = " ".join(
@@ -376,16 +349,8 @@ class RunRecorder:
         self._logged = len(self._rounds)
 
     def _log_round(self, row: dict[str, Any], server_round: int) -> None:
-        now = time.perf_counter()
-        elapsed = now - self._start
-        if self._first_round_end is None:
-            self._first_round_end = (server_round, now)
-        first, first_end = self._first_round_end
-        left = max(self.num_rounds - server_round, 0)
-        if server_round > first:  # rate after the first round (which includes start-up)
-            eta = (now - first_end) / (server_round - first) * left
-        else:
-            eta = elapsed / max(server_round, 1) * left
+        elapsed = time.perf_counter() - self._start
+        eta = self._clock.remaining()
         accs = "  ".join(
             f"{k} {row[k]:.4f} ± {row.get(f'{k}_std', 0.0):.4f}"
             for k in ACCURACIES
@@ -398,8 +363,8 @@ class RunRecorder:
             accs or "no accuracy",
             row.get("bytes_up", 0.0),
             row.get("bytes_down", 0.0),
-            _clock(elapsed),
-            _clock(eta),
+            clock(elapsed),
+            clock(eta),
         )
 
     # ------------------------------------------------------------ output
@@ -450,7 +415,7 @@ class RunRecorder:
                         and key not in NOT_SCALARS
                         and not math.isnan(value)
                     ):
-                        writer.add_scalar(key, value, rnd)
+                        writer.add_scalar(client_tag(key), value, rnd)
         row: dict[str, Any] = {"round": rnd, "num_clients": len(clients)}
         acc_keys = sorted({k for c in clients.values() for k in c if k.endswith("_acc")})
         for key in acc_keys:
@@ -491,16 +456,12 @@ class RunRecorder:
             writer = self._writer("server")
             for key, value in row.items():
                 if key != "round" and isinstance(value, float) and not math.isnan(value):
-                    writer.add_scalar(
-                        key.replace("_std", "/std").replace("_min", "/min").replace("_max", "/max"),
-                        value,
-                        rnd,
-                    )
+                    writer.add_scalar(server_tag(key), value, rnd)
             for key, value in extra.items():
                 if isinstance(value, Mapping):
                     for name, number in value.items():
                         if isinstance(number, (int, float)) and not isinstance(number, bool):
-                            writer.add_scalar(f"{key}/{name}", float(number), rnd)
+                            writer.add_scalar(mapping_tag(key, name), float(number), rnd)
             for w in self._writers.values():
                 w.flush()
 
@@ -525,7 +486,7 @@ class RunRecorder:
         for writer in self._writers.values():
             writer.close()
         table = self._table(summary)
-        plain = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+        plain = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
         plain.print(table)
         plain.print(self._traffic_line(summary))
         (self.run_dir / "table.txt").write_text(plain.file.getvalue(), encoding="utf-8")
@@ -550,22 +511,20 @@ class RunRecorder:
         return {names.get(k, k): summary[k] for k in keys if k in summary}
 
     def _write_hparams(self, summary: dict[str, Any]) -> None:
-        """HParams session in ``tensorboard/hparams/``: flattened config and ``final.*`` metrics.
+        """HParams session in the ``server`` run: the flattened config; its metrics are the
+        server's own scalars (their last values), so no run of one-point charts is added.
 
         No experiment summary is written: TensorBoard then builds the HParams
         table from every run's session (so runs of different strategies show
         the union of their keys) and takes as metrics the scalars of the
-        session folder, which holds only the final metrics.
+        session's run.
         """
         from torch.utils.tensorboard.summary import hparams
 
-        metrics = final_metrics(summary)
-        _, session_start, session_end = hparams(hparams_of(self._run_config(summary)), metrics)
-        writer = self._writer("hparams")
+        _, session_start, session_end = hparams(hparams_of(self._run_config(summary)), {})
+        writer = self._writer("server")
         step = max((r["round"] for r in self._rounds), default=0)
         writer.file_writer.add_summary(session_start, step)
-        for tag, value in metrics.items():
-            writer.add_scalar(tag, value, step)
         writer.file_writer.add_summary(session_end, step)
         writer.flush()
 
@@ -611,7 +570,11 @@ class RunRecorder:
         table = Table(title=f"per-client accuracy ({self.run_dir})")
         for col in ("client", "train n", "local last", "local best", "global last", "global best"):
             table.add_column(col, justify="right")
+        dropped = summary.get("dropped_clients") or {}
+        if dropped:  # their "last" values are from the last round they answered
+            table.add_column("dropped")
         for cid, entry in summary["clients"].items():
+            notes = [self._dropped_note(int(cid), dropped[cid])] if cid in dropped else []
             table.add_row(
                 cid,
                 str(int(entry["num_train"])) if entry.get("num_train") is not None else "",
@@ -624,7 +587,10 @@ class RunRecorder:
                         "global_test_acc_best",
                     )
                 ),
+                *(notes or ([""] if dropped else [])),
             )
+        for cid in sorted(set(dropped) - set(summary["clients"]), key=int):  # never answered
+            table.add_row(cid, "", *["n/a"] * 4, self._dropped_note(int(cid), dropped[cid]))
         final = summary["final"]
         if final:
             table.add_section()
@@ -635,6 +601,16 @@ class RunRecorder:
             ]
             table.add_row("mean", "", *cells)
         return table
+
+    def _dropped_note(self, cid: int, reasons: Mapping[str, Sequence[int]]) -> str:
+        """``no_reply in rounds 3, 4; last from round 2`` for a client that dropped out."""
+        parts = []
+        for reason, rounds in sorted(reasons.items()):
+            listed = ", ".join(str(r) for r in sorted(set(rounds)))
+            parts.append(f"{reason} in round{'s' if len(set(rounds)) > 1 else ''} {listed}")
+        answered = [h["round"] for h in self._clients.get(cid, []) if "round" in h]
+        last = f"; last from round {max(answered)}" if answered else "; never answered"
+        return "; ".join(parts) + last
 
     def _traffic_line(self, summary: dict[str, Any]) -> str:
         return (

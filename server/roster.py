@@ -29,10 +29,18 @@ RETRY_UNAVAILABLE = 10.0  # seconds before asking an unavailable node again
 _RAISED = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>", re.DOTALL)
 
 
+# the simulation engine's reason: a Ray traceback ending in the ClientApp's message
+_RAY_MESSAGE = re.compile(r"ClientAppException occurred\. Message: (.*?)'?>?\s*$", re.DOTALL)
+
+
 def client_error(reason: str) -> str:
     """Flower's error reason as ``ErrorType: message`` on one line."""
     match = _RAISED.fullmatch(reason.strip())
     text = f"{match[1]}: {match[2]}" if match else reason
+    ray = _RAY_MESSAGE.search(reason)
+    if ray:  # "... fedkd.errors.ConfigError: msg The above exception ... Message: msg'>"
+        kind = re.findall(r"(?:[\w]+\.)*(\w+(?:Error|Exception)): ", reason.split("The above")[0])
+        text = f"{kind[-1]}: {ray[1]}" if kind else ray[1]
     return " ".join(text.split())
 
 
@@ -48,11 +56,12 @@ class Roster:
 
 def _ask(
     grid: Grid, nodes: list[int], timeout: float, cfg_json: str | None
-) -> tuple[dict[int, tuple[int, int]], set[int]]:
-    """(node -> (partition id, num partitions)) of the nodes that answered, and the unreachable.
+) -> tuple[dict[int, tuple[int, int]], set[int], dict[int, str]]:
+    """(node -> (partition id, num partitions)) of the nodes that answered, the unreachable,
+    and (node -> one-line error) of the clients that failed to start.
 
     A node the SuperLink reports unavailable (e.g. the stale session of a
-    SuperNode that crashed) is skipped; any other error stops the run.
+    SuperNode that crashed) is skipped and asked again later.
     """
 
     def content() -> RecordDict:
@@ -65,7 +74,7 @@ def _ask(
     ]
     replies = grid.send_and_receive(messages, timeout=timeout)
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-    answers, unavailable = {}, set()
+    answers, unavailable, failed = {}, set(), {}
     for reply in replies:
         node = sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         if reply.has_error():
@@ -73,9 +82,8 @@ def _ask(
                 log.warning("node %d is unavailable; waiting for the other clients", node)
                 unavailable.add(node)
                 continue
-            raise ConfigError(
-                f"client on node {node} cannot start: {client_error(reply.error.reason)}"
-            )
+            failed[node] = client_error(reply.error.reason)
+            continue
         try:  # a reply from another process: a bad one is one line, not a traceback
             metrics = reply.content.metric_records[wire.METRICS]
             ids = [metrics[k] for k in ("partition_id", "num_partitions")]
@@ -92,9 +100,50 @@ def _ask(
                 )
         except Exception as err:
             detail = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-            raise ConfigError(f"node {node} answered the start-up query badly ({detail})") from None
+            failed[node] = f"node {node} answered the start-up query badly ({detail})"
+            continue
         answers[node] = (ids[0], ids[1])
-    return answers, unavailable
+    return answers, unavailable, failed
+
+
+_CLIENT_PREFIX = re.compile(r"^(?:\w+: )?client (\d+): (.*)$")
+WAIT_LOG_EVERY = 5.0  # seconds between "waiting for k of N SuperNodes" lines
+
+
+def startup_failures(
+    failed: dict[int, str],
+    answers: dict[int, tuple[int, int]],
+    num_partitions: int | None,
+    waited: float | None = None,
+) -> str:
+    """One line per client that cannot start (by partition id when its error names it,
+    else by node id) and, after a wait (``waited`` seconds), one per partition no
+    SuperNode answered for; lines are sorted by client id."""
+    lines: list[tuple[float, str]] = []
+    named: set[int] = set()
+    for node, error in failed.items():
+        match = _CLIENT_PREFIX.match(error)
+        if match:
+            cid = int(match[1])
+            named.add(cid)
+            lines.append((cid, f"client {cid} cannot start: {match[2]}"))
+        else:
+            lines.append((float("inf"), f"client on node {node} cannot start: {error}"))
+    if waited is not None:
+        answered = {cid for cid, _ in answers.values()} | named
+        if num_partitions is not None:
+            for cid in sorted(set(range(num_partitions)) - answered):
+                lines.append(
+                    (
+                        cid,
+                        f"client {cid}: no SuperNode answered within {waited:.0f}s (not started?)",
+                    )
+                )
+        else:
+            lines.append(
+                (float("inf"), f"no SuperNode said how many clients to expect within {waited:.0f}s")
+            )
+    return "\n".join(text for _, text in sorted(lines, key=lambda t: t[0]))
 
 
 def discover(
@@ -104,28 +153,46 @@ def discover(
 
     With ``cfg_json`` (the run config) every client checks its data as it answers.
     An unavailable node is asked again after ``RETRY_UNAVAILABLE`` seconds (a
-    SuperNode restarted with the same key keeps its node id).
+    SuperNode restarted with the same key keeps its node id). Clients that cannot
+    start are collected: once every SuperNode has answered (or at the timeout, with
+    the partitions no SuperNode answered for) the run stops with one line per client.
+    A "waiting for k of N SuperNodes" line is logged every ``WAIT_LOG_EVERY`` seconds.
     """
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     answers: dict[int, tuple[int, int]] = {}
+    failed: dict[int, str] = {}
     retry_at: dict[int, float] = {}
+    next_log = start + WAIT_LOG_EVERY
     while True:
         now = time.monotonic()
         nodes = sorted(grid.get_node_ids())
-        new = [n for n in nodes if n not in answers and retry_at.get(n, 0) <= now]
+        new = [
+            n for n in nodes if n not in answers and n not in failed and retry_at.get(n, 0) <= now
+        ]
         if new:
-            found, unavailable = _ask(grid, new, max(deadline - now, 1.0), cfg_json)
+            found, unavailable, errors = _ask(grid, new, max(deadline - now, 1.0), cfg_json)
             answers.update(found)
+            failed.update(errors)
             retry_at.update(dict.fromkeys(unavailable, time.monotonic() + RETRY_UNAVAILABLE))
         parts = {num for _, num in answers.values()}
         if len(parts) > 1:
             raise ConfigError(f"clients disagree on num-partitions: {sorted(parts)}")
-        wanted = expected if expected is not None else (parts.pop() if parts else None)
-        if wanted is not None and len(answers) >= wanted:
+        wanted = expected if expected is not None else (next(iter(parts)) if parts else None)
+        settled = all(n in answers or n in failed for n in nodes)  # nobody left to hear from
+        if failed and settled and (wanted is None or len(answers) + len(failed) >= wanted):
+            raise ConfigError(startup_failures(failed, answers, wanted))
+        if not failed and wanted is not None and len(answers) >= wanted:
             break
         if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"only {len(answers)} of {wanted or '?'} clients connected within {timeout:.0f}s"
+            raise ConfigError(startup_failures(failed, answers, wanted, waited=timeout))
+        if time.monotonic() >= next_log:
+            next_log = time.monotonic() + WAIT_LOG_EVERY
+            log.info(
+                "waiting for %s of %s SuperNodes (answered: node ids %s)",
+                "?" if wanted is None else wanted - len(answers) - len(failed),
+                "?" if wanted is None else wanted,
+                ", ".join(map(str, sorted(answers))) or "none",
             )
         time.sleep(0.05)
     node_of: dict[int, int] = {}

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedkd.errors import DataError, FedkdError
 from simulations.proctree import MARKER, stop_tree
 
 ROOT = Path(__file__).resolve().parent.parent  # the Flower App (pyproject.toml)
@@ -120,7 +121,8 @@ class Deployment:
         The console skips the HTTP access lines (several per second per node).
         """
         assert proc.stdout is not None
-        with (self.work_dir / "logs" / f"{name}.log").open("a", encoding="utf-8") as file:
+        log_name = re.sub(r"[^\w.-]+", "_", name)  # "node 0" -> logs/node_0.log
+        with (self.work_dir / "logs" / f"{log_name}.log").open("a", encoding="utf-8") as file:
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 self.logs[name].append(line)
@@ -354,6 +356,20 @@ def _tail(result: subprocess.CompletedProcess) -> str:
     return lines[-1].strip() if lines else f"exit status {result.returncode}"
 
 
+def existing_keys(folder: Path, nodes: int) -> list[Path]:
+    """``folder/node_<i>`` for every node, each with its ``.pub``; DeployError naming the
+    first missing file and how to make it."""
+    keys = [folder.resolve() / f"node_{i}" for i in range(nodes)]
+    for key in keys:
+        for path in (key, key.with_suffix(".pub")):
+            if not path.is_file():
+                raise DeployError(
+                    f"--keys {folder}: no {path.name} for {nodes} nodes; run "
+                    f"`make keys NODES={nodes}` or drop --keys to make new ones"
+                )
+    return keys
+
+
 def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> None:
     """Fail before any process starts: the config, and each node's data against the run's task."""
     from clients.runtime import data_key, federated_data
@@ -367,8 +383,14 @@ def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> No
     check_deployment(cfg)
     if paths:
         fed = federated_data(data_key(cfg))
-        for path in paths:
-            load_local_data(path, num_classes=fed.num_classes, input_shape=fed.input_shape)
+        bad = []  # every bad file, one line each, named by its client (partition) id
+        for i, path in enumerate(paths):
+            try:
+                load_local_data(path, num_classes=fed.num_classes, input_shape=fed.input_shape)
+            except FedkdError as err:
+                bad.append(f"client {i}: {err}")
+        if bad:
+            raise DataError("\n".join(bad))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -393,7 +415,10 @@ def run(args: argparse.Namespace) -> int:
         work_dir, tls=tls, auth=tls and args.auth, certs=args.certs, launch_id=launch_id
     ) as dep:
         dep.start_superlink()
-        keys = dep.make_keys(nodes) if dep.auth else [None] * nodes
+        if dep.auth and args.keys:  # e.g. from `make keys`
+            keys = existing_keys(Path(args.keys), nodes)
+        else:
+            keys = dep.make_keys(nodes) if dep.auth else [None] * nodes
         if dep.auth:
             dep.register([key.with_suffix(".pub") for key in keys])
         for i in range(nodes):
@@ -438,6 +463,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--certs", help="folder with ca.crt, server.crt, server.key (default: new)")
     parser.add_argument(
+        "--keys", help="folder with SuperNode key pairs node_<i>, node_<i>.pub (default: new)"
+    )
+    parser.add_argument(
         "--work-dir", help="logs, keys, Flower homes and run/ (default: outputs/deploy/<time>)"
     )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds the run may take")
@@ -460,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         sys.exit(run(args))
     except DeployError as err:
-        print(f"fedkd-deploy: error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # several bad clients: one line each
+            print(f"fedkd-deploy: error: {line}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("fedkd-deploy: interrupted; every process it started was stopped", file=sys.stderr)

@@ -2,15 +2,19 @@
 
 Reads each run's ``summary.json``, ``metrics.jsonl`` and ``config.yaml`` (a
 sweep root such as ``multirun/<date>/<time>`` stands for all of its jobs) and
-writes PNG figures (matplotlib, Agg) and ``summary.md`` into ``--out``:
+writes figures (matplotlib, Agg; ``--format png|pdf|svg``, ``--dpi`` for PNG) and
+``summary.md`` into ``--out``:
 
-- ``accuracy.png``: mean accuracy per round, band = ± std across clients (local and global test)
+- ``accuracy.png``: mean accuracy per round (local and global test); runs that differ only
+  in ``seed`` form a method: one line per method, band = ± std over seeds; otherwise one
+  line per run, band = ± std across clients
 - ``clients.png``: per-client accuracy heatmap (clients x rounds) per run
 - ``accuracy_vs_bytes.png``: mean accuracy against cumulative traffic (up + down, all clients)
 - ``epsilon.png``: accuracy against the privacy budget (only if the runs record ``epsilon``)
 - ``fusion_weights.png``: KnFu fusion weights, first and last round (only for runs that have them)
 - ``confusion.png``: the mean client's confusion matrix on the global test set, last recorded
-  round (only for runs with a ``confusion.json``)
+  round, one panel per method (only for runs with a ``confusion.json``); drawn by
+  ``fedkd.plots``, as TensorBoard's confusion and fusion-weight images
 
 Several runs are overlaid and labelled by the config keys whose values differ
 across them (e.g. ``strategy.name=fd seed=1``).
@@ -18,6 +22,7 @@ across them (e.g. ``strategy.name=fd seed=1``).
     fedkd-report outputs/2026-01-01/12-00-00
     fedkd-report outputs/run-a outputs/run-b --out reports/a-vs-b
     fedkd-report multirun/2026-01-01/12-00-00            # every job of a sweep
+    fedkd-report multirun/2026-01-01/12-00-00 --format pdf
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,6 +38,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fedkd.plots import (
+    CONFUSION_SCALE,
+    FUSION_SCALE,
+    draw_confusion,
+    draw_fusion_weights,
+    pyplot,
+)
 from simulations.sweep import (
     RunRecord,
     aggregate,
@@ -42,29 +57,51 @@ from simulations.sweep import (
     markdown_table,
 )
 
-DPI = 100
+DPI = 200  # --dpi: raster resolution (PNG); PDF and SVG are vector
+FORMATS = ("png", "pdf", "svg")
 ACCURACIES = (("local_test_acc", "local test"), ("global_test_acc", "global test"))
 WIDTH = 11.0  # inches; heights are multiples of 0.25 in so pixel sizes are exact
 FIGURES = ("accuracy", "clients", "accuracy_vs_bytes", "epsilon", "fusion_weights", "confusion")
+GRID_COLUMNS = 3  # confusion panels per row
+
+
+def grid(panels: int) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``panels`` square panels."""
+    cols = max(1, min(GRID_COLUMNS, panels))
+    return -(-panels // cols), cols
 
 
 def figure_inches(name: str, rows: int = 1) -> tuple[float, float]:
-    """Figure size of ``name`` with ``rows`` panel rows (one per run where it applies)."""
+    """Figure size of ``name`` with ``rows`` panel rows (one per run where it applies;
+    for ``confusion``, ``rows`` is the number of panels, laid out on a grid)."""
     if name in ("accuracy", "accuracy_vs_bytes", "epsilon"):
         return WIDTH, 4.5
     if name == "clients":
-        return WIDTH, 0.5 + 2.5 * rows
+        return WIDTH, 0.5 + 2.75 * rows
     if name == "fusion_weights":
-        return 9.0, 0.5 + 3.5 * rows
+        return 10.0, 0.5 + 4.5 * rows
     if name == "confusion":
-        return 6.0, 0.5 + 4.5 * rows
+        grid_rows, cols = grid(rows)
+        return 1.25 + 4.5 * cols, 0.5 + 4.5 * grid_rows
     raise KeyError(name)
 
 
-def figure_pixels(name: str, rows: int = 1) -> tuple[int, int]:
+def figure_pixels(name: str, rows: int = 1, dpi: int = DPI) -> tuple[int, int]:
     """(width, height) in pixels of the PNG written for ``name``."""
     w, h = figure_inches(name, rows)
-    return int(w * DPI), int(h * DPI)
+    return int(w * dpi), int(h * dpi)
+
+
+@dataclass
+class Output:
+    """Where and how figures are written: folder, ``png``/``pdf``/``svg``, raster dpi."""
+
+    dir: Path
+    format: str = "png"
+    dpi: int = DPI
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.{self.format}"
 
 
 @dataclass
@@ -164,14 +201,42 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
+# ---------------------------------------------------------------- methods (runs over seeds)
+@dataclass
+class Method:
+    """Runs that differ only in ``seed``: one line (mean ± std over seeds) in the figures."""
+
+    label: str
+    runs: list[Run]
+
+
+def methods(runs: list[Run]) -> list[Method]:
+    """Group runs by every differing config key except ``seed`` (first-appearance order)."""
+    keys = [k for k in differing_keys([r.config for r in runs]) if k != "seed"]
+    groups: dict[str, list[Run]] = {}
+    for run in runs:  # "strategy=fd" for the group choice strategy.name=fd
+        name = re.sub(r"(\w+)\.name=", r"\1=", label(run.config, keys))
+        groups.setdefault(name or "all runs", []).append(run)
+    return [Method(name, members) for name, members in groups.items()]
+
+
+def _over_seeds(method: Method, key: str) -> tuple[list[int], list[float], list[float]]:
+    """Rounds, mean over the method's runs of the clients' mean ``key``, and the std
+    over runs (sample std; 0 for one run). Rounds missing in a run are left out."""
+    by_round: dict[int, list[float]] = defaultdict(list)
+    for run in method.runs:
+        for r in run.rounds:
+            if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]):
+                by_round[int(r["round"])].append(float(r[key]))
+    rounds = sorted(by_round)
+    means = [float(np.mean(by_round[x])) for x in rounds]
+    stds = [float(np.std(by_round[x], ddof=1)) if len(by_round[x]) > 1 else 0.0 for x in rounds]
+    return rounds, means, stds
+
+
 # ---------------------------------------------------------------- figures
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _integer_ticks(ax, *, x: bool = True, y: bool = False) -> None:
@@ -189,42 +254,68 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
+def _save(fig, out: Output, name: str) -> Path:
+    path = out.path(name)
+    fig.savefig(path, dpi=out.dpi, metadata={"Date": None} if out.format == "svg" else None)
     _pyplot().close(fig)
     return path
 
 
-def figure_accuracy(runs: list[Run], out: Path) -> Path:
-    """Mean accuracy per round with a ± std band across clients."""
+def _band(ax, x, mean, std, color, text) -> None:
+    ax.plot(x, mean, marker="o", markersize=3, color=color, label=text)
+    ax.fill_between(
+        x,
+        [m - s for m, s in zip(mean, std, strict=True)],
+        [m + s for m, s in zip(mean, std, strict=True)],
+        color=color,
+        alpha=0.18,
+        linewidth=0,
+    )
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the figure, below the panels (never over a curve)."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(handles) > 1:  # one curve needs no legend
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3))
+
+
+def figure_accuracy(runs: list[Run], out: Output) -> Path:
+    """Accuracy per round: per method, mean ± std over seeds when a method has several
+    runs; otherwise per run, mean ± std over its clients."""
     plt = _pyplot()
+    groups = methods(runs)
+    over_seeds = any(len(m.runs) > 1 for m in groups)
     fig, axes = plt.subplots(1, 2, figsize=figure_inches("accuracy"), layout="constrained")
     for ax, (key, title) in zip(axes, ACCURACIES, strict=True):
-        for run, color in zip(runs, _colors(len(runs)), strict=True):
-            rows = [r for r in run.rounds if isinstance(r.get(key), (int, float))]
-            if not rows:
-                continue
-            x = [r["round"] for r in rows]
-            mean = [r[key] for r in rows]
-            std = [r.get(f"{key}_std") or 0.0 for r in rows]
-            ax.plot(x, mean, marker="o", markersize=3, color=color, label=run.label)
-            ax.fill_between(
-                x,
-                [m - s for m, s in zip(mean, std, strict=True)],
-                [m + s for m, s in zip(mean, std, strict=True)],
-                color=color,
-                alpha=0.15,
-                linewidth=0,
-            )
-        ax.set(title=f"{title} accuracy (mean ± std over clients)", xlabel="round")
+        if over_seeds:
+            for method, color in zip(groups, _colors(len(groups)), strict=True):
+                x, mean, std = _over_seeds(method, key)
+                if x:
+                    _band(ax, x, mean, std, color, f"{method.label} (n={len(method.runs)})")
+            ax.set_title(f"{title}: mean over clients, ± std over seeds")
+        else:
+            for run, color in zip(runs, _colors(len(runs)), strict=True):
+                rows = [r for r in run.rounds if isinstance(r.get(key), (int, float))]
+                if rows:
+                    std = [r.get(f"{key}_std") or 0.0 for r in rows]
+                    _band(
+                        ax,
+                        [r["round"] for r in rows],
+                        [r[key] for r in rows],
+                        std,
+                        color,
+                        run.label,
+                    )
+            ax.set_title(f"{title}: mean ± std over clients")
+        ax.set(xlabel="round", ylabel="accuracy", ylim=(0.0, 1.0))
         _integer_ticks(ax)
-        ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    return _save(fig, out / "accuracy.png")
+    _legend(fig, axes)
+    return _save(fig, out, "accuracy")
 
 
-def figure_clients(runs: list[Run], out: Path) -> Path:
+def figure_clients(runs: list[Run], out: Output) -> Path:
     """Per-client accuracy, clients x rounds, one row of panels per run."""
     plt = _pyplot()
     fig, axes = plt.subplots(
@@ -252,48 +343,59 @@ def figure_clients(runs: list[Run], out: Path) -> Path:
             )
             ax.set(xlabel="round", ylabel="client")
             _integer_ticks(ax, y=True)
-            ax.set_title(f"{run.label}: {title}", fontsize=8)
+            ax.set_title(f"{run.label}: {title}" if len(runs) > 1 else title)
     if shown is not None:
         fig.colorbar(shown, ax=axes, label="accuracy", shrink=0.9)
-    return _save(fig, out / "clients.png")
+    return _save(fig, out, "clients")
 
 
-def figure_bytes(runs: list[Run], out: Path) -> Path:
-    """Mean accuracy against cumulative traffic (bytes up + down over all clients)."""
+def _cumulative_mb(run: Run) -> dict[int, float]:
+    total, out = 0.0, {}
+    for r in run.rounds:
+        total += float(r.get("bytes_up") or 0.0) + float(r.get("bytes_down") or 0.0)
+        out[int(r["round"])] = total / 1e6
+    return out
+
+
+def figure_bytes(runs: list[Run], out: Output) -> Path:
+    """Mean accuracy against cumulative traffic (bytes up + down over all clients), always
+    on a log axis; per method, mean ± std over seeds."""
     plt = _pyplot()
+    groups = methods(runs)
     fig, axes = plt.subplots(1, 2, figsize=figure_inches("accuracy_vs_bytes"), layout="constrained")
-    series = []
-    for run in runs:
-        total, points = 0.0, []
-        for r in run.rounds:
-            total += float(r.get("bytes_up") or 0.0) + float(r.get("bytes_down") or 0.0)
-            points.append((total / 1e6, r))
-        series.append(points)
-    positive = [mb for points in series for mb, _ in points if mb > 0]
-    log_x = bool(positive) and max(positive) / min(positive) > 100
     for ax, (key, title) in zip(axes, ACCURACIES, strict=True):
-        for run, points, color in zip(runs, series, _colors(len(runs)), strict=True):
-            xy = [
-                (mb, r[key])
-                for mb, r in points
-                if isinstance(r.get(key), (int, float)) and (mb > 0 or not log_x)
+        for method, color in zip(groups, _colors(len(groups)), strict=True):
+            traffic: dict[int, list[float]] = defaultdict(list)
+            for run in method.runs:
+                for rnd, mb in _cumulative_mb(run).items():
+                    traffic[rnd].append(mb)
+            x, mean, std = _over_seeds(method, key)
+            points = [
+                (float(np.mean(traffic[r])), m, s)
+                for r, m, s in zip(x, mean, std, strict=True)
+                if traffic.get(r) and np.mean(traffic[r]) > 0
             ]
-            if xy:
-                ax.plot(
-                    *zip(*xy, strict=True), marker="o", markersize=3, color=color, label=run.label
+            if points:
+                mb, m, s = (list(v) for v in zip(*points, strict=True))
+                name = (
+                    method.label
+                    if len(method.runs) == 1
+                    else f"{method.label} (n={len(method.runs)})"
                 )
+                _band(ax, mb, m, s, color, name)
+        ax.set_xscale("log")
         ax.set(
-            title=f"{title} accuracy vs traffic", xlabel="cumulative MB (up + down, all clients)"
+            title=f"{title} accuracy vs traffic",
+            xlabel="cumulative MB, up + down, all clients (log)",
+            ylabel="mean accuracy",
+            ylim=(0.0, 1.0),
         )
-        ax.set_ylabel("mean accuracy")
-        if log_x:
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    return _save(fig, out / "accuracy_vs_bytes.png")
+        ax.grid(alpha=0.3, which="both")
+    _legend(fig, axes)
+    return _save(fig, out, "accuracy_vs_bytes")
 
 
-def figure_epsilon(runs: list[Run], out: Path) -> Path | None:
+def figure_epsilon(runs: list[Run], out: Output) -> Path | None:
     """Mean accuracy against the per-round privacy budget; None if no run records one."""
     budgets = [run.epsilons() for run in runs]
     if not any(budgets):
@@ -314,17 +416,17 @@ def figure_epsilon(runs: list[Run], out: Path) -> Path | None:
         ax.set(title=f"{title} accuracy vs privacy budget", xlabel="epsilon")
         ax.set_ylabel("mean accuracy")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    return _save(fig, out / "epsilon.png")
+        ax.set_ylim(0.0, 1.0)
+    _legend(fig, axes)
+    return _save(fig, out, "epsilon")
 
 
-def figure_fusion(runs: list[Run], out: Path) -> Path | None:
-    """KnFu fusion weights (row: client, column: the client whose knowledge it weights)."""
+def figure_fusion(runs: list[Run], out: Output) -> Path | None:
+    """KnFu fusion weights, first and last round, one row per run (the TensorBoard image's
+    scale and axes: ``fedkd.plots.draw_fusion_weights``)."""
     fused = [(run, w) for run in runs if (w := run.fusion_weights())]
     if not fused:
         return None
-    from matplotlib.colors import LogNorm
-
     plt = _pyplot()
     fig, axes = plt.subplots(
         len(fused),
@@ -333,43 +435,47 @@ def figure_fusion(runs: list[Run], out: Path) -> Path | None:
         squeeze=False,
         layout="constrained",
     )
-    norm = LogNorm(vmin=1e-4, vmax=1.0, clip=True)
     shown = None
     for row, (run, weights) in zip(axes, fused, strict=True):
         rounds = sorted(weights)
         for ax, rnd in zip(row, (rounds[0], rounds[-1]), strict=True):
-            matrix = [[max(v, 1e-4) if v == v else v for v in line] for line in weights[rnd]]
-            shown = ax.imshow(matrix, cmap="magma", norm=norm, interpolation="nearest")
-            ax.set(xlabel="other client", ylabel="client")
-            _integer_ticks(ax, y=True)
-            ax.set_title(f"{run.label}: round {rnd}", fontsize=8)
-    fig.colorbar(shown, ax=axes, label="fusion weight (log)", shrink=0.9)
-    return _save(fig, out / "fusion_weights.png")
+            prefix = f"{run.label}: " if len(fused) > 1 else ""
+            shown = draw_fusion_weights(ax, weights[rnd], f"{prefix}round {rnd}")
+    fig.colorbar(shown, ax=axes, label=FUSION_SCALE, shrink=0.9)
+    return _save(fig, out, "fusion_weights")
 
 
-def figure_confusion(runs: list[Run], out: Path) -> Path | None:
-    """The mean client's global-test confusion matrix (rows: true class), one panel per run."""
-    found = [(run, c) for run in runs if (c := run.final_confusion())]
-    if not found:
+def figure_confusion(runs: list[Run], out: Output) -> Path | None:
+    """The mean client's global-test confusion matrix of the last recorded round, one square
+    panel per method (averaged over its seeds), on a grid with one shared scale."""
+    panels = []
+    for method in methods(runs):
+        found = [c for run in method.runs if (c := run.final_confusion())]
+        if found:
+            matrix = np.mean([np.asarray(m, dtype=float) for _, m in found], axis=0)
+            rounds = sorted({r for r, _ in found})
+            seeds = f", mean of {len(found)} runs" if len(found) > 1 else ""
+            rnd = f"round {rounds[-1]}" if len(rounds) == 1 else f"rounds {rounds[0]}-{rounds[-1]}"
+            title = f"{method.label}\n{rnd}{seeds}" if len(runs) > 1 else f"mean client, {rnd}"
+            panels.append((title, matrix))
+    if not panels:
         return None
     plt = _pyplot()
+    grid_rows, cols = grid(len(panels))
     fig, axes = plt.subplots(
-        len(found),
-        1,
-        figsize=figure_inches("confusion", len(found)),
+        grid_rows,
+        cols,
+        figsize=figure_inches("confusion", len(panels)),
         squeeze=False,
         layout="constrained",
     )
     shown = None
-    for ax, (run, (rnd, matrix)) in zip(axes[:, 0], found, strict=True):
-        shown = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-        if len(matrix) <= 30:
-            ax.set_xticks(range(len(matrix)))
-            ax.set_yticks(range(len(matrix)))
-        ax.set(xlabel="predicted class", ylabel="true class")
-        ax.set_title(f"{run.label}: mean client, round {rnd}", fontsize=8)
-    fig.colorbar(shown, ax=axes, label="share of the true class (mean over clients)", shrink=0.9)
-    return _save(fig, out / "confusion.png")
+    for ax, (title, matrix) in zip(axes.flat, panels, strict=False):
+        shown = draw_confusion(ax, matrix, title)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=axes, label=f"{CONFUSION_SCALE} (mean over clients)", shrink=0.8)
+    return _save(fig, out, "confusion")
 
 
 # ---------------------------------------------------------------- table
@@ -429,19 +535,27 @@ def summary_markdown(runs: list[Run], figures: list[Path], out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(paths: list[str | Path], out: str | Path) -> list[Path]:
-    """Write the figures and ``summary.md`` into ``out``; returns the written files."""
+def report(
+    paths: list[str | Path], out: str | Path, fmt: str = "png", dpi: int = DPI
+) -> list[Path]:
+    """Write the figures (``fmt``: png, pdf or svg) and ``summary.md`` into ``out``;
+    returns the written files."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if not 20 <= dpi <= 1200:
+        raise ValueError(f"--dpi {dpi}: use 20 to 1200 (300 for print)")
     runs = load_runs(paths)
     if not runs:
         raise FileNotFoundError("no finished run (summary.json) under " + " ".join(map(str, paths)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    dest = Output(out, fmt, dpi)
     figures = [
-        figure_accuracy(runs, out),
-        figure_clients(runs, out),
-        figure_bytes(runs, out),
+        figure_accuracy(runs, dest),
+        figure_clients(runs, dest),
+        figure_bytes(runs, dest),
     ]
-    optional = (figure_epsilon(runs, out), figure_fusion(runs, out), figure_confusion(runs, out))
+    optional = (figure_epsilon(runs, dest), figure_fusion(runs, dest), figure_confusion(runs, dest))
     figures += [p for p in optional if p]
     md = out / "summary.md"
     md.write_text(summary_markdown(runs, figures, out), encoding="utf-8")
@@ -466,11 +580,20 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help="output folder (default RUN_DIR/report for one directory, else outputs/report/<time>)",
     )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="png",
+        help="figure file format (pdf and svg are vector; default png)",
+    )
+    parser.add_argument(
+        "--dpi", type=int, default=DPI, help=f"PNG resolution in dots per inch (default {DPI})"
+    )
     args = parser.parse_args(argv)
     out = args.out or default_out(args.runs)
     try:
-        written = report(args.runs, out)
-    except FileNotFoundError as err:
+        written = report(args.runs, out, args.format, args.dpi)
+    except (FileNotFoundError, ValueError) as err:
         print(f"fedkd-report: error: {err}", file=sys.stderr)
         sys.exit(1)
     for path in written:

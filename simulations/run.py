@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fedkd.console import (
+    ConsoleHandler,
+    file_handlers,
+    log_to_files,
+    mark_start,
+    phase,
+    route_through_console,
+)
 from fedkd.errors import ConfigError, FedkdError
-from simulations import vce_patches
+from simulations import jobnames, vce_patches
 from simulations.cluster import (
     LOCAL,
     check_connect_timeout,
@@ -30,6 +39,8 @@ from simulations.cluster import (
 )
 
 log = logging.getLogger("fedkd")
+jobnames.register()  # multirun job folders named by their overrides (configs/config.yaml)
+_JOBS_STARTED = [0]  # jobs this process has started (a multirun runs several)
 
 
 def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +77,7 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    route_through_console(flwr_logger)  # above the progress bar too
     if not verbose and not any(isinstance(f, _ClientFailures) for f in flwr_logger.filters):
         flwr_logger.addFilter(_ClientFailures())
 
@@ -83,38 +95,27 @@ class _ClientFailures(logging.Filter):
         return MARK not in text and not text.startswith(self.GENERIC)
 
 
-class _CurrentStdout:
-    """Writes to whatever ``sys.stdout`` is now: a live rich progress bar redirects it."""
-
-    def write(self, text: str) -> int:
-        return sys.stdout.write(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-
 def console_logging(logs: dict[str, Any]) -> None:
-    """Hydra's console handler per ``logging.level``; its file handler (run.log) keeps everything.
+    """Hydra's console handler per ``logging.level``, printing through rich's console (above
+    the progress bar) at every level; its file handler (run.log) keeps everything.
 
     quiet: warnings and errors only; normal: no per-round lines (the progress bar
-    shows them); verbose: per-round lines too, printed above the progress bar.
+    shows them); verbose: per-round lines too.
     """
-    for handler in logging.getLogger().handlers:
-        if not isinstance(handler, logging.StreamHandler) or isinstance(
-            handler, logging.FileHandler
-        ):
+    root = logging.getLogger()
+    route_through_console(root)
+    for handler in root.handlers:
+        if not isinstance(handler, ConsoleHandler):
             continue
         if logs.get("level") == "quiet":
             handler.setLevel(logging.WARNING)
-        if logs["verbose"]:
-            if handler.stream is sys.stdout:
-                handler.setStream(_CurrentStdout())  # type: ignore[arg-type]
-        else:
+        if not logs["verbose"]:
             handler.addFilter(lambda record: not record.name.startswith("fedkd.rounds"))
 
 
 def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Check ``cfg``, then run the simulation and return its summary."""
+    phase("libraries", "loading torch and Flower")
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
@@ -128,7 +129,12 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     backend = backend_config(cfg)  # simulation.ray_* checked too
     # a cluster to join must answer before anything is built (Ray would retry for minutes)
     wait_for_head(backend["init_args"]["address"], float(cfg["simulation"]["connect_timeout"]))
+    phase("data", "building the federated data and checking the models")
     info = prepare_run(cfg)  # raises FedkdError before Ray starts
+    phase(
+        "data",
+        f"{info.num_clients} clients, {info.num_classes} classes, {info.num_public} public samples",
+    )
     run_dir = Path(run_dir)
     resume = None
     if cfg.get("resume"):  # the run's own config.yaml stays as it is
@@ -151,6 +157,7 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
 
+    phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
     server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
     # the clients take their privacy floor from the run config only in a simulation; the
     # mark is inherited by the local Ray cluster's workers and removed afterwards
@@ -181,21 +188,65 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
-    from server.checkpoint import resume_config
+    from clients.faults import check_faults
+    from fedkd.schema import check_early
     from server.recorder import console_options
 
     plain = OmegaConf.to_container(cfg, resolve=True)
+    overrides = list(HydraConfig.get().overrides.task)
+    # a refused resume leaves the earlier run's directory as it was, run.log included:
+    # its phase lines go to the console only
+    own_run = not plain.get("resume")
+    if not own_run:
+        for handler in file_handlers():
+            handler.addFilter(lambda record: record.name != "fedkd.phase")
+    if _JOBS_STARTED[0]:  # a sweep's next job: its phase lines count from its own start
+        mark_start()
+    _JOBS_STARTED[0] += 1
     try:
         run_dir = HydraConfig.get().runtime.output_dir
         if plain.get("resume"):
-            overrides = list(HydraConfig.get().overrides.task)
+            from server.checkpoint import resume_config  # loads torch: only to resume
+
             plain = resume_config(plain, overrides, plain["resume"])
             run_dir = plain["resume"]
         plain["logging"].update(console_options(plain["logging"]))
         console_logging(plain["logging"])
+        check_early(plain, overrides)  # no torch, no Flower, no data: well under 2 s
+        check_faults(plain)
+        phase("config", f"composed and checked ({plain['strategy']['name']}, {run_dir})")
         simulate(plain, run_dir)
     except FedkdError as err:
+        if own_run:
+            log_to_files(f"fedkd-sim: error: {err}")  # the failed run's run.log says why
         print(f"fedkd-sim: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:
+        if own_run:
+            log_to_files(f"fedkd-sim: failed:\n{traceback.format_exc()}")
+        raise
+
+
+def compose_or_explain() -> None:
+    """Run Hydra; a composition error (unknown key or group option, ``+`` on an existing key)
+    becomes one line with a "did you mean" and exit status 1."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fedkd.schema import explain_compose_error
+
+    explained = "HYDRA_FULL_ERROR" not in os.environ  # a user who asks for tracebacks gets them
+    if explained:  # Hydra then raises its errors instead of printing them
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if not explained:
+            raise
+        text = str(err)
+        if err.__cause__ is not None:
+            text = f"{text}\n{err.__cause__}"
+        print(f"fedkd-sim: error: {explain_compose_error(text, sys.argv[1:])}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -243,6 +294,7 @@ def stop_everything(signum: int, frame: Any = None) -> None:
 
 
 def main() -> None:
+    mark_start()
     sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
     # Ray's core installs a handler that turns SIGTERM into an abort (status -6, nothing
     # stopped); without it the signal reaches ours, which stops what the launcher started
@@ -250,7 +302,7 @@ def main() -> None:
     # set explicitly: Python keeps SIGINT ignored when started from a shell's background job
     signal.signal(signal.SIGINT, stop_everything)
     signal.signal(signal.SIGTERM, stop_everything)
-    _hydra_main()
+    compose_or_explain()
 
 
 if __name__ == "__main__":

@@ -437,7 +437,7 @@ def test_build_errors() -> None:
                 build_federated_data(run_cfg(DIGITS, iid, split={key: bad}))
     with pytest.raises(
         ConfigError,
-        match="unknown dataset 'nope'; known: digits, digits_domains, hf, hf_domains, synthetic",
+        match="unknown dataset 'nope'; known: digits, digits_domains, hf, hf_domains, partitioned, synthetic",
     ):
         build_federated_data(run_cfg({"name": "nope"}, iid))
     with pytest.raises(ConfigError, match="unknown partitioner"):

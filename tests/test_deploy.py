@@ -105,7 +105,12 @@ def test_tls_auth_three_nodes_with_own_data(tmp_path):
     ]
     for cid in range(3):  # per-client scalars reach TensorBoard as in simulation
         scalars = tensorboard_scalars(run_dir / "tensorboard" / f"client_{cid}")
-        for tag in ("local_test_acc", "global_test_acc", "train_loss", "bytes_up"):
+        for tag in (
+            "accuracy/local_test",
+            "accuracy/global_test",
+            "loss/train",
+            "traffic/bytes_up",
+        ):
             assert scalars[tag] == [1, 2], (cid, tag, sorted(scalars))
 
 
@@ -143,6 +148,9 @@ def test_killed_supernode_run_completes_without_it(tmp_path):
     assert sorted(dropped) == ["2"], dropped
     assert dropped["2"]["no_reply"][0] == 1  # round 1 waited server.round_timeout for it
     assert sorted(r for rounds in dropped["2"].values() for r in rounds) == [1, 2]
+    table = (run_dir / "table.txt").read_text().splitlines()
+    (row,) = [line for line in table if line.split("│")[1:2] and line.split("│")[1].strip() == "2"]
+    assert "no_reply in round" in row and row.rstrip("│ ").endswith("never answered"), row
     rows = read_metrics(run_dir)
     assert sorted({(r["client"], r["round"]) for r in rows}) == [(0, 1), (0, 2), (1, 1), (1, 2)]
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from procs import stop_tree
 
 pytestmark = pytest.mark.slow
@@ -107,6 +108,31 @@ def test_flwr_run_dot_completes(tmp_path):
         assert summary["num_rounds"] == 2
         assert summary["num_clients"] == 2  # Flower's default local federation: 2 SuperNodes
         assert sorted(summary["clients"]) == ["0", "1"]
+        written = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert written["num_rounds"] == 2 and written["num_clients"] == 2
+        assert "round 2/2" in (run_dir / "run.log").read_text()
+
+        # a bad override: one fedkd line in the stream and in run.log, no SuperNode asked
+        bad_dir = tmp_path / "bad"
+        bad = subprocess.run(
+            [
+                str(flwr),
+                "run",
+                ".",
+                "--stream",
+                "-c",
+                f"overrides='strategy=fdd' run_dir='{bad_dir}'",
+            ],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        line = "strategy=fdd: no such strategy; did you mean fd?"
+        assert f"fedkd ERROR: {line}" in bad.stdout + bad.stderr, bad.stdout[-3000:]
+        assert line in (bad_dir / "run.log").read_text()
+        assert not (bad_dir / "config.yaml").exists()
     finally:
         survivors = stop_tree([superlink])
     assert not survivors, f"processes left running: {survivors}"

@@ -96,14 +96,45 @@ def test_node_config_arg_quotes_strings():
         node_config_arg({"data-path": 'a"b'})
 
 
+def test_check_data_command_reports_every_file(tmp_path):
+    good = digits_npz(tmp_path / "good.npz")
+    bad = digits_npz(tmp_path / "bad.npz", labels=12)
+    cmd = [sys.executable, "-m", "simulations.check_data", str(good), str(bad), "num_clients=2"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stdout.strip().startswith(f"{good}: ok, ")
+    assert "of the run's 10 classes" in result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"fedkd-check-data: local data '{bad}' has labels 0..11 but the run's dataset has "
+        "10 classes (0..9)"
+    ]
+    ok = subprocess.run(cmd[:4], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stderr == ""
+
+
 def test_launcher_checks_data_before_starting_anything(tmp_path):
     bad = digits_npz(tmp_path / "bad.npz", labels=12)
     cmd = [sys.executable, "-m", "simulations.deploy", "--insecure", "--data", str(bad)]
     cmd += ["--data", str(tmp_path / "missing.csv"), "--work-dir", str(tmp_path / "work")]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        f"fedkd-deploy: error: local data '{bad}' has labels 0..11 but the run's dataset has "
-        "10 classes (0..9)"
+    assert result.stderr.strip().splitlines() == [  # every bad client, one line each
+        f"fedkd-deploy: error: client 0: local data '{bad}' has labels 0..11 but the run's "
+        "dataset has 10 classes (0..9)",
+        f"fedkd-deploy: error: client 1: local data '{tmp_path / 'missing.csv'}' does not exist",
     ]
     assert not (tmp_path / "work").exists()  # no process was started
+
+
+def test_deploy_uses_existing_keys_or_says_how_to_make_them(tmp_path):
+    from simulations.deploy import existing_keys
+
+    for i in range(2):
+        (tmp_path / f"node_{i}").write_text("private")
+        (tmp_path / f"node_{i}.pub").write_text("public")
+    assert existing_keys(tmp_path, 2) == [
+        tmp_path.resolve() / "node_0",
+        tmp_path.resolve() / "node_1",
+    ]
+    with pytest.raises(DeployError, match=r"no node_2 for 3 nodes; run `make keys NODES=3`"):
+        existing_keys(tmp_path, 3)

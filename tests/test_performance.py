@@ -440,5 +440,5 @@ def test_tensorboard_keeps_few_writers_open_and_loses_no_scalar(tmp_path, monkey
     for cid in range(7):
         acc = EventAccumulator(str(tmp_path / "tensorboard" / f"client_{cid}"))
         acc.Reload()
-        steps = sorted((e.step, round(e.value, 4)) for e in acc.Scalars("global_test_acc"))
+        steps = sorted((e.step, round(e.value, 4)) for e in acc.Scalars("accuracy/global_test"))
         assert steps == [(r, round(0.1 * cid + r, 4)) for r in (1, 2, 3)]

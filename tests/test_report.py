@@ -201,6 +201,45 @@ def test_report_on_hand_made_runs_draws_optional_figures(tmp_path):
     assert "![epsilon](epsilon.png)" in text
 
 
+def test_methods_are_mean_and_std_over_seeds(tmp_path):
+    runs = []
+    for seed, (local, glob) in enumerate([(0.5, 0.3), (0.7, 0.5)]):
+        cfg = base_config(seed=seed)
+        runs.append(make_run(tmp_path / f"fd{seed}", cfg, fake_summary(local, glob)))
+    knfu = base_config(seed=0, **{"strategy.name": "knfu"})
+    runs.append(make_run(tmp_path / "knfu", knfu, fake_summary(0.9, 0.8)))
+    loaded = rep.load_runs(runs)
+    groups = rep.methods(loaded)
+    assert [(m.label, len(m.runs)) for m in groups] == [("strategy=fd", 2), ("strategy=knfu", 1)]
+    rounds, mean, std = rep._over_seeds(groups[0], "local_test_acc")
+    assert rounds == [1, 2]
+    assert mean == pytest.approx([0.3, 0.6])  # round r: local_best * r / 2 for 0.5 and 0.7
+    assert std == pytest.approx([0.1 / 2**0.5, 0.2 / 2**0.5])  # sample std of two seeds
+    assert rep._over_seeds(groups[1], "local_test_acc")[2] == [0.0] * len(rounds)
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_report_writes_vector_formats(tmp_path, fmt, magic):
+    a = make_run(tmp_path / "a", base_config(), fake_summary(0.5, 0.3), fake_lines(False, True))
+    out = tmp_path / "out"
+    rep.main([str(a), "--out", str(out), "--format", fmt])
+    for name in ("accuracy", "clients", "accuracy_vs_bytes", "fusion_weights"):
+        assert (out / f"{name}.{fmt}").read_bytes().startswith(magic), name
+    assert f"![accuracy](accuracy.{fmt})" in (out / "summary.md").read_text()
+
+
+def test_report_dpi_sets_the_png_size_and_bad_options_fail(tmp_path, capsys):
+    a = make_run(tmp_path / "a", base_config(), fake_summary(0.5, 0.3), fake_lines(False, False))
+    rep.main([str(a), "--out", str(tmp_path / "o"), "--dpi", "300"])
+    assert png_size(tmp_path / "o" / "accuracy.png") == rep.figure_pixels("accuracy", dpi=300)
+    assert rep.figure_pixels("accuracy", dpi=300) == (3300, 1350)
+    with pytest.raises(SystemExit):
+        rep.main([str(a), "--format", "jpg"])
+    with pytest.raises(SystemExit):
+        rep.main([str(a), "--out", str(tmp_path / "p"), "--dpi", "5"])
+    assert "--dpi 5: use 20 to 1200" in capsys.readouterr().err
+
+
 def test_report_skips_absent_optional_figures_and_reports_no_runs(tmp_path, capsys):
     a = make_run(tmp_path / "a", base_config(), fake_summary(0.5, 0.3), fake_lines(False, False))
     written = rep.report([a], tmp_path / "out")
@@ -251,17 +290,40 @@ def test_recorder_writes_hparams_table_and_round_lines(tmp_path, caplog):
     )
     assert "eta 0:00:00" in round_lines[1]
 
-    hparams, scalars = read_hparams(tmp_path / "tensorboard" / "hparams")
+    # the session lives in the server run: its metrics are the server's scalars, and no
+    # separate run of one-point charts shows up in the Scalars tab
+    hparams, scalars = read_hparams(tmp_path / "tensorboard" / "server")
+    assert not (tmp_path / "tensorboard" / "hparams").exists()
     assert hparams["strategy.name"].string_value == "knfu"
     assert hparams["num_clients"].number_value == 2
     assert hparams["model.family"].string_value == '[{"name":"mlp","hidden":[64]}]'
     assert not any(key.startswith("logging.") for key in hparams)
-    assert scalars["final.local_test_acc.best"] == pytest.approx(0.55)
-    assert scalars["final.global_test_acc.last"] == pytest.approx(0.3)
+    assert scalars["accuracy/local_test_mean"] == pytest.approx(0.55)
+    assert scalars["accuracy/local_test_std"] == pytest.approx(0.05)
+    assert scalars["accuracy/global_test_mean"] == pytest.approx(0.3)
     assert summary["final"]["local_test_acc"]["best"] == pytest.approx(0.55)
 
     table = (tmp_path / "table.txt").read_text()
     assert "per-client accuracy" in table and "0.600" in table and "bytes/round" in table
+
+
+def test_table_marks_dropped_clients(tmp_path):
+    recorder = RunRecorder(tmp_path, num_rounds=3, progress=False, table=False, config={})
+    for rnd in (1, 2, 3):
+        for cid in (0, 1):
+            if cid == 1 and rnd > 1:
+                continue  # client 1 stops answering after round 1
+            recorder.client(rnd, cid, {"local_test_acc": 0.5, "global_test_acc": 0.4})
+        recorder.end_round(rnd, complete_upto=rnd)
+    recorder.finish({"dropped_clients": {"1": {"no_reply": [2, 3]}, "2": {"no_reply": [1]}}})
+    rows = {
+        line.split("│")[1].strip(): line
+        for line in (tmp_path / "table.txt").read_text().splitlines()
+        if line.count("│") > 6
+    }
+    assert "no_reply in rounds 2, 3; last from round 1" in rows["1"]
+    assert "no_reply" not in rows["0"]
+    assert "no_reply in round 1; never answered" in rows["2"]  # a client with no values at all
 
 
 def test_hparams_values_are_numbers_and_strings():
@@ -309,23 +371,24 @@ def test_real_sweep_root_table_report_and_hparams(sweep, tmp_path):
     text = (sweep / "summary.md").read_text()
     assert "| all runs | 2/2 | 0 1 |" in text  # only the seed differs: one setting
     assert (sweep / "summary.csv").is_file()
-    for job in ("0", "1"):
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
+    for job in ("seed=0", "seed=1"):
         assert (sweep / job / "table.txt").is_file()
         assert "round 3/3" in (sweep / job / "run.log").read_text()
-        hparams, scalars = read_hparams(sweep / job / "tensorboard" / "hparams")
+        hparams, scalars = read_hparams(sweep / job / "tensorboard" / "server")
         assert hparams["strategy.name"].string_value == "knfu"
-        assert hparams["seed"].number_value == int(job)
-        assert 0 < scalars["final.local_test_acc.best"] <= 1
+        assert hparams["seed"].number_value == int(job.removeprefix("seed="))
+        assert 0 < scalars["accuracy/local_test_mean"] <= 1
 
     out = tmp_path / "report"
-    written = rep.report([sweep / "0", sweep / "1"], out)
+    written = rep.report([sweep / "seed=0", sweep / "seed=1"], out)
     assert out / "summary.md" in written
     sizes = {
         "accuracy.png": rep.figure_pixels("accuracy"),
         "clients.png": rep.figure_pixels("clients", 2),
         "accuracy_vs_bytes.png": rep.figure_pixels("accuracy_vs_bytes"),
         "fusion_weights.png": rep.figure_pixels("fusion_weights", 2),  # KnFu runs have weights
-        "confusion.png": rep.figure_pixels("confusion", 2),  # the last round's, by default
+        "confusion.png": rep.figure_pixels("confusion", 1),  # one method: mean over its seeds
     }
     for name, size in sizes.items():
         assert png_size(out / name) == size, name

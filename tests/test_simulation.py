@@ -195,8 +195,8 @@ def test_knfu_logs_fusion_weights(runs):
         str(runs["knfu"] / "tensorboard" / "server"), size_guidance={"images": 0}
     )
     acc.Reload()
-    assert "fusion_weights" in acc.Tags()["images"]
-    assert len(acc.Images("fusion_weights")) == 3
+    assert "fusion/weights" in acc.Tags()["images"]
+    assert len(acc.Images("fusion/weights")) == 3
 
 
 def test_fedproto_reports_nearest_prototype_accuracy(runs):
@@ -264,13 +264,19 @@ def test_tensorboard_holds_per_client_scalars(runs, name):
     board = runs[name] / "tensorboard"
     for cid in range(5):
         scalars = tensorboard_scalars(board / f"client_{cid}")
-        for tag in ("train_loss", "local_test_acc", "global_test_acc", "bytes_up", "bytes_down"):
+        for tag in (
+            "loss/train",
+            "accuracy/local_test",
+            "accuracy/global_test",
+            "traffic/bytes_up",
+            "traffic/bytes_down",
+        ):
             assert tag in scalars, f"client_{cid} lacks {tag}"
-        assert [step for step, _ in scalars["train_loss"]] == [1, 2, 3]
+        assert [step for step, _ in scalars["loss/train"]] == [1, 2, 3]
     server = tensorboard_scalars(board / "server")
-    assert (
-        "local_test_acc" in server and "local_test_acc/std" in server and "round_time_s" in server
-    )
+    for tag in ("accuracy/local_test_mean", "accuracy/local_test_std", "time/round_s"):
+        assert tag in server, f"server lacks {tag}"
+    assert "traffic/bytes_up_total" in server and "traffic/bytes_up" not in server
 
 
 def test_same_seed_gives_identical_metrics(runs, tmp_path):
@@ -305,7 +311,10 @@ def test_invalid_config_stops_before_ray_with_one_line(tmp_path, args, message):
 def test_unknown_strategy_is_a_clear_hydra_error(tmp_path):
     result = run_cli(["strategy=nosuch", *SMALL], tmp_path / "bad", timeout=120)
     assert result.returncode == 1
-    assert "strategy/nosuch" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "fedkd-sim: error: strategy=nosuch: no such strategy (options: dsfl, fd, fedavg, "
+        "feddf, fedka, fedmd, fedproto, knfu, local, vote)"
+    ]
 
 
 def test_local_dp_logs_epsilon_everywhere_and_stops_at_the_budget(tmp_path):
@@ -325,8 +334,8 @@ def test_local_dp_logs_epsilon_everywhere_and_stops_at_the_budget(tmp_path):
     assert all(r["epsilon"] > 0 for r in rows)
     assert max(r["epsilon"] for r in rows) == pytest.approx(privacy["epsilon_max"])
     server = tensorboard_scalars(run_dir / "tensorboard" / "server")
-    assert [step for step, _ in server["epsilon"]] == [1, 2]
-    assert "epsilon" in tensorboard_scalars(run_dir / "tensorboard" / "client_0")
+    assert [step for step, _ in server["privacy/epsilon"]] == [1, 2]
+    assert "privacy/epsilon" in tensorboard_scalars(run_dir / "tensorboard" / "client_0")
 
 
 @pytest.mark.parametrize("mechanism", sorted(PRIVACY_ARGS))

@@ -12,6 +12,7 @@ from fedkd.data import (  # noqa: F401  (registration)
     hf,
     hf_domains,
     partition,
+    partitioned,
     synthetic,
 )
 from fedkd.data.registry import DATASETS, PARTITIONERS

@@ -196,18 +196,32 @@ def needs_scaling(arrays: list[np.ndarray]) -> bool:
     return any(np.issubdtype(a.dtype, np.integer) or float(a.max()) > 1.0 for a in arrays)
 
 
-@DATASETS.register("hf")
+def check_hf(cfg: Mapping[str, Any]) -> None:
+    """``dataset.path``: a hub name, or a local folder that exists."""
+    path = cfg.get("path")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(
+            f"dataset.path must name a hub dataset or a local directory (got {path!r}); "
+            f"e.g. dataset.path=mnist or dataset.path=/data/cifar10"
+        )
+    local = Path(path).expanduser()
+    if (os.path.isabs(path) or path.startswith((".", "~"))) and not local.is_dir():
+        raise DataError(
+            f"could not load hf dataset '{path}' from the hub or disk: no such directory; set "
+            f"dataset.path to an existing folder (save_to_disk or parquet files) or a hub name "
+            f"such as mnist"
+        )
+
+
+@DATASETS.register("hf", check=check_hf)
 def load_hf(cfg: Mapping[str, Any], seed: int) -> SourceData:
     """Params: ``path``, ``image_key``, ``label_key``, ``max_samples`` (per split), ``cache_dir``.
 
     Images are scaled by 1/255 (unless already floats in [0, 1]); grayscale becomes
     ``(1, H, W)``, RGB ``(3, H, W)``.
     """
-    path = cfg.get("path")
-    if not isinstance(path, str) or not path:
-        raise ConfigError(
-            f"dataset.path must name a hub dataset or a local directory (got {path!r})"
-        )
+    check_hf(cfg)
+    path = cfg["path"]
     splits = open_splits(path, cfg.get("cache_dir"))
 
     max_samples = cfg.get("max_samples")

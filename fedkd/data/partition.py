@@ -83,7 +83,17 @@ def iid(
     return _run(IidPartitioner(num_partitions=num_partitions), labels, num_partitions, seed)
 
 
-@PARTITIONERS.register("dirichlet")
+def check_dirichlet(cfg: Mapping[str, Any]) -> None:
+    """``partition.alpha`` must be a positive number (smaller: more label skew)."""
+    alpha = cfg.get("alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ConfigError(
+            f"partition.alpha must be > 0 (got {alpha!r}): set a positive number, e.g. "
+            f"partition.alpha=0.5 (smaller: more label skew)"
+        )
+
+
+@PARTITIONERS.register("dirichlet", check=check_dirichlet)
 def dirichlet(
     labels: np.ndarray, num_partitions: int, seed: int, cfg: Mapping[str, Any]
 ) -> list[np.ndarray]:
@@ -94,11 +104,8 @@ def dirichlet(
     """
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    alpha = cfg.get("alpha")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise ConfigError(f"partition.alpha must be a number > 0 (got {alpha!r})")
-    if alpha <= 0:
-        raise ConfigError(f"partition.alpha must be > 0 (got {alpha})")
+    check_dirichlet(cfg)
+    alpha = cfg["alpha"]
     min_size = int(cfg.get("min_partition_size", 2))
     partitioner = DirichletPartitioner(
         num_partitions=num_partitions,

@@ -71,11 +71,14 @@ def _balanced_sample(
 ) -> np.ndarray:
     """``per_class`` random indices of every class, in random order; DataError if short."""
     picked = []
+    counts = np.bincount(y, minlength=num_classes)[:num_classes]
     for c in range(num_classes):
         idx = np.flatnonzero(y == c)
         if len(idx) < per_class:
+            fits = int(counts.min())
             raise DataError(
-                f"class {c} has {len(idx)} samples in the {where}; split.{key} asks for {per_class}"
+                f"class {c} has {len(idx)} samples in the {where}; split.{key} asks for "
+                f"{per_class}: set split.{key}={fits} or lower (the smallest class has {fits})"
             )
         picked.append(rng.choice(idx, per_class, replace=False))
     return rng.permutation(np.concatenate(picked)).astype(np.int64)
@@ -206,6 +209,20 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
             f"fewer samples ({len(private)}) than clients ({num_clients}) left for the clients "
             f"after the global test and public sets; lower num_clients or use more data"
         )
+
+    if dataset_cfg["name"] == "partitioned":  # 4-5. every client's split from its files
+        from fedkd.data.partitioned import read_clients
+
+        fed = FederatedData(
+            clients=read_clients(dataset_cfg, num_clients, num_classes, source.input_shape),
+            public_x=x[public],
+            public_y=y[public],
+            global_test=global_test,
+            num_classes=num_classes,
+            input_shape=tuple(source.input_shape),
+            server_val=server_val,
+        )
+        return insert_canaries(fed, split, seed)
 
     # 4. partition the private pool, 5. split each partition into local train/test
     # (a dataset with domains hands the partitioner its domain ids via reserved keys)

@@ -134,9 +134,7 @@ class KnFu(PublicSetStrategy):
                     str(other): round(float(weights[row, col]), 6) for col, other in enumerate(ids)
                 }
                 self.recorder.client_extra(server_round, cid, {"fusion_weights": row_weights})
-            self.recorder.image(
-                server_round, "fusion_weights", weights, xlabel="from client", ylabel="to client"
-            )
+            self.recorder.fusion_weights(server_round, weights)
         effective = 1.0 / (weights**2).sum(axis=1)
         return {
             "self_weight": float(np.diag(weights).mean()),
