@@ -42,6 +42,7 @@ from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
 from server.checkpoint import Checkpointer, restore_clients, rng_state, save_clients
 from server.exchange import send_and_receive
+from server.health import CollapseWatch
 from server.privacy import PrivacyLedger, build_ledger
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
@@ -133,6 +134,7 @@ class FedkdStrategy(Strategy):
             info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes
         )
         self.stop_reason: str | None = None
+        self.health = CollapseWatch.from_config(info.cfg, info.num_classes)
         # client id -> reason -> rounds: who dropped out, for summary.json
         self.dropped_clients: dict[int, dict[str, list[int]]] = {}
         # message id -> node id: the SuperLink answers for a lost node with its own error reply
@@ -221,6 +223,7 @@ class FedkdStrategy(Strategy):
                     for c, reasons in self.dropped_clients.items()
                 },
                 "stop_reason": self.stop_reason,
+                "health": self.health.state_dict(),
             },
             **(
                 {}
@@ -245,6 +248,8 @@ class FedkdStrategy(Strategy):
             for c, reasons in base.get("dropped_clients", {}).items()
         }
         self.stop_reason = base.get("stop_reason")
+        if "health" in base:
+            self.health.load_state_dict(base["health"])
         if self.privacy is not None and "privacy" in state:
             spent = state["privacy"]
             self.privacy.rounds = Counter({int(c): int(n) for c, n in spent["rounds"].items()})
@@ -498,6 +503,13 @@ class FedkdStrategy(Strategy):
             uploads[cid] = payload
             num_train[cid] = int(metrics.get("num_train", 1))
         self._record_confusion(eval_round, accepted)
+        collapse = self.health.update(
+            eval_round, {cid: m.get("global_test_acc") for cid, m, _, _ in accepted}
+        )
+        if collapse is not None:
+            log.warning("%s", collapse)
+            if self.recorder is not None:
+                self.recorder.server_extra(server_round, {"collapse_warning": collapse})
         reasons = Counter(self._rejected_now.values())
         diagnostics: dict[str, float] = {
             "replies": float(len(accepted)),

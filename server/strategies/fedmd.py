@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedkd.errors import ConfigError
 from fedkd.fusion import public_mean
 from fedkd.knowledge import PublicLogits
 from fedkd.losses import LOSSES, check_space
@@ -34,16 +35,15 @@ class FedMD(PublicSetStrategy):
         LOSSES.get(params["digest_loss"])
         check_space(params["digest_loss"], "logits")
         cls.check_reducer(params)
+        cls.check_budget(cfg)
+        if float(params["ce_weight"]) < 0:
+            raise ConfigError(f"strategy.ce_weight must be >= 0 (got {params['ce_weight']})")
 
     def plan(self, server_round: int) -> dict[str, Any]:
-        p = self.params
         return {
             "distill": {
-                "loss": p["digest_loss"],
-                "epochs": p["digest_epochs"],
-                "batch_size": p["digest_batch_size"],
-                "optimizer": p["digest_optimizer"],
-                "when": "before",
+                **self.budget_plan(server_round, self.params["digest_loss"]),
+                "ce_weight": float(self.params["ce_weight"]),
             },
             "extract": {"kind": "public", "space": "logits"},
         }
@@ -57,9 +57,13 @@ class FedMD(PublicSetStrategy):
             if self.central
             else public_mean(values, **self.reducer)
         )
+        indices = self.indices_for(server_round)
         self.targets = PublicLogits(
-            indices=self.indices_for(server_round),
+            indices=indices,
             values=self.require_finite("consensus", consensus).astype("float32"),
             space="logits",
         )
-        return {"consensus_spread": float(values.std(axis=0).mean())}
+        return {
+            **self.target_health(indices, consensus, "logits"),
+            "consensus_spread": float(values.std(axis=0).mean()),
+        }
