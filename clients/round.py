@@ -22,6 +22,8 @@ as long as it uses these building blocks:
                                    # FedKA: domain-adversarial + MMD training on source and
                                    # public (target) batches instead of plain local training
     "confusion": bool,             # also global-test confusion counts (added by the base strategy)
+    "train_epochs": None | int,    # this round's private epochs instead of client.epochs
+                                   # (FedMD's training to convergence before collaboration)
     "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "votes" | "weights",
                 "space": "logits" | "probs", "temperature": float, "top_k": int,
                 "at": "end" | "after_train", "swing": None | SwingSpec dict},
@@ -252,7 +254,7 @@ def run_round(
             model,
             data.train_x.to(device),
             data.train_y.to(device),
-            epochs=int(client_cfg["epochs"]),
+            epochs=int(plan.get("train_epochs") or client_cfg["epochs"]),
             batch_size=int(client_cfg["batch_size"]),
             optimizer=make_optimizer(model.parameters(), client_cfg["optimizer"]),
             generator=generator,

@@ -117,3 +117,17 @@ def torch_labels(labels: np.ndarray):
     import torch
 
     return torch.from_numpy(np.asarray(labels, np.int64))
+
+
+def test_fedmd_phases_pretrain_then_digest():
+    fedmd = STRATEGIES.get("fedmd")(
+        info_for("strategy=fedmd", "strategy.pretrain_epochs=20", "strategy.distill.start_round=3")
+    )
+    first, second, third = (fedmd.plan(r) for r in (1, 2, 3))
+    assert first["train_epochs"] == 20 and first["distill"]["steps"] == 0
+    assert "train_epochs" not in second and second["distill"]["steps"] == 0
+    assert third["distill"]["steps"] == 100 and third["distill"]["loss"] == "l1"
+    with pytest.raises(ConfigError, match="strategy.pretrain_epochs"):
+        STRATEGIES.get("fedmd").check_config(
+            compose(["strategy=fedmd", "strategy.pretrain_epochs=-1"])
+        )

@@ -6,7 +6,13 @@ client *digests* it (L1 regression of its logits, Adam 1e-3, 1 epoch, batch 256)
 and then *revisits* its private data. All of that follows the official code
 [CODE: diogenes0319/FedMD_clean]. Ours: digest happens at the start of the next
 round (so a round is one exchange), the transfer-learning pre-training phase is
-not run, and robust reducers are an option.
+not run (the public set is unlabelled here), and robust reducers are an option.
+
+Phases: ``pretrain_epochs`` (> 0) gives round 1 that many private epochs, the
+paper's training to convergence before collaboration; ``distill.start_round``
+keeps the first rounds free of digests (:mod:`fedkd.schedule`); each later round
+digests for ``distill.steps`` Adam steps, then revisits (``client.epochs``).
+``ce_weight`` (ours) adds CE on a private batch to every digest step.
 """
 
 from __future__ import annotations
@@ -36,11 +42,17 @@ class FedMD(PublicSetStrategy):
         check_space(params["digest_loss"], "logits")
         cls.check_reducer(params)
         cls.check_budget(cfg)
+        pretrain = params["pretrain_epochs"]
+        if isinstance(pretrain, bool) or not isinstance(pretrain, int) or pretrain < 0:
+            raise ConfigError(f"strategy.pretrain_epochs must be an int >= 0 (got {pretrain!r})")
         if float(params["ce_weight"]) < 0:
             raise ConfigError(f"strategy.ce_weight must be >= 0 (got {params['ce_weight']})")
 
     def plan(self, server_round: int) -> dict[str, Any]:
+        pretrain = int(self.params["pretrain_epochs"])
         return {
+            # FedMD's phase "train on private data to convergence before collaboration"
+            **({"train_epochs": pretrain} if server_round == 1 and pretrain > 0 else {}),
             "distill": {
                 **self.budget_plan(server_round, self.params["digest_loss"]),
                 "ce_weight": float(self.params["ce_weight"]),
