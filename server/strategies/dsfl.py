@@ -3,8 +3,13 @@
 Clients upload softmax probabilities on a per-round open subset; the server
 averages them and applies entropy-reduction aggregation (ERA):
 ``Q = softmax(mean_k P_k / T_ERA)`` with ``T_ERA = 0.1`` [RECALL + 3P code];
-``aggregation: sa`` is the simple-averaging ablation (``Q = mean_k P_k``). Clients
-distil on ``Q`` with soft-target cross-entropy, then train on private data.
+``aggregation: sa`` is the simple-averaging ablation (``Q = mean_k P_k``). A client's
+round follows the paper's order: local update on private data, prediction on the open
+subset (uploaded), distillation on ``Q`` with soft-target cross-entropy. With one
+exchange per round the ``Q`` a client distils on in round ``r`` is round ``r-1``'s (ours).
+On averaged probabilities ``softmax(P / T)`` sharpens only for small ``T`` (for 10
+classes ``T = 1`` flattens the mean); ``mean_entropy`` and ``target_entropy`` are
+logged every round to show what ERA did.
 
 ``era_on: logits`` reproduces reimplementations that sharpen averaged logits
 (a much sharper, almost one-hot target); the paper's choice, ``probs``, is the
