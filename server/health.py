@@ -5,7 +5,9 @@ constant prediction (global-test accuracy at chance) or stop changing at all
 (every client reports the same accuracies round after round). The server watches
 the mean client's global-test accuracy of each round and warns, once per kind:
 
-- **at chance**: the mean global-test accuracy is at most ``1 / C + margin``;
+- **at chance**: the mean global-test accuracy is at most ``1 / C + margin`` after an
+  earlier round was above that (the run lost what it had learnt; under strong label
+  skew round 1 itself is near chance, which is no collapse);
 - **frozen**: every client's global-test accuracy is unchanged (to 1e-9) for
   ``rounds`` consecutive rounds.
 
@@ -33,6 +35,7 @@ class CollapseWatch:
         self.rounds = int(rounds)
         self.margin = float(margin)
         self._previous: dict[int, float] | None = None
+        self._peak = 0.0  # the best mean accuracy of the earlier rounds
         self._unchanged = 0
         self.warned: set[str] = set()
         self.warnings: list[str] = []
@@ -54,11 +57,13 @@ class CollapseWatch:
             return None
         found = None
         mean = sum(accs.values()) / len(accs)
-        if mean <= self.chance + self.margin and "chance" not in self.warned:
+        floor = self.chance + self.margin
+        peak, self._peak = self._peak, max(self._peak, mean)
+        if mean <= floor < peak and "chance" not in self.warned:
             self.warned.add("chance")
             found = (
                 f"round {server_round}: collapse: mean global-test accuracy {mean:.3f} is at "
-                f"chance ({self.chance:.3f})"
+                f"chance ({self.chance:.3f}), down from {peak:.3f}"
             )
         previous, self._previous = self._previous, accs
         same = previous is not None and previous.keys() == accs.keys()
@@ -82,6 +87,7 @@ class CollapseWatch:
             if self._previous is None
             else {str(c): a for c, a in self._previous.items()},
             "unchanged": self._unchanged,
+            "peak": self._peak,
             "warned": sorted(self.warned),
             "warnings": list(self.warnings),
         }
@@ -92,5 +98,6 @@ class CollapseWatch:
             None if previous is None else {int(c): float(a) for c, a in previous.items()}
         )
         self._unchanged = int(state.get("unchanged", 0))
+        self._peak = float(state.get("peak", 0.0))
         self.warned = set(state.get("warned", []))
         self.warnings = list(state.get("warnings", []))

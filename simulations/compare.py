@@ -216,7 +216,6 @@ COLUMNS = {
         ("after train", _final("after_train_global_acc", "last")),
         ("target acc", _last_round("target_acc")),
         ("server model", _final("server_model_acc", "last")),
-        ("collapse warnings", lambda s: float(len(s.get("collapse_warnings") or []))),
         ("KB/round", _kb_per_round),
     ],
     "attack": [
@@ -342,8 +341,7 @@ NOTES = {
         "local-test and global-test accuracy; after distil / after train = global-test "
         "accuracy right after the round's distillation and after its local training; target "
         "acc = the fused targets against the public set's held-back labels (no method sees "
-        "them); server model = DS-FL's server model on the global test set; collapse warnings "
-        "per run (server/health.py); mean ± std over seeds."
+        "them); server model = DS-FL's server model on the global test set; mean ± std over seeds."
     ),
     "domain": (
         "Target accuracy in % on the held-out domain (transductive, as in FedKA): the global "

@@ -13,12 +13,14 @@ from server.health import CollapseWatch
 from server.strategies import STRATEGIES
 
 
-def test_warns_once_when_the_mean_accuracy_is_at_chance():
+def test_warns_once_when_the_mean_accuracy_falls_back_to_chance():
     watch = CollapseWatch(num_classes=10, rounds=3, margin=0.02)
-    assert watch.update(1, {0: 0.50, 1: 0.40}) is None
-    warning = watch.update(2, {0: 0.13, 1: 0.10})  # mean 0.115 <= 0.1 + 0.02
-    assert warning is not None and "round 2" in warning and "chance" in warning
-    assert watch.update(3, {0: 0.11, 1: 0.10}) is None  # once
+    # round 1 near chance (one class per client) is no collapse
+    assert watch.update(1, {0: 0.11, 1: 0.12}) is None
+    assert watch.update(2, {0: 0.50, 1: 0.40}) is None
+    warning = watch.update(3, {0: 0.13, 1: 0.10})  # mean 0.115 <= 0.1 + 0.02 < 0.45
+    assert warning is not None and "round 3" in warning and "down from 0.450" in warning
+    assert watch.update(4, {0: 0.11, 1: 0.10}) is None  # once
     assert watch.warnings == [warning]
 
 
@@ -43,13 +45,14 @@ def test_off_and_bad_options():
         CollapseWatch.from_config({"logging": {"collapse_rounds": 3, "collapse_margin": 2}}, 10)
 
 
-def test_state_round_trip_keeps_the_count():
+def test_state_round_trip_keeps_the_count_and_the_peak():
     watch = CollapseWatch(num_classes=10, rounds=3, margin=0.0)
     watch.update(1, {0: 0.5})
     watch.update(2, {0: 0.5})
     again = CollapseWatch(num_classes=10, rounds=3, margin=0.0)
     again.load_state_dict(watch.state_dict())
-    assert again.update(3, {0: 0.5}) is not None
+    assert "unchanged" in again.update(3, {0: 0.5})
+    assert "down from 0.500" in again.update(4, {0: 0.1})
 
 
 def test_dsfl_reports_target_accuracy_and_entropy_against_held_back_labels():
