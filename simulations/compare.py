@@ -341,7 +341,8 @@ NOTES = {
         "local-test and global-test accuracy; after distil / after train = global-test "
         "accuracy right after the round's distillation and after its local training; target "
         "acc = the fused targets against the public set's held-back labels (no method sees "
-        "them); server model = DS-FL's server model on the global test set; mean ± std over seeds."
+        "them); server model = the server's own model on the global test set (DS-FL's; FedDF's "
+        "distilled group models, mean); mean ± std over seeds."
     ),
     "domain": (
         "Target accuracy in % on the held-out domain (transductive, as in FedKA): the global "
@@ -418,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "")
         + (f" --set {' '.join(args.set)}" if args.set else "")
+        + (f" --table {table}" if table != Path("docs") / f"comparison-{args.preset}.md" else "")
         + "`."
     )
     axis_label = "alpha" if axis == "partition.alpha" else axis.rsplit(".", 1)[-1]
