@@ -44,6 +44,8 @@ format: $(STAMP)
 
 ## regenerate the README comparison tables (docs/comparison-*.md and .csv)
 compare: $(STAMP)
+	$(BIN)/fedkd-compare --preset distill
+	$(BIN)/fedkd-compare --preset claims
 	$(BIN)/fedkd-compare --preset baselines
 	$(BIN)/fedkd-compare --preset fusion
 	$(BIN)/fedkd-compare --preset knfu-claim

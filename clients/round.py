@@ -7,9 +7,12 @@ as long as it uses these building blocks:
 ``plan = {
     "load_weights": bool,          # replace the model by the received weights (FedAvg, FedDF)
     "eval_received": bool,         # evaluate the received weights before training
-    "distill": None | {"loss", "temperature", "epochs", "batch_size", "optimizer",
+    "distill": None | {"loss", "temperature", "epochs" | "steps", "batch_size", "optimizer",
                        "when": "before" | "after", "ce_weight", "kd_weight"},
                                    # fit received public-set targets before or after training
+                                   # (a budget of epochs, or of optimiser steps: fedkd.schedule);
+                                   # the round then also reports the global-test accuracy
+                                   # after distillation and after local training
     "regulariser": None | {"kind": "class_logits" | "prototypes", "loss", "beta", "temperature"},
                                    # per-label teacher term added to CE (FD logits, FedProto prototypes)
     "evaluate_prototypes": bool,   # also report nearest-received-prototype accuracy (FedProto)
@@ -19,6 +22,8 @@ as long as it uses these building blocks:
                                    # FedKA: domain-adversarial + MMD training on source and
                                    # public (target) batches instead of plain local training
     "confusion": bool,             # also global-test confusion counts (added by the base strategy)
+    "train_epochs": None | int,    # this round's private epochs instead of client.epochs
+                                   # (FedMD's training to convergence before collaboration)
     "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "votes" | "weights",
                 "space": "logits" | "probs", "temperature": float, "top_k": int,
                 "at": "end" | "after_train", "swing": None | SwingSpec dict},
@@ -107,6 +112,9 @@ def _distill_public(
     model, data: ClientTensors, teacher: PublicLogits, spec, client_cfg, gen, device
 ) -> float:
     check_space(spec["loss"], teacher.space)
+    steps = spec.get("steps")  # a budget in optimiser steps (fedkd.schedule); else epochs
+    if steps is not None and int(steps) <= 0:
+        return 0.0
     indices = torch.from_numpy(teacher.indices.astype(np.int64))
     optimizer = make_optimizer(model.parameters(), spec.get("optimizer") or client_cfg["optimizer"])
     ce_weight = float(spec.get("ce_weight", 0.0))
@@ -117,7 +125,8 @@ def _distill_public(
         torch.from_numpy(teacher.values.astype(np.float32)).to(device),
         loss_fn=LOSSES.get(spec["loss"]),
         temperature=float(spec.get("temperature", 1.0)),
-        epochs=int(spec["epochs"]),
+        epochs=int(spec.get("epochs", 1)),
+        steps=None if steps is None else int(steps),
         batch_size=int(spec["batch_size"]),
         optimizer=optimizer,
         generator=gen,
@@ -126,6 +135,18 @@ def _distill_public(
         kd_weight=float(spec.get("kd_weight", 1.0)),
         temperatures=None if temps is None else torch.from_numpy(temps.astype(np.float32)),
     )
+
+
+def _distils(spec: dict[str, Any]) -> bool:
+    """Whether a distillation spec takes any step this round (a warm-up round takes none)."""
+    steps = spec.get("steps")
+    return int(spec.get("epochs", 1) if steps is None else steps) > 0
+
+
+def _global_acc(model, data: ClientTensors, batch: int, device) -> float:
+    """Global-test accuracy between the round's two steps: a distillation health metric
+    (``after_distill_global_acc`` / ``after_train_global_acc``), never used for training."""
+    return float(evaluate(model, data.global_x.to(device), data.global_y.to(device), batch)[0])
 
 
 @torch.no_grad()
@@ -212,10 +233,13 @@ def run_round(
         )
 
     distill_loss = 0.0
+    health: dict[str, float] = {}  # distillation health (see _global_acc)
     if distill_spec and distill_spec.get("when", "before") == "before":
         distill_loss = _distill_public(
             model, data, received, distill_spec, client_cfg, generator, device
         )
+        if _distils(distill_spec):
+            health["after_distill_global_acc"] = _global_acc(model, data, eval_batch, device)
 
     reg_spec = plan.get("regulariser")
     collect = extract["kind"] if extract["kind"] in ("class_logits", "prototypes") else None
@@ -230,7 +254,7 @@ def run_round(
             model,
             data.train_x.to(device),
             data.train_y.to(device),
-            epochs=int(client_cfg["epochs"]),
+            epochs=int(plan.get("train_epochs") or client_cfg["epochs"]),
             batch_size=int(client_cfg["batch_size"]),
             optimizer=make_optimizer(model.parameters(), client_cfg["optimizer"]),
             generator=generator,
@@ -243,6 +267,8 @@ def run_round(
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)
 
     if distill_spec and distill_spec.get("when") == "after":
+        if _distils(distill_spec):
+            health["after_train_global_acc"] = _global_acc(model, data, eval_batch, device)
         distill_loss = _distill_public(
             model, data, received, distill_spec, client_cfg, generator, device
         )
@@ -253,6 +279,10 @@ def run_round(
             evaluate_client(model, data, eval_batch, device, protos, bool(plan.get("confusion"))),
             eval_round=server_round,
         )
+        if health:  # the round's last step is the other half of the pair
+            other = "after_train" if "after_distill_global_acc" in health else "after_distill"
+            health[f"{other}_global_acc"] = float(metrics["global_test_acc"])
+    metrics.update(health)
     if extract.get("at", "end") == "end":
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)
     if extract.get("swing") and payload is not None:  # Swing soft targets (fedkd.privacy.swing)

@@ -23,9 +23,9 @@ Follows the reference code (epfml/federated-learning-public-code,
 
 Ours:
 
-- Step-budget defaults scaled down for small data: ``max_steps=500`` (reference 10 000),
-  ``eval_every=50`` (100), ``patience=200`` (1 000 in the README, 2 000 in the code),
-  ``batch_size=64`` (128).
+- Step-budget defaults (``configs/strategy/feddf.yaml``) scaled down for small data:
+  ``max_steps=200`` (reference 10 000), ``eval_every=20`` (100), ``patience=100`` (1 000 in
+  the README, 2 000 in the code), ``batch_size=64`` (128).
 - The teachers are frozen, so their ensemble targets are computed once on the whole public set
   (in batches) instead of per batch; the result is the same up to floating-point batching.
 - The state before distillation (step 0) is evaluated and competes for "best" (the reference's

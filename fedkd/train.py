@@ -51,6 +51,23 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Te
         yield order[start : start + batch_size]
 
 
+def _budget(
+    n: int, batch_size: int, generator: torch.Generator, epochs: int, steps: int | None
+) -> Iterator[Tensor]:
+    """Batch indices for ``epochs`` passes, or for exactly ``steps`` batches when given."""
+    if steps is None:
+        for _ in range(epochs):
+            yield from _batches(n, batch_size, generator)
+        return
+    left = steps
+    while left > 0:
+        for idx in _batches(n, batch_size, generator):
+            yield idx
+            left -= 1
+            if left == 0:
+                return
+
+
 @dataclass
 class TrainResult:
     loss: float  # mean supervised (cross-entropy) loss over the round
@@ -135,36 +152,41 @@ def distill(
     ce_weight: float = 0.0,
     kd_weight: float = 1.0,
     temperatures: Tensor | None = None,
+    steps: int | None = None,
 ) -> float:
     """Fit the model's logits to precomputed targets on public inputs; mean loss.
+
+    The budget is ``epochs`` passes over ``x``, or, when ``steps`` is given, exactly
+    ``steps`` optimiser steps (passes in a fresh shuffled order until the count is
+    reached; ``steps = 0`` leaves the model untouched). Budgets in steps keep the
+    amount of distillation independent of the public set's size.
 
     With ``ce_weight > 0`` every step also adds ``ce_weight * CE`` on a random
     batch of ``ce_data`` (KnFu's optional guard against forgetting; Swing's
     ``(1−α)·CE``). The distillation term is scaled by ``kd_weight``; per-sample
     ``temperatures [N]`` (Swing) replace ``temperature`` when given.
     """
+    if len(x) == 0 or (steps is not None and steps <= 0):
+        return 0.0
     model.train()
-    total, steps = 0.0, 0
+    total, taken = 0.0, 0
     use_ce = ce_data is not None and ce_weight > 0 and len(ce_data[1]) > 0
-    for _ in range(epochs):
-        for idx in _batches(len(x), batch_size, generator):
-            _, logits = model(x[idx])
-            t = temperature if temperatures is None else temperatures[idx]
-            loss = kd_weight * loss_fn(logits, targets[idx], temperature=t)
-            if use_ce:
-                pick = torch.randint(
-                    len(ce_data[1]), (min(batch_size, len(ce_data[1])),), generator=generator
-                )
-                _, private_logits = model(ce_data[0][pick])
-                loss = loss + ce_weight * nn.functional.cross_entropy(
-                    private_logits, ce_data[1][pick]
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
-    return total / max(steps, 1)
+    for idx in _budget(len(x), batch_size, generator, epochs, steps):
+        _, logits = model(x[idx])
+        t = temperature if temperatures is None else temperatures[idx]
+        loss = kd_weight * loss_fn(logits, targets[idx], temperature=t)
+        if use_ce:
+            pick = torch.randint(
+                len(ce_data[1]), (min(batch_size, len(ce_data[1])),), generator=generator
+            )
+            _, private_logits = model(ce_data[0][pick])
+            loss = loss + ce_weight * nn.functional.cross_entropy(private_logits, ce_data[1][pick])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        taken += 1
+    return total / max(taken, 1)
 
 
 @torch.no_grad()

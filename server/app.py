@@ -203,6 +203,7 @@ def run_server(
                 "rejected_replies": dict(sorted(strategy.dropped.items())),
                 "excluded_clients": {str(c): r for c, r in sorted(strategy.excluded.items())},
                 "fusion_failures": strategy.fusion_failures,
+                "collapse_warnings": list(strategy.health.warnings),
                 "faults": faults.assignments(cfg),
                 "attack": cfg.get("attack", {}).get("kind", "none"),
                 "attackers": attacks.attackers(cfg),

@@ -134,3 +134,20 @@ def test_vote_strategy_logs_epsilon_with_gnmax():
 def test_vote_top_k_larger_than_the_classes_is_refused():
     with pytest.raises(ConfigError, match="top_k"):
         vote_strategy("strategy.top_k=4")
+
+
+def test_vote_strategy_top_k_keeps_the_ranking():
+    # three clients all vote [7, 3] (7 first): 7 and 3 both get 3 votes; the ranking says 7
+    vote = vote_strategy("strategy.top_k=2", "strategy.voting.threshold=0.5", num_classes=10)
+    idx = vote.indices_for(1)
+    uploads = {c: Votes(indices=idx, votes=np.array([[7, 3]] * 3)) for c in range(3)}
+    vote.fuse(1, uploads, {0: 1, 1: 1, 2: 1})
+    np.testing.assert_array_equal(vote.targets.values.argmax(axis=1), [7, 7, 7])
+    # a count tie is broken by first choices: two clients rank 3 first, one ranks 7 first
+    uploads = {
+        0: Votes(indices=idx, votes=np.array([[3, 7]] * 3)),
+        1: Votes(indices=idx, votes=np.array([[3, 7]] * 3)),
+        2: Votes(indices=idx, votes=np.array([[7, 3]] * 3)),
+    }
+    vote.fuse(2, uploads, {0: 1, 1: 1, 2: 1})
+    np.testing.assert_array_equal(vote.targets.values.argmax(axis=1), [3, 3, 3])

@@ -50,16 +50,15 @@ def summary(local_best, local_last, global_best, global_last, total_bytes):
 def test_aggregate_mean_and_std_over_seeds(tmp_path):
     rows = aggregate([summary(0.8, 0.7, 0.5, 0.4, 1024), summary(0.6, 0.5, 0.3, 0.2, 3072)])
     assert rows["KB/round"] == pytest.approx((2.0, 1.4142136))
-    assert rows["local-test best"] == pytest.approx((70.0, 14.1421356))  # sample std sqrt(200)
+    assert rows["local-test last"] == pytest.approx((60.0, 14.1421356))  # sample std sqrt(200)
     assert rows["global-test last"] == pytest.approx((30.0, 14.1421356))
+    # the last round only: the best round of the test curve is never a column
+    assert not any("best" in header for header in rows)
     md = tmp_path / "t.md"
     write_tables([{"method": "fd", "value": 0.1, "runs": 2, **rows}], 2, md, "note")
     text = md.read_text()
-    assert (
-        "| fd | 0.1 | 2/2 | 70.0 ± 14.1 | 60.0 ± 14.1 | 40.0 ± 14.1 | 30.0 ± 14.1 | 2.0 ± 1.4 |"
-        in text
-    )
-    assert md.with_suffix(".csv").read_text().splitlines()[1].startswith("fd,0.1,2,70.0000,14.1421")
+    assert "| fd | 0.1 | 2/2 | 60.0 ± 14.1 | 30.0 ± 14.1 | 2.0 ± 1.4 |" in text
+    assert md.with_suffix(".csv").read_text().splitlines()[1].startswith("fd,0.1,2,60.0000,14.1421")
 
 
 def test_failed_runs_show_as_failed(tmp_path):
@@ -86,7 +85,6 @@ def test_domain_table_uses_the_global_model_where_there_is_one(tmp_path):
         [domain_summary(0.6, 0.5, 0.55, 0.1), domain_summary(0.8, 0.7, 0.75, 0.1)], "domain"
     )
     assert fedka["target last"] == pytest.approx((70.0, 14.1421356))
-    assert fedka["target best"] == pytest.approx((80.0, 14.1421356))
     assert fedka["clients' target last"] == pytest.approx((60.0, 14.1421356))
     assert fedka["group effect last"] == pytest.approx((10.0, 0.0))
     vote = aggregate([domain_summary(None, 0.4, None, None)], "domain")
@@ -98,10 +96,9 @@ def test_domain_table_uses_the_global_model_where_there_is_one(tmp_path):
     ]
     write_tables(rows, 2, md, "note", "domain", "target_domain")
     text = md.read_text()
-    assert "| method | target_domain | runs | target best |" in text
+    assert "| method | target_domain | runs | target last |" in text
     assert (
-        "| vote-hetero | rotated | 1/2 | 40.0 ± 0.0 | 40.0 ± 0.0 | 40.0 ± 0.0 | n/a | n/a | 2.0 ± 0.0 |"
-        in text
+        "| vote-hetero | rotated | 1/2 | 40.0 ± 0.0 | 40.0 ± 0.0 | n/a | n/a | 2.0 ± 0.0 |" in text
     )
 
 
@@ -121,3 +118,25 @@ def test_attack_columns_use_the_honest_clients():
     assert rows["rejected/run"] == pytest.approx((1.0, 1.4142136))
     for label in preset["methods"]:
         check_options(compose([*METHODS[label], "attack.kind=random_logits"]))
+
+
+def test_distill_columns_report_health_and_the_server_model():
+    from simulations.compare import PRESETS
+
+    preset = PRESETS["distill"]
+    assert preset["values"] == [0.1, 0.5, 5.0] and preset["seeds"] == [0, 1, 2]
+    dsfl = summary(0.9, 0.9, 0.8, 0.8, 2048)
+    dsfl["final"]["server_model_acc"] = {"best": 0.9, "last": 0.7}
+    dsfl["final"]["after_distill_global_acc"] = {"best": 0.9, "last": 0.75}
+    dsfl["rounds"] = [{"round": 1, "target_acc": 0.2}, {"round": 2, "target_acc": 0.6}]
+    local = summary(0.9, 0.95, 0.3, 0.3, 0)
+    rows = aggregate([dsfl], "distill")
+    assert rows["server model"] == pytest.approx((70.0, 0.0))  # the last round, not the best
+    assert rows["after distil"] == pytest.approx((75.0, 0.0))
+    assert rows["target acc"] == pytest.approx((60.0, 0.0))  # the last round's
+    assert (
+        aggregate([local], "distill")["server model"][0]
+        != aggregate([local], "distill")["server model"][0]
+    )  # NaN: no server model, shown as n/a
+    for label in preset["methods"]:
+        check_options(compose(METHODS[label]))

@@ -379,3 +379,19 @@ def test_errors_for_empty_or_bad_inputs() -> None:
         distill_ensemble(student, [teacher], x, x, y, eval_every=0, generator=gen())
     with pytest.raises(ValueError, match="temperature"):
         distill_ensemble(student, [teacher], x, x, y, temperature=0.0, generator=gen())
+
+
+def test_docstring_budget_is_the_configured_one():
+    """The module docstring states the FedDF step budget the config ships."""
+    import re
+
+    import fedkd.server_distill as module
+    from fedkd.config import compose
+
+    strategy = compose(["strategy=feddf"])["strategy"]
+    stated = dict(
+        re.findall(r"``(max_steps|eval_every|patience|batch_size)=(\d+)``", module.__doc__)
+    )
+    assert stated == {
+        k: str(strategy[k]) for k in ("max_steps", "eval_every", "patience", "batch_size")
+    }

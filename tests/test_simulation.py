@@ -40,10 +40,10 @@ def tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
 STRATEGY_ARGS = {
     "local": [],
     "fd": [],
-    "fedmd": [],
-    "dsfl": [],
+    "fedmd": ["strategy.distill.start_round=2", "strategy.distill.steps=5"],
+    "dsfl": ["strategy.distill.start_round=2", "strategy.distill.steps=5"],
     "fedavg": ["model=mlp"],
-    "knfu": [],
+    "knfu": ["strategy.distill.start_round=2", "strategy.distill.steps=5"],
     "fedproto": [],
     "feddf": [],
     # leave-one-domain-out on digits_domains: 5 source-domain clients, target "rotated"
@@ -175,6 +175,23 @@ def test_vote_releases_consensus_labels_that_clients_distil_on(runs):
         assert (c["distill_loss"] > 0) == released
     # labels only: a vote is 8 bytes per sample, far less than logits
     assert max(c["bytes_up"] for c in clients) < 300 * 8 * 2 + 4096
+
+
+@pytest.mark.parametrize("name", ["fedmd", "dsfl", "knfu"])
+def test_distillation_health_is_logged_every_round(runs, name):
+    rows = read_metrics(runs[name])
+    # clients: global-test accuracy after distillation and after local training, once
+    # they distil (from round 2); in round 1 there is nothing to distil
+    for row in rows:
+        has = {"after_distill_global_acc", "after_train_global_acc"} <= set(row)
+        assert has == (row["round"] >= 2)
+    server = server_rows(runs[name])
+    for row in server:  # the fused targets against the held-back public labels
+        assert 0.0 <= row["target_acc"] <= 1.0 and row["target_entropy"] >= 0.0
+    summary = json.loads((runs[name] / "summary.json").read_text())
+    assert summary["collapse_warnings"] == []  # a healthy run raises none
+    if name == "dsfl":  # the paper's server model, evaluated every round
+        assert all(0.0 <= row["server_model_acc"] <= 1.0 for row in server)
 
 
 def test_local_exchanges_nothing(runs):

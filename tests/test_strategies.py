@@ -145,7 +145,7 @@ def test_prepare_run_reports_the_data_and_model_facts():
 
 
 def test_knfu_sends_each_client_its_own_fusion():
-    knfu = STRATEGIES.get("knfu")(info_for("strategy=knfu", num_public=2))
+    knfu = STRATEGIES.get("knfu")(info_for("strategy=knfu", "strategy.divergence=kl", num_public=2))
     idx = knfu.indices_for(1)
     a = np.array([[0.9, 0.1], [0.8, 0.2]], np.float32)
     b = np.array([[0.1, 0.9], [0.2, 0.8]], np.float32)

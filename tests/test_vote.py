@@ -152,3 +152,17 @@ def test_topk_rejects_bad_input() -> None:
     bad[0, 0, 0] = np.nan
     with pytest.raises(PayloadError, match="NaN"):
         topk_vote_counts(bad, 1)
+
+
+def test_plurality_tiebreak_orders_equal_counts_then_lowest_id() -> None:
+    from fedkd.fusion import first_choice_counts
+
+    votes = np.array([[[2, 1]], [[2, 1]], [[1, 2]]])  # [K=3, N=1, k=2], best first
+    counts = vote_counts(votes, 3)  # [[0, 3, 3]]: a tie between 1 and 2
+    assert_array_equal(first_choice_counts(votes, 3), [[0, 1, 2]])
+    assert plurality(counts)[0].tolist() == [1]  # no tie-break: the lowest id
+    labels, agreement = plurality(counts, 3, tiebreak=first_choice_counts(votes, 3))
+    assert labels.tolist() == [2] and agreement.tolist() == [1.0]
+    # equal tie-breaks fall back to the lowest id; a tie-break never beats a higher count
+    assert plurality(np.array([[2, 2, 0]]), 2, tiebreak=np.array([[1, 1, 0]]))[0].tolist() == [0]
+    assert plurality(np.array([[1, 2, 0]]), 2, tiebreak=np.array([[9, 0, 0]]))[0].tolist() == [1]

@@ -13,7 +13,13 @@ from fedkd.fusion.reduce import (
     reduce,
     trimmed_mean,
 )
-from fedkd.fusion.vote import consensus, plurality, topk_vote_counts, vote_counts
+from fedkd.fusion.vote import (
+    consensus,
+    first_choice_counts,
+    plurality,
+    topk_vote_counts,
+    vote_counts,
+)
 
 __all__ = [
     "REDUCERS",
@@ -37,5 +43,6 @@ __all__ = [
     "vote_counts",
     "plurality",
     "consensus",
+    "first_choice_counts",
     "topk_vote_counts",
 ]

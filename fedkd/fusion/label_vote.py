@@ -92,12 +92,22 @@ class LabelVoting:
     def private(self) -> bool:
         return self.noise != "none"
 
-    def release(self, counts: np.ndarray, num_voters: int, rng: np.random.Generator) -> VoteRelease:
-        """Labels for the rows of ``counts [N, C]`` given by ``num_voters`` clients."""
+    def release(
+        self,
+        counts: np.ndarray,
+        num_voters: int,
+        rng: np.random.Generator,
+        tiebreak: np.ndarray | None = None,
+    ) -> VoteRelease:
+        """Labels for the rows of ``counts [N, C]`` given by ``num_voters`` clients.
+
+        ``tiebreak [N, C]`` (top-k votes: the first-choice counts) orders classes with
+        equal counts in the noise-free release; the noisy ones break ties by their noise.
+        """
         counts = np.asarray(counts)
         _, agreement = plurality(counts, num_voters)
         if self.noise == "none":
-            labels, answered = consensus(counts, self.threshold, num_voters)
+            labels, answered = consensus(counts, self.threshold, num_voters, tiebreak)
         elif self.noise == "gnmax":
             answered = counts.sum(axis=1) > 0
             labels = np.where(answered, gnmax(counts, self.sigma, rng), -1)

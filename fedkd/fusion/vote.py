@@ -16,7 +16,8 @@ same per-sample histogram ``n_j(x)`` of teacher votes; its noisy aggregators liv
 
 Choices that are ours: ties go to the **lowest class id** (FedKA's official code uses
 ``max(set(votes), key=votes.count)``, which breaks ties arbitrarily; pitfall 6 asks for
-determinism); samples nobody voted on get label ``-1`` and agreement 0 and are never
+determinism), except that with top-k lists a tie is first broken by the number of
+clients ranking each class first (:func:`first_choice_counts`); samples nobody voted on get label ``-1`` and agreement 0 and are never
 answered by :func:`consensus`; a repeated class inside one client's top-k list is a
 PayloadError rather than a double vote; score ties inside :func:`topk_vote_counts` also
 go to the lowest class id; :func:`consensus` compares agreement with the threshold up to
@@ -29,7 +30,7 @@ import numpy as np
 
 from fedkd.errors import ConfigError, PayloadError
 
-__all__ = ["consensus", "plurality", "topk_vote_counts", "vote_counts"]
+__all__ = ["consensus", "first_choice_counts", "plurality", "topk_vote_counts", "vote_counts"]
 
 _TOL = 1e-12
 
@@ -109,12 +110,25 @@ def _voters(counts: np.ndarray, num_voters: np.ndarray | int | None) -> np.ndarr
     return voters
 
 
+def first_choice_counts(votes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Histogram ``[N, C]`` of the clients' first choices only (``votes [K, N, k]``, best
+    first): the tie-break that keeps a top-k list's ranking in :func:`plurality`."""
+    votes = np.asarray(votes)
+    if votes.ndim != 3:
+        raise PayloadError(f"ranked votes must have shape [K, N, k], got {list(votes.shape)}")
+    return vote_counts(votes[..., 0], num_classes)
+
+
 def plurality(
-    counts: np.ndarray, num_voters: np.ndarray | int | None = None
+    counts: np.ndarray,
+    num_voters: np.ndarray | int | None = None,
+    tiebreak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plurality label and agreement per sample.
 
-    Returns ``labels [N]`` (int64; argmax of ``counts``, ties to the lowest class id,
+    Returns ``labels [N]`` (int64; argmax of ``counts``; among classes with the top
+    count, the largest ``tiebreak [N, C]`` if given (for top-k votes, the first-choice
+    counts, so a list's ranking is not lost), then the lowest class id;
     ``-1`` where nobody voted) and ``agreement [N]`` (float64) = top count / number of
     non-abstaining voters, 0 where nobody voted. The number of voters defaults to the row
     sum, which is right for one vote per client; pass ``num_voters`` (``[N]`` or a scalar)
@@ -122,7 +136,18 @@ def plurality(
     """
     counts = _check_counts(counts)
     voters = _voters(counts, num_voters)
-    labels = np.argmax(counts, axis=1).astype(np.int64)  # first maximum = lowest id
+    if tiebreak is None:
+        labels = np.argmax(counts, axis=1).astype(np.int64)  # first maximum = lowest id
+    else:
+        tiebreak = np.asarray(tiebreak, np.float64)
+        if tiebreak.shape != counts.shape or not np.all(np.isfinite(tiebreak)):
+            raise PayloadError(
+                f"tiebreak must be finite with the counts' shape {list(counts.shape)}, "
+                f"got {list(tiebreak.shape)}"
+            )
+        top_count = counts.max(axis=1, keepdims=True)
+        ranked = np.where(counts == top_count, tiebreak, -np.inf)
+        labels = np.argmax(ranked, axis=1).astype(np.int64)  # first maximum = lowest id
     top = counts.max(axis=1, initial=0).astype(np.float64)
     voted = voters > 0
     agreement = np.divide(top, voters, out=np.zeros_like(top), where=voted)
@@ -131,7 +156,10 @@ def plurality(
 
 
 def consensus(
-    counts: np.ndarray, threshold: float, num_voters: np.ndarray | int | None = None
+    counts: np.ndarray,
+    threshold: float,
+    num_voters: np.ndarray | int | None = None,
+    tiebreak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plurality label where ``agreement >= threshold``, else ``-1``; plus the answered mask.
 
@@ -141,6 +169,6 @@ def consensus(
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"consensus: threshold must be in [0, 1], got {threshold}")
-    labels, agreement = plurality(counts, num_voters)
+    labels, agreement = plurality(counts, num_voters, tiebreak)
     answered = (labels >= 0) & (agreement >= threshold - _TOL)
     return np.where(answered, labels, -1).astype(np.int64), answered

@@ -53,6 +53,7 @@ from server.checkpoint import (
     save_clients,
 )
 from server.exchange import send_and_receive
+from server.health import CollapseWatch
 from server.privacy import PrivacyLedger, build_ledger, vote_ledger
 from server.recorder import RunRecorder
 from server.roster import Roster, discover
@@ -159,6 +160,7 @@ class FedkdStrategy(Strategy):
         if self.privacy is not None:  # label voting's GNMax counts toward budget_epsilon
             self.privacy.votes = vote_ledger(self)
         self.stop_reason: str | None = None
+        self.health = CollapseWatch.from_config(info.cfg, info.num_classes)
         # client id -> reason -> rounds: who dropped out, for summary.json
         self.dropped_clients: dict[int, dict[str, list[int]]] = {}
         # message id -> node id: the SuperLink answers for a lost node with its own error reply
@@ -260,6 +262,7 @@ class FedkdStrategy(Strategy):
                     for c, reasons in self.dropped_clients.items()
                 },
                 "stop_reason": self.stop_reason,
+                "health": self.health.state_dict(),
             },
             **(
                 {}
@@ -284,6 +287,8 @@ class FedkdStrategy(Strategy):
             for c, reasons in base.get("dropped_clients", {}).items()
         }
         self.stop_reason = base.get("stop_reason")
+        if "health" in base:
+            self.health.load_state_dict(base["health"])
         if self.privacy is not None and "privacy" in state:
             spent = state["privacy"]
             self.privacy.rounds = Counter({int(c): int(n) for c, n in spent["rounds"].items()})
@@ -557,16 +562,16 @@ class FedkdStrategy(Strategy):
         uploads, num_train = {}, {}
         eval_round = self.eval_round(server_round)
         recorded = []
+        watched: dict[int, dict[str, Any]] = {}  # client id -> what the recorder gets
         for cid, metrics, payload, confusion in accepted:
             metrics["bytes_down"] = self._bytes_down.get(cid, 0)
             metrics["eval_round"] = eval_round
             if self.privacy is not None:
                 metrics["epsilon"] = self.privacy.epsilon(cid)
+            watched[cid] = {**self._measured.pop(cid, {}), **metrics}
             if self.recorder is not None:
                 try:
-                    self.recorder.client(
-                        server_round, cid, {**self._measured.pop(cid, {}), **metrics}
-                    )
+                    self.recorder.client(server_round, cid, watched[cid])
                 except Exception as err:  # the schema should make this impossible
                     self._drop(server_round, cid, "bad_metrics", f"{type(err).__name__}: {err}")
                     continue
@@ -577,6 +582,14 @@ class FedkdStrategy(Strategy):
         self._record_confusion(eval_round, accepted)
         poisoned = self._poisoned(server_round, replies)
         self._settle_strikes(server_round, poisoned)
+        # health reads the researcher's view (the measurement too): logged, never fused
+        collapse = self.health.update(
+            eval_round, {cid: watched[cid].get("global_test_acc") for cid, *_ in accepted}
+        )
+        if collapse is not None:
+            log.warning("%s", collapse)
+            if self.recorder is not None:
+                self.recorder.server_extra(server_round, {"collapse_warning": collapse})
         reasons = Counter(self._rejected_now.values())
         diagnostics: dict[str, float] = {
             "replies": float(len(accepted)),

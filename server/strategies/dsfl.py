@@ -3,12 +3,22 @@
 Clients upload softmax probabilities on a per-round open subset; the server
 averages them and applies entropy-reduction aggregation (ERA):
 ``Q = softmax(mean_k P_k / T_ERA)`` with ``T_ERA = 0.1`` [RECALL + 3P code];
-``aggregation: sa`` is the simple-averaging ablation (``Q = mean_k P_k``). Clients
-distil on ``Q`` with soft-target cross-entropy, then train on private data.
+``aggregation: sa`` is the simple-averaging ablation (``Q = mean_k P_k``). A client's
+round follows the paper's order: local update on private data, prediction on the open
+subset (uploaded), distillation on ``Q`` with soft-target cross-entropy. With one
+exchange per round the ``Q`` a client distils on in round ``r`` is round ``r-1``'s (ours).
+On averaged probabilities ``softmax(P / T)`` sharpens only for small ``T`` (for 10
+classes ``T = 1`` flattens the mean); ``mean_entropy`` and ``target_entropy`` are
+logged every round to show what ERA did.
 
 ``era_on: logits`` reproduces reimplementations that sharpen averaged logits
 (a much sharper, almost one-hot target); the paper's choice, ``probs``, is the
-default. The server-side model of the paper is not trained here (ours).
+default. ``server_model: true`` trains the paper's server model on the ERA targets every
+round and logs its global-test accuracy (``server_model_acc``; :mod:`fedkd.server_student`).
+
+Budgets (ours, ``docs/methods.md``): clients distil for ``distill.steps`` optimiser steps
+per round with their own optimiser (Adam 1e-3), from ``distill.start_round`` on
+(:mod:`fedkd.schedule`); ``hard_targets: true`` sends one-hot argmax targets instead.
 
 ``swing=adaptive`` (ours, :mod:`fedkd.privacy.swing`): clients upload Swing soft targets
 and per-sample temperatures instead; the server averages both (ERA still sharpens the
@@ -17,16 +27,23 @@ mean) and students distil with ``swing_kl``. Its ε is a noise scale, not DP.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+import torch
 
+from clients.runtime import data_key, federated_data
 from fedkd.errors import ConfigError
-from fedkd.fusion import era, public_mean, sharpen_entropy
+from fedkd.fusion import era, public_mean, sharpen_entropy, softmax
 from fedkd.knowledge import PublicLogits
 from fedkd.losses import LOSSES, check_space
+from fedkd.schedule import round_budget
+from fedkd.server_student import ServerStudent
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
+
+log = logging.getLogger("fedkd")
 
 
 @STRATEGIES.register("dsfl")
@@ -58,19 +75,51 @@ class DSFL(PublicSetStrategy):
         LOSSES.get(p["distill_loss"])
         check_space(p["distill_loss"], "probs")
         cls.check_reducer(p)
+        cls.check_budget(cfg)
+        if float(p["ce_weight"]) < 0:
+            raise ConfigError(f"strategy.ce_weight must be >= 0 (got {p['ce_weight']})")
+        if not isinstance(p["server_model"], bool):
+            raise ConfigError(
+                f"strategy.server_model must be true or false (got {p['server_model']!r})"
+            )
+        if not isinstance(p["hard_targets"], bool):
+            raise ConfigError(
+                f"strategy.hard_targets must be true or false (got {p['hard_targets']!r})"
+            )
         if cls.swing_of(cfg) is not None and p["era_on"] != "probs":
             raise ConfigError("swing releases probabilities: it needs strategy.era_on=probs")
 
     def setup(self) -> None:
         super().setup()
+        self.student: ServerStudent | None = None
+        fed = federated_data(data_key(self.cfg))  # the server holds the public and test sets
+        if self.params["server_model"] and (
+            fed.num_classes != self.info.num_classes
+            or tuple(fed.input_shape) != tuple(self.info.input_shape)
+        ):  # a RunInfo made up for a unit test, not the run's data
+            log.warning(
+                "strategy.server_model: the run info does not match the data; no server model"
+            )
+        elif self.params["server_model"]:
+            self.student = ServerStudent(
+                self.cfg["model"], self.info.input_shape, self.info.num_classes, self.seed
+            )
+            self.public_x = torch.from_numpy(fed.public_x)
+            self.test_x = torch.from_numpy(fed.global_test.x)
+            self.test_y = torch.from_numpy(fed.global_test.y)
         sharpen_logits = self.params["aggregation"] == "era" and self.params["era_on"] == "logits"
         self.upload_space = "logits" if sharpen_logits else "probs"
 
     def plan(self, server_round: int) -> dict[str, Any]:
         return self.with_swing(
             {
-                "distill": self.default_distill(self.params["distill_loss"]),
-                "extract": {"kind": "public", "space": self.upload_space},
+                # the paper's order: local update, prediction on the open set, then
+                # distillation on the fused targets (here last round's: one exchange a round)
+                "distill": {
+                    **self.budget_plan(server_round, self.params["distill_loss"], "after"),
+                    "ce_weight": float(self.params["ce_weight"]),
+                },
+                "extract": {"kind": "public", "space": self.upload_space, "at": "after_train"},
             }
         )
 
@@ -89,10 +138,40 @@ class DSFL(PublicSetStrategy):
             target = np.where(sums > 0, mean / np.where(sums > 0, sums, 1.0), 1.0 / mean.shape[1])
         else:
             target = era(mean, float(self.params["era_temperature"]))
+        if self.params["hard_targets"]:  # ours: one-hot argmax targets
+            target = np.eye(target.shape[1])[target.argmax(axis=1)]
+        indices = self.indices_for(server_round)
         self.targets = PublicLogits(
-            indices=self.indices_for(server_round),
+            indices=indices,
             values=self.require_finite("soft labels", target).astype(np.float32),
             space="probs",
             temperatures=self.fused_temperatures(ids, uploads),
         )
-        return {"target_entropy": float(sharpen_entropy(target).mean())}
+        # the mean's entropy beside the target's: how much ERA sharpened
+        mean_probs = mean if self.upload_space == "probs" else softmax(mean, axis=1)
+        out = {
+            **self.target_health(indices, target, "probs"),
+            "mean_entropy": float(sharpen_entropy(mean_probs).mean()),
+        }
+        if self.student is not None:  # the paper's server model, on this round's targets
+            # with the budget the clients use on them (next round's)
+            self.student.fit(
+                self.public_x[torch.from_numpy(indices)],
+                target,
+                loss=self.params["distill_loss"],
+                budget=round_budget(self.params["distill"], server_round + 1),
+                server_round=server_round,
+            )
+            out["server_model_acc"] = self.student.accuracy(self.test_x, self.test_y)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.student is not None:
+            state["server_model"] = self.student.state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.student is not None and "server_model" in state:
+            self.student.load(state["server_model"])

@@ -6,13 +6,20 @@ client *digests* it (L1 regression of its logits, Adam 1e-3, 1 epoch, batch 256)
 and then *revisits* its private data. All of that follows the official code
 [CODE: diogenes0319/FedMD_clean]. Ours: digest happens at the start of the next
 round (so a round is one exchange), the transfer-learning pre-training phase is
-not run, and robust reducers are an option.
+not run (the public set is unlabelled here), and robust reducers are an option.
+
+Phases: ``pretrain_epochs`` (> 0) gives round 1 that many private epochs, the
+paper's training to convergence before collaboration; ``distill.start_round``
+keeps the first rounds free of digests (:mod:`fedkd.schedule`); each later round
+digests for ``distill.steps`` Adam steps, then revisits (``client.epochs``).
+``ce_weight`` (ours) adds CE on a private batch to every digest step.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fedkd.errors import ConfigError
 from fedkd.fusion import public_mean
 from fedkd.knowledge import PublicLogits
 from fedkd.losses import LOSSES, check_space
@@ -34,16 +41,21 @@ class FedMD(PublicSetStrategy):
         LOSSES.get(params["digest_loss"])
         check_space(params["digest_loss"], "logits")
         cls.check_reducer(params)
+        cls.check_budget(cfg)
+        pretrain = params["pretrain_epochs"]
+        if isinstance(pretrain, bool) or not isinstance(pretrain, int) or pretrain < 0:
+            raise ConfigError(f"strategy.pretrain_epochs must be an int >= 0 (got {pretrain!r})")
+        if float(params["ce_weight"]) < 0:
+            raise ConfigError(f"strategy.ce_weight must be >= 0 (got {params['ce_weight']})")
 
     def plan(self, server_round: int) -> dict[str, Any]:
-        p = self.params
+        pretrain = int(self.params["pretrain_epochs"])
         return {
+            # FedMD's phase "train on private data to convergence before collaboration"
+            **({"train_epochs": pretrain} if server_round == 1 and pretrain > 0 else {}),
             "distill": {
-                "loss": p["digest_loss"],
-                "epochs": p["digest_epochs"],
-                "batch_size": p["digest_batch_size"],
-                "optimizer": p["digest_optimizer"],
-                "when": "before",
+                **self.budget_plan(server_round, self.params["digest_loss"]),
+                "ce_weight": float(self.params["ce_weight"]),
             },
             "extract": {"kind": "public", "space": "logits"},
         }
@@ -57,9 +69,13 @@ class FedMD(PublicSetStrategy):
             if self.central
             else public_mean(values, **self.reducer)
         )
+        indices = self.indices_for(server_round)
         self.targets = PublicLogits(
-            indices=self.indices_for(server_round),
+            indices=indices,
             values=self.require_finite("consensus", consensus).astype("float32"),
             space="logits",
         )
-        return {"consensus_spread": float(values.std(axis=0).mean())}
+        return {
+            **self.target_health(indices, consensus, "logits"),
+            "consensus_spread": float(values.std(axis=0).mean()),
+        }

@@ -47,6 +47,7 @@ class KnFu(PublicSetStrategy):
         p = cfg["strategy"]
         if float(p["temperature"]) <= 0:
             raise ConfigError(f"strategy.temperature must be > 0 (got {p['temperature']})")
+        cls.check_budget(cfg)
         if float(p["ce_weight"]) < 0:
             raise ConfigError(f"strategy.ce_weight must be >= 0 (got {p['ce_weight']})")
         # divergence and gating options are checked by the fusion functions on a toy input
@@ -92,12 +93,8 @@ class KnFu(PublicSetStrategy):
                     "at": "after_train",
                 },
                 "distill": {
-                    "loss": "kl_probs",
+                    **self.budget_plan(server_round, "kl_probs", when="after"),
                     "temperature": temperature,
-                    "epochs": p["finetune_epochs"],
-                    "batch_size": p["finetune_batch_size"],
-                    "optimizer": p["finetune_optimizer"],
-                    "when": "after",
                     "ce_weight": p["ce_weight"],
                 },
             }
@@ -137,6 +134,7 @@ class KnFu(PublicSetStrategy):
             self.recorder.fusion_weights(server_round, weights)
         effective = 1.0 / (weights**2).sum(axis=1)
         return {
+            **self.target_health(indices, fused, "probs"),
             "self_weight": float(np.diag(weights).mean()),
             "effective_neighbours": float(effective.mean()),
         }

@@ -3,6 +3,13 @@
 Round ``r`` sends each client the fused targets on round ``r-1``'s subset (to
 distil on) and the indices of round ``r``'s subset (to predict on), so one
 exchange per round carries both directions.
+
+Strategies with a ``strategy.distill`` section (dsfl, fedmd, knfu) budget the
+clients' distillation in optimiser steps with its own optimiser, from
+``start_round`` on, optionally ramped (:mod:`fedkd.schedule`). Every fusion
+reports the health of the fused targets (:meth:`PublicSetStrategy.target_health`):
+their accuracy against the public set's held-back labels (``target_acc``, which
+only the simulator knows and no method uses) and their mean entropy.
 """
 
 from __future__ import annotations
@@ -10,10 +17,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
+from clients.runtime import data_key, federated_data
 from fedkd.errors import ConfigError, PayloadError
+from fedkd.fusion import sharpen_entropy, softmax
 from fedkd.knowledge import PublicLogits
 from fedkd.privacy.swing import SwingSpec
+from fedkd.schedule import check_budget, round_budget
+from fedkd.train import make_optimizer
 from server.canaries import CanaryLog
 from server.strategies.base import FedkdStrategy
 
@@ -53,7 +65,38 @@ class PublicSetStrategy(FedkdStrategy):
             raise ConfigError(f"strategy.{cls.subset_key} must be >= 1 (got {size})")
         return size
 
+    @classmethod
+    def check_budget(cls, cfg: dict[str, Any]) -> None:
+        """``strategy.distill`` must be a usable step budget with a buildable optimiser."""
+        section = cfg["strategy"].get("distill")
+        check_budget(section, "strategy.distill")
+        try:
+            make_optimizer([torch.nn.Parameter(torch.zeros(1))], section["optimizer"])
+        except (ConfigError, TypeError, ValueError, KeyError) as err:
+            raise ConfigError(f"strategy.distill.optimizer: {err}") from None
+
+    def budget_plan(self, server_round: int, loss: str, when: str = "before") -> dict[str, Any]:
+        """The plan's ``distill`` entry: this round's steps (0 before ``start_round``)."""
+        return {"loss": loss, "when": when, **round_budget(self.params["distill"], server_round)}
+
+    def target_health(
+        self, indices: np.ndarray, values: np.ndarray, space: str
+    ) -> dict[str, float]:
+        """Accuracy of fused targets ``values [N, C]`` (or ``[K, N, C]``, one per client)
+        against the held-back public labels, and their mean entropy (as probabilities)."""
+        probs = np.asarray(values, np.float64)
+        if space == "logits":
+            probs = softmax(probs, axis=-1)
+        out = {"target_entropy": float(sharpen_entropy(probs).mean())}
+        labels = None if self.public_y is None else self.public_y[indices]
+        if labels is not None and (labels >= 0).any():  # canaries have no label (-1)
+            known = labels >= 0
+            out["target_acc"] = float((probs.argmax(axis=-1)[..., known] == labels[known]).mean())
+        return out
+
     def setup(self) -> None:
+        # the public set's labels are held back from every method: diagnostics only
+        self.public_y = federated_data(data_key(self.cfg)).public_y
         self.size = min(self.subset_size(self.cfg), self.info.num_public)
         self.indices: dict[int, np.ndarray] = {}
         self.targets: PublicLogits | None = None

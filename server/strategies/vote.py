@@ -27,7 +27,7 @@ import numpy as np
 
 from clients.runtime import data_key, federated_data
 from fedkd.errors import ConfigError, PayloadError
-from fedkd.fusion import vote_counts
+from fedkd.fusion import first_choice_counts, vote_counts
 from fedkd.fusion.label_vote import LabelVoting, VoteRelease
 from fedkd.knowledge import PublicLogits, Votes
 from fedkd.losses import LOSSES, check_space
@@ -115,9 +115,12 @@ class Vote(PublicSetStrategy):
     ) -> dict[str, float]:
         ids = sorted(uploads)
         indices = self.indices_for(server_round)
-        counts = vote_counts(np.stack([uploads[i].votes for i in ids]), self.info.num_classes)
+        votes = np.stack([uploads[i].votes for i in ids])
+        counts = vote_counts(votes, self.info.num_classes)
         rng = self.noise_rng_for(server_round, "vote_noise")
-        release = self.voting.release(counts, len(ids), rng)
+        # a tie between classes is broken by the clients' first choices (the ranking)
+        first = first_choice_counts(votes, self.info.num_classes) if self.top_k > 1 else None
+        release = self.voting.release(counts, len(ids), rng, tiebreak=first)
         answered = release.answered
         self.targets = (
             PublicLogits(
