@@ -441,13 +441,14 @@ def check_round(strategy: FedkdStrategy, rnd: int, replies: list[Message]) -> st
     """Run one round; the hostile reply's outcome (``accepted`` or the reason); Escape if
     an invariant breaks."""
     seen: dict[int, Payload] = {}
-    fuse = strategy.fuse
+    fuse = strategy._fuse_or_keep
 
     def spy(server_round, uploads, num_train):
+        # what validation accepted; bounds.clip / weight_cap then act on fusion's inputs
         seen.update(uploads)
         return fuse(server_round, uploads, num_train)
 
-    strategy.fuse = spy  # type: ignore[method-assign]
+    strategy._fuse_or_keep = spy  # type: ignore[method-assign]
     strategy._bytes_down = {cid: 0 for cid in (0, HOSTILE, 2)}
     strikes_before = {c: strategy.strikes[c] for c in (0, 2)}
     try:
@@ -455,7 +456,7 @@ def check_round(strategy: FedkdStrategy, rnd: int, replies: list[Message]) -> st
     except Exception as err:
         raise Escape(f"{type(err).__name__} escaped aggregate_train: {err}") from err
     finally:
-        del strategy.fuse
+        del strategy._fuse_or_keep
     rejected = dict(strategy._rejected_now)
     for cid in (0, 2):
         if cid in rejected:
