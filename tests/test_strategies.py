@@ -249,3 +249,21 @@ def test_knfu_charges_privacy_for_every_public_row_it_releases():
         info_for("strategy=knfu", "privacy=subteachers", num_public=30)
     )
     assert strategy.privacy_rows() == 30 == len(strategy.indices_for(1))
+
+
+def test_dsfl_central_targets_are_as_sharp_as_without_privacy():
+    """Central DP clips each client's whole probability table to norm ``clip``: without
+    renormalised rows the mean shrinks towards zero and ERA returns almost flat targets."""
+    rows, classes = 30, 10
+    agreed = np.eye(classes, dtype=np.float32)[np.arange(rows) % classes] * 0.9 + 0.01
+    targets = {}
+    for privacy in (["privacy=none"], ["privacy=central", "privacy.noise_multiplier=0"]):
+        strategy = STRATEGIES.get("dsfl")(
+            info_for("strategy=dsfl", "strategy.open_size=30", *privacy,
+                     num_classes=classes, num_public=rows)
+        )  # fmt: skip
+        idx = strategy.indices_for(1)
+        strategy.fuse(1, {c: PublicLogits(idx, agreed, "probs") for c in range(3)}, {})
+        targets[privacy[0]] = strategy.targets.values
+    np.testing.assert_allclose(targets["privacy=central"], targets["privacy=none"], atol=1e-5)
+    assert targets["privacy=central"].max(axis=1).min() > 0.99

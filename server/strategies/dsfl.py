@@ -46,6 +46,13 @@ from server.strategies.registry import STRATEGIES
 log = logging.getLogger("fedkd")
 
 
+def rows_summing_to_one(mean: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum; a row without mass (a robust reducer can return one)
+    becomes uniform."""
+    sums = mean.sum(axis=1, keepdims=True)
+    return np.where(sums > 0, mean / np.where(sums > 0, sums, 1.0), 1.0 / mean.shape[1])
+
+
 @STRATEGIES.register("dsfl")
 class DSFL(PublicSetStrategy):
     name = "dsfl"
@@ -132,10 +139,13 @@ class DSFL(PublicSetStrategy):
             if self.central
             else public_mean(values, **self.reducer)
         )
+        if self.central and self.upload_space == "probs":
+            # clipping scales each upload's [rows, classes] table to norm ``clip`` (its norm
+            # can reach sqrt(rows)): rows made to sum to one again undo that before ERA,
+            # which would otherwise sharpen a mean scaled towards zero (post-processing)
+            mean = rows_summing_to_one(mean)
         if self.params["aggregation"] == "sa":
-            # a robust reducer can return an all-zero row; such a sample gets a uniform target
-            sums = mean.sum(axis=1, keepdims=True)
-            target = np.where(sums > 0, mean / np.where(sums > 0, sums, 1.0), 1.0 / mean.shape[1])
+            target = rows_summing_to_one(mean)
         else:
             target = era(mean, float(self.params["era_temperature"]))
         if self.params["hard_targets"]:  # ours: one-hot argmax targets
