@@ -93,3 +93,37 @@ def test_two_runs_of_one_config_release_different_noise_unless_seeded(tmp_path):
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["privacy"]["seeded_noise"] is True
     assert "not a guarantee" in summary["privacy"]["guarantee"]
+
+
+def _released_twice(name: str, overrides: list[str], seeded: bool) -> tuple:
+    """What a fresh strategy releases for the same uploads, twice (two runs of one config)."""
+    from runinfo import info_for
+    from test_checkpoint import uploads_for
+
+    from server.strategies import STRATEGIES
+
+    extra = ["simulation.seeded_noise=true"] if seeded else []
+    out = []
+    for _ in range(2):
+        strategy = STRATEGIES.get(name)(info_for(*overrides, *extra, num_public=30))
+        strategy.fuse(1, uploads_for(strategy), {0: 5, 1: 3, 2: 4})
+        payload = strategy.payload_for(2, 0)
+        out.append({k: v.copy() for k, v in payload.to_arrays().items()})
+    return tuple(out)
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("fd", ["strategy=fd", "privacy=central", "privacy.noise_multiplier=1"]),
+        ("dsfl", ["strategy=dsfl", "strategy.open_size=30", "privacy=central",
+                  "privacy.noise_multiplier=1"]),
+        ("vote", ["strategy=vote", "strategy.query_size=30", "strategy.voting.noise=gnmax",
+                  "strategy.voting.sigma=50", "strategy.voting.threshold=0"]),
+    ],
+)  # fmt: skip
+def test_central_and_gnmax_noise_is_fresh_unless_seeded(name, overrides, seeded):
+    first, second = _released_twice(name, overrides, seeded)
+    same = all(np.array_equal(first[k], second[k]) for k in first)
+    assert same is seeded
