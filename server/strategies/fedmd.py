@@ -2,11 +2,12 @@
 
 Each round draws a fresh alignment subset of the public set; clients send
 pre-softmax logits on it; the server's consensus is their unweighted mean; each
-client *digests* it (L1 regression of its logits, Adam 1e-3, 1 epoch, batch 256)
-and then *revisits* its private data. All of that follows the official code
-[CODE: diogenes0319/FedMD_clean]. Ours: digest happens at the start of the next
-round (so a round is one exchange), the transfer-learning pre-training phase is
-not run (the public set is unlabelled here), and robust reducers are an option.
+client *digests* it (L1 regression of its logits with Adam 1e-3, as the official code
+[CODE: diogenes0319/FedMD_clean], which digests 1 epoch at batch 256; here the digest
+budget is ``distill.steps`` optimiser steps) and then *revisits* its private data.
+Ours: digest happens at the start of the next round (so a round is one exchange), the
+transfer-learning phase on a labelled public set is not run (the public set is
+unlabelled here), and robust reducers are an option.
 
 Phases: ``pretrain_epochs`` (> 0) gives round 1 that many private epochs, the
 paper's training to convergence before collaboration; ``distill.start_round``
