@@ -533,11 +533,8 @@ class RunRecorder:
         final: dict[str, Any] = {}
         for key in sorted({k for r in rounds for k in r if k.endswith("_acc")}):
             series = [(r["round"], r[key]) for r in rounds if key in r]
-            if series:
-                best_round, best = max(series, key=lambda t: t[1])
+            if series:  # the last round only: a "best" round would be chosen on the test set
                 final[key] = {
-                    "best": best,
-                    "best_round": best_round,
                     "last": series[-1][1],
                     "last_round": series[-1][0],
                 }
@@ -554,7 +551,6 @@ class RunRecorder:
                 vals = [h[key] for h in history if key in h and not math.isnan(h[key])]
                 if vals:
                     entry[f"{key}_last"] = vals[-1]
-                    entry[f"{key}_best"] = max(vals)
             entry["num_train"] = next((h["num_train"] for h in history if "num_train" in h), None)
             clients[str(cid)] = entry
         return {
@@ -568,7 +564,7 @@ class RunRecorder:
 
     def _table(self, summary: dict[str, Any]) -> Table:
         table = Table(title=f"per-client accuracy ({self.run_dir})")
-        for col in ("client", "train n", "local last", "local best", "global last", "global best"):
+        for col in ("client", "train n", "local-test last", "global-test last"):
             table.add_column(col, justify="right")
         dropped = summary.get("dropped_clients") or {}
         if dropped:  # their "last" values are from the last round they answered
@@ -582,22 +578,18 @@ class RunRecorder:
                     f"{entry.get(k, float('nan')):.3f}"
                     for k in (
                         "local_test_acc_last",
-                        "local_test_acc_best",
                         "global_test_acc_last",
-                        "global_test_acc_best",
                     )
                 ),
                 *(notes or ([""] if dropped else [])),
             )
         for cid in sorted(set(dropped) - set(summary["clients"]), key=int):  # never answered
-            table.add_row(cid, "", *["n/a"] * 4, self._dropped_note(int(cid), dropped[cid]))
+            table.add_row(cid, "", *["n/a"] * 2, self._dropped_note(int(cid), dropped[cid]))
         final = summary["final"]
         if final:
             table.add_section()
             cells = [
-                f"{final[key][which]:.3f}" if key in final else "n/a"
-                for key in ACCURACIES
-                for which in ("last", "best")
+                f"{final[key]['last']:.3f}" if key in final else "n/a" for key in ACCURACIES
             ]
             table.add_row("mean", "", *cells)
         return table

@@ -255,7 +255,6 @@ COLUMNS = {
     ],
     "hostile": [
         ("honest global-test last", _honest("global_test_acc", "last")),
-        ("honest global-test best", _honest("global_test_acc", "best")),
         ("honest local-test last", _honest("local_test_acc", "last")),
         ("rejected/run", lambda s: float(sum((s.get("rejected_replies") or {}).values()))),
         ("excluded attackers", lambda s: float(len(_excluded(s) & set(s.get("attackers", []))))),

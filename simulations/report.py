@@ -498,9 +498,9 @@ def summary_markdown(runs: list[Run], figures: list[Path], out: Path) -> str:
         )
         + ".",
         "",
-        "| run | strategy | status | rounds | local-test best | local-test last "
-        "| global-test best | global-test last | KB/round | wall s | directory |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | strategy | status | rounds | local-test last "
+        "| global-test last | KB/round | wall s | directory |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         s = run.summary
@@ -511,9 +511,7 @@ def summary_markdown(runs: list[Run], figures: list[Path], out: Path) -> str:
             str(s.get("strategy", run.config.get("strategy.name", ""))),
             str(s.get("status", "finished")),
             str(s.get("num_rounds", run.config.get("num_rounds", ""))),
-            _pct(s, "local_test_acc", "best"),
             _pct(s, "local_test_acc", "last"),
-            _pct(s, "global_test_acc", "best"),
             _pct(s, "global_test_acc", "last"),
             f"{kb / 1024:.1f}" if isinstance(kb, (int, float)) else "n/a",
             f"{wall:.1f}" if isinstance(wall, (int, float)) else "n/a",
@@ -522,7 +520,7 @@ def summary_markdown(runs: list[Run], figures: list[Path], out: Path) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += [
         "",
-        "Accuracies in % (mean over clients; best = best round of that mean, last = final round); "
+        "Accuracies in % (mean over clients, final round; no round is selected on the test set); "
         "KB/round = bytes up + down per round over all clients.",
     ]
     records = [RunRecord(r.dir, r.config, r.summary) for r in runs]

@@ -32,9 +32,7 @@ log = logging.getLogger("fedkd")
 
 # (summary key, column title); accuracies in %, traffic in KB per round
 METRICS = [
-    ("local_test_acc.best", "local-test best"),
     ("local_test_acc.last", "local-test last"),
-    ("global_test_acc.best", "global-test best"),
     ("global_test_acc.last", "global-test last"),
     ("kb_per_round", "KB/round"),
 ]
@@ -248,7 +246,7 @@ def write_csv(path: Path, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
 
 
 NOTE = (
-    "Accuracies in % (mean over clients; best = best round of that mean, last = final round), "
+    "Accuracies in % (mean over clients, final round; no round is selected on the test set), "
     "KB/round = bytes up + down per round over all clients; mean ± sample std over the "
     "finished runs of each setting (runs = finished/jobs)."
 )

@@ -59,8 +59,8 @@ def fake_summary(local_best: float, global_last: float, status: str = "finished"
         "num_rounds": 2,
         "wall_time_s": 1.0,
         "final": {
-            "local_test_acc": {"best": local_best, "best_round": 2, "last": local_best - 0.1},
-            "global_test_acc": {"best": global_last, "best_round": 2, "last": global_last},
+            "local_test_acc": {"last": local_best - 0.1, "last_round": 2},
+            "global_test_acc": {"last": global_last, "last_round": 2},
         },
         "bytes_per_round": {"bytes_up": 1024.0, "bytes_down": 1024.0, "total": 2048.0},
         "rounds": [
@@ -124,24 +124,25 @@ def test_sweep_table_is_mean_and_sample_std_over_seeds(tmp_path):
         3,
         [0, 1],
     )  # the failed run is not averaged
-    mean, std = fd["local_test_acc.best"]
-    assert mean == pytest.approx(60.0) and std == pytest.approx(14.142136, abs=1e-5)
+    mean, std = fd["local_test_acc.last"]
+    assert mean == pytest.approx(50.0) and std == pytest.approx(14.142136, abs=1e-5)
     assert fd["global_test_acc.last"] == (pytest.approx(35.0), pytest.approx(7.0710678))
     assert fd["kb_per_round"] == (pytest.approx(2.0), 0.0)
-    assert kn["runs"] == 1 and kn["local_test_acc.best"] == (pytest.approx(80.0), 0.0)
+    assert kn["runs"] == 1 and kn["local_test_acc.last"] == (pytest.approx(70.0), 0.0)
+    assert not any(".best" in key for key in fd)  # no round is selected on the test set
 
     md, csv_path = write_sweep_summary(root)
     text = md.read_text()
     assert "| strategy.name | runs | seeds |" in text
     assert (
-        "| fd | 2/3 | 0 1 | 60.0 ± 14.1 | 50.0 ± 14.1 | 35.0 ± 7.1 | 35.0 ± 7.1 | 2.0 ± 0.0 |"
+        "| fd | 2/3 | 0 1 | 50.0 ± 14.1 | 35.0 ± 7.1 | 2.0 ± 0.0 |"
         in text
     )
-    assert "| knfu | 1/1 | 0 | 80.0 | 70.0 | 60.0 | 60.0 | 2.0 |" in text
+    assert "| knfu | 1/1 | 0 | 70.0 | 60.0 | 2.0 |" in text
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[0]["strategy.name"] == "fd" and rows[0]["runs"] == "2" and rows[0]["total"] == "3"
-    assert float(rows[0]["local_test_acc.best_mean"]) == pytest.approx(60.0)
-    assert float(rows[0]["local_test_acc.best_std"]) == pytest.approx(14.1421, abs=1e-4)
+    assert float(rows[0]["local_test_acc.last_mean"]) == pytest.approx(50.0)
+    assert float(rows[0]["local_test_acc.last_std"]) == pytest.approx(14.1421, abs=1e-4)
 
 
 def test_sweep_callback_is_registered_in_the_config():
@@ -301,7 +302,7 @@ def test_recorder_writes_hparams_table_and_round_lines(tmp_path, caplog):
     assert scalars["accuracy/local_test_mean"] == pytest.approx(0.55)
     assert scalars["accuracy/local_test_std"] == pytest.approx(0.05)
     assert scalars["accuracy/global_test_mean"] == pytest.approx(0.3)
-    assert summary["final"]["local_test_acc"]["best"] == pytest.approx(0.55)
+    assert summary["final"]["local_test_acc"] == {"last": pytest.approx(0.55), "last_round": 2}
 
     table = (tmp_path / "table.txt").read_text()
     assert "per-client accuracy" in table and "0.600" in table and "bytes/round" in table
@@ -319,7 +320,7 @@ def test_table_marks_dropped_clients(tmp_path):
     rows = {
         line.split("│")[1].strip(): line
         for line in (tmp_path / "table.txt").read_text().splitlines()
-        if line.count("│") > 6
+        if line.count("│") > 4
     }
     assert "no_reply in rounds 2, 3; last from round 1" in rows["1"]
     assert "no_reply" not in rows["0"]

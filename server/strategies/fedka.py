@@ -24,8 +24,8 @@ FedAvg weights while the fine-tuned model is only the MMD reference, sent alongs
 Ablations: ``method`` = ``source`` (source-only FedAvg) | ``dann`` | ``fedka`` | ``mmd``,
 and ``voting`` on/off.
 
-Metrics (server, per round): ``global_model_target_acc`` (after voting; best and last
-are in ``summary.json``), ``fedavg_target_acc`` (before voting), ``client_target_acc``
+Metrics (server, per round): ``global_model_target_acc`` (after voting; its last round
+is in ``summary.json``: no round is picked on the target's labels), ``fedavg_target_acc`` (before voting), ``client_target_acc``
 (mean over the uploaded client models), ``group_effect`` = global model's target
 accuracy minus that mean (negative transfer when < 0; the paper's exact definition was
 not retrieved, this is ours), ``finetune_weight_shift`` (how far voting moved the
