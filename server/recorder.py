@@ -588,9 +588,7 @@ class RunRecorder:
         final = summary["final"]
         if final:
             table.add_section()
-            cells = [
-                f"{final[key]['last']:.3f}" if key in final else "n/a" for key in ACCURACIES
-            ]
+            cells = [f"{final[key]['last']:.3f}" if key in final else "n/a" for key in ACCURACIES]
             table.add_row("mean", "", *cells)
         return table
 

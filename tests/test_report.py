@@ -134,10 +134,7 @@ def test_sweep_table_is_mean_and_sample_std_over_seeds(tmp_path):
     md, csv_path = write_sweep_summary(root)
     text = md.read_text()
     assert "| strategy.name | runs | seeds |" in text
-    assert (
-        "| fd | 2/3 | 0 1 | 50.0 ± 14.1 | 35.0 ± 7.1 | 2.0 ± 0.0 |"
-        in text
-    )
+    assert "| fd | 2/3 | 0 1 | 50.0 ± 14.1 | 35.0 ± 7.1 | 2.0 ± 0.0 |" in text
     assert "| knfu | 1/1 | 0 | 70.0 | 60.0 | 2.0 |" in text
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[0]["strategy.name"] == "fd" and rows[0]["runs"] == "2" and rows[0]["total"] == "3"
