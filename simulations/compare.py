@@ -118,7 +118,8 @@ PRESETS = {
     # the papers' qualitative claims on a larger benchmark (synthetic, 20,000 samples:
     # ~1,500 private samples per client and a 3,000-sample public set): ERA vs simple
     # averaging, FedMD vs local, personalised vs uniform KnFu, FedDF (heterogeneous
-    # models) vs FedAvg (one model)
+    # models) vs FedAvg (one model). class_sep 2.5: a centralised logistic regression
+    # reaches ~95 % (at 1.5, ~71 %: every method's fused targets stay near chance)
     "claims": {
         "methods": [
             "local",
@@ -135,7 +136,7 @@ PRESETS = {
         "setting": [
             "dataset=synthetic",
             "dataset.num_samples=20000",
-            "dataset.class_sep=1.5",
+            "dataset.class_sep=2.5",
             "num_clients=10",
             "num_rounds=20",
             "client.epochs=1",
