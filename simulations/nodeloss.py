@@ -23,7 +23,9 @@ and the run still ends ``finished``.
 - ``fail``: no retry and no replacement; the reply is ``NODE_UNAVAILABLE`` and the
   server stops the run after the round (status ``node_lost``, exit status 1).
 
-Either way Flower logs nothing for the lost actor: the fault is expected, not a bug.
+Either way Flower logs nothing for the lost actor: the fault is expected, not a bug;
+Ray's own notices of the dead raylet stay off the console too (``quiet_node_deaths``,
+unless ``logging.verbose``).
 Any other exception is Flower's as before (logged, raised, the actor back in the pool).
 
 **Placement.** Each actor is asked once, with its first task, where it runs
@@ -259,16 +261,61 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
         return out_message, updated_context
 
 
-def install(policy: str = "replace") -> bool:
-    """Use the node-loss handling in this process's simulations; False if Flower's is kept."""
-    global _installed
+def check_policy(policy: Any) -> str:
+    """``simulation.on_node_loss``: ConfigError (one line) unless replace or fail."""
     if policy not in POLICIES:
         from fedkd.errors import ConfigError
 
         raise ConfigError(
             f"simulation.on_node_loss must be one of {', '.join(POLICIES)} (got {policy!r})"
         )
+    return policy
+
+
+# what Ray's driver prints when a node dies: a dump of the raylet's last log lines, a notice
+NODE_DEATH_NOTICES = ("Raylet is terminated", "has been marked dead because the detector")
+
+
+def quiet_node_deaths() -> bool:
+    """Keep Ray's notices of a dead node off the console (the server's line says it).
+
+    Ray's driver prints them from a background thread through
+    ``ray._private.worker.print_to_stdstream`` (``pid`` ``raylet``), looked up at each
+    call: the wrapper drops those two notices and passes everything else on.
+    """
+    try:
+        from ray._private import worker
+    except ImportError:
+        return False
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "fedkd_quiet", False):
+        return original is not None
+
+    def print_to_stdstream(data: Any, *args: Any, **kwargs: Any) -> Any:
+        lines = data.get("lines") if isinstance(data, dict) else None
+        if (
+            isinstance(data, dict)
+            and data.get("pid") == "raylet"
+            and lines
+            and any(notice in str(lines[0]) for notice in NODE_DEATH_NOTICES)
+        ):
+            return None
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream.fedkd_quiet = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
+    return True
+
+
+def install(policy: str = "replace", verbose: bool = False) -> bool:
+    """Use the node-loss handling in this process's simulations; False if Flower's is kept.
+
+    ``verbose``: Ray's own notices of a dead node stay on the console too."""
+    global _installed
+    check_policy(policy)
     WATCH.__init__(policy)
+    if not verbose:
+        quiet_node_deaths()
     if _installed:
         return True
     try:
