@@ -59,7 +59,7 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     address = resolve_address(sim)
     check_connect_timeout(sim)
-    nodeloss.check_policy(sim.get("on_node_loss"))
+    nodeloss.check_policy(sim.get("on_node_loss", "replace"))
     if address != LOCAL:
         # join a running cluster (``ray start --head`` elsewhere): it owns the resources
         if sim.get("ray_num_cpus"):
@@ -165,7 +165,8 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     # lost Ray nodes: replaced or fatal, one line each (simulations/nodeloss.py); placement
-    policy, verbose = cfg["simulation"]["on_node_loss"], bool(cfg["logging"]["verbose"])
+    policy = cfg["simulation"].get("on_node_loss", "replace")
+    verbose = bool(cfg["logging"]["verbose"])
     watch = nodeloss.WATCH if nodeloss.install(policy, verbose) else None
 
     phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
