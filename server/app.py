@@ -315,4 +315,6 @@ def _run_flwr(grid: Grid, run_config: dict[str, Any], run_dir: Path) -> None:
         )
     cfg["num_clients"] = roster.num_partitions
     _write_config(cfg, run_dir)  # with the number of clients the SuperNodes hold
-    run_server(grid, cfg, run_dir, roster=roster)
+    summary = run_server(grid, cfg, run_dir, roster=roster)
+    if summary.get("status") in nodeloss.STOPPED:  # starved: Flower marks the run failed
+        raise FedkdError(summary["stop_reason"])
