@@ -178,9 +178,10 @@ class _Actors:
         return self.where.get(actor)
 
     def drop(self, actor: Any) -> tuple[str, str] | None:
-        """Forget a dead actor; where it ran, if it ever said."""
+        """Forget a dead actor; where it ran, if it ever said (read outside the lock: a
+        question the dead actor never answered takes up to ``PLACE_WAIT``)."""
+        where = self.place(actor)
         with self.cond:
-            where = self.place(actor)
             self.asked.pop(actor, None)
             self.pool.num_actors -= 1
         with contextlib.suppress(Exception):  # its node is gone: nothing left to kill
@@ -241,9 +242,9 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
                 actors.replace()
                 retried = True
                 continue
-            if retried:
+            if retried:  # lost twice: no reply from this client this round
                 watch.outcome(client, "no_reply")
-            if not retried:
+            else:  # on_node_loss: fail
                 watch.lost(client, where, "stopped")
             return _unavailable(message, reason), context
         except Exception:
