@@ -23,6 +23,7 @@ from typing import Any
 log = logging.getLogger("fedkd")
 
 STOPPED = ("node_lost", "starved")  # statuses of a run that did not finish as asked
+LOST_REASON = "Ray node lost"  # how a lost actor's NODE_UNAVAILABLE reply starts
 
 
 def _clients(ids: list[int]) -> str:

@@ -47,6 +47,8 @@ import threading
 from collections import Counter
 from typing import Any
 
+from server.nodeloss import LOST_REASON
+
 POLICIES = ("replace", "fail")
 REPLACEMENTS_PER_LOSS = 3  # a replacement that dies before answering is replaced again, this often
 PLACE_WAIT = 10.0  # seconds to read an actor's answer to "where do you run" (already there)
@@ -236,7 +238,7 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
             _, out_message, updated_context = ray.get(future)
         except ray.exceptions.RayActorError as err:
             where = actors.drop(actor)
-            reason = f"Ray node lost ({type(err).__name__})"
+            reason = f"{LOST_REASON} ({type(err).__name__})"
             if watch.policy == "replace" and not retried:
                 watch.lost(client, where, "retrying")
                 actors.replace()

@@ -241,6 +241,7 @@ def test_node_lost_with_fail_stops_resumably(cluster, local_run, tmp_path):
     errors = [line for line in out.splitlines() if line.startswith("fedkd-sim: error:")]
     assert len(errors) == 1, out
     assert "127.0.0.4" in errors[0] and "on_node_loss=fail" in errors[0], errors
+    assert "rejected reply" not in out, out  # the lost node's line says it
     assert f"resume={run_dir}" in errors[0], errors
     assert "Traceback" not in out and "Raylet is terminated" not in out, out
     stopped = _summary(run_dir)

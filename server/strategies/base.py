@@ -60,6 +60,7 @@ from server.recorder import RunRecorder
 from server.roster import Roster, discover
 
 log = logging.getLogger("fedkd")
+rounds_log = logging.getLogger("fedkd.rounds")  # run.log; the console only when verbose
 
 
 @dataclass(frozen=True)
@@ -523,7 +524,9 @@ class FedkdStrategy(Strategy):
         self.dropped_clients.setdefault(cid, {}).setdefault(reason, []).append(server_round)
         self._rejected_now[cid] = reason
         detail = " ".join(str(detail).split())[:300]  # Flower error reasons span lines
-        log.warning(
+        # a lost Ray node has its own line (server.nodeloss): this one goes to run.log only
+        quiet = detail.startswith(nodeloss.LOST_REASON)
+        (rounds_log.info if quiet else log.warning)(
             "round %d: rejected reply of client %d (%s): %s", server_round, cid, reason, detail
         )
         if reason in PAYLOAD_REASONS and cid >= 0:
