@@ -28,10 +28,11 @@ Ray's own notices of the dead raylet stay off the console too (``quiet_node_deat
 unless ``logging.verbose``).
 Any other exception is Flower's as before (logged, raised, the actor back in the pool).
 
-**Placement.** Each actor is asked once, with its first task, where it runs
+**Placement.** Each actor is asked once, as its first task, where it runs
 (``ray.get_runtime_context().get_node_id()`` and ``ray.util.get_node_ip_address()``
 inside the actor, through Ray's ``__ray_call__``), so the ClientApp needs no Ray
-code. Every message the actor then runs counts for its client on that node:
+code; an actor gets messages only once it has answered, so one Ray cannot place
+(the pool was sized while a dead node was still listed) never holds a message. Every message the actor then runs counts for its client on that node:
 ``summary.json``'s ``placement`` (the driver's record; nothing reaches the strategy
 or the clients' ``metrics``).
 
@@ -51,8 +52,8 @@ from server.nodeloss import LOST_REASON
 
 POLICIES = ("replace", "fail")
 REPLACEMENTS_PER_LOSS = 3  # a replacement that dies before answering is replaced again, this often
-PLACE_WAIT = 10.0  # seconds to read an actor's answer to "where do you run" (already there)
 TAKE_WAIT = 0.5  # seconds between looks at the engine's stop flag while no actor is idle
+PENDING_WAIT = 0.02  # seconds between looks at actors being placed while no actor is idle
 
 _installed = False
 
@@ -120,22 +121,27 @@ def _where(actor: Any = None) -> tuple[str, str]:
 
 
 class _Actors:
-    """The pool's idle actors behind a condition, their placement, pending replacements."""
+    """The pool's idle actors behind a condition, where each runs, actors not placed yet.
+
+    An actor joins the idle actors only once it has said where it runs: one that Ray
+    cannot place (the pool was sized while a dead node was still listed, or no live
+    node has room for a replacement) is never handed a message to hang on.
+    """
 
     def __init__(self, pool: Any) -> None:
         import ray
 
+        self.ray = ray
         self.pool = pool
         self.cond = threading.Condition()
         self.where: dict[Any, tuple[str, str]] = {}
-        self.asked: dict[Any, Any] = {}  # actor -> its placement reference, not yet read
-        self.pending: list[tuple[Any, Any, int]] = []  # (replacement, its placement ref, tries)
-        for actor in list(pool.pool):
-            self.asked[actor] = actor.__ray_call__.remote(_where)
-        self.ray = ray
+        self.pending: list[tuple[Any, Any, int]] = []  # (actor, its placement ref, tries)
+        for actor in pool.pool:
+            self.pending.append((actor, actor.__ray_call__.remote(_where), 0))
+        pool.pool.clear()
 
     def _adopt(self) -> None:
-        """Replacements that answered join the idle actors; dead ones are replaced again."""
+        """Actors that answered join the idle ones; one that died first is replaced."""
         if not self.pending:
             return
         refs = [ref for _, ref, _ in self.pending]
@@ -145,12 +151,13 @@ class _Actors:
             try:
                 self.where[actor] = self.ray.get(ref)
             except self.ray.exceptions.RayActorError:
-                self.ray.kill(actor, no_restart=True)
+                self.pool.num_actors -= 1
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor, no_restart=True)
                 if tries < REPLACEMENTS_PER_LOSS:
                     self.replace(tries + 1)
                 continue
             self.pool.pool.append(actor)
-            self.pool.num_actors += 1
 
     def take(self, stop: threading.Event | None) -> Any | None:
         """An idle live actor, waiting for one; None once the engine stops."""
@@ -161,30 +168,18 @@ class _Actors:
                     return self.pool.pool.pop()
                 if stop is not None and stop.is_set():
                     return None
-                self.cond.wait(TAKE_WAIT)
+                # a busy actor coming back wakes us; one being placed is looked at often
+                self.cond.wait(PENDING_WAIT if self.pending else TAKE_WAIT)
 
     def give_back(self, actor: Any) -> None:
         with self.cond:
             self.pool.pool.append(actor)
             self.cond.notify()
 
-    def place(self, actor: Any) -> tuple[str, str] | None:
-        """Where ``actor`` runs (read once, after its first task; None if it never said).
-
-        The question was the actor's first task and an actor runs its tasks in order: once
-        it has answered a message, the answer is there."""
-        if actor not in self.where and actor in self.asked:
-            ref = self.asked.pop(actor)
-            with contextlib.suppress(Exception):  # the actor is gone before it said
-                self.where[actor] = self.ray.get(ref, timeout=PLACE_WAIT)
-        return self.where.get(actor)
-
     def drop(self, actor: Any) -> tuple[str, str] | None:
-        """Forget a dead actor; where it ran, if it ever said (read outside the lock: a
-        question the dead actor never answered takes up to ``PLACE_WAIT``)."""
-        where = self.place(actor)
+        """Forget a dead actor; where it ran."""
         with self.cond:
-            self.asked.pop(actor, None)
+            where = self.where.pop(actor, None)
             self.pool.num_actors -= 1
         with contextlib.suppress(Exception):  # its node is gone: nothing left to kill
             self.ray.kill(actor, no_restart=True)
@@ -195,13 +190,15 @@ class _Actors:
         actor = self.pool.create_actor_fn()
         with self.cond:
             self.pending.append((actor, actor.__ray_call__.remote(_where), tries))
+            self.pool.num_actors += 1
             self.cond.notify()
 
     def kill_pending(self) -> None:
-        for actor, _, _ in self.pending:
+        with self.cond:
+            pending, self.pending = self.pending, []
+        for actor, _, _ in pending:
             with contextlib.suppress(Exception):
                 self.ray.kill(actor, no_restart=True)
-        self.pending = []
 
 
 def _unavailable(message: Any, reason: str) -> Any:
@@ -255,7 +252,7 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
             log(ERROR, "An exception was raised when processing a message by RayBackend")
             actors.give_back(actor)
             raise
-        where = actors.place(actor)
+        where = actors.where.get(actor)
         actors.give_back(actor)
         if where is not None:
             watch.ran(client, where)

@@ -4,8 +4,8 @@ The head and the worker raylets listen on distinct loopback addresses (Ray turns
 127.0.0.1 into the machine's address, so 127.0.0.2 and up), one CPU each, each with
 its own temporary directory. The test starts them with ``ray start --block`` and
 stops every process it started by process id: the ``ray start`` processes, all they
-started, and the worker node's processes recorded before its raylet is killed (they
-lose their parent then). It never runs ``ray stop``.
+started, and every process seen under them (a killed raylet's workers lose their
+parent). It never runs ``ray stop``.
 
 Every wait is for an event (a log line, a process ending); the long guard only keeps
 a hung process from hanging the suite.
@@ -89,7 +89,13 @@ class Cluster:
         self.port = _free_port()
         self.address = f"{HEAD_IP}:{self.port}"
         self.procs: list[subprocess.Popen] = []
-        self.orphans: dict[int, str | None] = {}  # pid -> start time: a killed node's processes
+        # pid -> start time of every process seen under a node: a killed raylet's workers and
+        # processes a `ray start` leaves behind lose their parent, so they are stopped by these
+        self.known: dict[int, str | None] = {}
+
+    def remember(self) -> None:
+        for pid in process_tree([p.pid for p in self.procs]):
+            self.known.setdefault(pid, _start_time(pid))
 
     def start(self, name: str, ip: str, head: bool) -> subprocess.Popen:
         log = self.root / f"{name}.log"
@@ -119,19 +125,21 @@ class Cluster:
             proc,
             log,
         )
+        self.remember()
         return proc
 
     def kill_raylet(self, node: subprocess.Popen) -> int:
         """SIGKILL the raylet of ``node``; its other processes are remembered for ``stop``."""
+        self.remember()
         tree = process_tree([node.pid])
         raylets = [p for p in tree if _argv0(p).endswith("/raylet")]
         assert len(raylets) == 1, f"one raylet under ray start {node.pid}: {tree}"
-        self.orphans.update({p: _start_time(p) for p in tree if p != node.pid})
         os.kill(raylets[0], signal.SIGKILL)
         return raylets[0]
 
     def stop(self) -> list[int]:
-        same = [p for p, started in self.orphans.items() if _start_time(p) == started]
+        self.remember()
+        same = [p for p, started in self.known.items() if _start_time(p) == started]
         return stop_tree([*self.procs, *same], grace=60, term_first=5)
 
 
