@@ -830,7 +830,7 @@ class FedkdStrategy(Strategy):
             if self.recorder is not None:
                 self.recorder.end_round(rnd, complete_upto=rnd - eval_lag)
             if self.stop_reason is not None:
-                break  # this round's state is partial: the last checkpoint stays the good one
+                break  # lost node or starved: no checkpoint of this round, the last one stays
             if self.checkpointer is not None and self.checkpointer.due(rnd):
                 self.checkpoint(grid, rnd, timeout)
         if self.stop_reason is not None:
