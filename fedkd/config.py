@@ -100,7 +100,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     poll = server.get("poll_interval", 0.05)
     if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0.001 <= poll <= 60:
         raise ConfigError(f"server.poll_interval must be seconds in [0.001, 60] (got {poll!r})")
-    for key in ("max_payload_bytes", "max_strikes"):
+    for key in ("max_payload_bytes", "max_strikes", "max_starved_rounds"):
         value = server.get(key)
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1

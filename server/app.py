@@ -30,7 +30,7 @@ from fedkd.errors import CheckpointError, ConfigError, FedkdError
 from fedkd.models import build_model, spec_for_client
 from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
-from server import ledger_log
+from server import ledger_log, nodeloss
 from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
 from server.privacy import check_privacy, check_record_delta, privacy_summary
 from server.recorder import RunRecorder, console_options
@@ -140,18 +140,21 @@ def run_server(
     roster: Roster | None = None,
     resume: dict[str, Any] | None = None,
     find_roster: Callable[[Grid, float], Roster | None] | None = None,
+    cluster: Any = None,
 ) -> dict[str, Any]:
     """Run every round and write the run's outputs; returns the summary.
 
     ``resume``: a checkpoint (``server.checkpoint.load_server_checkpoint``) to continue from.
     ``find_roster``: who is who without the handshake (the simulation knows); None or
     a None answer: ``server.roster.discover``.
+    ``cluster``: the simulation's lost nodes and placement (``server.nodeloss``).
     """
     info = info or prepare_run(cfg)
     strategy = STRATEGIES.get(cfg["strategy"]["name"])(
         info, None, roster
     )  # fails before any output
     strategy.find_roster = find_roster
+    strategy.cluster = cluster
     if resume is not None:
         if resume.get("strategy_name") != strategy.name:
             raise CheckpointError(
@@ -187,7 +190,7 @@ def run_server(
             grid, num_rounds=int(cfg["num_rounds"]), timeout=float(cfg["server"]["round_timeout"])
         )
         if strategy.stop_reason is not None:
-            status = {"status": "stopped", "stop_reason": strategy.stop_reason}
+            status = {"status": strategy.stop_status, "stop_reason": strategy.stop_reason}
     except BaseException as err:  # record what was computed, then re-raise
         status = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         raise
@@ -211,6 +214,7 @@ def run_server(
                 "dropped_clients": {
                     str(cid): reasons for cid, reasons in sorted(strategy.dropped_clients.items())
                 },
+                **nodeloss.summary(strategy),
             }
         )
     return summary
@@ -222,13 +226,16 @@ def make_server_app(
     info: RunInfo | None = None,
     resume: dict[str, Any] | None = None,
     find_roster: Callable[[Grid, float], Roster | None] | None = None,
+    cluster: Any = None,
 ) -> ServerApp:
     """A ServerApp bound to an already composed config (simulation launcher)."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, run_dir, info, resume=resume, find_roster=find_roster)
+        run_server(
+            grid, cfg, run_dir, info, resume=resume, find_roster=find_roster, cluster=cluster
+        )
 
     return server_app
 
@@ -308,4 +315,6 @@ def _run_flwr(grid: Grid, run_config: dict[str, Any], run_dir: Path) -> None:
         )
     cfg["num_clients"] = roster.num_partitions
     _write_config(cfg, run_dir)  # with the number of clients the SuperNodes hold
-    run_server(grid, cfg, run_dir, roster=roster)
+    summary = run_server(grid, cfg, run_dir, roster=roster)
+    if summary.get("status") in nodeloss.STOPPED:  # starved: Flower marks the run failed
+        raise FedkdError(summary["stop_reason"])

@@ -484,6 +484,35 @@ def _pct(summary: dict[str, Any], key: str, which: str) -> str:
     return f"{100 * value:.1f}" if isinstance(value, (int, float)) else "n/a"
 
 
+def placement_markdown(runs: list[Run]) -> list[str]:
+    """Where the clients ran (Ray nodes of a simulation) and the nodes lost on the way."""
+    lines: list[str] = []
+    for run in runs:
+        nodes = (run.summary.get("placement") or {}).get("nodes") or {}
+        lost = run.summary.get("node_loss") or []
+        if len(nodes) < 2 and not lost:
+            continue  # one machine, nothing lost: nothing to say
+        lines += ["", f"## Placement: {run.label}", "", "| Ray node | IP | clients | messages |"]
+        lines.append("|---|---|---|---|")
+        for node, row in nodes.items():
+            lines.append(
+                f"| `{node[:12]}` | {row['ip']} | {len(row['clients'])} | {row['messages']} |"
+            )
+        for row in lost:
+            node = row.get("node_id") or "unknown"
+            lines.append(
+                f"\nRound {row['round']}: node `{node[:12]}` ({row.get('node_ip')}) lost, clients "
+                f"{', '.join(map(str, row['clients']))}, action {row['action']}"
+                + (
+                    f", no reply: {', '.join(map(str, row['no_reply']))}"
+                    if row.get("no_reply")
+                    else ""
+                )
+                + "."
+            )
+    return lines
+
+
 def summary_markdown(runs: list[Run], figures: list[Path], out: Path) -> str:
     keys = differing_keys([r.config for r in runs])
     lines = [
@@ -523,6 +552,7 @@ def summary_markdown(runs: list[Run], figures: list[Path], out: Path) -> str:
         "Accuracies in % (mean over clients, final round; no round is selected on the test set); "
         "KB/round = bytes up + down per round over all clients.",
     ]
+    lines += placement_markdown(runs)
     records = [RunRecord(r.dir, r.config, r.summary) for r in runs]
     group_keys, rows = aggregate(records)
     if any(row["total"] > 1 for row in rows):

@@ -28,7 +28,8 @@ from fedkd.console import (
     route_through_console,
 )
 from fedkd.errors import ConfigError, FedkdError
-from simulations import jobnames, vce_patches
+from server.nodeloss import STOPPED
+from simulations import jobnames, nodeloss, vce_patches
 from simulations.cluster import (
     LOCAL,
     check_connect_timeout,
@@ -39,6 +40,12 @@ from simulations.cluster import (
 )
 
 log = logging.getLogger("fedkd")
+
+
+class RunStopped(FedkdError):
+    """The run ended early and not as asked (server.nodeloss.STOPPED): one line, exit 1."""
+
+
 jobnames.register()  # multirun job folders named by their overrides (configs/config.yaml)
 _JOBS_STARTED = [0]  # jobs this process has started (a multirun runs several)
 
@@ -52,6 +59,7 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     address = resolve_address(sim)
     check_connect_timeout(sim)
+    nodeloss.check_policy(sim.get("on_node_loss", "replace"))
     if address != LOCAL:
         # join a running cluster (``ray start --head`` elsewhere): it owns the resources
         if sim.get("ray_num_cpus"):
@@ -156,9 +164,15 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
             return vce_patches.simulation_roster(grid, timeout, clients)
 
     summary: dict[str, Any] = {}
+    # lost Ray nodes: replaced or fatal, one line each (simulations/nodeloss.py); placement
+    policy = cfg["simulation"].get("on_node_loss", "replace")
+    verbose = bool(cfg["logging"]["verbose"])
+    watch = nodeloss.WATCH if nodeloss.install(policy, verbose) else None
 
     phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
-    server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
+    server_app = make_server_app(
+        cfg, run_dir, info, resume=resume, find_roster=find_roster, cluster=watch
+    )
     # the clients take their privacy floor from the run config only in a simulation; the
     # mark is inherited by the local Ray cluster's workers and removed afterwards
     before = os.environ.get(SIMULATION_ENV)
@@ -183,6 +197,11 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         import json
 
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    if summary.get("status") in STOPPED:  # a lost node under on_node_loss=fail, starved rounds
+        reason = summary["stop_reason"]
+        if "checkpoint is none" not in reason:
+            reason = f"{reason}; continue with fedkd-sim resume={run_dir}"
+        raise RunStopped(reason)
     return summary
 
 

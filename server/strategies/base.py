@@ -45,6 +45,7 @@ from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
 from fedkd.metrics_schema import NonFiniteMetric, check_metrics
 from fedkd.privacy.noise import noise_rng, seeded_noise
+from server import nodeloss
 from server.checkpoint import (
     Checkpointer,
     discard_round,
@@ -59,6 +60,7 @@ from server.recorder import RunRecorder
 from server.roster import Roster, discover
 
 log = logging.getLogger("fedkd")
+rounds_log = logging.getLogger("fedkd.rounds")  # run.log; the console only when verbose
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,14 @@ class FedkdStrategy(Strategy):
         self.max_payload_bytes = None if limit is None else int(limit)
         strikes = server.get("max_strikes")
         self.max_strikes = None if strikes is None else int(strikes)
+        starved = server.get("max_starved_rounds")
+        self.max_starved_rounds = None if starved is None else int(starved)
+        self.starved_now = False  # this round: fewer than min_train_clients valid replies
+        self.starved_run = 0  # consecutive such rounds
+        self.node_loss: list[dict[str, Any]] = []  # summary.json rows (server.nodeloss)
+        # the simulation's lost actors and placement (simulations.nodeloss); None: deployed
+        self.cluster: Any = None
+        self.stop_status = "stopped"  # with stop_reason: node_lost / starved (server.nodeloss)
         self.bounds = Bounds.from_config(info.cfg.get("bounds"))
         encoding = (info.cfg.get("knowledge") or {}).get("encoding", "float32")
         self.decode_limits = DecodeLimits(
@@ -263,6 +273,8 @@ class FedkdStrategy(Strategy):
                 },
                 "stop_reason": self.stop_reason,
                 "health": self.health.state_dict(),
+                "node_loss": list(self.node_loss),
+                "starved_run": self.starved_run,
             },
             **(
                 {}
@@ -287,6 +299,8 @@ class FedkdStrategy(Strategy):
             for c, reasons in base.get("dropped_clients", {}).items()
         }
         self.stop_reason = base.get("stop_reason")
+        self.node_loss = list(base.get("node_loss", []))
+        self.starved_run = int(base.get("starved_run", 0))
         if "health" in base:
             self.health.load_state_dict(base["health"])
         if self.privacy is not None and "privacy" in state:
@@ -510,7 +524,9 @@ class FedkdStrategy(Strategy):
         self.dropped_clients.setdefault(cid, {}).setdefault(reason, []).append(server_round)
         self._rejected_now[cid] = reason
         detail = " ".join(str(detail).split())[:300]  # Flower error reasons span lines
-        log.warning(
+        # a lost Ray node has its own line (server.nodeloss): this one goes to run.log only
+        quiet = detail.startswith(nodeloss.LOST_REASON)
+        (rounds_log.info if quiet else log.warning)(
             "round %d: rejected reply of client %d (%s): %s", server_round, cid, reason, detail
         )
         if reason in PAYLOAD_REASONS and cid >= 0:
@@ -609,6 +625,7 @@ class FedkdStrategy(Strategy):
         if poisoned:
             diagnostics["knowledge_rolled_back"] = 1.0
         elif len(accepted) < self.min_train_clients:
+            self.starved_now = True
             log.warning(
                 "round %d: %d valid replies < min_train_clients=%d; knowledge not updated",
                 server_round,
@@ -809,8 +826,11 @@ class FedkdStrategy(Strategy):
                     self.recorder.server(
                         rnd, {**dict(metrics), "round_time_s": time.perf_counter() - started}
                     )
+            nodeloss.after_round(self, rnd)
             if self.recorder is not None:
                 self.recorder.end_round(rnd, complete_upto=rnd - eval_lag)
+            if self.stop_reason is not None:
+                break  # lost node or starved: no checkpoint of this round, the last one stays
             if self.checkpointer is not None and self.checkpointer.due(rnd):
                 self.checkpoint(grid, rnd, timeout)
         if self.stop_reason is not None:
