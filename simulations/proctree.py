@@ -31,6 +31,15 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[1])
 
 
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): with the pid, a process's identity."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def alive(pid: int) -> bool:
     """True while ``pid`` exists and is neither a zombie nor dead."""
     stat = _stat(pid)
@@ -112,23 +121,31 @@ def stop_tree(
         reaped = {p.pid for p in popens if p.returncode is not None}
         return {p for p in pids if p != os.getpid() and p not in reaped}
 
+    # every process seen, with its start time: one that leaves the tree (its parent
+    # died after SIGTERM) is still killed, and a reused pid is never mistaken for it
+    seen: dict[int, int] = {}
+
+    def remember(pids: Iterable[int]) -> set[int]:
+        for pid in pids:
+            if pid not in seen and (started := _start_time(pid)) is not None:
+                seen[pid] = started
+        return {pid for pid, started in seen.items() if _start_time(pid) == started}
+
     if term_first > 0:
-        for pid in scan():
+        for pid in remember(scan()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + term_first
-        while time.monotonic() < deadline and any(alive(p) for p in scan()):
+        while time.monotonic() < deadline and any(alive(p) for p in remember(scan())):
             _reap(popens)
             time.sleep(0.2)
-    seen: set[int] = set()
     deadline = time.monotonic() + grace
     while True:
-        seen.update(scan())
-        for pid in seen:
+        for pid in remember(scan()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _reap(popens, timeout=1.0)
-        left = [pid for pid in seen | scan() if alive(pid)]
+        left = [pid for pid in remember(scan()) if alive(pid)]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
