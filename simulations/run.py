@@ -7,6 +7,7 @@ value prints one line naming it and exits with status 1.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -296,20 +297,24 @@ def stop_everything(signum: int, frame: Any = None) -> None:
     engine waits for its worker threads in a ``with ThreadPoolExecutor`` block, which
     would wait again for threads that only stop once that block has ended.
     """
-    from simulations.proctree import process_tree, stop_tree
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print("fedkd-sim: interrupted; stopping the processes it started", file=sys.stderr)
-    logging.shutdown()
-    sys.stderr.flush()
-    # what the engine's threads say about workers vanishing under them is expected: not shown
-    logging.disable(logging.CRITICAL)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    children = [p for p in process_tree([os.getpid()]) if p != os.getpid()]
-    stop_tree(children, grace=20, term_first=5)
-    os._exit(128 + signum)
+    try:  # whatever fails here (stderr may be a closed pipe), the launcher still exits
+        with contextlib.suppress(OSError, ValueError):
+            print("fedkd-sim: interrupted; stopping the processes it started", file=sys.stderr)
+            sys.stderr.flush()
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+        # what the engine's threads say about workers vanishing under them is expected: not shown
+        logging.disable(logging.CRITICAL)
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        from simulations.proctree import process_tree, stop_tree
+
+        children = [p for p in process_tree([os.getpid()]) if p != os.getpid()]
+        stop_tree(children, grace=20, term_first=5)
+    finally:
+        os._exit(128 + signum)
 
 
 def main() -> None:
