@@ -21,22 +21,21 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients import attacks, faults
-from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
-from fedkd.bounds import Bounds
-from fedkd.config import check_config, compose
+from fedkd.config import compose
 from fedkd.console import phase
 from fedkd.errors import CheckpointError, ConfigError, FedkdError
 from fedkd.models import build_model, spec_for_client
 from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
 from server import ledger_log
-from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
-from server.privacy import check_privacy, check_record_delta, privacy_summary
+from server.checkpoint import Checkpointer, set_rng_state
+from server.options import check_options as check_light_options
+from server.options import optimizer_specs
+from server.privacy import check_record_delta, privacy_summary
 from server.recorder import RunRecorder, console_options
 from server.roster import Roster, discover
 from server.strategies import STRATEGIES, RunInfo
-from server.strategies.public import check_swing
 
 log = logging.getLogger("fedkd")
 
@@ -69,27 +68,11 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
 
 
 def check_options(cfg: dict[str, Any]) -> type:
-    """Every check that needs no data; returns the strategy class."""
-    check_config(cfg)
-    strategy = STRATEGIES.get(cfg["strategy"]["name"])
-    strategy.check_config(cfg)
-    check_privacy(cfg, strategy)
-    check_swing(cfg, strategy)
+    """Every check that needs no data (``server.options``, then each optimiser built on a
+    dummy parameter); returns the strategy class."""
+    spec = check_light_options(cfg)
     check_optimizers(cfg)
-    check_faults(cfg)
-    check_checkpoint_config(cfg)
-    Bounds.from_config(cfg.get("bounds"))
-    attacks.check_attack(cfg, strategy.upload_kind, strategy.name)
-    if (
-        faults.assignments(cfg).get("bad_payload")
-        and faults.bad_mode(cfg, 1) == "indices"
-        and strategy.upload_kind not in ("public_logits", "votes")
-    ):
-        raise ConfigError(
-            f"faults.bad_payload.mode=indices needs public-set knowledge; strategy "
-            f"'{strategy.name}' uploads {strategy.upload_kind or 'nothing'}"
-        )
-    return strategy
+    return STRATEGIES.get(spec.name)
 
 
 def check_deployment(cfg: dict[str, Any]) -> None:
@@ -106,30 +89,13 @@ def check_deployment(cfg: dict[str, Any]) -> None:
 
 
 def check_optimizers(cfg: dict[str, Any]) -> None:
-    """Build every optimizer the run names on a dummy parameter, so a typo fails now."""
-    specs = {
-        "client.optimizer": cfg["client"]["optimizer"],
-        "client.distill.optimizer": cfg["client"]["distill"]["optimizer"],
-    }
-    specs.update(
-        {f"strategy.{k}": v for k, v in cfg["strategy"].items() if k.endswith("optimizer")}
-    )
+    """Build every optimizer the run names on a dummy parameter (what torch refuses)."""
     dummy = [torch.nn.Parameter(torch.zeros(1))]
-    for where, spec in specs.items():
-        if spec is None:
-            continue
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise ConfigError(f"{where} must be a mapping with a 'name' (got {spec!r})")
+    for where, spec in optimizer_specs(cfg).items():
         try:
             make_optimizer(dummy, spec)
-        except ConfigError as err:
+        except (ConfigError, TypeError, ValueError) as err:
             raise ConfigError(f"{where}: {err}") from None
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: {err}") from None
-    for key in ("epochs", "batch_size"):
-        value = cfg["client"]["distill"][key]
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"client.distill.{key} must be an integer >= 1 (got {value!r})")
 
 
 def run_server(

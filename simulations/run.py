@@ -188,8 +188,8 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
-    from clients.faults import check_faults
     from fedkd.schema import check_early
+    from server.options import check_options
     from server.recorder import console_options
 
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -213,7 +213,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         plain["logging"].update(console_options(plain["logging"]))
         console_logging(plain["logging"])
         check_early(plain, overrides)  # no torch, no Flower, no data: well under 2 s
-        check_faults(plain)
+        check_options(plain)  # privacy, attacks, faults, optimisers: as light
         phase("config", f"composed and checked ({plain['strategy']['name']}, {run_dir})")
         simulate(plain, run_dir)
     except FedkdError as err:
