@@ -1,18 +1,15 @@
 """The fedkd ServerApp: builds the run from the config and drives the strategy.
 
 ``make_server_app(cfg, run_dir)`` is what the simulation launcher uses;
-``app`` is the same ServerApp for ``flwr run .`` and real deployments, where
-the config is composed from ``configs/`` with the Flower run config as
-overrides (one schema, one set of defaults).
+``server.serverapp.app`` is the ServerApp for ``flwr run .`` and real deployments,
+which checks the config before it imports this module (and torch).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shlex
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +19,20 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients import attacks, faults
 from clients.runtime import data_key, federated_data
-from fedkd.config import compose
 from fedkd.console import phase
-from fedkd.errors import CheckpointError, ConfigError, FedkdError
+from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
-from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
 from server import ledger_log
 from server.checkpoint import Checkpointer, set_rng_state
+from server.options import (
+    check_deployment,  # noqa: F401  (re-exported)
+    optimizer_specs,
+)
 from server.options import check_options as check_light_options
-from server.options import optimizer_specs
 from server.privacy import check_record_delta, privacy_summary
 from server.recorder import RunRecorder, console_options
-from server.roster import Roster, discover
+from server.roster import Roster
 from server.strategies import STRATEGIES, RunInfo
 
 log = logging.getLogger("fedkd")
@@ -73,19 +71,6 @@ def check_options(cfg: dict[str, Any]) -> type:
     spec = check_light_options(cfg)
     check_optimizers(cfg)
     return STRATEGIES.get(spec.name)
-
-
-def check_deployment(cfg: dict[str, Any]) -> None:
-    """What a deployment (``flwr run``, ``fedkd-deploy``, real SuperNodes) refuses."""
-    if cfg.get("resume"):
-        raise ConfigError(
-            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
-        )
-    if seeded_noise(cfg):
-        raise ConfigError(
-            "simulation.seeded_noise=true is for simulations only: anyone who knows the run "
-            "config could subtract the noise; drop the override (deployments use OS entropy)"
-        )
 
 
 def check_optimizers(cfg: dict[str, Any]) -> None:
@@ -197,81 +182,3 @@ def make_server_app(
         run_server(grid, cfg, run_dir, info, resume=resume, find_roster=find_roster)
 
     return server_app
-
-
-def overrides_from_run_config(run_config: dict[str, Any]) -> list[str]:
-    """The run config's ``overrides`` string, split like a shell command line."""
-    return shlex.split(str(run_config.get("overrides", "")))
-
-
-app = ServerApp()
-
-
-RUN_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as fedkd-sim's run.log
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """``flwr run``: the run config overrides configs/; the clients say how many they are.
-
-    The run directory gets ``config.yaml`` and ``run.log`` as under ``fedkd-sim``. A bad
-    config fails before any SuperNode is asked, as one ``fedkd ERROR`` line in the log
-    stream; the ServerApp then raises, so Flower marks the run failed with that line as its
-    details (``flwr list``) and the ServerApp process exits non-zero.
-    """
-    if not log.handlers:  # flwr-serverapp configures only Flower's logger: show fedkd's lines too
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("fedkd %(levelname)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-    run_config = dict(context.run_config)
-    default_dir = Path("outputs") / "flwr" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run_dir = Path(str(run_config.get("run_dir") or default_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_log = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
-    run_log.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
-    log.addHandler(run_log)
-    try:
-        _run_flwr(grid, run_config, run_dir)
-    except FedkdError as err:
-        for line in str(err).splitlines():  # one line (one per client that cannot start)
-            log.error("%s", line)  # in the stream and in run.log
-        raise err.with_traceback(None) from None  # Flower logs it: keep its traceback short
-    finally:
-        log.removeHandler(run_log)
-        run_log.close()
-
-
-def _write_config(cfg: dict[str, Any], run_dir: Path) -> None:
-    from omegaconf import OmegaConf
-
-    text = OmegaConf.to_yaml(OmegaConf.create(cfg))
-    (run_dir / "config.yaml").write_text(text, encoding="utf-8")
-
-
-def _run_flwr(grid: Grid, run_config: dict[str, Any], run_dir: Path) -> None:
-    from fedkd.schema import check_early
-
-    overrides = overrides_from_run_config(run_config)
-    cfg = compose(overrides)
-    check_early(cfg, overrides)  # the same checks as fedkd-sim, before anything else
-    check_options(cfg)  # fail on a bad config before waiting for SuperNodes
-    check_deployment(cfg)
-    if cfg.get("resume"):
-        raise ConfigError(
-            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
-        )
-    _write_config(cfg, run_dir)
-    roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]), cfg_json=json.dumps(cfg))
-    if (
-        any(o.startswith("num_clients=") for o in overrides)
-        and cfg["num_clients"] != roster.num_partitions
-    ):
-        raise ConfigError(
-            f"overrides set num_clients={cfg['num_clients']} but the SuperNodes hold "
-            f"{roster.num_partitions} partitions"
-        )
-    cfg["num_clients"] = roster.num_partitions
-    _write_config(cfg, run_dir)  # with the number of clients the SuperNodes hold
-    run_server(grid, cfg, run_dir, roster=roster)

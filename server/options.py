@@ -9,13 +9,15 @@ with one line naming the key and what to set it to. The checks that need the dat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import shlex
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clients import attacks, faults
 from fedkd.bounds import Bounds
-from fedkd.config import check_config
+from fedkd.config import check_config, compose
 from fedkd.errors import ConfigError
+from fedkd.privacy.noise import seeded_noise
 from fedkd.strategy_options import StrategySpec, check_optimizer, check_strategy, swing_of
 from server.privacy import check_privacy
 
@@ -80,3 +82,34 @@ def check_options(cfg: Mapping[str, Any]) -> StrategySpec:
             f"'{spec.name}' uploads {spec.upload_kind or 'nothing'}"
         )
     return spec
+
+
+def check_deployment(cfg: dict[str, Any]) -> None:
+    """What a deployment (``flwr run``, ``fedkd-deploy``, real SuperNodes) refuses."""
+    if cfg.get("resume"):
+        raise ConfigError(
+            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
+        )
+    if seeded_noise(cfg):
+        raise ConfigError(
+            "simulation.seeded_noise=true is for simulations only: anyone who knows the run "
+            "config could subtract the noise; drop the override (deployments use OS entropy)"
+        )
+
+
+def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
+    """The Flower run config's ``overrides`` string, split like a shell command line."""
+    return shlex.split(str(run_config.get("overrides", "")))
+
+
+def check_flwr_config(overrides: Sequence[str]) -> dict[str, Any]:
+    """What the ``flwr run`` ServerApp checks first: compose ``configs/`` with the run
+    config's overrides and run every check that needs no torch, Flower or data."""
+    from fedkd.schema import check_early
+
+    overrides = list(overrides)
+    cfg = compose(overrides)
+    check_early(cfg, overrides)  # the same checks as fedkd-sim, before anything else
+    check_options(cfg)
+    check_deployment(cfg)  # resume= and seeded noise are for simulations
+    return cfg
