@@ -36,6 +36,7 @@ except ImportError:  # Python 3.10
 VALUE_OPTIONS = ("--federation", "--run-config", "-c", "--federation-config", "--format")
 PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")  # as flwr.common.config
 STARTED = re.compile(r"Successfully started run (\d+)")
+FAILED_WITH = re.compile(r"^\w+ failed with exception: ")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PROG = "fedkd-flwr-run"
 
@@ -163,8 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status, details = final_status(flwr, superlink_of(args), run_id, wait=60.0)
     if status.endswith(":completed"):
         return 0
-    detail = details.strip().splitlines()[-1] if details.strip() else "no details"
-    print(f"{PROG}: error: run {run_id} {status}: {detail}", file=sys.stderr)
+    # Flower's details: "ServerApp failed with exception: <the error>"; fedkd's start-up
+    # failures are one line per client that cannot start
+    text = FAILED_WITH.sub("", details.strip()) or "no details"
+    for line in [ln.strip() for ln in text.splitlines() if ln.strip()]:
+        print(f"{PROG}: error: run {run_id} {status}: {line}", file=sys.stderr)
     return 1
 
 
