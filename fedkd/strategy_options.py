@@ -14,6 +14,7 @@ against the option names and target spaces of ``fedkd.train.OPTIMIZERS`` and
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -215,23 +216,55 @@ def check_strategy(cfg: Mapping[str, Any]) -> StrategySpec:
 
 
 # ---------------------------------------------------------------- shared pieces
+@functools.cache
+def _defaults(strategy: str) -> dict[str, Any]:
+    """``configs/strategy/<strategy>.yaml`` (the defaults an error message can suggest)."""
+    import yaml
+
+    from fedkd.config import config_dir
+
+    path = config_dir() / "strategy" / f"{strategy}.yaml"
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if isinstance(loaded, dict) and isinstance(loaded.get("strategy"), dict):
+        loaded = loaded["strategy"]  # a ``# @package _global_`` file (feddf, fedka)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _fix(p: Mapping[str, Any], key: str, fits: Callable[[Any], bool]) -> str:
+    """``"; set e.g. strategy.KEY=DEFAULT (the default)"`` when the default fits."""
+    default = _defaults(str(p.get("name")))
+    value = default.get(key)
+    if key in default and value is not None and fits(value):
+        shown = str(value).lower() if isinstance(value, bool) else value
+        return f"; set e.g. strategy.{key}={shown} (the default)"
+    return ""
+
+
 def _at_least(p: Mapping[str, Any], key: str, low: float, kind: str = "number") -> None:
-    value = p.get(key)
-    ok = _number(value) and (kind != "int" or isinstance(value, int)) and value >= low
-    if not ok:
+    def fits(value: Any) -> bool:
+        return _number(value) and (kind != "int" or isinstance(value, int)) and value >= low
+
+    if not fits(p.get(key)):
         what = "an integer" if kind == "int" else "a number"
-        raise ConfigError(f"strategy.{key} must be {what} >= {low:g} (got {value!r})")
+        raise ConfigError(
+            f"strategy.{key} must be {what} >= {low:g} (got {p.get(key)!r}){_fix(p, key, fits)}"
+        )
 
 
-def _positive(p: Mapping[str, Any], key: str, example: str) -> None:
-    value = p.get(key)
-    if not _number(value) or value <= 0:
-        raise ConfigError(f"strategy.{key} must be > 0 (got {value!r}), e.g. strategy.{example}")
+def _positive(p: Mapping[str, Any], key: str) -> None:
+    def fits(value: Any) -> bool:
+        return _number(value) and value > 0
+
+    if not fits(p.get(key)):
+        raise ConfigError(f"strategy.{key} must be > 0 (got {p.get(key)!r}){_fix(p, key, fits)}")
 
 
 def _bool(p: Mapping[str, Any], key: str) -> None:
     if not isinstance(p.get(key), bool):
-        raise ConfigError(f"strategy.{key} must be true or false (got {p.get(key)!r})")
+        raise ConfigError(
+            f"strategy.{key} must be true or false (got {p.get(key)!r})"
+            f"{_fix(p, key, lambda v: isinstance(v, bool))}"
+        )
 
 
 def _one_of(p: Mapping[str, Any], key: str, options: Sequence[str]) -> None:
@@ -311,7 +344,7 @@ def _check_fd(cfg: Mapping[str, Any]) -> None:
     p = cfg["strategy"]
     _one_of(p, "teacher", ("mean", "loo"))
     _at_least(p, "beta", 0)
-    _positive(p, "temperature", "temperature=1.0")
+    _positive(p, "temperature")
     check_loss("strategy.loss", p["loss"], "logits")
     _reducer(p, weighted=bool(p["weighted"]))
     if (cfg.get("privacy") or {}).get("name") == "central" and p["teacher"] == "loo":
@@ -381,7 +414,7 @@ def _check_dsfl(cfg: Mapping[str, Any]) -> None:
 )
 def _check_knfu(cfg: Mapping[str, Any]) -> None:
     p = cfg["strategy"]
-    _positive(p, "temperature", "temperature=1.0")
+    _positive(p, "temperature")
     check_budget_and_optimizer(p.get("distill"), "strategy.distill")
     _at_least(p, "ce_weight", 0)
     from fedkd.fusion.knfu import DIVERGENCES, GATINGS, divergence_matrix, fusion_weights
@@ -439,8 +472,8 @@ def _check_feddf(cfg: Mapping[str, Any]) -> None:
         )
     for key in ("max_steps", "batch_size", "eval_every", "patience"):
         _at_least(p, key, 1, "int")
-    _positive(p, "lr", "lr=0.001")
-    _positive(p, "temperature", "temperature=1.0")
+    _positive(p, "lr")
+    _positive(p, "temperature")
 
 
 FEDKA_METHODS = ("source", "dann", "fedka", "mmd")
@@ -459,7 +492,7 @@ def _check_fedka(cfg: Mapping[str, Any]) -> None:
     _one_of(p, "mmd_accumulate", FEDKA_MMD_ACCUMULATE)
     for key, low in (("batches", 1), ("batch_size", 2), ("vote_batches", 0), ("mmd_every", 1)):
         _at_least(p, key, low, "int")
-    _positive(p, "gamma", "gamma=10")
+    _positive(p, "gamma")
     _bool(p, "voting_enabled")
     from fedkd.fusion.label_vote import LabelVoting
 

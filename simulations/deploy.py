@@ -381,15 +381,20 @@ def existing_keys(folder: Path, nodes: int) -> list[Path]:
 
 def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> None:
     """Fail before any process starts: the config, and each node's data against the run's task."""
-    from clients.runtime import data_key, federated_data
     from fedkd.config import compose
-    from fedkd.data.local import load_local_data
-    from server.app import check_deployment, check_options
+    from fedkd.schema import check_early
+    from server.options import check_deployment, check_options
 
     cfg = compose(list(overrides))
     cfg["num_clients"] = nodes
+    check_early(cfg, overrides)  # no torch yet: a bad value stops in a second or two
     check_options(cfg)
     check_deployment(cfg)
+    from clients.runtime import data_key, federated_data
+    from fedkd.data.local import load_local_data
+    from server.app import check_options as check_with_torch
+
+    check_with_torch(cfg)  # each optimiser built by torch
     if paths:
         fed = federated_data(data_key(cfg))
         bad = []  # every bad file, one line each, named by its client (partition) id

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import inspect
 import os
+import subprocess
+import sys
 
 import pytest
-from procs import run_fedkd_sim
+from procs import ROOT, run_fedkd_sim
 
 from fedkd.config import compose
 from fedkd.errors import ConfigError
@@ -56,7 +58,15 @@ def test_every_strategy_default_passes(strategy):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["strategy=knfu", "strategy.beta=-1"], "strategy.beta must be a number >= 0 (got -1)"),
+        (
+            ["strategy=knfu", "strategy.beta=-1"],
+            "strategy.beta must be a number >= 0 (got -1); set e.g. strategy.beta=10.0 (the default)",
+        ),
+        (
+            ["strategy=dsfl", "strategy.server_model=1"],
+            "set e.g. strategy.server_model=true (the default)",
+        ),
+        (["strategy=feddf", "strategy.lr=0"], "strategy.lr must be > 0 (got 0); set e.g."),
         (["strategy=knfu", "strategy.gating=top"], "strategy.gating=top: must be one of"),
         (
             ["strategy=knfu", "strategy.top_m=2"],
@@ -113,3 +123,27 @@ def test_launcher_refuses_strategy_options_before_importing_torch(tmp_path, args
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert len(errors) == 1 and errors[0].startswith("fedkd-sim: error: "), result.stderr
     assert expected in errors[0]
+
+
+def test_deploy_refuses_a_bad_value_before_torch_or_any_process():
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.deploy", "strategy=knfu", "strategy.beta=-1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert not {"torch", "flwr", "ray"} & imported
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert errors == [
+        "fedkd-deploy: error: strategy.beta must be a number >= 0 (got -1); "
+        "set e.g. strategy.beta=10.0 (the default)"
+    ]
