@@ -115,6 +115,15 @@ def console_logging(logs: dict[str, Any]) -> None:
 
 def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Check ``cfg``, then run the simulation and return its summary."""
+    from clients.runtime import data_key, federated_data
+    from server.recorder import console_options
+
+    cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
+    backend = backend_config(cfg)  # simulation.ray_* checked too
+    # a cluster to join must answer before anything is built (Ray would retry for minutes)
+    wait_for_head(backend["init_args"]["address"], float(cfg["simulation"]["connect_timeout"]))
+    phase("data", "building the federated data")
+    federated_data(data_key(cfg))  # a split that cannot be made fails before torch loads
     phase("libraries", "loading torch and Flower")
     from flwr.simulation import run_simulation
 
@@ -122,14 +131,9 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     from clients.privacy_mod import SIMULATION_ENV
     from server.app import make_server_app, prepare_run
     from server.checkpoint import load_server_checkpoint
-    from server.recorder import console_options
     from server.resume_check import check_resume
 
-    cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
-    backend = backend_config(cfg)  # simulation.ray_* checked too
-    # a cluster to join must answer before anything is built (Ray would retry for minutes)
-    wait_for_head(backend["init_args"]["address"], float(cfg["simulation"]["connect_timeout"]))
-    phase("data", "building the federated data and checking the models")
+    phase("data", "checking the data against the strategy and building the models")
     info = prepare_run(cfg)  # raises FedkdError before Ray starts
     phase(
         "data",
