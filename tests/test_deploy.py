@@ -177,7 +177,10 @@ def test_bad_file_and_missing_node_are_two_lines_and_a_failed_exit(tmp_path):
         for i, path in enumerate((good, bad)):
             dep.start_supernode(i, {"partition-id": i, "num-partitions": 3, "data-path": str(path)})
         dep.wait_for_nodes(2)
-        code = dep.submit([*RUN, "server.round_timeout=20"], run_dir, timeout=400)
+        # the missing node is named once server.round_timeout has passed; the bad node is
+        # named as soon as its ClientApp answers the start-up query, which needs its process
+        # started (tens of seconds on a loaded machine): the timeout leaves it ample room
+        code = dep.submit([*RUN, "server.round_timeout=150"], run_dir, timeout=600)
     finally:
         stopped(dep)
     log = dep.logs["flwr run"]
@@ -186,7 +189,7 @@ def test_bad_file_and_missing_node_are_two_lines_and_a_failed_exit(tmp_path):
     assert errors == [
         f"client 1 cannot start: local data '{bad}' samples have shape (60,); the run's dataset "
         "has input shape (1, 8, 8) (64 values per sample)",
-        "client 2: no SuperNode answered within 20s (not started?)",
+        "client 2: no SuperNode answered within 150s (not started?)",
     ], "\n".join(log[-40:])
     assert [line for line in log if line.startswith("fedkd-flwr-run: error: ")] == [
         f"fedkd-flwr-run: error: run {run_id} finished:failed: {line}"
