@@ -31,15 +31,16 @@ clients' accuracies (``honest_*``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
 
-from clients import wire
 from clients.faults import check_selection
 from fedkd.errors import ConfigError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes, decode
+
+if TYPE_CHECKING:  # Flower loads only where an attack runs: the config check stays light
+    from flwr.app import RecordDict
 
 KINDS = ("none", "random_logits", "label_flip", "scale", "stale", "count_claim")
 # attack kind -> the payload kinds it applies to
@@ -188,6 +189,10 @@ def _scale(payload: Any, factor: float) -> Any:
 
 
 def _stale(payload: Any, state: RecordDict) -> Any:
+    from flwr.app import ConfigRecord
+
+    from clients import wire
+
     if STALE in state.array_records:
         meta = dict(state.config_records[STALE_META])
         return decode(

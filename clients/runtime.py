@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fedkd.data import FederatedData, build_federated_data
 from fedkd.data.local import local_client_data
+
+if TYPE_CHECKING:  # torch loads with the first tensors: building the data needs none
+    import torch
 
 DATA_KEYS = ("seed", "num_clients", "dataset", "partition", "split")
 
@@ -58,6 +59,8 @@ def client_tensors(
     partition's, ``split.local_test_fraction``); the global test set and the
     public set always come from the run's dataset, which every node shares.
     """
+    import torch
+
     fed = federated_data(key)
     if not 0 <= partition_id < len(fed.clients):
         raise ValueError(f"partition-id {partition_id} is outside 0..{len(fed.clients) - 1}")
@@ -89,6 +92,8 @@ def client_tensors(
 
 
 def _canary_mask(fed: FederatedData) -> torch.Tensor | None:
+    import torch
+
     if fed.canary_public is None:
         return None
     mask = torch.zeros(len(fed.public_x), dtype=torch.bool)
@@ -98,5 +103,7 @@ def _canary_mask(fed: FederatedData) -> torch.Tensor | None:
 
 def configure_torch(threads: int) -> None:
     """Pin torch's intra-op threads: Ray runs one client per core."""
+    import torch
+
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

@@ -42,13 +42,14 @@ from torch import Tensor, nn
 
 from fedkd.domain import DomainHead, dann_lambda, mk_mmd
 from fedkd.errors import ConfigError
+from fedkd.strategy_options import FEDKA_METHODS, FEDKA_MMD_ACCUMULATE, FEDKA_RAMP_ON
 from fedkd.train import make_optimizer
 
-METHODS = ("source", "dann", "fedka", "mmd")
+METHODS = FEDKA_METHODS
 ADVERSARIAL = ("dann", "fedka")
 MATCHING = ("fedka", "mmd")
-MMD_ACCUMULATE = ("sum", "official")
-RAMP_ON = ("loss", "lr")
+MMD_ACCUMULATE = FEDKA_MMD_ACCUMULATE
+RAMP_ON = FEDKA_RAMP_ON
 
 # Weight-array name prefixes inside one ModelWeights payload (see split_arrays)
 HEAD_PREFIX = "domain_head."

@@ -5,7 +5,8 @@ group's option files, and the options of each group. ``explain_compose_error``
 turns Hydra's composition errors into one line with a "did you mean";
 ``check_top_level`` refuses top-level keys that nothing declares (``+num_client=5``);
 ``check_early`` runs every check that needs neither torch nor the data, in
-well under a second, so a bad value stops the run before anything heavy loads.
+well under a second, so a bad value stops the run before anything heavy loads
+(the strategies' options are in ``fedkd.strategy_options``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 
 from fedkd.config import check_config, config_dir
 from fedkd.errors import ConfigError
+from fedkd.strategy_options import check_strategy
 
 GLOBAL_PACKAGE = "# @package _global_"
 NOT_GROUPS = ("bench",)  # folders of configs/ that are not Hydra groups of config.yaml
@@ -150,30 +152,11 @@ def check_top_level(
             )
 
 
-def check_reducer_option(cfg: Mapping[str, Any]) -> None:
-    """``strategy.reducer`` / ``reducer_params``, when the strategy has them, on a toy input
-    (the same call as the strategy's own check)."""
-    params = cfg.get("strategy") or {}
-    if "reducer" not in params:
-        return
-    import numpy as np
-
-    from fedkd.fusion.reduce import REDUCERS, reduce
-
-    name = params.get("reducer")
-    if name not in REDUCERS:
-        raise ConfigError(
-            f"strategy.reducer={name}: unknown reducer{did_you_mean(str(name), REDUCERS)} "
-            f"(options: {', '.join(REDUCERS)})"
-        )
-    try:
-        reduce(name, np.zeros((3, 1)), None, params.get("reducer_params") or {})
-    except ConfigError as err:
-        raise ConfigError(f"strategy.reducer_params: {err}") from None
-
-
 def check_early(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> None:
-    """Every check that needs neither torch, Flower nor the data (a one-line ConfigError)."""
+    """The library's checks that need neither torch, Flower nor the data (a one-line
+    ConfigError): keys, values, the dataset and partition sections and the strategy's options.
+    The launchers add the server's (``server.options.check_options``: privacy, attacks,
+    faults, optimisers), which are as light."""
     import fedkd.data  # noqa: F401  (registers the loaders and partitioners)
     from fedkd.data.registry import DATASETS, PARTITIONERS
 
@@ -181,4 +164,4 @@ def check_early(cfg: Mapping[str, Any], overrides: Sequence[str] = ()) -> None:
     check_config(cfg)
     for group, registry in (("dataset", DATASETS), ("partition", PARTITIONERS)):
         registry.check(cfg[group]["name"], cfg[group])
-    check_reducer_option(cfg)
+    check_strategy(cfg)

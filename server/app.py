@@ -1,18 +1,15 @@
 """The fedkd ServerApp: builds the run from the config and drives the strategy.
 
 ``make_server_app(cfg, run_dir)`` is what the simulation launcher uses;
-``app`` is the same ServerApp for ``flwr run .`` and real deployments, where
-the config is composed from ``configs/`` with the Flower run config as
-overrides (one schema, one set of defaults).
+``server.serverapp.app`` is the ServerApp for ``flwr run .`` and real deployments,
+which checks the config before it imports this module (and torch).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shlex
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +18,22 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients import attacks, faults
-from clients.faults import check_faults
 from clients.runtime import data_key, federated_data
-from fedkd.bounds import Bounds
-from fedkd.config import check_config, compose
 from fedkd.console import phase
-from fedkd.errors import CheckpointError, ConfigError, FedkdError
+from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
-from fedkd.privacy.noise import seeded_noise
 from fedkd.train import make_optimizer
 from server import ledger_log, nodeloss
-from server.checkpoint import Checkpointer, check_checkpoint_config, set_rng_state
-from server.privacy import check_privacy, check_record_delta, privacy_summary
+from server.checkpoint import Checkpointer, set_rng_state
+from server.options import (
+    check_deployment,  # noqa: F401  (re-exported)
+    optimizer_specs,
+)
+from server.options import check_options as check_light_options
+from server.privacy import check_record_delta, privacy_summary
 from server.recorder import RunRecorder, console_options
-from server.roster import Roster, discover
+from server.roster import Roster
 from server.strategies import STRATEGIES, RunInfo
-from server.strategies.public import check_swing
 
 log = logging.getLogger("fedkd")
 
@@ -69,67 +66,21 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
 
 
 def check_options(cfg: dict[str, Any]) -> type:
-    """Every check that needs no data; returns the strategy class."""
-    check_config(cfg)
-    strategy = STRATEGIES.get(cfg["strategy"]["name"])
-    strategy.check_config(cfg)
-    check_privacy(cfg, strategy)
-    check_swing(cfg, strategy)
+    """Every check that needs no data (``server.options``, then each optimiser built on a
+    dummy parameter); returns the strategy class."""
+    spec = check_light_options(cfg)
     check_optimizers(cfg)
-    check_faults(cfg)
-    check_checkpoint_config(cfg)
-    Bounds.from_config(cfg.get("bounds"))
-    attacks.check_attack(cfg, strategy.upload_kind, strategy.name)
-    if (
-        faults.assignments(cfg).get("bad_payload")
-        and faults.bad_mode(cfg, 1) == "indices"
-        and strategy.upload_kind not in ("public_logits", "votes")
-    ):
-        raise ConfigError(
-            f"faults.bad_payload.mode=indices needs public-set knowledge; strategy "
-            f"'{strategy.name}' uploads {strategy.upload_kind or 'nothing'}"
-        )
-    return strategy
-
-
-def check_deployment(cfg: dict[str, Any]) -> None:
-    """What a deployment (``flwr run``, ``fedkd-deploy``, real SuperNodes) refuses."""
-    if cfg.get("resume"):
-        raise ConfigError(
-            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
-        )
-    if seeded_noise(cfg):
-        raise ConfigError(
-            "simulation.seeded_noise=true is for simulations only: anyone who knows the run "
-            "config could subtract the noise; drop the override (deployments use OS entropy)"
-        )
+    return STRATEGIES.get(spec.name)
 
 
 def check_optimizers(cfg: dict[str, Any]) -> None:
-    """Build every optimizer the run names on a dummy parameter, so a typo fails now."""
-    specs = {
-        "client.optimizer": cfg["client"]["optimizer"],
-        "client.distill.optimizer": cfg["client"]["distill"]["optimizer"],
-    }
-    specs.update(
-        {f"strategy.{k}": v for k, v in cfg["strategy"].items() if k.endswith("optimizer")}
-    )
+    """Build every optimizer the run names on a dummy parameter (what torch refuses)."""
     dummy = [torch.nn.Parameter(torch.zeros(1))]
-    for where, spec in specs.items():
-        if spec is None:
-            continue
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise ConfigError(f"{where} must be a mapping with a 'name' (got {spec!r})")
+    for where, spec in optimizer_specs(cfg).items():
         try:
             make_optimizer(dummy, spec)
-        except ConfigError as err:
+        except (ConfigError, TypeError, ValueError) as err:
             raise ConfigError(f"{where}: {err}") from None
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: {err}") from None
-    for key in ("epochs", "batch_size"):
-        value = cfg["client"]["distill"][key]
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"client.distill.{key} must be an integer >= 1 (got {value!r})")
 
 
 def run_server(
@@ -238,83 +189,3 @@ def make_server_app(
         )
 
     return server_app
-
-
-def overrides_from_run_config(run_config: dict[str, Any]) -> list[str]:
-    """The run config's ``overrides`` string, split like a shell command line."""
-    return shlex.split(str(run_config.get("overrides", "")))
-
-
-app = ServerApp()
-
-
-RUN_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as fedkd-sim's run.log
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """``flwr run``: the run config overrides configs/; the clients say how many they are.
-
-    The run directory gets ``config.yaml`` and ``run.log`` as under ``fedkd-sim``. A bad
-    config fails before any SuperNode is asked, as one ``fedkd ERROR`` line in the log
-    stream; the ServerApp then raises, so Flower marks the run failed with that line as its
-    details (``flwr list``) and the ServerApp process exits non-zero.
-    """
-    if not log.handlers:  # flwr-serverapp configures only Flower's logger: show fedkd's lines too
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("fedkd %(levelname)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-    run_config = dict(context.run_config)
-    default_dir = Path("outputs") / "flwr" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run_dir = Path(str(run_config.get("run_dir") or default_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_log = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
-    run_log.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
-    log.addHandler(run_log)
-    try:
-        _run_flwr(grid, run_config, run_dir)
-    except FedkdError as err:
-        for line in str(err).splitlines():  # one line (one per client that cannot start)
-            log.error("%s", line)  # in the stream and in run.log
-        raise err.with_traceback(None) from None  # Flower logs it: keep its traceback short
-    finally:
-        log.removeHandler(run_log)
-        run_log.close()
-
-
-def _write_config(cfg: dict[str, Any], run_dir: Path) -> None:
-    from omegaconf import OmegaConf
-
-    text = OmegaConf.to_yaml(OmegaConf.create(cfg))
-    (run_dir / "config.yaml").write_text(text, encoding="utf-8")
-
-
-def _run_flwr(grid: Grid, run_config: dict[str, Any], run_dir: Path) -> None:
-    from fedkd.schema import check_early
-
-    overrides = overrides_from_run_config(run_config)
-    cfg = compose(overrides)
-    check_early(cfg, overrides)  # the same checks as fedkd-sim, before anything else
-    check_options(cfg)  # fail on a bad config before waiting for SuperNodes
-    check_deployment(cfg)
-    if cfg.get("resume"):
-        raise ConfigError(
-            "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
-        )
-    _write_config(cfg, run_dir)
-    roster = discover(grid, timeout=float(cfg["server"]["round_timeout"]), cfg_json=json.dumps(cfg))
-    if (
-        any(o.startswith("num_clients=") for o in overrides)
-        and cfg["num_clients"] != roster.num_partitions
-    ):
-        raise ConfigError(
-            f"overrides set num_clients={cfg['num_clients']} but the SuperNodes hold "
-            f"{roster.num_partitions} partitions"
-        )
-    cfg["num_clients"] = roster.num_partitions
-    _write_config(cfg, run_dir)  # with the number of clients the SuperNodes hold
-    summary = run_server(grid, cfg, run_dir, roster=roster)
-    if summary.get("status") in nodeloss.STOPPED:  # starved: Flower marks the run failed
-        raise FedkdError(summary["stop_reason"])

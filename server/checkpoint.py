@@ -40,6 +40,7 @@ from omegaconf import OmegaConf
 from fedkd import checkpoint as ckpt_io
 from fedkd.checkpoint import client_file
 from fedkd.errors import CheckpointError, ConfigError
+from server.options import check_checkpoint_config  # noqa: F401  (re-exported)
 
 log = logging.getLogger("fedkd")
 
@@ -56,15 +57,6 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def server_file(run_dir: str | Path) -> Path:
     return checkpoint_dir(run_dir) / SERVER_FILE
-
-
-def check_checkpoint_config(cfg: Mapping[str, Any]) -> None:
-    every = (cfg.get("checkpoint") or {}).get("every")
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
-        raise ConfigError(f"checkpoint.every must be null or an integer >= 0 (got {every!r})")
-    resume = cfg.get("resume")
-    if resume is not None and not isinstance(resume, str):
-        raise ConfigError(f"resume must be a run directory (got {resume!r})")
 
 
 def _may_change(key: str) -> bool:

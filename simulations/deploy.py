@@ -84,10 +84,16 @@ class Deployment:
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ processes
-    def env(self, home: str) -> dict[str, str]:
-        """Every process gets its own FLWR_HOME (FAB installs must not race) and our marker."""
+    def env(self, home: str, pythonpath: Path | None = None) -> dict[str, str]:
+        """Every process gets its own FLWR_HOME (FAB installs must not race) and our marker;
+        ``pythonpath``: put first on PYTHONPATH (this checkout's modules)."""
+        extra = {}
+        if pythonpath is not None:
+            before = os.environ.get("PYTHONPATH")
+            extra["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *([before] if before else [])])
         return {
             **os.environ,
+            **extra,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "FLWR_HOME": str(self.work_dir / "flwr" / home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -95,12 +101,14 @@ class Deployment:
             MARKER: self.launch_id,
         }
 
-    def spawn(self, name: str, cmd: list[str], home: str) -> subprocess.Popen:
+    def spawn(
+        self, name: str, cmd: list[str], home: str, pythonpath: Path | None = None
+    ) -> subprocess.Popen:
         """Start ``cmd`` in its own session and stream its output as ``[name] line``."""
         proc = subprocess.Popen(
             cmd,
             cwd=self.work_dir,
-            env=self.env(home),
+            env=self.env(home, pythonpath),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -310,13 +318,14 @@ class Deployment:
 
     # ------------------------------------------------------------ the run
     def submit(self, overrides: Sequence[str], run_dir: str | Path, timeout: float = 3600) -> int:
-        """``flwr run`` this app and stream its logs until the run ends; returns its exit code."""
+        """``fedkd-flwr-run`` this app (``flwr run --stream``, then the run's status) until
+        the run ends; returns its exit code: 0 only if the run completed."""
         text = " ".join(overrides)
         if "'" in text:
             raise DeployError("overrides cannot contain single quotes (use double quotes)")
         config = f"overrides='{text}' run_dir='{Path(run_dir).resolve()}'"
-        cmd = [str(BIN / "flwr"), "run", str(ROOT), CONNECTION, "--stream", "-c", config]
-        proc = self.spawn("flwr run", cmd, "cli")
+        cmd = [sys.executable, "-m", "simulations.flwr_run", str(ROOT), CONNECTION, "-c", config]
+        proc = self.spawn("flwr run", cmd, "cli", pythonpath=ROOT)
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -372,15 +381,20 @@ def existing_keys(folder: Path, nodes: int) -> list[Path]:
 
 def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> None:
     """Fail before any process starts: the config, and each node's data against the run's task."""
-    from clients.runtime import data_key, federated_data
     from fedkd.config import compose
-    from fedkd.data.local import load_local_data
-    from server.app import check_deployment, check_options
+    from fedkd.schema import check_early
+    from server.options import check_deployment, check_options
 
     cfg = compose(list(overrides))
     cfg["num_clients"] = nodes
+    check_early(cfg, overrides)  # no torch yet: a bad value stops in a second or two
     check_options(cfg)
     check_deployment(cfg)
+    from clients.runtime import data_key, federated_data
+    from fedkd.data.local import load_local_data
+    from server.app import check_options as check_with_torch
+
+    check_with_torch(cfg)  # each optimiser built by torch
     if paths:
         fed = federated_data(data_key(cfg))
         bad = []  # every bad file, one line each, named by its client (partition) id

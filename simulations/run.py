@@ -124,6 +124,15 @@ def console_logging(logs: dict[str, Any]) -> None:
 
 def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Check ``cfg``, then run the simulation and return its summary."""
+    from clients.runtime import data_key, federated_data
+    from server.recorder import console_options
+
+    cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
+    backend = backend_config(cfg)  # simulation.ray_* checked too
+    # a cluster to join must answer before anything is built (Ray would retry for minutes)
+    wait_for_head(backend["init_args"]["address"], float(cfg["simulation"]["connect_timeout"]))
+    phase("data", "building the federated data")
+    federated_data(data_key(cfg))  # a split that cannot be made fails before torch loads
     phase("libraries", "loading torch and Flower")
     from flwr.simulation import run_simulation
 
@@ -131,14 +140,9 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     from clients.privacy_mod import SIMULATION_ENV
     from server.app import make_server_app, prepare_run
     from server.checkpoint import load_server_checkpoint
-    from server.recorder import console_options
     from server.resume_check import check_resume
 
-    cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
-    backend = backend_config(cfg)  # simulation.ray_* checked too
-    # a cluster to join must answer before anything is built (Ray would retry for minutes)
-    wait_for_head(backend["init_args"]["address"], float(cfg["simulation"]["connect_timeout"]))
-    phase("data", "building the federated data and checking the models")
+    phase("data", "checking the data against the strategy and building the models")
     info = prepare_run(cfg)  # raises FedkdError before Ray starts
     phase(
         "data",
@@ -208,8 +212,8 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
-    from clients.faults import check_faults
     from fedkd.schema import check_early
+    from server.options import check_options
     from server.recorder import console_options
 
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -233,7 +237,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         plain["logging"].update(console_options(plain["logging"]))
         console_logging(plain["logging"])
         check_early(plain, overrides)  # no torch, no Flower, no data: well under 2 s
-        check_faults(plain)
+        check_options(plain)  # privacy, attacks, faults, optimisers: as light
         phase("config", f"composed and checked ({plain['strategy']['name']}, {run_dir})")
         simulate(plain, run_dir)
     except FedkdError as err:

@@ -212,7 +212,7 @@ def test_fedka_source_only_has_no_domain_head_and_no_votes():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("strategy.method=coral", "method must be one of"),
+        ("strategy.method=coral", "strategy.method=coral: must be one of source, dann, fedka, mmd"),
         ("strategy.broadcast=all", "strategy.broadcast"),
         ("strategy.mmd_accumulate=mean", "strategy.mmd_accumulate"),
         ("strategy.vote_ramp_on=steps", "strategy.vote_ramp_on"),

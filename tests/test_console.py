@@ -206,3 +206,19 @@ def test_failed_run_writes_its_error_to_run_log_before_importing_torch(tmp_path)
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert errors == ["fedkd-sim: error: num_clients must be an integer >= 1 (got 0)"]
     assert "num_clients must be an integer >= 1 (got 0)" in (run_dir / "run.log").read_text()
+
+
+def test_a_split_that_cannot_be_made_fails_before_importing_torch(tmp_path):
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    args = ["split.global_test_per_class=1000", f"hydra.run.dir={tmp_path / 'bad'}"]
+    result = run_fedkd_sim(args, timeout=120, env=env)
+    assert result.returncode == 1
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "fedkd.data" in imported and not {"torch", "flwr", "ray"} & imported
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("fedkd-sim: error: class "), result.stderr
+    assert "set split.global_test_per_class=" in errors[0] and "or lower" in errors[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,6 +154,55 @@ def test_killed_supernode_run_completes_without_it(tmp_path):
     assert "no_reply in round" in row and row.rstrip("│ ").endswith("never answered"), row
     rows = read_metrics(run_dir)
     assert sorted({(r["client"], r["round"]) for r in rows}) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+
+
+def test_bad_file_and_missing_node_are_two_lines_and_a_failed_exit(tmp_path):
+    """Three partitions: node 0 is fine, node 1's file has 60 feature columns, node 2 never
+    starts. The ServerApp waits server.round_timeout for node 2, then stops with one line per
+    client, and the submission (fedkd-flwr-run) exits non-zero with the same two lines."""
+    import pyarrow as pa
+    from pyarrow import csv
+
+    good, *_ = client_files(tmp_path / "data")
+    bad = tmp_path / "data" / "bad.csv"
+    rng = np.random.default_rng(0)
+    csv.write_csv(
+        pa.table({**{f"px{i}": rng.random(40) for i in range(60)}, "label": np.arange(40) % 10}),
+        bad,
+    )
+    run_dir = tmp_path / "run"
+    dep = Deployment(tmp_path / "work", tls=False, auth=False, echo=False)
+    try:
+        dep.start_superlink()
+        for i, path in enumerate((good, bad)):
+            dep.start_supernode(i, {"partition-id": i, "num-partitions": 3, "data-path": str(path)})
+        dep.wait_for_nodes(2)
+        # the missing node is named once server.round_timeout has passed; the bad node is
+        # named as soon as its ClientApp answers the start-up query, which needs its process
+        # started (tens of seconds on a loaded machine): the timeout leaves it ample room
+        code = dep.submit([*RUN, "server.round_timeout=150"], run_dir, timeout=600)
+    finally:
+        stopped(dep)
+    log = dep.logs["flwr run"]
+    assert code != 0, "\n".join(log[-30:])
+    errors = [line.split("fedkd ERROR: ", 1)[1] for line in log if "fedkd ERROR: " in line]
+    assert errors == [
+        f"client 1 cannot start: local data '{bad}' samples have shape (60,); the run's dataset "
+        "has input shape (1, 8, 8) (64 values per sample)",
+        "client 2: no SuperNode answered within 150s (not started?)",
+    ], "\n".join(log[-40:])
+    assert [line for line in log if line.startswith("fedkd-flwr-run: error: ")] == [
+        f"fedkd-flwr-run: error: run {run_id} finished:failed: {line}"
+        for run_id in [_run_id(log)]
+        for line in errors
+    ]
+    assert errors[0] in (run_dir / "run.log").read_text()
+    assert not (run_dir / "summary.json").exists()  # no round ran
+
+
+def _run_id(log: list[str]) -> str:
+    (run_id,) = [m[1] for ln in log if (m := re.search(r"Successfully started run (\d+)", ln))]
+    return run_id
 
 
 def test_launcher_stops_everything_on_ctrl_c(tmp_path):

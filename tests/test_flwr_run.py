@@ -83,28 +83,23 @@ def test_flwr_run_dot_completes(tmp_path):
             assert superlink.poll() is None, "flower-superlink exited during start-up"
             assert time.monotonic() < deadline, "flower-superlink did not become healthy"
             time.sleep(0.2)
+
+        def wrapper(config: str) -> subprocess.CompletedProcess:
+            """fedkd-flwr-run from the copied project (its modules, its configs)."""
+            return subprocess.run(
+                [sys.executable, "-m", "simulations.flwr_run", ".", "-c", config],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+
         run_dir = tmp_path / "run"
-        result = subprocess.run(
-            [
-                str(flwr),
-                "run",
-                ".",
-                "--stream",
-                "-c",
-                f"overrides='num_rounds=2 logging.progress=false' run_dir='{run_dir}'",
-            ],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = wrapper(f"overrides='num_rounds=2 logging.progress=false' run_dir='{run_dir}'")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
         assert "Successfully started run" in result.stdout, result.stdout + result.stderr
-        deadline = time.monotonic() + 120
-        while not (run_dir / "summary.json").exists():
-            assert time.monotonic() < deadline, f"no summary.json:\n{result.stdout[-3000:]}"
-            time.sleep(0.5)
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())  # the run has ended
         assert summary["num_rounds"] == 2
         assert summary["num_clients"] == 2  # Flower's default local federation: 2 SuperNodes
         assert sorted(summary["clients"]) == ["0", "1"]
@@ -112,7 +107,16 @@ def test_flwr_run_dot_completes(tmp_path):
         assert written["num_rounds"] == 2 and written["num_clients"] == 2
         assert "round 2/2" in (run_dir / "run.log").read_text()
 
-        # a bad override: one fedkd line in the stream and in run.log, no SuperNode asked
+        # a bad override: fedkd-flwr-run refuses it in one line before submitting anything
+        line = "strategy=fdd: no such strategy; did you mean fd?"
+        early = wrapper(f"overrides='strategy=fdd' run_dir='{tmp_path / 'early'}'")
+        assert early.returncode == 1
+        assert early.stderr.startswith(f"fedkd-flwr-run: error: {line}"), early.stderr
+        assert len(early.stderr.splitlines()) == 1 and early.stdout == ""
+        assert not (tmp_path / "early").exists()
+
+        # the same override submitted by plain flwr run: the ServerApp fails in one fedkd
+        # line in the stream and in run.log, with no SuperNode asked
         bad_dir = tmp_path / "bad"
         bad = subprocess.run(
             [
@@ -129,10 +133,21 @@ def test_flwr_run_dot_completes(tmp_path):
             text=True,
             timeout=300,
         )
-        line = "strategy=fdd: no such strategy; did you mean fd?"
         assert f"fedkd ERROR: {line}" in bad.stdout + bad.stderr, bad.stdout[-3000:]
         assert line in (bad_dir / "run.log").read_text()
         assert not (bad_dir / "config.yaml").exists()
+
+        # a run that fails on the ServerApp after the checks (the data cannot be split as
+        # asked): fedkd-flwr-run reads the failed status and exits 1 with the error
+        data_dir = tmp_path / "data"
+        failed = wrapper(f"overrides='split.global_test_per_class=1000' run_dir='{data_dir}'")
+        assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr
+        why = "split.global_test_per_class asks for 1000"
+        assert "fedkd ERROR: " in failed.stdout and why in failed.stdout
+        last = failed.stderr.strip().splitlines()[-1]
+        assert last.startswith("fedkd-flwr-run: error: run ") and "finished:failed" in last
+        assert why in last
+        assert why in (data_dir / "run.log").read_text()
     finally:
         survivors = stop_tree([superlink])
     assert not survivors, f"processes left running: {survivors}"

@@ -77,7 +77,7 @@ def test_pfllib_files_are_read_per_client(tmp_path):
         (
             lambda p: pfllib_folder(p, labels=12),
             ["num_clients=2"],
-            "has labels 0..11 but the source dataset has 10 classes",
+            "has labels 0..11 but the run's dataset has 10 classes (0..9)",
         ),
     ],
 )
@@ -85,6 +85,63 @@ def test_bad_folders_say_what_to_change(tmp_path, make, more, message):
     folder = make(tmp_path / "pfl")
     with pytest.raises(DataError, match=re.escape(message)):
         build_federated_data(partitioned(folder, *more))
+
+
+def own_formats_folder(root, rng):
+    """Client 0 in .csv, client 1 in .parquet, client 2 as image folders (fedkd's formats),
+    each with a label column named ``y`` for the tables; returns the arrays written."""
+    import pyarrow as pa
+    from PIL import Image
+    from pyarrow import csv, parquet
+
+    written = {}
+    for split, n in (("train", 12), ("test", 6)):
+        (root / split).mkdir(parents=True)
+        for cid in range(3):
+            y = np.arange(n) % 10
+            if cid < 2:
+                x = rng.integers(0, 17, (n, 64)).astype(np.float32) / 16
+                table = pa.table({"y": y, **{f"p{i}": x[:, i] for i in range(64)}})
+                if cid == 0:
+                    csv.write_csv(table, root / split / "0.csv")
+                else:
+                    parquet.write_table(table, root / split / "1.parquet")
+            else:
+                pixels = rng.integers(0, 256, (n, 8, 8)).astype(np.uint8)
+                for i, (img, label) in enumerate(zip(pixels, y, strict=True)):
+                    (root / split / "2" / str(label)).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(img, mode="L").save(
+                        root / split / "2" / str(label) / f"{i}.png"
+                    )
+                order = np.argsort(y, kind="stable")  # read back class folder by class folder
+                x = pixels[order].astype(np.float32).reshape(n, 64) / 255
+                y = y[order]
+            written[split, cid] = (x.reshape(n, 1, 8, 8), y)
+    return written
+
+
+def test_csv_parquet_and_image_folders_are_read_per_client(tmp_path):
+    folder = tmp_path / "own"
+    written = own_formats_folder(folder, np.random.default_rng(1))
+    cfg = partitioned(folder, "num_clients=3", "dataset.label_column=y")
+    check_early(cfg, [])
+    fed = build_federated_data(cfg)
+    for cid, client in enumerate(fed.clients):
+        for split in ("train", "test"):
+            x, y = written[split, cid]
+            got = getattr(client, split)
+            np.testing.assert_allclose(got.x, x, rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(got.y, y)
+
+
+def test_a_bad_client_file_is_named(tmp_path):
+    folder = tmp_path / "own"
+    own_formats_folder(folder, np.random.default_rng(1))
+    with pytest.raises(DataError, match=re.escape("has no label column 'label'; columns: y, p0")):
+        build_federated_data(partitioned(folder, "num_clients=3"))  # the tables' column is y
+    (folder / "test" / "1.parquet").unlink()
+    with pytest.raises(DataError, match=re.escape("test/ has no file for client(s) 1")):
+        build_federated_data(partitioned(folder, "num_clients=3", "dataset.label_column=y"))
 
 
 def test_early_checks_name_the_folder(tmp_path):

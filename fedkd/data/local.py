@@ -9,7 +9,9 @@ public set; only the client's private train/test split comes from its file.
 Formats (labels are integer class ids ``0..num_classes-1``):
 
 - ``.npz``: arrays ``x`` (``[N, *input_shape]`` or ``[N, prod(input_shape)]``)
-  and ``y`` (``[N]``); an optional scalar ``num_classes`` must match the run;
+  and ``y`` (``[N]``); an optional scalar ``num_classes`` must match the run; with
+  ``allow_pickle`` (``dataset=partitioned``: PFLlib / HtFLlib files), PFLlib's single
+  ``data`` entry, a pickled dict with ``x`` and ``y``, instead;
 - ``.csv`` / ``.parquet``: one integer label column (``label`` unless told
   otherwise) and one numeric column per input value, in row-major order of the
   run's input shape (64 columns for digits' ``1x8x8``);
@@ -43,8 +45,13 @@ def load_local_data(
     num_classes: int,
     input_shape: Sequence[int],
     label_column: str = "label",
+    min_samples: int = 2,
+    allow_pickle: bool = False,
 ) -> ArrayDataset:
-    """Load and validate one client's labelled samples against the run's task."""
+    """Load and validate one client's labelled samples against the run's task.
+
+    ``allow_pickle``: also read PFLlib's pickled ``data`` entry of a ``.npz`` (files you
+    trust); ``min_samples``: the fewest samples the file may hold."""
     path = Path(path).expanduser()
     shape = tuple(int(d) for d in input_shape)
     if not path.exists():
@@ -52,7 +59,7 @@ def load_local_data(
     if path.is_dir():
         x, y = _read_image_folder(path, num_classes)
     elif path.suffix.lower() == ".npz":
-        x, y = _read_npz(path, num_classes)
+        x, y = _read_npz(path, num_classes, allow_pickle)
     elif path.suffix.lower() in (".csv", ".parquet"):
         x, y = _read_table(path, label_column)
     else:
@@ -63,8 +70,8 @@ def load_local_data(
     x = _check_features(path, x, shape)
     if len(y) != len(x):
         raise DataError(f"local data '{path}' has {len(x)} samples but {len(y)} labels")
-    if len(y) < 2:
-        raise DataError(f"local data '{path}' has {len(y)} samples; needs at least 2")
+    if len(y) < min_samples:
+        raise DataError(f"local data '{path}' has {len(y)} samples; needs at least {min_samples}")
     return ArrayDataset(x=x, y=y)
 
 
@@ -89,16 +96,32 @@ def local_client_data(
     )
 
 
-def _read_npz(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(
+    path: Path, num_classes: int, allow_pickle: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+            names = list(npz.files)
+            if not {"x", "y"} <= set(names) and "data" in names and allow_pickle:
+                arrays = {}  # PFLlib: np.savez_compressed(f, data={"x": ..., "y": ...})
+            else:
+                arrays = {key: npz[key] for key in names}
     except (OSError, ValueError) as err:
         raise DataError(f"local data '{path}' is not a readable .npz file: {err}") from None
+    if not arrays and names:
+        try:
+            with np.load(path, allow_pickle=True) as npz:
+                data = npz["data"].item() if npz["data"].dtype == object else None
+        except (OSError, ValueError) as err:
+            raise DataError(f"local data '{path}' is not a readable .npz file: {err}") from None
+        if not isinstance(data, dict) or "x" not in data or "y" not in data:
+            raise DataError(f"local data '{path}': its data entry is not a dict with 'x' and 'y'")
+        arrays = {"x": np.asarray(data["x"]), "y": np.asarray(data["y"])}
     if "x" not in arrays or "y" not in arrays:
+        pfl = " (or PFLlib's 'data')" if allow_pickle else ""
         raise DataError(
             f"local data '{path}' has arrays [{', '.join(sorted(arrays))}]; "
-            "needs 'x' (features) and 'y' (labels)"
+            f"needs 'x' (features) and 'y' (labels){pfl}"
         )
     if "num_classes" in arrays:
         declared = arrays["num_classes"]

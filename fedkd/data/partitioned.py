@@ -1,11 +1,15 @@
 """``dataset=partitioned``: clients read their own pre-partitioned files in a simulation.
 
-A folder in the PFLlib / HtFLlib layout, ``train/<id>.npz`` and ``test/<id>.npz``
-for client ids ``0..num_clients-1`` (``fedkd-export-split`` writes it from any
-fedkd split, so other tools can run the identical split). Each ``.npz`` holds
-arrays ``x`` (``[n, *input_shape]`` or ``[n, prod(input_shape)]``) and ``y``
-(``[n]`` class ids), or PFLlib's single ``data`` entry, a pickled dict with
-``x`` and ``y`` (read with ``allow_pickle``: use files you trust).
+A folder with ``train/<id>`` and ``test/<id>`` for client ids ``0..num_clients-1``:
+the PFLlib / HtFLlib layout ``train/<id>.npz`` + ``test/<id>.npz``
+(``fedkd-export-split`` writes it from any fedkd split, so other tools can run the
+identical split), or any of the formats a deployed client reads from its own data
+file (``fedkd.data.local``, the same reader): ``<id>.npz``, ``<id>.csv``,
+``<id>.parquet`` (label column ``dataset.label_column``, one column per input value)
+or an image folder ``<id>/`` with one sub-folder per class id. A ``.npz`` holds arrays
+``x`` (``[n, *input_shape]`` or ``[n, prod(input_shape)]``) and ``y`` (``[n]`` class
+ids), or PFLlib's single ``data`` entry, a pickled dict with ``x`` and ``y`` (read
+with ``allow_pickle``: use files you trust).
 
 The public set and the global test set come from ``dataset.source``, another
 dataset config of the same task (e.g. ``{name: digits}``); the loader registered
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fedkd.data.local import FILE_SUFFIXES, load_local_data
 from fedkd.data.registry import DATASETS
 from fedkd.data.types import ArrayDataset, ClientData, SourceData
 from fedkd.errors import ConfigError, DataError
@@ -34,14 +39,16 @@ def check_partitioned(cfg: Mapping[str, Any]) -> None:
     if not isinstance(path, str) or not path:
         raise ConfigError(
             "dataset.path must be the folder of per-client files (train/<id>.npz, "
-            f"test/<id>.npz), e.g. dataset.path=data/split (got {path!r})"
+            f"test/<id>.npz; or .csv, .parquet, image folders), e.g. dataset.path=data/split "
+            f"(got {path!r})"
         )
     folder = Path(path).expanduser()
     for split in SPLITS:
         if not (folder / split).is_dir():
             raise ConfigError(
-                f"dataset.path={path}: no {split}/ folder; expected {split}/<id>.npz per client "
-                f"(fedkd-export-split writes this layout)"
+                f"dataset.path={path}: no {split}/ folder; expected {split}/<id>.npz (or "
+                f".csv, .parquet, an image folder) per client (fedkd-export-split writes this "
+                f"layout)"
             )
     source = cfg.get("source")
     if not isinstance(source, Mapping) or not isinstance(source.get("name"), str):
@@ -62,73 +69,63 @@ def load_partitioned_source(cfg: Mapping[str, Any], seed: int) -> SourceData:
     return DATASETS.get(source["name"])(source, seed)
 
 
-def _read(path: Path, num_classes: int, input_shape: Sequence[int]) -> ArrayDataset:
-    if not path.is_file():
-        raise DataError(f"partitioned data: no file '{path}'")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"partitioned data '{path}' is not a readable .npz ({err})") from None
-    with npz:
-        files = set(npz.files)
-        if {"x", "y"} <= files:
-            x, y = npz["x"], npz["y"]
-        elif "data" not in files:
-            raise DataError(
-                f"partitioned data '{path}' has arrays {sorted(files)}; expected x and y "
-                "(or PFLlib's data)"
-            )
-    if not {"x", "y"} <= files:  # PFLlib: np.savez_compressed(f, data={"x": ..., "y": ...})
-        with np.load(path, allow_pickle=True) as npz:
-            data = npz["data"].item() if npz["data"].dtype == object else None
-        if not isinstance(data, dict) or "x" not in data or "y" not in data:
-            raise DataError(f"partitioned data '{path}': its data entry has no x and y")
-        x, y = np.asarray(data["x"]), np.asarray(data["y"])
-    shape = tuple(int(d) for d in input_shape)
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 2 and x.shape[1] == int(np.prod(shape)):
-        x = x.reshape((len(x), *shape))
-    if tuple(x.shape[1:]) != shape:
-        raise DataError(
-            f"partitioned data '{path}' has samples of shape {tuple(x.shape[1:])}; the source "
-            f"dataset's are {shape} (choose dataset.source to match the files)"
-        )
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(
-            f"partitioned data '{path}' needs y of {len(x)} integer labels (got {y.dtype} "
-            f"{tuple(y.shape)})"
-        )
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise DataError(
-            f"partitioned data '{path}' has labels {int(y.min())}..{int(y.max())} but the "
-            f"source dataset has {num_classes} classes (0..{num_classes - 1})"
-        )
-    return ArrayDataset(x=x, y=y.astype(np.int64))
+def _entries(folder: Path) -> dict[int, Path]:
+    """``{client id: file or image folder}`` of one split folder (``0.npz``, ``1.csv``, ``2/``)."""
+    out: dict[int, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if not entry.stem.isdigit() or entry.name.startswith("."):
+            continue
+        if entry.is_dir() and entry.name.isdigit() or entry.suffix.lower() in FILE_SUFFIXES:
+            cid = int(entry.stem)
+            if cid in out:
+                raise DataError(
+                    f"partitioned data: client {cid} has two entries in {folder}/: "
+                    f"{out[cid].name} and {entry.name}; keep one"
+                )
+            out[cid] = entry
+    return out
 
 
 def client_files(cfg: Mapping[str, Any], num_clients: int) -> list[tuple[Path, Path]]:
-    """(train, test) file of every client; a DataError if the folder holds another number."""
+    """(train, test) entry of every client; a DataError if the folder holds another number."""
     folder = Path(cfg["path"]).expanduser()
-    ids = sorted(int(p.stem) for p in (folder / "train").glob("*.npz") if p.stem.isdigit())
+    train, test = _entries(folder / "train"), _entries(folder / "test")
+    ids = sorted(train)
     if ids != list(range(len(ids))) or len(ids) != num_clients:
         found = f"{len(ids)} clients (ids {ids[0]}..{ids[-1]})" if ids else "no client files"
         raise DataError(
             f"dataset.path={cfg['path']} holds {found} in train/; set num_clients={len(ids)}"
             if ids == list(range(len(ids))) and ids
             else f"dataset.path={cfg['path']}: train/ holds {found}; expected 0.npz.."
-            f"{num_clients - 1}.npz"
+            f"{num_clients - 1}.npz (or .csv, .parquet, image folders 0/..)"
         )
-    return [(folder / "train" / f"{i}.npz", folder / "test" / f"{i}.npz") for i in ids]
+    missing = [i for i in ids if i not in test]
+    if missing:
+        raise DataError(
+            f"dataset.path={cfg['path']}: test/ has no file for client(s) "
+            f"{', '.join(map(str, missing))}; add test/{missing[0]}.npz (or .csv, .parquet, "
+            f"an image folder)"
+        )
+    return [(train[i], test[i]) for i in ids]
 
 
 def read_clients(
     cfg: Mapping[str, Any], num_clients: int, num_classes: int, input_shape: Sequence[int]
 ) -> list[ClientData]:
-    """Every client's train and test split from its files."""
-    return [
-        ClientData(
-            train=_read(train, num_classes, input_shape), test=_read(test, num_classes, input_shape)
+    """Every client's train and test split from its files (``fedkd.data.local``'s reader)."""
+
+    def read(path: Path) -> ArrayDataset:
+        return load_local_data(
+            path,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            label_column=str(cfg.get("label_column") or "label"),
+            min_samples=1,
+            allow_pickle=True,
         )
+
+    return [
+        ClientData(train=read(train), test=read(test))
         for train, test in client_files(cfg, num_clients)
     ]
 

@@ -41,10 +41,10 @@ from fedkd.bounds import Bounds, cap_uploads, cap_weights, check_magnitude, clip
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
 from fedkd.encoding import DecodeLimits
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
-from fedkd.fusion import reduce
 from fedkd.knowledge import Payload
 from fedkd.metrics_schema import NonFiniteMetric, check_metrics
 from fedkd.privacy.noise import noise_rng, seeded_noise
+from fedkd.strategy_options import SPECS, StrategySpec, check_strategy
 from server import nodeloss
 from server.checkpoint import (
     Checkpointer,
@@ -104,12 +104,24 @@ def check_finite_tree(name: str, value: Any) -> None:
 
 
 class FedkdStrategy(Strategy):
+    # the traits (fedkd.strategy_options.StrategySpec) come from SPECS[name]
     name: ClassVar[str] = ""
     upload_kind: ClassVar[str | None] = None  # fedkd.knowledge kind every reply must carry
-    final_evaluation: ClassVar[bool] = False  # send one evaluate exchange after the last round
+    upload_space: ClassVar[str] = "logits"
     needs_public_set: ClassVar[bool] = False
     supports_central: ClassVar[bool] = False  # fuses with a plain mean: privacy=central applies
     personalised: ClassVar[bool] = False  # a different fused payload per client (KnFu)
+    supports_swing: ClassVar[bool] = False  # uploads probabilities a Swing release can replace
+    homogeneous_only: ClassVar[bool] = False  # averages weights: identical models everywhere
+    subset_key: ClassVar[str] = ""  # strategy option holding the per-round subset size
+    final_evaluation: ClassVar[bool] = False  # send one evaluate exchange after the last round
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = SPECS.get(cls.__dict__.get("name", ""))
+        if spec is not None:  # a concrete strategy: its traits are its spec's
+            for trait in StrategySpec.TRAITS:
+                setattr(cls, trait, getattr(spec, trait))
 
     def __init__(
         self, info: RunInfo, recorder: RunRecorder | None = None, roster: Roster | None = None
@@ -184,18 +196,9 @@ class FedkdStrategy(Strategy):
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
-        """Raise ConfigError for bad strategy options; runs before Ray starts."""
-
-    @staticmethod
-    def check_reducer(params: dict[str, Any], weighted: bool = False) -> None:
-        """The robust-fusion option (``reducer`` + ``reducer_params``) must be usable."""
-        weights = np.ones(3) if weighted else None
-        reduce(
-            params.get("reducer", "mean"),
-            np.zeros((3, 1)),
-            weights,
-            params.get("reducer_params") or {},
-        )
+        """Raise ConfigError for bad strategy options (``fedkd.strategy_options``, which the
+        launchers run right after composing the config, before torch loads)."""
+        check_strategy({**cfg, "strategy": {**cfg["strategy"], "name": cls.name}})
 
     @property
     def reducer(self) -> dict[str, Any]:

@@ -34,10 +34,8 @@ import numpy as np
 import torch
 
 from clients.runtime import data_key, federated_data
-from fedkd.errors import ConfigError
 from fedkd.fusion import era, public_mean, sharpen_entropy, softmax
 from fedkd.knowledge import PublicLogits
-from fedkd.losses import LOSSES, check_space
 from fedkd.schedule import round_budget
 from fedkd.server_student import ServerStudent
 from server.strategies.public import PublicSetStrategy
@@ -56,45 +54,6 @@ def rows_summing_to_one(mean: np.ndarray) -> np.ndarray:
 @STRATEGIES.register("dsfl")
 class DSFL(PublicSetStrategy):
     name = "dsfl"
-    upload_space = "probs"  # the paper's choice; era_on=logits switches to logits in setup
-    supports_central = True
-    subset_key = "open_size"
-    supports_swing = True
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        p = cfg["strategy"]
-        cls.subset_size(cfg)
-        if p["aggregation"] not in ("era", "sa"):
-            raise ConfigError(
-                f"strategy.aggregation must be 'era' or 'sa' (got '{p['aggregation']}')"
-            )
-        if p["era_on"] not in ("probs", "logits"):
-            raise ConfigError(f"strategy.era_on must be 'probs' or 'logits' (got '{p['era_on']}')")
-        if p["aggregation"] == "era" and not 0 < float(p["era_temperature"]) < 1:
-            raise ConfigError(
-                f"strategy.era_temperature must be in (0, 1): ERA sharpens (got {p['era_temperature']})"
-            )
-        if p["era_on"] == "logits" and (cfg.get("privacy") or {}).get("name") == "subteachers":
-            raise ConfigError(
-                "privacy=subteachers releases probabilities: use strategy.era_on=probs"
-            )
-        LOSSES.get(p["distill_loss"])
-        check_space(p["distill_loss"], "probs")
-        cls.check_reducer(p)
-        cls.check_budget(cfg)
-        if float(p["ce_weight"]) < 0:
-            raise ConfigError(f"strategy.ce_weight must be >= 0 (got {p['ce_weight']})")
-        if not isinstance(p["server_model"], bool):
-            raise ConfigError(
-                f"strategy.server_model must be true or false (got {p['server_model']!r})"
-            )
-        if not isinstance(p["hard_targets"], bool):
-            raise ConfigError(
-                f"strategy.hard_targets must be true or false (got {p['hard_targets']!r})"
-            )
-        if cls.swing_of(cfg) is not None and p["era_on"] != "probs":
-            raise ConfigError("swing releases probabilities: it needs strategy.era_on=probs")
 
     def setup(self) -> None:
         super().setup()

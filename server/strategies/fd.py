@@ -21,10 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fedkd.errors import ConfigError
 from fedkd.fusion import class_mean, leave_one_out, sharpen_entropy, softmax
 from fedkd.knowledge import ClassLogits
-from fedkd.losses import LOSSES, check_space
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -32,28 +30,6 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("fd")
 class FD(FedkdStrategy):
     name = "fd"
-    supports_central = True
-    upload_kind = "class_logits"
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        params = cfg["strategy"]
-        if params["teacher"] not in ("mean", "loo"):
-            raise ConfigError(
-                f"strategy.teacher must be 'mean' or 'loo' (got '{params['teacher']}')"
-            )
-        if float(params["beta"]) < 0:
-            raise ConfigError(f"strategy.beta must be >= 0 (got {params['beta']})")
-        if float(params["temperature"]) <= 0:
-            raise ConfigError(f"strategy.temperature must be > 0 (got {params['temperature']})")
-        LOSSES.get(params["loss"])
-        check_space(params["loss"], "logits")
-        cls.check_reducer(params, weighted=bool(params["weighted"]))
-        if cfg.get("privacy", {}).get("name") == "central" and params["teacher"] == "loo":
-            raise ConfigError(
-                "privacy=central cannot protect strategy.teacher=loo (a different teacher per "
-                "client); use teacher=mean or the client-side mod"
-            )
 
     def setup(self) -> None:
         self.teachers: dict[int, ClassLogits] = {}

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedkd.errors import ConfigError, PayloadError
+from fedkd.errors import PayloadError
 from fedkd.fusion import REDUCERS
 from fedkd.knowledge import ModelWeights
-from fedkd.models import build_model, is_homogeneous, spec_for_client
+from fedkd.models import build_model, spec_for_client
 from fedkd.weights import model_to_arrays
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
@@ -31,17 +31,7 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("fedavg")
 class FedAvg(FedkdStrategy):
     name = "fedavg"
-    upload_kind = "model_weights"
     final_evaluation = True
-    homogeneous_only = True
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        if cls.homogeneous_only and not is_homogeneous(cfg["model"], int(cfg["num_clients"])):
-            raise ConfigError(
-                f"strategy '{cls.name}' averages weights and needs identical models on every client, "
-                f"but model.family has {len(cfg['model']['family'])} different specs (use model=mlp)"
-            )
 
     def setup(self) -> None:
         """One weight set per architecture group, initialised from the group's first client's seed."""

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from clients.runtime import data_key, federated_data
-from fedkd.errors import ConfigError
 from fedkd.server_distill import distill_ensemble
 from fedkd.train import evaluate
 from fedkd.weights import arrays_to_model, model_to_arrays
@@ -35,21 +34,6 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("feddf")
 class FedDF(FedAvg):
     name = "feddf"
-    homogeneous_only = False
-    needs_public_set = True
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        p = cfg["strategy"]
-        if int(cfg["split"].get("server_val_per_class", 0)) < 1:
-            raise ConfigError(
-                "feddf early-stops on a labelled server validation split: set split.server_val_per_class >= 1"
-            )
-        for key in ("max_steps", "batch_size", "eval_every", "patience"):
-            if int(p[key]) < 1:
-                raise ConfigError(f"strategy.{key} must be >= 1 (got {p[key]})")
-        if float(p["lr"]) <= 0 or float(p["temperature"]) <= 0:
-            raise ConfigError("strategy.lr and strategy.temperature must be > 0")
 
     def setup(self) -> None:
         super().setup()

@@ -50,61 +50,28 @@ from clients.runtime import data_key, federated_data
 from fedkd.adaptation import (
     ADVERSARIAL,
     MATCHING,
-    MMD_ACCUMULATE,
-    RAMP_ON,
-    check_method,
     finetune_on_votes,
     join_arrays,
     split_arrays,
 )
 from fedkd.domain import DomainHead
-from fedkd.errors import ConfigError
 from fedkd.fusion import vote_counts
 from fedkd.fusion.label_vote import LabelVoting
 from fedkd.knowledge import ModelWeights
+from fedkd.strategy_options import FEDKA_BROADCASTS
 from fedkd.train import evaluate, predict
 from fedkd.weights import arrays_to_model, model_to_arrays
 from server.strategies.fedavg import FedAvg
 from server.strategies.registry import STRATEGIES
 from server.strategies.vote import voting_diagnostics
 
-BROADCASTS = ("finetuned", "fedavg")
+BROADCASTS = FEDKA_BROADCASTS
 
 
 @STRATEGIES.register("fedka")
 class FedKA(FedAvg):
     name = "fedka"
-    needs_public_set = True
     final_evaluation = False  # the server evaluates the global model itself each round
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        super().check_config(cfg)
-        p = cfg["strategy"]
-        check_method(p["method"])
-        if p["broadcast"] not in BROADCASTS:
-            raise ConfigError(
-                f"strategy.broadcast must be one of {', '.join(BROADCASTS)} (got {p['broadcast']!r})"
-            )
-        if p["vote_ramp_on"] not in RAMP_ON:
-            raise ConfigError(
-                f"strategy.vote_ramp_on must be one of {', '.join(RAMP_ON)} (got {p['vote_ramp_on']!r})"
-            )
-        if p["mmd_accumulate"] not in MMD_ACCUMULATE:
-            raise ConfigError(
-                f"strategy.mmd_accumulate must be one of {', '.join(MMD_ACCUMULATE)} "
-                f"(got {p['mmd_accumulate']!r})"
-            )
-        for key, low in (("batches", 1), ("batch_size", 2), ("vote_batches", 0), ("mmd_every", 1)):
-            if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < low:
-                raise ConfigError(f"strategy.{key} must be an int >= {low} (got {p[key]!r})")
-        if not float(p["gamma"]) > 0:
-            raise ConfigError(f"strategy.gamma must be > 0 (got {p['gamma']})")
-        if not isinstance(p["voting_enabled"], bool):
-            raise ConfigError(
-                f"strategy.voting_enabled must be true or false (got {p['voting_enabled']!r})"
-            )
-        LabelVoting.from_config(p["voting"])
 
     def setup(self) -> None:
         super().setup()

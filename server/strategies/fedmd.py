@@ -20,10 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedkd.errors import ConfigError
 from fedkd.fusion import public_mean
 from fedkd.knowledge import PublicLogits
-from fedkd.losses import LOSSES, check_space
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -31,23 +29,6 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("fedmd")
 class FedMD(PublicSetStrategy):
     name = "fedmd"
-    supports_central = True
-    subset_key = "alignment_size"
-    upload_space = "logits"
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        params = cfg["strategy"]
-        cls.subset_size(cfg)
-        LOSSES.get(params["digest_loss"])
-        check_space(params["digest_loss"], "logits")
-        cls.check_reducer(params)
-        cls.check_budget(cfg)
-        pretrain = params["pretrain_epochs"]
-        if isinstance(pretrain, bool) or not isinstance(pretrain, int) or pretrain < 0:
-            raise ConfigError(f"strategy.pretrain_epochs must be an int >= 0 (got {pretrain!r})")
-        if float(params["ce_weight"]) < 0:
-            raise ConfigError(f"strategy.ce_weight must be >= 0 (got {params['ce_weight']})")
 
     def plan(self, server_round: int) -> dict[str, Any]:
         pretrain = int(self.params["pretrain_epochs"])

@@ -24,10 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from fedkd.errors import ConfigError
 from fedkd.fusion import prototype_mean
 from fedkd.knowledge import Prototypes
-from fedkd.losses import LOSSES, check_space
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -35,17 +33,6 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("fedproto")
 class FedProto(FedkdStrategy):
     name = "fedproto"
-    supports_central = True
-    upload_kind = "prototypes"
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        params = cfg["strategy"]
-        if float(params["lambda"]) < 0:
-            raise ConfigError(f"strategy.lambda must be >= 0 (got {params['lambda']})")
-        LOSSES.get(params["loss"])
-        check_space(params["loss"], "features")
-        cls.check_reducer(params, weighted=bool(params["weighted"]))
 
     def setup(self) -> None:
         self.global_prototypes: Prototypes | None = None

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from fedkd.errors import ConfigError
 from fedkd.fusion import divergence_matrix, fusion_weights, personalised_fusion
 from fedkd.knowledge import PublicLogits
 from server.strategies.public import PublicSetStrategy
@@ -38,28 +37,6 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("knfu")
 class KnFu(PublicSetStrategy):
     name = "knfu"
-    personalised = True
-    upload_space = "probs"
-    supports_swing = True
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        p = cfg["strategy"]
-        if float(p["temperature"]) <= 0:
-            raise ConfigError(f"strategy.temperature must be > 0 (got {p['temperature']})")
-        cls.check_budget(cfg)
-        if float(p["ce_weight"]) < 0:
-            raise ConfigError(f"strategy.ce_weight must be >= 0 (got {p['ce_weight']})")
-        # divergence and gating options are checked by the fusion functions on a toy input
-        toy = np.full((2, 1, 2), 0.5)
-        fusion_weights(
-            divergence_matrix(toy, p["divergence"]),
-            float(p["beta"]),
-            p["gating"],
-            p["threshold"],
-            p["top_m"],
-        )
-        cls.swing_of(cfg)
 
     @classmethod
     def subset_size(cls, cfg: dict[str, Any]) -> int:

@@ -12,4 +12,3 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("local")
 class Local(FedkdStrategy):
     name = "local"
-    upload_kind = None

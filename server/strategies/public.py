@@ -17,46 +17,23 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from clients.runtime import data_key, federated_data
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import sharpen_entropy, softmax
 from fedkd.knowledge import PublicLogits
 from fedkd.privacy.swing import SwingSpec
-from fedkd.schedule import check_budget, round_budget
-from fedkd.train import make_optimizer
+from fedkd.schedule import round_budget
+from fedkd.strategy_options import SPECS, swing_of
 from server.canaries import CanaryLog
 from server.strategies.base import FedkdStrategy
 
 
 class PublicSetStrategy(FedkdStrategy):
-    upload_kind = "public_logits"
-    needs_public_set = True
-    subset_key: str = ""  # strategy option holding the per-round subset size
-    upload_space: str = "logits"
-    supports_swing: bool = False  # uploads probabilities a Swing release can replace
-
     @classmethod
     def swing_of(cls, cfg: dict[str, Any]) -> SwingSpec | None:
         """The run's Swing options (``swing=adaptive``), None when off; one-line errors."""
-        section = cfg.get("swing") or {"name": "none"}
-        if section.get("name", "none") == "none":
-            return None
-        if not cls.supports_swing:
-            raise ConfigError(
-                f"swing needs a strategy that uploads probabilities on the public set "
-                f"(dsfl, knfu); '{cfg['strategy']['name']}' does not"
-            )
-        spec = SwingSpec.from_config(section)
-        privacy = (cfg.get("privacy") or {}).get("name", "none")
-        if privacy != "none" and spec.score != "oracle" and spec.release_temperatures:
-            # every mode: central would broadcast their plain mean, the mod does not noise them
-            raise ConfigError(
-                f"swing.score={spec.score} releases temperatures that depend on private data, "
-                f"which privacy={privacy} does not noise; set swing.release_temperatures=false"
-            )
-        return spec
+        return swing_of(cfg, SPECS[cls.name])
 
     @classmethod
     def subset_size(cls, cfg: dict[str, Any]) -> int:
@@ -64,16 +41,6 @@ class PublicSetStrategy(FedkdStrategy):
         if size < 1:
             raise ConfigError(f"strategy.{cls.subset_key} must be >= 1 (got {size})")
         return size
-
-    @classmethod
-    def check_budget(cls, cfg: dict[str, Any]) -> None:
-        """``strategy.distill`` must be a usable step budget with a buildable optimiser."""
-        section = cfg["strategy"].get("distill")
-        check_budget(section, "strategy.distill")
-        try:
-            make_optimizer([torch.nn.Parameter(torch.zeros(1))], section["optimizer"])
-        except (ConfigError, TypeError, ValueError, KeyError) as err:
-            raise ConfigError(f"strategy.distill.optimizer: {err}") from None
 
     def budget_plan(self, server_round: int, loss: str, when: str = "before") -> dict[str, Any]:
         """The plan's ``distill`` entry: this round's steps (0 before ``start_round``)."""
@@ -192,13 +159,7 @@ class PublicSetStrategy(FedkdStrategy):
         return ids, np.stack([uploads[i].values for i in ids]).astype(np.float64)
 
 
-def check_swing(cfg: dict[str, Any], strategy: type) -> None:
-    """``swing=adaptive`` only with a strategy whose clients release public-set probabilities."""
-    if (cfg.get("swing") or {}).get("name", "none") == "none":
-        return
-    if not issubclass(strategy, PublicSetStrategy):
-        raise ConfigError(
-            f"swing needs a strategy that uploads probabilities on the public set "
-            f"(dsfl, knfu); '{cfg['strategy']['name']}' does not"
-        )
-    strategy.swing_of(cfg)
+def check_swing(cfg: dict[str, Any], strategy: Any) -> None:
+    """``swing=adaptive`` only with a strategy whose clients release public-set probabilities
+    (``strategy``: a strategy class or its ``StrategySpec``)."""
+    swing_of(cfg, SPECS[strategy.name])

@@ -30,7 +30,6 @@ from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import first_choice_counts, vote_counts
 from fedkd.fusion.label_vote import LabelVoting, VoteRelease
 from fedkd.knowledge import PublicLogits, Votes
-from fedkd.losses import LOSSES, check_space
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -59,19 +58,6 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 @STRATEGIES.register("vote")
 class Vote(PublicSetStrategy):
     name = "vote"
-    upload_kind = "votes"
-    subset_key = "query_size"
-
-    @classmethod
-    def check_config(cls, cfg: dict[str, Any]) -> None:
-        p = cfg["strategy"]
-        cls.subset_size(cfg)
-        top_k = p["top_k"]
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"strategy.top_k must be an int >= 1 (got {top_k!r})")
-        LOSSES.get(p["distill_loss"])
-        check_space(p["distill_loss"], "probs")
-        LabelVoting.from_config(p["voting"], votes_per_teacher=top_k)
 
     def setup(self) -> None:
         super().setup()
