@@ -90,15 +90,24 @@ def test_faulty_and_broken_clients_are_survived_and_counted(tmp_path):
 
 
 # ---------------------------------------------------------------- hostile clients, resume
-# FD on 10 digits clients; 2 of them (20 %) upload random logits (std 10) instead of theirs
-ATTACK = ["strategy=fd", "num_clients=10", "num_rounds=8", "seed=0", "attack.kind=random_logits"]
+# FD on 10 digits clients; 2 of them (20 %) upload random logits (std 10) instead of theirs.
+# At the paper's regulariser weight (beta 1) the lying knowledge costs the plain mean
+# accuracy; at the default 0.3 it barely reaches the clients (48.4 vs 47.7 clean here).
+ATTACK = [
+    "strategy=fd",
+    "strategy.beta=1",
+    "num_clients=10",
+    "num_rounds=8",
+    "seed=0",
+    "attack.kind=random_logits",
+]
 RUNS = {
     "clean": [*ATTACK, "attack.fraction=0"],
     "mean": [*ATTACK, "attack.fraction=0.2"],
     "median": [*ATTACK, "attack.fraction=0.2", "strategy.reducer=median"],
 }
 MARGIN = (
-    0.04  # honest global-test accuracy, last round; measured: clean 47.0, mean 40.8, median 49.3
+    0.04  # honest global-test accuracy, last round; measured: clean 47.0, mean 40.7, median 49.3
 )
 
 
