@@ -7,6 +7,7 @@ value prints one line naming it and exits with status 1.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -114,38 +115,54 @@ def console_logging(logs: dict[str, Any]) -> None:
 
 
 def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """Check ``cfg``, then run the simulation and return its summary."""
-    phase("libraries", "loading torch and Flower")
-    from flwr.simulation import run_simulation
+    """Check ``cfg``, then run the simulation and return its summary.
 
-    from clients.app import app as client_app
+    Ray, its workers and their warm-up start in the background first
+    (``vce_patches.start_session``) while this process loads torch and checks the data; a
+    config or data error still ends the run with one line, after Ray is stopped again.
+    """
     from clients.privacy_mod import SIMULATION_ENV
-    from server.app import make_server_app, prepare_run
-    from server.checkpoint import load_server_checkpoint
     from server.recorder import console_options
-    from server.resume_check import check_resume
 
     cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches
     backend = backend_config(cfg)  # simulation.ray_* checked too
     # a cluster to join must answer before anything is built (Ray would retry for minutes)
     wait_for_head(backend["init_args"]["address"], float(cfg["simulation"]["connect_timeout"]))
+    quiet_libraries(bool(cfg["logging"]["verbose"]))
+    keep_launcher_signal_handlers()
+    phase("Ray", f"starting Ray and its workers in the background ({cfg['num_clients']} clients)")
+    early = vce_patches.start_session(backend, {SIMULATION_ENV: "1"}, json.dumps(cfg))
+    try:
+        return _simulate(cfg, Path(run_dir), backend, early, SIMULATION_ENV)
+    finally:
+        vce_patches.abandon_session()  # joins an unfinished start; Ray stays only if shared
+
+
+def _simulate(
+    cfg: dict[str, Any], run_dir: Path, backend: dict[str, Any], early: bool, simulation_env: str
+) -> dict[str, Any]:
+    phase("libraries", "loading torch and Flower")
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from server.app import make_server_app, prepare_run
+    from server.checkpoint import load_server_checkpoint
+    from server.resume_check import check_resume
+
     phase("data", "building the federated data and checking the models")
-    info = prepare_run(cfg)  # raises FedkdError before Ray starts
+    info = prepare_run(cfg)  # raises FedkdError before the simulation starts
     phase(
         "data",
         f"{info.num_clients} clients, {info.num_classes} classes, {info.num_public} public samples",
     )
-    run_dir = Path(run_dir)
     resume = None
     if cfg.get("resume"):  # the run's own config.yaml stays as it is
-        resume = load_server_checkpoint(run_dir, cfg)  # also raises before Ray starts
+        resume = load_server_checkpoint(run_dir, cfg)  # also raises before the simulation
         check_resume(info, resume)  # the state fits this run: one line, not a traceback
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
         (run_dir / "config.yaml").write_text(text, encoding="utf-8")
-    quiet_libraries(bool(cfg["logging"]["verbose"]))
-    keep_launcher_signal_handlers()
     if cfg["simulation"].get("fast_pickup", True):
         vce_patches.install_pickup()
     find_roster = None
@@ -157,15 +174,24 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
 
-    phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
+    waited = vce_patches.wait_session()
+    took = vce_patches.session_timings()
+    if early and took:
+        phase(
+            "Ray",
+            f"up: Ray {took['ray']:.1f} s, {cfg['num_clients']} clients' workers "
+            f"{took['pool']:.1f} s, in the background (waited {waited:.1f} s for it here)",
+        )
+    else:
+        phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
     server_app = make_server_app(cfg, run_dir, info, resume=resume, find_roster=find_roster)
     # the clients take their privacy floor from the run config only in a simulation; the
     # mark is inherited by the local Ray cluster's workers and removed afterwards
-    before = os.environ.get(SIMULATION_ENV)
-    os.environ[SIMULATION_ENV] = "1"
+    before = os.environ.get(simulation_env)
+    os.environ[simulation_env] = "1"
     try:
-        if backend["init_args"]["address"] != LOCAL:  # a cluster's workers: through Ray
-            join_cluster(backend["init_args"], {SIMULATION_ENV: "1"})
+        if not early and backend["init_args"]["address"] != LOCAL:  # a cluster's workers
+            join_cluster(backend["init_args"], {simulation_env: "1"})
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -175,13 +201,11 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         )
     finally:
         if before is None:
-            os.environ.pop(SIMULATION_ENV, None)
+            os.environ.pop(simulation_env, None)
         else:
-            os.environ[SIMULATION_ENV] = before
+            os.environ[simulation_env] = before
     summary_file = run_dir / "summary.json"
     if summary_file.exists():
-        import json
-
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
     return summary
 
