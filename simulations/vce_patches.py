@@ -45,6 +45,7 @@ and answer; a session whose Ray arguments differ from the next run's is shut dow
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -203,10 +204,8 @@ def _kill_pool(pool: Any) -> None:
     for actor in list(getattr(pool, "pool", [])) + list(
         getattr(pool, "_future_to_actor", {}).values()
     ):
-        try:
+        with contextlib.suppress(Exception):  # already gone
             ray.kill(actor)
-        except Exception:  # already gone
-            pass
 
 
 def _pool_answers(pool: Any) -> bool:
