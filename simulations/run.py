@@ -18,6 +18,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedkd.console import (
@@ -179,7 +180,7 @@ def _simulate(
     if early and took:
         phase(
             "Ray",
-            f"up: Ray {took['ray']:.1f} s, {cfg['num_clients']} clients' workers "
+            f"up: Ray {took['ray']:.1f} s, actor pool "
             f"{took['pool']:.1f} s, in the background (waited {waited:.1f} s for it here)",
         )
     else:
@@ -226,6 +227,8 @@ def _hydra_main(cfg: DictConfig) -> None:
             handler.addFilter(lambda record: record.name != "fedkd.phase")
     if _JOBS_STARTED[0]:  # a sweep's next job: its phase lines count from its own start
         mark_start()
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # the jobs share one Ray session
+        vce_patches.share_session(True)
     _JOBS_STARTED[0] += 1
     try:
         run_dir = HydraConfig.get().runtime.output_dir
