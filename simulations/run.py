@@ -178,10 +178,12 @@ def _simulate(
     waited = vce_patches.wait_session()
     took = vce_patches.session_timings()
     if early and took:
+        ray = "reused" if took["reused_ray"] else f"{took['ray']:.1f} s"
+        pool = "reused warm" if took["reused_pool"] else f"{took['pool']:.1f} s"
         phase(
             "Ray",
-            f"up: Ray {took['ray']:.1f} s, actor pool "
-            f"{took['pool']:.1f} s, in the background (waited {waited:.1f} s for it here)",
+            f"up in the background: Ray {ray}, actor pool {pool} "
+            f"(waited {waited:.1f} s for it here)",
         )
     else:
         phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")

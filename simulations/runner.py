@@ -72,6 +72,7 @@ def run_job(args: list[str]) -> Result:
     from simulations import run, vce_patches
 
     vce_patches.share_session(True)
+    environ = dict(os.environ)  # what one run sets (e.g. HYDRA_FULL_ERROR) is not the next's
     with tempfile.TemporaryDirectory(prefix="fedkd-job-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         status = 0
@@ -88,6 +89,8 @@ def run_job(args: list[str]) -> Result:
                 traceback.print_exc()
                 status = 1
         last = _last_line(err) or _last_line(out)
+    os.environ.clear()
+    os.environ.update(environ)
     if status != 0:
         vce_patches.end_session()  # the next run starts from a fresh Ray
     return Result(status, last)

@@ -177,7 +177,8 @@ def share_session(on: bool = True) -> None:
 
 
 def session_timings() -> dict[str, float]:
-    """Seconds the last ``start_session`` spent starting (or reusing) Ray and its pool."""
+    """Seconds the last ``start_session`` spent starting (or reusing) Ray and its pool, and
+    whether each was reused (1.0) or started (0.0)."""
     return dict(_SESSION.timings or {})
 
 
@@ -242,7 +243,7 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         _SESSION.init_key = init_key
     ray_done = time.perf_counter()
     resources = dict(backend["client_resources"])
-    pool = _SESSION.pool
+    pool = reused = _SESSION.pool
     if pool is not None and (_SESSION.resources_key != _key(resources) or not _pool_answers(pool)):
         _kill_pool(pool)
         pool = None
@@ -255,7 +256,12 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
     if cfg_json is not None:  # queued before the first message on each actor
         for actor in pool.pool:
             actor.__ray_call__.remote(_warm_worker, cfg_json)
-    _SESSION.timings = {"ray": ray_done - started, "pool": time.perf_counter() - ray_done}
+    _SESSION.timings = {
+        "ray": ray_done - started,
+        "pool": time.perf_counter() - ray_done,
+        "reused_ray": float(not started_ray),
+        "reused_pool": float(pool is reused),
+    }
     return started_ray
 
 
