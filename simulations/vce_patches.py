@@ -34,7 +34,9 @@ not initialised yet, builds a fresh actor pool per run and ends every run with
 ``ray.shutdown()``. ``start_session`` starts Ray, the actor pool and each worker's warm-up
 (importing the ClientApp and building the run's federated data) in a background thread,
 while the launcher imports torch and checks the data; ``RayBackend.build`` then takes that
-pool instead of creating one. With ``share_session(True)`` (a Hydra multirun, ``fedkd-compare``)
+pool instead of creating one. Its actors are ``simulations.worker.ClientWorker``s (Flower's
+actor without ``flwr.simulation``'s imports) and get the fedkd ClientApp's loader by
+reference instead of a closure holding the ClientApp. With ``share_session(True)`` (a Hydra multirun, ``fedkd-compare``)
 ``RayBackend.terminate`` keeps Ray and the idle pool for the process's next run instead of
 shutting down: its warm workers already hold the libraries (and, for the same data config,
 the data). Workers keep no client state between messages (each arrives with its
@@ -225,9 +227,10 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
     """Ray (reused if it runs with the same arguments), the pool and the warm-up calls;
     True if this call started Ray."""
     import ray
-    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
     from simulations.cluster import join_cluster
+    from simulations.worker import ClientWorkerActor
 
     started = time.perf_counter()
     init_args = dict(backend["init_args"])
@@ -249,7 +252,7 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         pool = None
     if pool is None:
         pool = BasicActorPool(
-            actor_type=ClientAppActor, client_resources=resources, actor_kwargs={}
+            actor_type=ClientWorkerActor, client_resources=resources, actor_kwargs={}
         )
         pool.add_actors_to_pool(pool.actors_capacity)
     _SESSION.pool, _SESSION.resources_key = pool, _key(resources)
@@ -353,6 +356,17 @@ def abandon_session() -> None:
         end_session()
 
 
+def _by_reference(app_fn: Any) -> Any:
+    """The fedkd ClientApp's loader as a module function (pickled as its name) instead of
+    Flower's closure (pickled with the whole ClientApp into every message)."""
+    import sys
+
+    from simulations.worker import fedkd_client_app
+
+    ours = getattr(sys.modules.get("clients.app"), "app", None)
+    return fedkd_client_app if ours is not None and app_fn() is ours else app_fn
+
+
 def install_session() -> bool:
     """Let Flower's RayBackend take the session's pool and, when shared, keep it."""
     global _session_installed
@@ -375,7 +389,7 @@ def install_session() -> bool:
             return build(self, app_fn)
         _SESSION.pool = None  # this run's now
         self.pool = pool
-        self.app_fn = app_fn
+        self.app_fn = _by_reference(app_fn)
 
     def terminate_or_keep(self: Any) -> None:
         import ray
