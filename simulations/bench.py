@@ -31,8 +31,8 @@ Two workloads measure what a researcher waits for rather than a ratio:
   in the report;
 - ``sweep-8`` (``kind: sweep``): one Hydra multirun of ``jobs`` short jobs
   (``fedkd-sim -m seed=0,...``), against one of its jobs alone: ``bound`` = 2 x the sum
-  of the sweep's jobs' round times + one start-up (the single job's wall minus its
-  rounds); ``per job`` = sweep wall / jobs.
+  of the sweep's jobs' round times (rounds x median round time from round 2 on) + one
+  start-up (the single job's wall minus its rounds); ``per job`` = sweep wall / jobs.
 
     fedkd-bench                                   # every workload, 3 repeats
     fedkd-bench --workloads digits-fd-20 --repeats 1
@@ -337,9 +337,19 @@ def sweep_command(overrides: list[str], jobs: int, sweep_dir: Path) -> list[str]
     ]
 
 
+def steady_loop(run: dict[str, Any]) -> float | None:
+    """A run's rounds at their steady pace: rounds x the median round time of rounds 2..
+    (round 1 also waits for the workers' start-up, which belongs to start-up)."""
+    times = [t for t in run.get("round_times", [])[1:] if t is not None]
+    if not run.get("ok") or not times:
+        return None
+    return len(run["round_times"]) * statistics.median(times)
+
+
 def sweep_figures(sweep: Measured, jobs: list[dict[str, Any]], single: dict[str, Any]) -> dict:
     """One repeat of a sweep workload: the multirun's wall against its jobs' rounds."""
-    loops = [j["loop_s"] for j in jobs if j["ok"] and j["loop_s"] is not None]
+    loops = [loop for j in jobs if (loop := steady_loop(j)) is not None]
+    single_loop = steady_loop(single)
     out: dict[str, Any] = {
         "ok": sweep.returncode == 0 and len(loops) == len(jobs) and single["ok"],
         "wall_s": sweep.wall_s,
@@ -347,11 +357,11 @@ def sweep_figures(sweep: Measured, jobs: list[dict[str, Any]], single: dict[str,
         "jobs_loop_s": sum(loops),
         "peak_rss_mib": sweep.peak_rss / 2**20,
         "single_wall_s": single["wall_s"],
-        "single_loop_s": single["loop_s"],
+        "single_loop_s": single_loop,
         "single_first_round_s": single.get("first_round_s"),
     }
-    if single["loop_s"] is not None:
-        startup = single["wall_s"] - single["loop_s"]
+    if single_loop is not None:
+        startup = single["wall_s"] - single_loop
         out["startup_s"] = startup
         out["ideal_s"] = sum(loops) + startup  # the jobs' rounds back to back + one start-up
         out["bound_s"] = 2 * sum(loops) + startup
@@ -568,9 +578,9 @@ def sweep_markdown(sweeps: list[dict[str, Any]]) -> str:
         )
     return (
         "\n".join(lines)
-        + "\n\nSweep: one `fedkd-sim -m` multirun of the jobs (seeds 0..jobs-1, one Ray "
-        "session), then seed 0 alone in its own process. jobs' rounds = the sum of the jobs' "
-        "round times; start-up = the lone job's wall minus its rounds; ideal = jobs' rounds + "
+        + "\n\nSweep: one `fedkd-sim -m` multirun of the jobs (seeds 0..jobs-1), then seed 0 "
+        "alone in its own process. jobs' rounds = the sum over the jobs of rounds x their "
+        "median round time from round 2 on (round 1 also waits for the workers); start-up = the lone job's wall minus its rounds; ideal = jobs' rounds + "
         "one start-up; bound = 2 x jobs' rounds + one start-up; wall / separate jobs = the "
         "sweep against jobs x the lone job's wall (what one process per job costs).\n"
     )
