@@ -43,6 +43,10 @@ the data). Workers keep no client state between messages (each arrives with its
 ``Context``, and every random stream is seeded from the run config), so a run computes the
 same numbers in a fresh or a reused worker. A pool is reused only if all its actors are idle
 and answer; a session whose Ray arguments differ from the next run's is shut down first.
+``simulations/nodeloss.py`` wraps these patches (it installs them first): each run's
+actors say where they run before they get a message, and a replacement for an actor lost
+with its node comes from the pool's factory, which queues the run's warm-up on every actor
+it creates (``warm_new_actors``).
 """
 
 from __future__ import annotations
@@ -197,6 +201,26 @@ def _warm_worker(actor: Any, cfg_json: str) -> int:
     return os.getpid()
 
 
+def warm_new_actors(pool: Any, cfg_json: str | None) -> None:
+    """Every actor ``pool``'s own factory creates from now on gets the warm-up for the run
+    ``cfg_json`` (a run config as JSON; None: none) queued as its first task: the pool's
+    first actors, and a replacement for a lost one (``simulations/nodeloss.py`` asks the
+    same factory). A kept pool is pointed at each new run's config."""
+    pool.fedkd_warm_up = cfg_json
+    if getattr(pool, "fedkd_warms", False):
+        return
+    create = pool.create_actor_fn
+
+    def create_warm_actor() -> Any:
+        actor = create()
+        if pool.fedkd_warm_up is not None:
+            actor.__ray_call__.remote(_warm_worker, pool.fedkd_warm_up)
+        return actor
+
+    pool.create_actor_fn = create_warm_actor
+    pool.fedkd_warms = True
+
+
 def _ping(actor: Any) -> int:
     return os.getpid()
 
@@ -254,11 +278,14 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         pool = BasicActorPool(
             actor_type=ClientWorkerActor, client_resources=resources, actor_kwargs={}
         )
-        pool.add_actors_to_pool(pool.actors_capacity)
+        warm_new_actors(pool, cfg_json)
+        pool.add_actors_to_pool(pool.actors_capacity)  # each one's warm-up queued as it starts
+    else:
+        warm_new_actors(pool, cfg_json)  # a replacement during this run warms up for it
+        if cfg_json is not None:  # queued before the first message on each actor
+            for actor in pool.pool:
+                actor.__ray_call__.remote(_warm_worker, cfg_json)
     _SESSION.pool, _SESSION.resources_key = pool, _key(resources)
-    if cfg_json is not None:  # queued before the first message on each actor
-        for actor in pool.pool:
-            actor.__ray_call__.remote(_warm_worker, cfg_json)
     _SESSION.timings = {
         "ray": ray_done - started,
         "pool": time.perf_counter() - ray_done,
@@ -407,6 +434,8 @@ def install_session() -> bool:
         terminate(self)  # Flower's: the actors, then ray.shutdown()
         _release()
 
+    build_with_session_pool.__wrapped__ = build  # type: ignore[attr-defined]
+    terminate_or_keep.__wrapped__ = terminate  # type: ignore[attr-defined]
     backend.build = build_with_session_pool
     backend.terminate = terminate_or_keep
     _session_installed = True

@@ -37,6 +37,45 @@ def test_the_session_patch_fits_this_flower():
     assert RayBackend.terminate.__name__ == "terminate_or_keep"
 
 
+class _Calls:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def remote(self, *args):
+        self.calls.append(args)
+
+
+class _Actor:
+    def __init__(self) -> None:
+        self.__ray_call__ = _Calls()
+
+
+class _Pool:
+    """What ``warm_new_actors`` uses of Flower's BasicActorPool: its factory."""
+
+    def __init__(self) -> None:
+        self.made: list[_Actor] = []
+
+        def create() -> _Actor:
+            self.made.append(_Actor())
+            return self.made[-1]
+
+        self.create_actor_fn = create
+
+
+def test_every_actor_the_pools_factory_makes_warms_up_for_the_run_it_serves():
+    pool = _Pool()
+    vce_patches.warm_new_actors(pool, "run-1")
+    first = pool.create_actor_fn()  # one of the pool's first actors
+    vce_patches.warm_new_actors(pool, "run-2")  # the kept pool serves the next run
+    replacement = pool.create_actor_fn()  # what simulations/nodeloss.py asks for a lost actor
+    assert pool.made == [first, replacement]
+    assert first.__ray_call__.calls == [(vce_patches._warm_worker, "run-1")]
+    assert replacement.__ray_call__.calls == [(vce_patches._warm_worker, "run-2")]
+    vce_patches.warm_new_actors(pool, None)
+    assert pool.create_actor_fn().__ray_call__.calls == []
+
+
 def test_a_failing_run_reports_one_line_and_the_runner_goes_on(tmp_path):
     """Config errors stop a run before Ray starts: each comes back as its status and its
     one-line error, and the same child process takes the next run."""
