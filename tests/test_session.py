@@ -207,6 +207,7 @@ def test_a_kept_pool_is_placed_again_and_its_replacements_are_warm_client_worker
         assert nodeloss.install("replace")
         assert vce_patches.start_session(BACKEND, {}, json.dumps(runs[0]))
         vce_patches.wait_session()
+        assert vce_patches._SESSION.error is None and vce_patches._SESSION.pool is not None
         first = RayBackend(BACKEND)
         first.build(fedkd_client_app)
         pool = first.pool
