@@ -216,7 +216,7 @@ class _Actors:
                 if ref in ready:
                     try:
                         self.where[actor] = self.ray.get(ref)
-                    except self.ray.exceptions.RayActorError:
+                    except Exception:  # died (RayActorError) or cannot say: it leaves
                         self.pool.num_actors -= 1
                     else:
                         self.pool.pool.append(actor)
@@ -368,9 +368,11 @@ def install(policy: str = "replace", verbose: bool = False) -> bool:
 
     def patched_terminate(self: Any) -> None:
         actors = getattr(self, "fedkd_actors", None)
-        if actors is not None:
-            actors.settle()
-        terminate(self)
+        try:
+            if actors is not None:
+                actors.settle()
+        finally:  # Ray is stopped (or its session kept) whatever settling met
+            terminate(self)
 
     def patched_run_api(*args: Any, **kwargs: Any) -> None:
         bound = inspect.signature(run_api).bind(*args, **kwargs)
