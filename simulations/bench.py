@@ -23,6 +23,17 @@ Derived figures:
   FedAvg would move with the same models (every sampled client's model down
   and up: parameters and buffers as float32).
 
+Two workloads measure what a researcher waits for rather than a ratio:
+
+- ``default`` (the ``make run`` config): besides the ratio, ``first round`` = seconds
+  from the command to the first round's line in ``run.log`` (``fedkd-sim`` shows it
+  then), with the start-up phases (``phase`` lines: config, Ray, libraries, data) kept
+  in the report;
+- ``sweep-8`` (``kind: sweep``): one Hydra multirun of ``jobs`` short jobs
+  (``fedkd-sim -m seed=0,...``), against one of its jobs alone: ``bound`` = 2 x the sum
+  of the sweep's jobs' round times (rounds x median round time from round 2 on) + one
+  start-up (the single job's wall minus its rounds); ``per job`` = sweep wall / jobs.
+
     fedkd-bench                                   # every workload, 3 repeats
     fedkd-bench --workloads digits-fd-20 --repeats 1
     fedkd-bench --out outputs/bench/now --table docs/bench.md   # + docs/bench.json
@@ -73,6 +84,8 @@ class Workload:
     overrides: list[str]
     targets: dict[str, float] = field(default_factory=dict)
     reference: bool = True  # False: a method the sequential reference does not implement
+    kind: str = "run"  # run: one fedkd-sim run; sweep: a multirun of ``jobs`` seeds
+    jobs: int = 0
 
     @classmethod
     def load(cls, name: str) -> Workload:
@@ -88,6 +101,8 @@ class Workload:
             overrides=[str(o) for o in spec["overrides"]],
             targets=dict(spec.get("targets") or {}),
             reference=bool(spec.get("reference", True)),
+            kind=str(spec.get("kind", "run")),
+            jobs=int(spec.get("jobs", 0)),
         )
 
 
@@ -121,11 +136,39 @@ class Measured:
     peak_rss: int
     returncode: int
     summary: dict[str, Any]
+    first_round_s: float | None = None  # command start -> the first round's line in run.log
+    phases: list[tuple[float, str]] = field(default_factory=list)  # (s from command, line)
+
+
+FIRST_ROUND = "first round: round 1 done"
+
+
+def phase_lines(run_log: Path, started_epoch: float) -> list[tuple[float, str]]:
+    """The run's start-up ``phase`` lines, each with its seconds since ``started_epoch``
+    (from the log line's own time stamp, so the interpreter's start is counted too)."""
+    from datetime import datetime
+
+    out = []
+    try:
+        text = run_log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if "][fedkd.phase][" not in line:
+            continue
+        try:
+            stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        detail = line.split("] - ", 1)[-1].split("] ", 1)[-1]  # without "[ 3.2 s] "
+        out.append((stamp - started_epoch, detail))
+    return out
 
 
 def measure(cmd: list[str], run_dir: Path, log: Path) -> Measured:
     """Run ``cmd`` to its end; wall time, peak tree RSS and the summary it wrote."""
     started = time.perf_counter()
+    started_epoch = time.time()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         peak = 0
@@ -138,7 +181,9 @@ def measure(cmd: list[str], run_dir: Path, log: Path) -> Measured:
             stop_tree([proc], grace=30)  # whatever it left behind (Ray daemons), by pid
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    return Measured(wall, peak, proc.returncode, summary)
+    phases = phase_lines(run_dir / "run.log", started_epoch)
+    first = next((t for t, line in phases if line.startswith(FIRST_ROUND)), None)
+    return Measured(wall, peak, proc.returncode, summary, first, phases)
 
 
 def sim_command(overrides: list[str], run_dir: Path) -> list[str]:
@@ -187,6 +232,8 @@ def run_figures(m: Measured) -> dict[str, Any]:
         "local_acc": final.get("local_test_acc", {}).get("last"),
         "round_times": [r.get("round_time_s") for r in rounds],
         "sampled": [int(r.get("num_clients", 0)) for r in rounds],
+        "first_round_s": m.first_round_s,
+        "phases": [[round(t, 2), line] for t, line in m.phases],
     }
 
 
@@ -196,8 +243,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"repeats": len(runs), "finished": len(good)}
     if not good:
         return out
-    for key in ("wall_s", "loop_s", "peak_rss_mib", "bytes_up", "bytes_down"):
-        out[key] = _median([r[key] for r in good])
+    for key in ("wall_s", "loop_s", "peak_rss_mib", "bytes_up", "bytes_down", "first_round_s"):
+        out[key] = _median([r.get(key) for r in good])
     for key in ("global_acc", "local_acc"):
         out[key] = _median([r[key] for r in good])
     out["rounds"] = good[0]["rounds"]
@@ -243,6 +290,8 @@ def compare(sim: dict[str, Any], ref: dict[str, Any] | None, num_workers: int) -
 def bench_workload(
     wl: Workload, repeats: int, out: Path, reference: bool, extra: list[str]
 ) -> dict[str, Any]:
+    if wl.kind == "sweep":
+        return bench_sweep(wl, repeats, out, extra)
     overrides = [*wl.overrides, *extra]
     sims, refs = [], []
     for i in range(repeats):
@@ -271,6 +320,108 @@ def bench_workload(
         "reference": ref,
         "comparison": compare(sim, ref, workers(overrides)),
         "runs": {"simulation": sims, "reference": refs},
+    }
+
+
+def sweep_command(overrides: list[str], jobs: int, sweep_dir: Path) -> list[str]:
+    seeds = ",".join(str(i) for i in range(jobs))
+    return [
+        sys.executable,
+        "-m",
+        "simulations.run",
+        "-m",
+        *overrides,
+        *QUIET,
+        f"seed={seeds}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+def steady_loop(run: dict[str, Any]) -> float | None:
+    """A run's rounds at their steady pace: rounds x the median round time of rounds 2..
+    (round 1 also waits for the workers' start-up, which belongs to start-up)."""
+    times = [t for t in run.get("round_times", [])[1:] if t is not None]
+    if not run.get("ok") or not times:
+        return None
+    return len(run["round_times"]) * statistics.median(times)
+
+
+def sweep_figures(sweep: Measured, jobs: list[dict[str, Any]], single: dict[str, Any]) -> dict:
+    """One repeat of a sweep workload: the multirun's wall against its jobs' rounds."""
+    loops = [loop for j in jobs if (loop := steady_loop(j)) is not None]
+    single_loop = steady_loop(single)
+    out: dict[str, Any] = {
+        "ok": sweep.returncode == 0 and len(loops) == len(jobs) and single["ok"],
+        "wall_s": sweep.wall_s,
+        "jobs_finished": len(loops),
+        "jobs_loop_s": sum(loops),
+        "peak_rss_mib": sweep.peak_rss / 2**20,
+        "single_wall_s": single["wall_s"],
+        "single_loop_s": single_loop,
+        "single_first_round_s": single.get("first_round_s"),
+    }
+    if single_loop is not None:
+        startup = single["wall_s"] - single_loop
+        out["startup_s"] = startup
+        out["ideal_s"] = sum(loops) + startup  # the jobs' rounds back to back + one start-up
+        out["bound_s"] = 2 * sum(loops) + startup
+    return out
+
+
+def bench_sweep(wl: Workload, repeats: int, out: Path, extra: list[str]) -> dict[str, Any]:
+    """``wl.jobs`` seeds as one multirun, then one of its jobs alone, ``repeats`` times."""
+    overrides = [*wl.overrides, *extra]
+    runs = []
+    for i in range(repeats):
+        sweep_dir = out / wl.name / f"sweep-{i}"
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        m = measure(
+            sweep_command(overrides, wl.jobs, sweep_dir), sweep_dir, sweep_dir / "console.log"
+        )
+        job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != ".hydra")
+        jobs = []
+        for job_dir in job_dirs:
+            file = job_dir / "summary.json"
+            summary = json.loads(file.read_text()) if file.exists() else {}
+            jobs.append(run_figures(Measured(0.0, 0, 0, summary)))
+        jobs += [run_figures(Measured(0.0, 0, 1, {}))] * max(0, wl.jobs - len(jobs))
+        single_dir = out / wl.name / f"single-{i}"
+        single_dir.mkdir(parents=True, exist_ok=True)
+        single = run_figures(
+            measure(
+                sim_command([*overrides, "seed=0"], single_dir),
+                single_dir,
+                single_dir / "console.log",
+            )
+        )
+        fig = sweep_figures(m, jobs, single)
+        runs.append(fig)
+        state = "ok" if fig["ok"] else f"FAILED (see {sweep_dir / 'console.log'})"
+        print(
+            f"[bench] {wl.name} sweep {i + 1}/{repeats}: {m.wall_s:.1f}s for "
+            f"{fig['jobs_finished']}/{wl.jobs} jobs (one alone: {single['wall_s']:.1f}s), {state}",
+            flush=True,
+        )
+    good = [r for r in runs if r["ok"]]
+    sweep: dict[str, Any] = {"repeats": len(runs), "finished": len(good), "jobs": wl.jobs}
+    keys = ("wall_s", "jobs_loop_s", "peak_rss_mib", "single_wall_s", "single_loop_s",
+            "single_first_round_s", "startup_s", "ideal_s", "bound_s")  # fmt: skip
+    for key in keys:
+        sweep[key] = _median([r.get(key) for r in good]) if good else None
+    if good and sweep["bound_s"]:
+        sweep["per_job_s"] = sweep["wall_s"] / wl.jobs
+        sweep["vs_ideal"] = sweep["wall_s"] / sweep["ideal_s"]
+        sweep["vs_separate"] = sweep["wall_s"] / (wl.jobs * sweep["single_wall_s"])
+    return {
+        "workload": wl.name,
+        "kind": "sweep",
+        "description": wl.description,
+        "overrides": overrides,
+        "targets": wl.targets,
+        "simulation": sweep,
+        "reference": None,
+        "comparison": {},
+        "runs": {"sweep": runs},
     }
 
 
@@ -334,6 +485,12 @@ def _target_text(result: dict[str, Any]) -> str:
     if "overhead_ms" in targets and "overhead_ms_per_client" in cmp:
         met = "met" if cmp["overhead_ms_per_client"] < targets["overhead_ms"] else "not met"
         parts.append(f"overhead < {targets['overhead_ms']} ms/client: {met}")
+    if "first_round_s" in targets and sim.get("first_round_s") is not None:
+        met = "met" if sim["first_round_s"] <= targets["first_round_s"] else "not met"
+        parts.append(f"first round ≤ {targets['first_round_s']} s: {met}")
+    if "wall_s" in targets and sim.get("wall_s") is not None:
+        met = "met" if sim["wall_s"] <= targets["wall_s"] else "not met"
+        parts.append(f"wall ≤ {targets['wall_s']} s: {met}")
     if "peak_rss_gib" in targets and "peak_rss_mib" in sim:
         met = "met" if sim["peak_rss_mib"] / 1024 <= targets["peak_rss_gib"] else "not met"
         parts.append(f"< {targets['peak_rss_gib']} GiB: {met}")
@@ -343,9 +500,12 @@ def _target_text(result: dict[str, Any]) -> str:
 def markdown(results: list[dict[str, Any]], encodings: list[dict[str, Any]], note: str) -> str:
     lines = [
         "| workload | runs | wall (s) | reference (s) | ratio | loop ratio | rounds/s | updates/s "
-        "| peak RSS (MiB) | up / down per round (kB) | overhead / client (ms) | global acc sim / ref | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS (MiB) | up / down per round (kB) | overhead / client (ms) | global acc sim / ref "
+        "| first round (s) | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    sweeps = [r for r in results if r.get("kind") == "sweep"]
+    results = [r for r in results if r.get("kind") != "sweep"]
     for r in results:
         sim, ref, cmp = r["simulation"], r["reference"] or {}, r["comparison"]
         if "wall_s" not in sim:
@@ -358,9 +518,12 @@ def markdown(results: list[dict[str, Any]], encodings: list[dict[str, Any]], not
             f"| {_fmt(ref.get('wall_s'), '.1f')} | {_fmt(cmp.get('ratio'), '.2f', 'x')} "
             f"| {_fmt(cmp.get('loop_ratio'), '.2f', 'x')} | {sim['rounds_per_s']:.2f} "
             f"| {sim['updates_per_s']:.1f} | {sim['peak_rss_mib']:.0f} | {traffic} "
-            f"| {_fmt(cmp.get('overhead_ms_per_client'), '.1f')} | {acc} | {_target_text(r)} |"
+            f"| {_fmt(cmp.get('overhead_ms_per_client'), '.1f')} | {acc} "
+            f"| {_fmt(sim.get('first_round_s'), '.1f')} | {_target_text(r)} |"
         )
     text = ("\n".join(lines) + "\n\n" if results else "") + note + "\n"
+    if sweeps:
+        text += "\n" + sweep_markdown(sweeps)
     for table in encodings:
         rows = table["by_encoding"]
         base = rows.get("float32", {})
@@ -392,6 +555,35 @@ def markdown(results: list[dict[str, Any]], encodings: list[dict[str, Any]], not
             )
         text += "\n".join(lines) + "\n"
     return text
+
+
+def sweep_markdown(sweeps: list[dict[str, Any]]) -> str:
+    lines = [
+        "| sweep | runs | jobs | wall (s) | per job (s) | jobs' rounds (s) | one job alone (s) "
+        "| its start-up (s) | ideal (s) | bound (s) | wall / ideal | wall / separate jobs "
+        "| target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sweeps:
+        s = r["simulation"]
+        if not s.get("wall_s"):
+            lines.append(f"| {r['workload']} | 0/{s['repeats']} | failed |" + " |" * 10)
+            continue
+        met = "met" if s["wall_s"] <= s["bound_s"] else "not met"
+        lines.append(
+            f"| {r['workload']} | {s['finished']}/{s['repeats']} | {s['jobs']} | {s['wall_s']:.1f} "
+            f"| {s['per_job_s']:.1f} | {s['jobs_loop_s']:.1f} | {s['single_wall_s']:.1f} "
+            f"| {s['startup_s']:.1f} | {s['ideal_s']:.1f} | {s['bound_s']:.1f} "
+            f"| {s['vs_ideal']:.2f}x | {s['vs_separate']:.2f}x | ≤ bound: {met} |"
+        )
+    return (
+        "\n".join(lines)
+        + "\n\nSweep: one `fedkd-sim -m` multirun of the jobs (seeds 0..jobs-1), then seed 0 "
+        "alone in its own process. jobs' rounds = the sum over the jobs of rounds x their "
+        "median round time from round 2 on (round 1 also waits for the workers); start-up = the lone job's wall minus its rounds; ideal = jobs' rounds + "
+        "one start-up; bound = 2 x jobs' rounds + one start-up; wall / separate jobs = the "
+        "sweep against jobs x the lone job's wall (what one process per job costs).\n"
+    )
 
 
 def machine_note(repeats: int) -> str:

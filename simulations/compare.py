@@ -1,7 +1,8 @@
 """``fedkd-compare``: comparison tables the project produces itself.
 
-Runs every (method, axis value, seed) as its own ``fedkd-sim`` process with the
-same data, partition and seed; the axis is the Dirichlet alpha, or the held-out
+Runs every (method, axis value, seed) as its own ``fedkd-sim`` run with the
+same data, partition and seed, one after the other in one child process that keeps
+one Ray session and its warm workers (``simulations/runner.py``); the axis is the Dirichlet alpha, or the held-out
 target domain for the ``domains`` preset, the share of attacking clients for
 ``attacks``. Reads each run's ``summary.json`` and
 writes a Markdown table and a CSV with mean ± std over seeds: the mean local-test
@@ -25,10 +26,10 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
+
+from simulations.runner import Runner
 
 # method label -> overrides (a method is a strategy plus options; FedAvg needs one architecture)
 FEDKA = ["strategy=fedka", "+experiment=fedka_digits_domains"]
@@ -272,7 +273,14 @@ COLUMNS = {
 
 
 def run_one(
-    label: str, axis: str, value, seed: int, setting: list[str], out: Path, reuse: bool = False
+    label: str,
+    axis: str,
+    value,
+    seed: int,
+    setting: list[str],
+    out: Path,
+    reuse: bool = False,
+    runner: Runner | None = None,
 ) -> dict | None:
     run_dir = out / f"{label}-{axis.rsplit('.', 1)[-1]}{value}-s{seed}"
     summary_file = run_dir / "summary.json"
@@ -289,12 +297,14 @@ def run_one(
         "logging.progress=false",
         "logging.table=false",
     ]
-    cmd = [sys.executable, "-m", "simulations.run", *args, f"hydra.run.dir={run_dir}"]
     print(f"[compare] {label} {axis}={value} seed={seed}", flush=True)
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0 or not summary_file.exists():
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        print(f"[compare]   failed: {tail[0]}", flush=True)
+    if runner is None:
+        with Runner() as own:
+            result = own.run([*args, f"hydra.run.dir={run_dir}"])
+    else:
+        result = runner.run([*args, f"hydra.run.dir={run_dir}"])
+    if result.status != 0 or not summary_file.exists():
+        print(f"[compare]   failed: {result.last_line or 'no output'}", flush=True)
         return None
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     return summary if summary.get("status", "finished") == "finished" else None
@@ -434,21 +444,23 @@ def main(argv: list[str] | None = None) -> None:
     table = args.table or Path("docs") / f"comparison-{args.preset}.md"
 
     rows = []
-    for value in values:
-        for label in methods:
-            summaries = [
-                s
-                for seed in seeds
-                if (s := run_one(label, axis, value, seed, setting, out, args.reuse)) is not None
-            ]
-            rows.append(
-                {
-                    "method": label,
-                    "value": value,
-                    "runs": len(summaries),
-                    **aggregate(summaries, columns),
-                }
-            )
+    with Runner() as runner:  # one Ray session for every run
+        for value in values:
+            for label in methods:
+                summaries = [
+                    s
+                    for seed in seeds
+                    if (s := run_one(label, axis, value, seed, setting, out, args.reuse, runner))
+                    is not None
+                ]
+                rows.append(
+                    {
+                        "method": label,
+                        "value": value,
+                        "runs": len(summaries),
+                        **aggregate(summaries, columns),
+                    }
+                )
     dataset = next((s.split("=", 1)[1] for s in setting if s.startswith("dataset=")), None)
     note = (
         f"Setting: {dataset or 'as each method sets it'}, `{axis}` as listed, "

@@ -36,6 +36,15 @@ code; an actor gets messages only once it has answered, so one Ray cannot place
 ``summary.json``'s ``placement`` (the driver's record; nothing reaches the strategy
 or the clients' ``metrics``).
 
+**With the session's pool** (``simulations/vce_patches.py``: Ray and a pool of warm
+``ClientWorker`` actors started in the background, kept across the runs of a Hydra
+multirun or ``fedkd-compare``): these patches wrap the session's, so ``build`` first takes
+the session's pool and every run then asks each of its actors again where it runs; a
+replacement comes from that pool's factory, so it is a ``ClientWorker`` whose first task
+is the warm-up for the run it joins. When a run ends, actors still being placed are
+settled (answered: back to the idle ones; not yet: killed, and the pool is not kept).
+What the backend saw (``WATCH``) starts empty with each run's ``install``.
+
 If this Flower's backend does not look like the one this was written against, the
 patch is not applied and Flower's behaviour is kept (``install`` returns False).
 """
@@ -49,6 +58,7 @@ from collections import Counter
 from typing import Any
 
 from server.nodeloss import LOST_REASON
+from simulations import vce_patches
 
 POLICIES = ("replace", "fail")
 REPLACEMENTS_PER_LOSS = 3  # a replacement that dies before answering is replaced again, this often
@@ -193,12 +203,26 @@ class _Actors:
             self.pool.num_actors += 1
             self.cond.notify()
 
-    def kill_pending(self) -> None:
+    def settle(self) -> None:
+        """The run is over: actors that said where they run go back to the pool's idle ones
+        (a shared session keeps an all-idle pool for its next run), one that died first
+        leaves it, one that has not answered yet is killed and still counted: a pool with
+        such an actor is not kept (``vce_patches``)."""
         with self.cond:
             pending, self.pending = self.pending, []
-        for actor, _, _ in pending:
-            with contextlib.suppress(Exception):
-                self.ray.kill(actor, no_restart=True)
+            refs = [ref for _, ref, _ in pending]
+            ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+            for actor, ref, _ in pending:
+                if ref in ready:
+                    try:
+                        self.where[actor] = self.ray.get(ref)
+                    except Exception:  # died (RayActorError) or cannot say: it leaves
+                        self.pool.num_actors -= 1
+                    else:
+                        self.pool.pool.append(actor)
+                        continue
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor, no_restart=True)
 
 
 def _unavailable(message: Any, reason: str) -> Any:
@@ -323,6 +347,10 @@ def install(policy: str = "replace", verbose: bool = False) -> bool:
         from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
     except ImportError:
         return False
+    # the session's patches go under these, whichever is installed first: build takes the
+    # session's pool (or makes Flower's), then its actors say where they run; terminate
+    # first settles the actors being placed, then keeps the pool or ends it
+    vce_patches.install_session()
     original = RayBackend.process_message
     run_api = getattr(vce_api, "run_api", None)
     if (
@@ -340,15 +368,19 @@ def install(policy: str = "replace", verbose: bool = False) -> bool:
 
     def patched_terminate(self: Any) -> None:
         actors = getattr(self, "fedkd_actors", None)
-        if actors is not None:
-            actors.kill_pending()
-        terminate(self)
+        try:
+            if actors is not None:
+                actors.settle()
+        finally:  # Ray is stopped (or its session kept) whatever settling met
+            terminate(self)
 
     def patched_run_api(*args: Any, **kwargs: Any) -> None:
         bound = inspect.signature(run_api).bind(*args, **kwargs)
         WATCH.stop = bound.arguments["f_stop"]
         return run_api(*args, **kwargs)
 
+    patched_build.__wrapped__ = build  # type: ignore[attr-defined]
+    patched_terminate.__wrapped__ = terminate  # type: ignore[attr-defined]
     RayBackend.build = patched_build
     RayBackend.terminate = patched_terminate
     RayBackend.process_message = process_message

@@ -8,6 +8,7 @@ value prints one line naming it and exits with status 1.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedkd.console import (
@@ -123,7 +125,14 @@ def console_logging(logs: dict[str, Any]) -> None:
 
 
 def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """Check ``cfg``, then run the simulation and return its summary."""
+    """Check ``cfg``, then run the simulation and return its summary.
+
+    Once the federated split is built (a split that cannot be made fails without torch,
+    Flower or Ray), Ray, its workers and their warm-up start in the background
+    (``vce_patches.start_session``) while this process loads torch and checks the data
+    against the strategy; a config or data error still ends the run with one line, after
+    Ray is stopped again.
+    """
     from clients.runtime import data_key, federated_data
     from server.recorder import console_options
 
@@ -133,32 +142,43 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     wait_for_head(backend["init_args"]["address"], float(cfg["simulation"]["connect_timeout"]))
     phase("data", "building the federated data")
     federated_data(data_key(cfg))  # a split that cannot be made fails before torch loads
+    from clients.privacy_mod import SIMULATION_ENV  # Flower's record types, not torch
+
+    quiet_libraries(bool(cfg["logging"]["verbose"]))
+    keep_launcher_signal_handlers()
+    phase("Ray", f"starting Ray and its workers in the background ({cfg['num_clients']} clients)")
+    early = vce_patches.start_session(backend, {SIMULATION_ENV: "1"}, json.dumps(cfg))
+    try:
+        return _simulate(cfg, Path(run_dir), backend, early, SIMULATION_ENV)
+    finally:
+        vce_patches.abandon_session()  # joins an unfinished start; Ray stays only if shared
+
+
+def _simulate(
+    cfg: dict[str, Any], run_dir: Path, backend: dict[str, Any], early: bool, simulation_env: str
+) -> dict[str, Any]:
     phase("libraries", "loading torch and Flower")
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
-    from clients.privacy_mod import SIMULATION_ENV
     from server.app import make_server_app, prepare_run
     from server.checkpoint import load_server_checkpoint
     from server.resume_check import check_resume
 
     phase("data", "checking the data against the strategy and building the models")
-    info = prepare_run(cfg)  # raises FedkdError before Ray starts
+    info = prepare_run(cfg)  # raises FedkdError before the simulation starts
     phase(
         "data",
         f"{info.num_clients} clients, {info.num_classes} classes, {info.num_public} public samples",
     )
-    run_dir = Path(run_dir)
     resume = None
     if cfg.get("resume"):  # the run's own config.yaml stays as it is
-        resume = load_server_checkpoint(run_dir, cfg)  # also raises before Ray starts
+        resume = load_server_checkpoint(run_dir, cfg)  # also raises before the simulation
         check_resume(info, resume)  # the state fits this run: one line, not a traceback
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
         (run_dir / "config.yaml").write_text(text, encoding="utf-8")
-    quiet_libraries(bool(cfg["logging"]["verbose"]))
-    keep_launcher_signal_handlers()
     if cfg["simulation"].get("fast_pickup", True):
         vce_patches.install_pickup()
     find_roster = None
@@ -174,17 +194,28 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     verbose = bool(cfg["logging"]["verbose"])
     watch = nodeloss.WATCH if nodeloss.install(policy, verbose) else None
 
-    phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
+    waited = vce_patches.wait_session()
+    took = vce_patches.session_timings()
+    if early and took:
+        ray = "reused" if took["reused_ray"] else f"{took['ray']:.1f} s"
+        pool = "reused warm" if took["reused_pool"] else f"{took['pool']:.1f} s"
+        phase(
+            "Ray",
+            f"up in the background: Ray {ray}, actor pool {pool} "
+            f"(waited {waited:.1f} s for it here)",
+        )
+    else:
+        phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
     server_app = make_server_app(
         cfg, run_dir, info, resume=resume, find_roster=find_roster, cluster=watch
     )
     # the clients take their privacy floor from the run config only in a simulation; the
     # mark is inherited by the local Ray cluster's workers and removed afterwards
-    before = os.environ.get(SIMULATION_ENV)
-    os.environ[SIMULATION_ENV] = "1"
+    before = os.environ.get(simulation_env)
+    os.environ[simulation_env] = "1"
     try:
-        if backend["init_args"]["address"] != LOCAL:  # a cluster's workers: through Ray
-            join_cluster(backend["init_args"], {SIMULATION_ENV: "1"})
+        if not early and backend["init_args"]["address"] != LOCAL:  # a cluster's workers
+            join_cluster(backend["init_args"], {simulation_env: "1"})
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -194,13 +225,11 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         )
     finally:
         if before is None:
-            os.environ.pop(SIMULATION_ENV, None)
+            os.environ.pop(simulation_env, None)
         else:
-            os.environ[SIMULATION_ENV] = before
+            os.environ[simulation_env] = before
     summary_file = run_dir / "summary.json"
     if summary_file.exists():
-        import json
-
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
     if summary.get("status") in STOPPED:  # a lost node under on_node_loss=fail, starved rounds
         reason = summary["stop_reason"]
@@ -226,6 +255,8 @@ def _hydra_main(cfg: DictConfig) -> None:
             handler.addFilter(lambda record: record.name != "fedkd.phase")
     if _JOBS_STARTED[0]:  # a sweep's next job: its phase lines count from its own start
         mark_start()
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # the jobs share one Ray session
+        vce_patches.share_session(True)
     _JOBS_STARTED[0] += 1
     try:
         run_dir = HydraConfig.get().runtime.output_dir

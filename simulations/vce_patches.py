@@ -28,13 +28,37 @@ engine itself draws the node ids (``vce_api._register_nodes``); ``capture_nodes`
 wraps that function to keep its node -> partition mapping, and ``simulation_roster``
 hands it to the strategy once the nodes exist, so no handshake is needed. Real
 deployments (``flwr run``, SuperNodes) still discover.
+
+**One Ray session, started early.** Flower's ``RayBackend`` calls ``ray.init`` only when Ray is
+not initialised yet, builds a fresh actor pool per run and ends every run with
+``ray.shutdown()``. ``start_session`` starts Ray, the actor pool and each worker's warm-up
+(importing the ClientApp and building the run's federated data) in a background thread,
+while the launcher imports torch and checks the data; ``RayBackend.build`` then takes that
+pool instead of creating one. Its actors are ``simulations.worker.ClientWorker``s (Flower's
+actor without ``flwr.simulation``'s imports) and get the fedkd ClientApp's loader by
+reference instead of a closure holding the ClientApp. With ``share_session(True)`` (a Hydra multirun, ``fedkd-compare``)
+``RayBackend.terminate`` keeps Ray and the idle pool for the process's next run instead of
+shutting down: its warm workers already hold the libraries (and, for the same data config,
+the data). Workers keep no client state between messages (each arrives with its
+``Context``, and every random stream is seeded from the run config), so a run computes the
+same numbers in a fresh or a reused worker. A pool is reused only if all its actors are idle
+and answer; a session whose Ray arguments differ from the next run's is shut down first.
+``simulations/nodeloss.py`` wraps these patches (it installs them first): each run's
+actors say where they run before they get a message, and a replacement for an actor lost
+with its node comes from the pool's factory, which queues the run's warm-up on every actor
+it creates (``warm_new_actors``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
+import logging
+import os
 import threading
 import time
+from dataclasses import dataclass
 from queue import Queue
 from typing import Any
 
@@ -42,6 +66,8 @@ MIN_WAIT = 0.002  # seconds between sweeps when they are quick
 SWEEP_SHARE = 4  # wait at least this many times the last sweep's duration
 
 _installed = False
+_session_installed = False
+log = logging.getLogger("fedkd")
 _nodes: dict[int, int] | None = None  # node id -> partition id of this process's simulation
 
 
@@ -126,3 +152,291 @@ def simulation_roster(grid: Any, timeout: float, expected: int):
             return None  # registered without our wrapper: ask the nodes
         time.sleep(0.01)
     return None
+
+
+# ------------------------------------------------------------------ one Ray session
+@dataclass
+class _Session:
+    shared: bool = False  # keep Ray and the idle pool when a run ends
+    init_key: str | None = None  # the ray.init arguments Ray runs with (None: not ours)
+    resources_key: str | None = None  # the client resources of ``pool``'s actors
+    pool: Any = None  # a flwr BasicActorPool waiting for the next RayBackend.build
+    thread: threading.Thread | None = None  # the start-up thread: it lives as long as Ray
+    ready: threading.Event | None = None  # set once the start-up thread is done starting
+    release: threading.Event | None = None  # set once Ray is down: its thread may end
+    started: float = 0.0
+    error: BaseException | None = None
+    timings: dict[str, float] | None = None  # seconds: "ray" (init or reuse), "pool"
+
+
+_SESSION = _Session()
+PING_TIMEOUT = 10.0  # seconds a kept actor may take to answer before its pool is rebuilt
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def share_session(on: bool = True) -> None:
+    """Keep Ray and its warm workers across this process's runs (``end_session`` stops them)."""
+    _SESSION.shared = on
+
+
+def session_timings() -> dict[str, float]:
+    """Seconds the last ``start_session`` spent starting (or reusing) Ray and its pool, and
+    whether each was reused (1.0) or started (0.0)."""
+    return dict(_SESSION.timings or {})
+
+
+def _warm_worker(actor: Any, cfg_json: str) -> int:
+    """In a worker: import what a client round needs and build the run's data (cached per
+    process by ``clients.runtime``). A failure is left for the round itself to report."""
+    try:
+        import clients.app  # noqa: F401  (torch, Flower's records, the round code)
+        from clients.runtime import data_key, federated_data
+
+        federated_data(data_key(json.loads(cfg_json)))
+    except Exception:  # the first message meets the same error and reports it
+        pass
+    return os.getpid()
+
+
+def warm_new_actors(pool: Any, cfg_json: str | None) -> None:
+    """Every actor ``pool``'s own factory creates from now on gets the warm-up for the run
+    ``cfg_json`` (a run config as JSON; None: none) queued as its first task: the pool's
+    first actors, and a replacement for a lost one (``simulations/nodeloss.py`` asks the
+    same factory). A kept pool is pointed at each new run's config."""
+    pool.fedkd_warm_up = cfg_json
+    if getattr(pool, "fedkd_warms", False):
+        return
+    create = pool.create_actor_fn
+
+    def create_warm_actor() -> Any:
+        actor = create()
+        if pool.fedkd_warm_up is not None:
+            actor.__ray_call__.remote(_warm_worker, pool.fedkd_warm_up)
+        return actor
+
+    pool.create_actor_fn = create_warm_actor
+    pool.fedkd_warms = True
+
+
+def _ping(actor: Any) -> int:
+    return os.getpid()
+
+
+def _kill_pool(pool: Any) -> None:
+    import ray
+
+    for actor in list(getattr(pool, "pool", [])) + list(
+        getattr(pool, "_future_to_actor", {}).values()
+    ):
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(actor)
+
+
+def _pool_answers(pool: Any) -> bool:
+    import ray
+
+    if len(pool.pool) != pool.num_actors:
+        return False
+    try:
+        ray.get([a.__ray_call__.remote(_ping) for a in pool.pool], timeout=PING_TIMEOUT)
+    except Exception:
+        return False
+    return True
+
+
+def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | None) -> bool:
+    """Ray (reused if it runs with the same arguments), the pool and the warm-up calls;
+    True if this call started Ray."""
+    import ray
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    from simulations.cluster import join_cluster
+    from simulations.worker import ClientWorkerActor
+
+    started = time.perf_counter()
+    init_args = dict(backend["init_args"])
+    init_args.setdefault("include_dashboard", False)
+    init_key = _key([init_args, env_vars])
+    if ray.is_initialized() and _SESSION.init_key != init_key:
+        end_session()
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        _SESSION.pool = None
+        _release()  # an earlier start-up thread whose Ray is gone may end
+        join_cluster(init_args, env_vars)  # a private instance ("local") or a cluster's head
+        _SESSION.init_key = init_key
+    ray_done = time.perf_counter()
+    resources = dict(backend["client_resources"])
+    pool = reused = _SESSION.pool
+    if pool is not None and (_SESSION.resources_key != _key(resources) or not _pool_answers(pool)):
+        _kill_pool(pool)
+        pool = None
+    if pool is None:
+        pool = BasicActorPool(
+            actor_type=ClientWorkerActor, client_resources=resources, actor_kwargs={}
+        )
+        warm_new_actors(pool, cfg_json)
+        pool.add_actors_to_pool(pool.actors_capacity)  # each one's warm-up queued as it starts
+    else:
+        warm_new_actors(pool, cfg_json)  # a replacement during this run warms up for it
+        if cfg_json is not None:  # queued before the first message on each actor
+            for actor in pool.pool:
+                actor.__ray_call__.remote(_warm_worker, cfg_json)
+    _SESSION.pool, _SESSION.resources_key = pool, _key(resources)
+    _SESSION.timings = {
+        "ray": ray_done - started,
+        "pool": time.perf_counter() - ray_done,
+        "reused_ray": float(not started_ray),
+        "reused_pool": float(pool is reused),
+    }
+    return started_ray
+
+
+def _start_and_stay(ready: threading.Event, *args: Any) -> None:
+    """Start the session; if this thread started Ray, stay until Ray is down: Ray's
+    processes die with the thread that started them (``PR_SET_PDEATHSIG`` is per thread)."""
+    release = threading.Event()
+    started_ray = False
+    try:
+        started_ray = _start(*args)
+        if started_ray:
+            _SESSION.release = release
+    except BaseException as err:  # Flower's own start-up then runs and reports it
+        _SESSION.error = err
+        _SESSION.pool = None
+        started_ray = _ray_is_up()  # a half-started Ray must not lose its parent thread
+        if started_ray:
+            _SESSION.release = release
+    finally:
+        ready.set()
+    if started_ray:
+        release.wait()
+
+
+def start_session(
+    backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | None = None
+) -> bool:
+    """Start Ray (or reuse this process's session), the actor pool and each worker's warm-up
+    in a background thread; ``wait_session`` waits for it. False if this Flower does not
+    fit."""
+    if not install_session():
+        return False
+    wait_session()
+    _SESSION.error = None
+    _SESSION.started = time.perf_counter()
+    _SESSION.ready = threading.Event()
+    _SESSION.thread = threading.Thread(
+        target=_start_and_stay,
+        args=(_SESSION.ready, backend, env_vars, cfg_json),
+        name="fedkd-ray-session",
+        daemon=True,
+    )
+    _SESSION.thread.start()
+    return True
+
+
+def _ray_is_up() -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _release() -> None:
+    """Let the thread that started the last Ray session end (call once Ray is down)."""
+    if _SESSION.release is not None:
+        _SESSION.release.set()
+    _SESSION.release = None
+
+
+def wait_session() -> float:
+    """Wait until ``start_session``'s thread has started Ray; the seconds waited here."""
+    ready, waited = _SESSION.ready, time.perf_counter()
+    if ready is not None:
+        ready.wait()
+        _SESSION.ready = None
+        if _SESSION.error is not None:
+            log.debug("starting Ray early failed: %r", _SESSION.error)
+    return time.perf_counter() - waited
+
+
+def end_session() -> None:
+    """Stop this process's kept workers and its Ray session (if Ray runs)."""
+    import ray
+
+    if _SESSION.pool is not None:
+        _kill_pool(_SESSION.pool)
+    _SESSION.pool = _SESSION.init_key = _SESSION.resources_key = None
+    if ray.is_initialized():
+        ray.shutdown()
+    _release()
+
+
+def abandon_session() -> None:
+    """A run stopped before its simulation: join the start-up thread; Ray stays only if
+    shared."""
+    wait_session()
+    if not _SESSION.shared:
+        end_session()
+
+
+def _by_reference(app_fn: Any) -> Any:
+    """The fedkd ClientApp's loader as a module function (pickled as its name) instead of
+    Flower's closure (pickled with the whole ClientApp into every message)."""
+    import sys
+
+    from simulations.worker import fedkd_client_app
+
+    ours = getattr(sys.modules.get("clients.app"), "app", None)
+    return fedkd_client_app if ours is not None and app_fn() is ours else app_fn
+
+
+def install_session() -> bool:
+    """Let Flower's RayBackend take the session's pool and, when shared, keep it."""
+    global _session_installed
+    if _session_installed:
+        return True
+    try:
+        from flwr.server.superlink.fleet.vce.backend import raybackend
+    except ImportError:
+        return False
+    backend = getattr(raybackend, "RayBackend", None)
+    build, terminate = getattr(backend, "build", None), getattr(backend, "terminate", None)
+    if build is None or terminate is None or not hasattr(raybackend, "BasicActorPool"):
+        return False
+    if list(inspect.signature(build).parameters) != ["self", "app_fn"]:
+        return False
+
+    def build_with_session_pool(self: Any, app_fn: Any) -> None:
+        pool, resources = _SESSION.pool, _key(dict(self.client_resources))
+        if pool is None or _SESSION.resources_key != resources:
+            return build(self, app_fn)
+        _SESSION.pool = None  # this run's now
+        self.pool = pool
+        self.app_fn = _by_reference(app_fn)
+
+    def terminate_or_keep(self: Any) -> None:
+        import ray
+
+        pool = self.pool
+        if _SESSION.shared and pool is not None and ray.is_initialized():
+            if len(pool.pool) == pool.num_actors:  # every actor idle: keep them warm
+                _SESSION.pool, _SESSION.resources_key = pool, _key(dict(self.client_resources))
+                self.pool = None
+                return
+            _kill_pool(pool)
+            self.pool = None
+            return
+        _SESSION.pool = _SESSION.init_key = _SESSION.resources_key = None
+        terminate(self)  # Flower's: the actors, then ray.shutdown()
+        _release()
+
+    build_with_session_pool.__wrapped__ = build  # type: ignore[attr-defined]
+    terminate_or_keep.__wrapped__ = terminate  # type: ignore[attr-defined]
+    backend.build = build_with_session_pool
+    backend.terminate = terminate_or_keep
+    _session_installed = True
+    return True
