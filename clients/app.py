@@ -4,8 +4,8 @@ The client learns which data it holds from ``context.node_config`` and
 everything else from the run config the server sends. Its personal model lives
 in ``context.state`` between rounds; ``query.save_state`` /
 ``query.restore_state`` write it to and read it from a checkpoint file
-(``server/checkpoint.py``). Faults (``clients/faults.py``) and attacks
-(``clients/attacks.py``) configured in the run config happen here too. Node
+(``server/checkpoint.py``). Faults (``fedkd/client/faults.py``) and attacks
+(``fedkd/client/attacks.py``) configured in the run config happen here too. Node
 config keys:
 
 - ``partition-id``: this client's id (0..N-1); with no ``data-path`` it is also
@@ -33,17 +33,18 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from clients import attacks, faults, wire
 from clients.privacy_mod import privacy_mod
-from clients.round import evaluate_client, round_generator, run_round
-from clients.runtime import client_tensors, configure_torch, data_key
 from clients.subteachers import load_teachers, save_teachers, teacher_release
 from fedkd import checkpoint as ckpt_io
+from fedkd.client import attacks, faults
+from fedkd.client.round import evaluate_client, round_generator, run_round
+from fedkd.client.runtime import client_tensors, configure_torch, data_key
 from fedkd.errors import ConfigError, DataError
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
 from fedkd.train import resolve_device
 from fedkd.weights import arrays_to_model, load_packed, packed_state
+from protocol import wire
 
 MODEL_STATE = "model"
 
@@ -174,7 +175,9 @@ def train(message: Message, context: Context) -> Message:
         save_teachers(context, teachers)
     context.state[MODEL_STATE] = wire.arrays_to_record(packed_state(model))
     content = RecordDict()
-    payload = attacks.apply(cfg, pid, server_round, output.payload, context.state, data.num_classes)
+    payload = attacks.apply(
+        cfg, pid, server_round, output.payload, wire.PayloadStore(context.state), data.num_classes
+    )
     if payload is not None:
         parts = payload.to_arrays(), {"kind": payload.kind, **payload.meta()}
         if faults.fault_of(cfg, pid, server_round) == "bad_payload":  # sent raw, as corrupted

@@ -23,7 +23,7 @@ Where the floor comes from:
 Noise comes from OS entropy (``fedkd.privacy.noise``); seeded by (seed, round, client)
 only where the plan says ``seeded`` and the floor allows it.
 
-Last, under privacy, the reply's metrics are split (:mod:`clients.channel`): the strategy's
+Last, under privacy, the reply's metrics are split (:mod:`protocol.channel`): the strategy's
 ``metrics`` keep only what is not derived from private data; losses, accuracies, sizes and
 timing go to the researcher's ``measurement`` record (simulation) or stay on the node
 (deployment, unless it opts in). This applies to train and evaluate replies and to the
@@ -40,11 +40,11 @@ from typing import Any
 from flwr.app import Context, Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 
-from clients import channel, wire
 from fedkd.errors import ConfigError
 from fedkd.privacy.floor import Floor
 from fedkd.privacy.noise import noise_rng, seeded_noise
 from fedkd.privacy.release import LocalSpec, privatize
+from protocol import channel, wire
 
 _STREAM = 7  # keeps the noise stream apart from the batch-order generator
 SIMULATION_ENV = "FEDKD_SIMULATION"  # set by simulations/run.py for its Ray workers only

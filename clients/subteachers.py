@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients import wire
-from clients.runtime import ClientTensors
+from fedkd.client.runtime import ClientTensors
 from fedkd.errors import PayloadError
 from fedkd.knowledge import PublicLogits
 from fedkd.models import build_model, spec_for_client
@@ -25,6 +24,7 @@ from fedkd.privacy.noise import noise_rng
 from fedkd.privacy.subteachers import release, shard_of
 from fedkd.train import make_optimizer, predict, train_supervised
 from fedkd.weights import arrays_to_model, model_to_arrays
+from protocol import wire
 
 _STREAM = 13
 

@@ -5,7 +5,7 @@ plus a few metadata entries, and back. Only floating arrays are encoded;
 integer arrays (indices, counts, votes) travel as they are. The encoding is
 chosen in the run config (``knowledge.encoding``, ``knowledge.top_k``) and used
 both ways: by every client for what it uploads and by the server for what it
-sends down (``clients.wire.put_knowledge`` / ``get_payload``). The metadata
+sends down (``protocol.wire.put_knowledge`` / ``get_payload``). The metadata
 names the codec and its parameters, so the receiver needs no configuration to
 decode, and a malformed encoded record is a ``PayloadError`` (``malformed``).
 

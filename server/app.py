@@ -17,8 +17,8 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients import attacks, faults
-from clients.runtime import data_key, federated_data
+from fedkd.client import attacks, faults
+from fedkd.client.runtime import data_key, federated_data
 from fedkd.console import phase
 from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client

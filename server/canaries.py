@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.runtime import data_key, federated_data
+from fedkd.client.runtime import data_key, federated_data
 from fedkd.data.canaries import canary_options
 
 

@@ -173,7 +173,7 @@ def _exchange(grid, node_of: Mapping[int, int], message_type: str, spec: dict, t
     """Send ``spec`` to every client; (client ids that answered well, first error or None)."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from clients import wire
+    from protocol import wire
 
     client_of = {node: cid for cid, node in node_of.items()}
     messages = [

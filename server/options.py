@@ -13,8 +13,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clients import attacks, faults
 from fedkd.bounds import Bounds
+from fedkd.client import attacks, faults
 from fedkd.config import check_config, compose
 from fedkd.errors import ConfigError
 from fedkd.privacy.noise import seeded_noise

@@ -19,8 +19,8 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from clients import wire
 from fedkd.errors import ConfigError
+from protocol import wire
 
 log = logging.getLogger("fedkd")
 RETRY_UNAVAILABLE = 10.0  # seconds before asking an unavailable node again

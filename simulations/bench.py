@@ -430,7 +430,7 @@ def fedavg_bytes(overrides: list[str]) -> float:
     parameters and buffers as float32, down and up."""
     import numpy as np
 
-    from clients.runtime import client_tensors, data_key
+    from fedkd.client.runtime import client_tensors, data_key
     from fedkd.config import compose
     from fedkd.models import build_model, spec_for_client
     from fedkd.weights import model_to_arrays

@@ -24,7 +24,7 @@ def check_files(
 ) -> list[tuple[str, bool, str]]:
     """``(path, ok, line)`` per file: a summary for a good file, the error for a bad one.
     A bad config raises its one-line ConfigError."""
-    from clients.runtime import data_key, federated_data
+    from fedkd.client.runtime import data_key, federated_data
     from fedkd.config import compose
     from fedkd.data.local import load_local_data
     from fedkd.schema import check_early

@@ -390,7 +390,7 @@ def check_data(overrides: Sequence[str], paths: Sequence[str], nodes: int) -> No
     check_early(cfg, overrides)  # no torch yet: a bad value stops in a second or two
     check_options(cfg)
     check_deployment(cfg)
-    from clients.runtime import data_key, federated_data
+    from fedkd.client.runtime import data_key, federated_data
     from fedkd.data.local import load_local_data
     from server.app import check_options as check_with_torch
 

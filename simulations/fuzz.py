@@ -52,12 +52,12 @@ from flwr.app import (
 )
 from flwr.app.metadata import Metadata
 
-from clients import wire
 from fedkd.config import compose
 from fedkd.encoding import encode
 from fedkd.errors import REJECT_REASONS
 from fedkd.knowledge import ClassLogits, ModelWeights, Payload, Prototypes, PublicLogits, Votes
 from fedkd.metrics_schema import EXACT, RESERVED
+from protocol import wire
 from server.app import prepare_run
 from server.roster import Roster
 from server.strategies import STRATEGIES, FedkdStrategy

@@ -12,7 +12,7 @@ them each round (``canary_uploads.npz``, ``server/canaries.py``).
 that knows the canaries' inputs and labels and the run config, and wants to tell which
 canaries client 0 trained on. It sees exactly what leaves the client, i.e. after Swing
 and after the client-side privacy mod, and every metric the client sends (none under
-privacy, ``clients/channel.py``). With seeded noise (``simulation.seeded_noise=true``)
+privacy, ``protocol/channel.py``). With seeded noise (``simulation.seeded_noise=true``)
 it regenerates the mod's noise from the config (:func:`regenerated_noise`) and attacks
 the denoised uploads (:func:`denoised`). Attack: a loss threshold attack on the released
 distributions, score = ``log`` of the mean over rounds of ``q(y)`` on the canary's label
@@ -118,7 +118,7 @@ def regenerated_noise(run_dir: Path, rounds: np.ndarray) -> np.ndarray | None:
     from omegaconf import OmegaConf
 
     from clients.privacy_mod import _STREAM
-    from clients.runtime import data_key, federated_data
+    from fedkd.client.runtime import data_key, federated_data
     from fedkd.data.canaries import canary_options
     from fedkd.privacy.noise import noise_rng, seeded_noise
     from fedkd.privacy.release import NOISES

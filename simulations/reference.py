@@ -1,10 +1,10 @@
 """The sequential reference of ``fedkd-bench``: one FD run in one process, no Flower, no Ray.
 
 It performs the identical computation as ``fedkd-sim`` with ``strategy=fd``:
-the same data (``clients.runtime.client_tensors``), the same models and seeds
+the same data (``fedkd.client.runtime.client_tensors``), the same models and seeds
 (the ClientApp's ``torch.manual_seed(seed * 7919 + id)`` before building a
 client's model, batch order from ``round_generator(seed, round, id)``), the same client
-round (``clients.round.run_round``: train with the FD regulariser, evaluate on
+round (``fedkd.client.round.run_round``: train with the FD regulariser, evaluate on
 the local and global test sets, extract per-label logits), the same seeded
 sampling and the same fusion (``fedkd.fusion.class_mean``), client after client
 on one torch thread per client (``simulation.torch_threads``), as a Ray worker
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clients.round import round_generator, run_round
-from clients.runtime import client_tensors, configure_torch, data_key
+from fedkd.client.round import round_generator, run_round
+from fedkd.client.runtime import client_tensors, configure_torch, data_key
 from fedkd.config import check_config, compose
 from fedkd.confusion import confusion_due
 from fedkd.errors import FedkdError

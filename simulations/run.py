@@ -100,7 +100,7 @@ class _ClientFailures(logging.Filter):
     GENERIC = "An exception was raised when processing a message by"
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from clients.faults import MARK
+        from fedkd.client.faults import MARK
 
         text = record.getMessage()
         return MARK not in text and not text.startswith(self.GENERIC)
@@ -133,7 +133,7 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     against the strategy; a config or data error still ends the run with one line, after
     Ray is stopped again.
     """
-    from clients.runtime import data_key, federated_data
+    from fedkd.client.runtime import data_key, federated_data
     from server.recorder import console_options
 
     cfg["logging"].update(console_options(cfg["logging"]))  # logging.level -> the three switches

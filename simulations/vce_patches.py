@@ -190,10 +190,10 @@ def session_timings() -> dict[str, float]:
 
 def _warm_worker(actor: Any, cfg_json: str) -> int:
     """In a worker: import what a client round needs and build the run's data (cached per
-    process by ``clients.runtime``). A failure is left for the round itself to report."""
+    process by ``fedkd.client.runtime``). A failure is left for the round itself to report."""
     try:
         import clients.app  # noqa: F401  (torch, Flower's records, the round code)
-        from clients.runtime import data_key, federated_data
+        from fedkd.client.runtime import data_key, federated_data
 
         federated_data(data_key(json.loads(cfg_json)))
     except Exception:  # the first message meets the same error and reports it

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from clients import attacks
+from fedkd.client import attacks
 from fedkd.config import compose
 from fedkd.errors import ConfigError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from protocol import wire
 from server.app import check_options
 from server.recorder import RunRecorder
 
@@ -28,7 +29,7 @@ def cfg_for(kind: str, *extra: str) -> dict:
 
 def attacked(kind: str, payload, *extra: str, rnd: int = 1, state=None):
     cfg = cfg_for(kind, *extra)
-    return attacks.apply(cfg, 3, rnd, payload, RecordDict() if state is None else state, C)
+    return attacks.apply(cfg, 3, rnd, payload, {} if state is None else state, C)
 
 
 def logits(seed: int = 0) -> np.ndarray:
@@ -59,7 +60,7 @@ def test_attackers_are_a_seeded_fraction_plus_the_named_clients():
 
 def test_clients_that_do_not_attack_send_their_own_knowledge():
     honest = ClassLogits(logits(), np.arange(C))
-    assert attacks.apply(cfg_for("scale"), 2, 1, honest, RecordDict(), C) is honest
+    assert attacks.apply(cfg_for("scale"), 2, 1, honest, {}, C) is honest
 
 
 def test_label_flip_files_each_class_under_another_label():
@@ -108,7 +109,7 @@ def test_random_logits_are_seeded_by_round_and_client_and_stay_valid():
 
 
 def test_a_stale_client_resends_its_first_knowledge():
-    state = RecordDict()
+    state = wire.PayloadStore(RecordDict())  # kept in Flower's Context.state, as the ClientApp does
     first = ClassLogits(logits(0), np.ones(C, np.int64))
     assert attacked("stale", first, state=state) is first
     replay = attacked("stale", ClassLogits(logits(1), np.ones(C, np.int64)), rnd=5, state=state)

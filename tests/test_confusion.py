@@ -12,10 +12,9 @@ import torch
 from flwr.app import MetricRecord, RecordDict
 from runinfo import info_for
 
-from clients import wire
 from clients.app import _put_metrics
-from clients.round import evaluate_client
-from clients.runtime import ClientTensors
+from fedkd.client.round import evaluate_client
+from fedkd.client.runtime import ClientTensors
 from fedkd.config import check_config, compose
 from fedkd.confusion import (
     check_confusion,
@@ -28,6 +27,7 @@ from fedkd.confusion import (
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import ClassLogits
 from fedkd.train import confusion_matrix
+from protocol import wire
 from server.recorder import RunRecorder
 from server.roster import Roster
 from server.strategies import STRATEGIES, base

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from clients import wire
 from fedkd.config import check_config, compose
 from fedkd.encoding import decode, encode
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from protocol import wire
 
 
 def _round_trip(payload, **spec):
@@ -188,7 +188,7 @@ def test_an_int8_dsfl_run_sends_what_int8_weighs_and_rejects_nothing(tmp_path):
 
     from procs import run_fedkd_sim
 
-    from clients.runtime import data_key, federated_data
+    from fedkd.client.runtime import data_key, federated_data
 
     overrides = ["strategy=dsfl", "num_clients=3", "num_rounds=2", "knowledge.encoding=int8"]
     run = tmp_path / "int8"

@@ -15,7 +15,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from test_rejection import NODES, good_fd, make, metadata, reply
 
-from clients import wire
 from fedkd.bounds import Bounds, cap_class_counts, cap_weights, clip_to_median
 from fedkd.encoding import DecodeLimits
 from fedkd.encoding import decode as decode_knowledge
@@ -23,6 +22,7 @@ from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes
 from fedkd.metrics_schema import check_metrics
 from fedkd.npy import load_npy
+from protocol import wire
 
 
 def npy_declaring(shape: tuple[int, ...], dtype: str = "<f4", data: bytes = b"\0" * 8) -> bytes:
@@ -355,7 +355,7 @@ def test_a_checkpoint_of_this_run_passes_the_resume_check(tmp_path):
 
 # ---------------------------------------------------------------- the end-to-end attacker
 def test_count_claim_lies_about_counts_only():
-    from clients import attacks
+    from fedkd.client import attacks
     from fedkd.config import compose
 
     cfg = compose(["num_clients=3", "attack.kind=count_claim", "attack.clients=[1]"])

@@ -232,9 +232,9 @@ def test_the_attacker_regenerates_seeded_noise_exactly(tmp_path, monkeypatch):
     from flwr.app import Context, Message, MessageType, Metadata, RecordDict
     from omegaconf import OmegaConf
 
-    from clients import wire
     from clients.privacy_mod import SIMULATION_ENV, privacy_mod
-    from clients.runtime import data_key, federated_data
+    from fedkd.client.runtime import data_key, federated_data
+    from protocol import wire
     from server.privacy import build_ledger
     from simulations.leakage import regenerated_noise
 

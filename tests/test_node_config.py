@@ -15,10 +15,10 @@ import pytest
 from flwr.app import Context, RecordDict
 from procs import ROOT
 
-from clients import wire
 from clients.app import introduce
 from fedkd.config import compose
 from fedkd.errors import ConfigError, DataError
+from protocol import wire
 from server.roster import client_error
 from simulations.deploy import DeployError, node_config_arg
 

@@ -11,14 +11,14 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients import wire
 from clients.app import app as client_app
-from clients.channel import MEASUREMENT, PUBLIC_METRICS, SHARE_KEY
 from clients.privacy_mod import SIMULATION_ENV, packaged_floor
 from fedkd.config import compose
 from fedkd.errors import ConfigError
 from fedkd.privacy.floor import Floor
 from fedkd.privacy.noise import noise_rng
+from protocol import wire
+from protocol.channel import MEASUREMENT, PUBLIC_METRICS, SHARE_KEY
 from server.app import check_deployment, prepare_run
 from server.strategies import STRATEGIES
 

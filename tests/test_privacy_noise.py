@@ -11,8 +11,8 @@ import pytest
 import torch
 from procs import run_fedkd_sim
 
-from clients.runtime import ClientTensors
 from clients.subteachers import teacher_release
+from fedkd.client.runtime import ClientTensors
 from fedkd.knowledge import PublicLogits
 from fedkd.models import build_model
 from fedkd.privacy.swing import SwingSpec, swing_payload

@@ -12,7 +12,6 @@ from flwr.app import Context, Message, MessageType, Metadata, RecordDict
 from numpy.testing import assert_allclose, assert_array_equal
 from test_strategies import info_for
 
-from clients import wire
 from clients.privacy_mod import SIMULATION_ENV, privacy_mod
 from fedkd.config import compose
 from fedkd.errors import ConfigError
@@ -32,6 +31,7 @@ from fedkd.privacy.release import (
     round_event,
     rr_noise_parameter,
 )
+from protocol import wire
 from server.privacy import build_ledger, check_privacy
 from server.strategies import STRATEGIES
 

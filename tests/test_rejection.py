@@ -27,10 +27,10 @@ from flwr.app.metadata import Metadata
 from flwr.common.constant import ErrorCode
 from runinfo import info_for
 
-from clients import wire
 from fedkd.config import compose
 from fedkd.errors import REJECT_REASONS
 from fedkd.knowledge import ClassLogits, Prototypes, PublicLogits, Votes
+from protocol import wire
 from server.recorder import RunRecorder
 from server.roster import Roster
 from server.strategies import STRATEGIES
@@ -234,7 +234,7 @@ def test_server_limits_are_checked_before_the_run(override, message):
 # ---------------------------------------------------------------- injected broken payloads
 def corrupted_reply(cid: int, strategy, payload, mode: str) -> Message:
     """What a client with ``faults.bad_payload.mode=<mode>`` sends instead of ``payload``."""
-    from clients import faults
+    from fedkd.client import faults
 
     cfg = {**strategy.cfg, "faults": {"bad_payload": {"clients": [cid], "mode": mode}}}
     arrays, meta = faults.corrupt(
@@ -248,7 +248,7 @@ def corrupted_reply(cid: int, strategy, payload, mode: str) -> Message:
 @pytest.mark.parametrize("name", ["fd", "dsfl", "fedproto", "vote"])
 @pytest.mark.parametrize("mode", ["nan", "inf", "dtype", "shape", "classes", "indices", "kind"])
 def test_every_injected_malformation_is_rejected_for_its_reason(name, mode):
-    from clients.faults import BAD_MODES
+    from fedkd.client.faults import BAD_MODES
 
     size = {"dsfl": ["strategy.open_size=2"], "vote": ["strategy.query_size=2"]}
     strategy = make(name, None, *size.get(name, []))
@@ -277,7 +277,7 @@ def test_an_oversized_reply_is_too_large():
 
 
 def test_fault_assignments_are_seeded_disjoint_and_checked():
-    from clients import faults
+    from fedkd.client import faults
     from fedkd.errors import ConfigError
     from server.app import check_options
 

@@ -187,7 +187,7 @@ def test_a_kept_pool_is_placed_again_and_its_replacements_are_warm_client_worker
     import ray
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
-    from clients.runtime import data_key
+    from fedkd.client.runtime import data_key
     from fedkd.config import compose
     from simulations import nodeloss
     from simulations.worker import fedkd_client_app
@@ -196,7 +196,7 @@ def test_a_kept_pool_is_placed_again_and_its_replacements_are_warm_client_worker
     assert data_key(runs[0]) != data_key(runs[1])
 
     def what_it_is(actor, key):  # inside the actor: its class, and whether key's data is cached
-        from clients.runtime import federated_data
+        from fedkd.client.runtime import federated_data
 
         before = federated_data.cache_info().hits
         federated_data(key)

@@ -194,7 +194,7 @@ def test_fedproto_averages_prototypes_of_clients_that_have_the_class():
 def test_nearest_prototype_classifier_on_a_toy_case():
     import torch
 
-    from clients.round import nearest_prototype_accuracy
+    from fedkd.client.round import nearest_prototype_accuracy
 
     class Identity(torch.nn.Module):
         def forward(self, x):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from clients.runtime import ClientTensors
 from clients.subteachers import teacher_release
+from fedkd.client.runtime import ClientTensors
 from fedkd.config import compose
 from fedkd.errors import ConfigError
 from fedkd.models import build_model

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from clients import wire
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from protocol import wire
 
 PAYLOADS = [
     PublicLogits(

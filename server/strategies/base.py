@@ -35,8 +35,6 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from clients import wire
-from clients.channel import measurement_of
 from fedkd.bounds import Bounds, cap_uploads, cap_weights, check_magnitude, clip_uploads
 from fedkd.confusion import GLOBAL_CONFUSION, check_confusion, confusion_due, mean_client_confusion
 from fedkd.encoding import DecodeLimits
@@ -45,6 +43,8 @@ from fedkd.knowledge import Payload
 from fedkd.metrics_schema import NonFiniteMetric, check_metrics
 from fedkd.privacy.noise import noise_rng, seeded_noise
 from fedkd.strategy_options import SPECS, StrategySpec, check_strategy
+from protocol import wire
+from protocol.channel import measurement_of
 from server import nodeloss
 from server.checkpoint import (
     Checkpointer,
@@ -441,7 +441,7 @@ class FedkdStrategy(Strategy):
                 if validate is not None:
                     validate(server_round, cid, payload)
                 metrics["bytes_up"] = wire.payload_bytes(msg.content)
-                # the researcher's measurement (clients.channel): checked like the metrics,
+                # the researcher's measurement (protocol.channel): checked like the metrics,
                 # recorded, never given to the strategy
                 measured = check_metrics(measurement_of(msg.content), self.bounds.max_count)
             except PayloadError as err:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clients.runtime import data_key, federated_data
+from fedkd.client.runtime import data_key, federated_data
 from fedkd.fusion import era, public_mean, sharpen_entropy, softmax
 from fedkd.knowledge import PublicLogits
 from fedkd.schedule import round_budget

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clients.runtime import data_key, federated_data
+from fedkd.client.runtime import data_key, federated_data
 from fedkd.server_distill import distill_ensemble
 from fedkd.train import evaluate
 from fedkd.weights import arrays_to_model, model_to_arrays

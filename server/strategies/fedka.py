@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from clients.runtime import data_key, federated_data
 from fedkd.adaptation import (
     ADVERSARIAL,
     MATCHING,
@@ -54,6 +53,7 @@ from fedkd.adaptation import (
     join_arrays,
     split_arrays,
 )
+from fedkd.client.runtime import data_key, federated_data
 from fedkd.domain import DomainHead
 from fedkd.fusion import vote_counts
 from fedkd.fusion.label_vote import LabelVoting

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.runtime import data_key, federated_data
+from fedkd.client.runtime import data_key, federated_data
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import sharpen_entropy, softmax
 from fedkd.knowledge import PublicLogits

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.runtime import data_key, federated_data
+from fedkd.client.runtime import data_key, federated_data
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import first_choice_counts, vote_counts
 from fedkd.fusion.label_vote import LabelVoting, VoteRelease

@@ -22,6 +22,7 @@ round of the previous good checkpoint, whose files stay).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -135,3 +136,36 @@ def make_config(server_round: int, cfg_json: str, plan: dict[str, Any]) -> Confi
 def read_config(content: RecordDict) -> tuple[int, dict[str, Any], dict[str, Any]]:
     record = content.config_records[CONFIG]
     return int(record["round"]), json.loads(str(record["cfg"])), json.loads(str(record["plan"]))
+
+
+class PayloadStore(MutableMapping[str, Any]):
+    """Knowledge payloads kept in a client's ``Context.state`` across rounds.
+
+    The library sees a plain mapping (key -> payload); each entry is stored as an
+    ArrayRecord ``key`` plus a ConfigRecord ``key + "_meta"`` (``kind`` and meta).
+    """
+
+    def __init__(self, state: RecordDict) -> None:
+        self.state = state
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.state.array_records or f"{key}_meta" not in self.state.config_records:
+            raise KeyError(key)
+        meta = dict(self.state.config_records[f"{key}_meta"])
+        return decode(str(meta.pop("kind")), record_to_arrays(self.state.array_records[key]), meta)
+
+    def __setitem__(self, key: str, payload: Any) -> None:
+        self.state[key] = arrays_to_record(payload.to_arrays())
+        self.state[f"{key}_meta"] = ConfigRecord({"kind": payload.kind, **payload.meta()})
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        del self.state[key]
+        del self.state[f"{key}_meta"]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self.state.array_records if f"{k}_meta" in self.state.config_records)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -27,7 +27,7 @@ from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
 
-from clients import wire
+from protocol import wire
 
 MEASUREMENT = "measurement"
 PUBLIC_METRICS = ("partition_id", "num_partitions", "eval_round")  # not derived from private data

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clients.runtime import ClientTensors
 from fedkd.adaptation import ADVERSARIAL, MATCHING, adapt_locally, join_arrays, split_arrays
+from fedkd.client.runtime import ClientTensors
 from fedkd.confusion import GLOBAL_CONFUSION
 from fedkd.domain import DomainHead
 from fedkd.errors import PayloadError

@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clients.faults import check_selection
+from fedkd.client.faults import check_selection
 from fedkd.errors import ConfigError
-from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes, decode
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
 
-if TYPE_CHECKING:  # Flower loads only where an attack runs: the config check stays light
-    from flwr.app import RecordDict
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
 
 KINDS = ("none", "random_logits", "label_flip", "scale", "stale", "count_claim")
 # attack kind -> the payload kinds it applies to
@@ -52,8 +52,7 @@ TARGETS = {
     "count_claim": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
 }
 KEYS = {"kind", "fraction", "clients", "seed", "magnitude", "factor", "count"}
-STALE = "attack_stale"  # context.state records holding a stale attacker's first upload
-STALE_META = "attack_stale_meta"
+STALE = "attack_stale"  # the key under which a stale attacker's first upload is kept
 
 
 def _attack(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -94,7 +93,7 @@ def apply(
     client_id: int,
     server_round: int,
     payload: Any,
-    state: RecordDict,
+    state: MutableMapping[str, Any],
     num_classes: int,
 ) -> Any:
     """The payload an attacking client sends instead of ``payload`` (others: unchanged)."""
@@ -188,18 +187,11 @@ def _scale(payload: Any, factor: float) -> Any:
     return ModelWeights(arrays)
 
 
-def _stale(payload: Any, state: RecordDict) -> Any:
-    from flwr.app import ConfigRecord
-
-    from clients import wire
-
-    if STALE in state.array_records:
-        meta = dict(state.config_records[STALE_META])
-        return decode(
-            str(meta.pop("kind")), wire.record_to_arrays(state.array_records[STALE]), meta
-        )
-    state[STALE] = wire.arrays_to_record(payload.to_arrays())
-    state[STALE_META] = ConfigRecord({"kind": payload.kind, **payload.meta()})
+def _stale(payload: Any, state: MutableMapping[str, Any]) -> Any:
+    """The first upload, kept in ``state`` (the client adapter persists it), re-sent."""
+    if STALE in state:
+        return state[STALE]
+    state[STALE] = payload
     return payload
 
 
