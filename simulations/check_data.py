@@ -12,11 +12,11 @@ status 1 if any file is bad.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from fedkd.errors import FedkdError
+from simulations import cli
 
 
 def check_files(
@@ -55,11 +55,7 @@ def check_files(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="fedkd-check-data",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("fedkd-check-data", __doc__)
     parser.add_argument("items", nargs="+", metavar="FILE|OVERRIDE", help="files, then overrides")
     parser.add_argument(
         "--label-column", default="label", help="label column of a .csv/.parquet (node config)"
@@ -72,8 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         results = check_files(paths, overrides, args.label_column)
     except FedkdError as err:
-        print(f"fedkd-check-data: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        cli.fail("fedkd-check-data", err)
     for _, ok, line in results:
         print(line if ok else f"fedkd-check-data: {line}", file=sys.stdout if ok else sys.stderr)
     sys.exit(0 if all(ok for _, ok, _ in results) else 1)

@@ -23,12 +23,11 @@ fails is reported as failed; the others still make the table.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import statistics
 from datetime import datetime
 from pathlib import Path
 
+from simulations import tables
 from simulations.runner import Runner
 
 # method label -> overrides (a method is a strategy plus options; FedAvg needs one architecture)
@@ -310,26 +309,13 @@ def run_one(
     return summary if summary.get("status", "finished") == "finished" else None
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def aggregate(summaries: list[dict], columns: str = "clients") -> dict[str, tuple[float, float]]:
     """Mean ± std over seeds of every column (runs without a value are left out)."""
     out = {}
     for header, get in COLUMNS[columns]:
         values = [v for s in summaries if (v := get(s)) is not None]
-        out[header] = mean_std(values)
+        out[header] = tables.mean_std(values)
     return out
-
-
-def fmt(pair: tuple[float, float], seeds: int) -> str:
-    mean, std = pair
-    if mean != mean:  # NaN: no successful run, or the method has no such metric
-        return "n/a"
-    return f"{mean:.1f}" if seeds == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
 def write_tables(
@@ -341,27 +327,33 @@ def write_tables(
     axis: str = "alpha",
 ) -> None:
     headers = [h for h, _ in COLUMNS[columns]]
-    head = f"| method | {axis} | runs | " + " | ".join(headers) + " |\n"
-    head += "|---" * (len(headers) + 3) + "|\n"
-    lines = []
-    for r in rows:
-        cells = ["failed"] * len(headers) if r["runs"] == 0 else [fmt(r[h], seeds) for h in headers]
-        value = f"{r['value']:g}" if isinstance(r["value"], float) else r["value"]
-        lines.append(
-            f"| {r['method']} | {value} | {r['runs']}/{seeds} | " + " | ".join(cells) + " |"
-        )
+    lines = tables.markdown(
+        ["method", axis, "runs", *headers],
+        (
+            [
+                r["method"],
+                f"{r['value']:g}" if isinstance(r["value"], float) else r["value"],
+                f"{r['runs']}/{seeds}",
+                *(
+                    ["failed"] * len(headers)
+                    if r["runs"] == 0
+                    else [tables.cell(r[h], single=seeds == 1) for h in headers]
+                ),
+            ]
+            for r in rows
+        ),
+    )
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(head + "\n".join(lines) + "\n\n" + note + "\n", encoding="utf-8")
-    with md_path.with_suffix(".csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        slug = [h.replace("'", "").replace("/", "_per_").replace(" ", "_") for h in headers]
-        writer.writerow(
-            ["method", axis, "runs", *[f"{h}_{s}" for h in slug for s in ("mean", "std")]]
-        )
-        for r in rows:
-            writer.writerow(
-                [r["method"], r["value"], r["runs"], *[f"{v:.4f}" for h in headers for v in r[h]]]
-            )
+    md_path.write_text("\n".join(lines) + "\n\n" + note + "\n", encoding="utf-8")
+    slug = [h.replace("'", "").replace("/", "_per_").replace(" ", "_") for h in headers]
+    tables.write_csv(
+        md_path.with_suffix(".csv"),
+        ["method", axis, "runs", *tables.mean_std_columns(slug)],
+        (
+            [r["method"], r["value"], r["runs"], *tables.mean_std_values(r[h] for h in headers)]
+            for r in rows
+        ),
+    )
 
 
 def _value(text: str):

@@ -27,7 +27,6 @@ across them (e.g. ``strategy.name=fd seed=1``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -47,6 +46,7 @@ from fedkd.plots import (
     draw_fusion_weights,
     pyplot,
 )
+from simulations import cli
 from simulations.sweep import (
     RunRecord,
     aggregate,
@@ -597,11 +597,7 @@ def default_out(paths: list[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="fedkd-report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("fedkd-report", __doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run or sweep directories")
     parser.add_argument(
         "--out",
@@ -622,8 +618,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         written = report(args.runs, out, args.format, args.dpi)
     except (FileNotFoundError, ValueError) as err:
-        print(f"fedkd-report: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        cli.fail("fedkd-report", err)
     for path in written:
         print(path)
 

@@ -14,11 +14,9 @@ The functions here are pure (paths in, tables out) and are shared with
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from server.recorder import flatten_config
+from simulations import tables
 
 log = logging.getLogger("fedkd")
 
@@ -162,13 +161,6 @@ def metric_values(summary: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value, NaN for none)."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def aggregate(
     runs: Sequence[RunRecord], exclude: Sequence[str] = ("seed",)
 ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -194,55 +186,56 @@ def aggregate(
             "seeds": [r.config.get("seed") for r in done],
         }
         for key, _ in METRICS:
-            row[key] = mean_std([m[key] for m in per_run if key in m])
+            row[key] = tables.mean_std([m[key] for m in per_run if key in m])
         rows.append(row)
     return keys, rows
 
 
-def format_cell(pair: tuple[float, float], runs: int) -> str:
-    mean, std = pair
-    if math.isnan(mean):
-        return "failed" if runs == 0 else "n/a"
-    return f"{mean:.1f}" if runs == 1 else f"{mean:.1f} ± {std:.1f}"
-
-
 def markdown_table(keys: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table: one column per grouping key, then runs, seeds and the metrics."""
-    setting_cols = list(keys) or ["setting"]
-    head = [*setting_cols, "runs", "seeds", *(title for _, title in METRICS)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        setting = [format_value(row["setting"].get(k, "")) for k in keys] if keys else ["all runs"]
-        seeds = " ".join(str(s) for s in row["seeds"])
-        cells = [format_cell(row[key], row["runs"]) for key, _ in METRICS]
-        lines.append(
-            "| " + " | ".join([*setting, f"{row['runs']}/{row['total']}", seeds, *cells]) + " |"
-        )
+    head = [*(list(keys) or ["setting"]), "runs", "seeds", *(title for _, title in METRICS)]
+    lines = tables.markdown(
+        head,
+        (
+            [
+                *(
+                    [format_value(row["setting"].get(k, "")) for k in keys]
+                    if keys
+                    else ["all runs"]
+                ),
+                f"{row['runs']}/{row['total']}",
+                " ".join(str(s) for s in row["seeds"]),
+                *(
+                    tables.cell(row[key], single=row["runs"] == 1, missing=missing(row["runs"]))
+                    for key, _ in METRICS
+                ),
+            ]
+            for row in rows
+        ),
+    )
     return "\n".join(lines) + "\n"
 
 
+def missing(runs: int) -> str:
+    """What a cell without a value says: no run of the setting finished, or none has it."""
+    return "failed" if runs == 0 else "n/a"
+
+
 def write_csv(path: Path, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(
+    tables.write_csv(
+        path,
+        [*keys, "runs", "total", "seeds", *tables.mean_std_columns(k for k, _ in METRICS)],
+        (
             [
-                *keys,
-                "runs",
-                "total",
-                "seeds",
-                *(f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std")),
+                *(row["setting"].get(k, "") for k in keys),
+                row["runs"],
+                row["total"],
+                " ".join(str(s) for s in row["seeds"]),
+                *tables.mean_std_values(row[k] for k, _ in METRICS),
             ]
-        )
-        for row in rows:
-            writer.writerow(
-                [
-                    *(row["setting"].get(k, "") for k in keys),
-                    row["runs"],
-                    row["total"],
-                    " ".join(str(s) for s in row["seeds"]),
-                    *(f"{v:.4f}" for k, _ in METRICS for v in row[k]),
-                ]
-            )
+            for row in rows
+        ),
+    )
 
 
 NOTE = (
