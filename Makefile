@@ -42,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## regenerate the README comparison tables (docs/comparison-*.md and .csv)
+## regenerate the comparison tables (docs/comparison-*.md and .csv, indexed in docs/results.md)
 compare: $(STAMP)
 	$(BIN)/fedkd-compare --preset distill
 	$(BIN)/fedkd-compare --preset claims

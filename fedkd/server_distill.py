@@ -9,7 +9,7 @@ Follows the reference code (epfml/federated-learning-public-code,
 ``adv_knowledge_transfer.py``, docs/algorithms.md §4.3):
 
 - Teacher = weighted average of the teachers' **logits** (``update_student_scheme=avg_logits``,
-  as in the README commands), uniform weights ``1/K`` by default; teachers in eval mode.
+  as in the reference README's commands), uniform weights ``1/K`` by default; teachers in eval mode.
 - Loss ``KL(σ_T(t) ‖ σ_T(s))`` with ``reduction="batchmean"``, ``T = 1`` by default and
   **no T² factor** (so for ``T != 1`` it is ``fedkd.losses`` ``kl`` divided by ``T²``).
 - Adam, lr 1e-3, cosine annealing (``CosineAnnealingLR``) over the step budget, stepped after
@@ -25,7 +25,7 @@ Ours:
 
 - Step-budget defaults (``configs/strategy/feddf.yaml``) scaled down for small data:
   ``max_steps=200`` (reference 10 000), ``eval_every=20`` (100), ``patience=100`` (1 000 in
-  the README, 2 000 in the code), ``batch_size=64`` (128).
+  the reference README, 2 000 in the code), ``batch_size=64`` (128).
 - The teachers are frozen, so their ensemble targets are computed once on the whole public set
   (in batches) instead of per batch; the result is the same up to floating-point batching.
 - The state before distillation (step 0) is evaluated and competes for "best" (the reference's

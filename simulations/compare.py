@@ -10,7 +10,7 @@ and global-test accuracy (last round) and the bytes per round, or for
 domain shift the target accuracy, voting accuracy and group effect. A run that
 fails is reported as failed; the others still make the table.
 
-    fedkd-compare                                     # the baselines table of the README
+    fedkd-compare                                     # the baselines table (docs/results.md)
     fedkd-compare --preset fusion                     # methods x alpha {0.1, 0.5, 5} x 3 seeds
     fedkd-compare --preset distill                    # digits, 10 clients: transfer + health
     fedkd-compare --preset claims                     # the papers' claims, larger synthetic task

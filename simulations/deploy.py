@@ -4,7 +4,7 @@ Starts a ``flower-superlink`` and N ``flower-supernode`` processes on loopback
 (free ports), registers SuperNode keys, submits this app with ``flwr run``
 (Hydra overrides passed through the run config's ``overrides``), streams every
 process's log with a ``[name]`` prefix, and stops every process it started at
-the end or on Ctrl-C. These are the same commands the README runs by hand on
+the end or on Ctrl-C. These are the same commands docs/deployment.md runs by hand on
 separate machines; only the addresses differ.
 
 TLS is on unless ``--insecure``; SuperNode authentication is on unless

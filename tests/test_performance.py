@@ -1,6 +1,6 @@
 """The pieces that make runs fast and let them scale, tested for what they do.
 
-Speed itself is measured by ``fedkd-bench`` (README "Performance"), never here.
+Speed itself is measured by ``fedkd-bench`` (docs/performance.md), never here.
 """
 
 from __future__ import annotations
