@@ -70,15 +70,3 @@ def test_the_table_is_built_from_the_counts():
     assert "| metrics | 2 | 0 | bad_metrics 2 | 0 |" in text
     assert "fd 5" in text
 
-
-def test_the_readme_shows_the_generated_table():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    generated = [
-        line
-        for line in (root / "docs" / "fuzz.md").read_text().splitlines()
-        if line.startswith(("|", "Replies per strategy"))
-    ]
-    readme = (root / "README.md").read_text().splitlines()
-    assert generated and all(line in readme for line in generated)
