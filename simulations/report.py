@@ -19,10 +19,10 @@ writes figures (matplotlib, Agg; ``--format png|pdf|svg``, ``--dpi`` for PNG) an
 Several runs are overlaid and labelled by the config keys whose values differ
 across them (e.g. ``strategy.name=fd seed=1``).
 
-    fedkd-report outputs/2026-01-01/12-00-00
+    fedkd-report outputs/<date>/<time>
     fedkd-report outputs/run-a outputs/run-b --out reports/a-vs-b
-    fedkd-report multirun/2026-01-01/12-00-00            # every job of a sweep
-    fedkd-report multirun/2026-01-01/12-00-00 --format pdf
+    fedkd-report multirun/<date>/<time>            # every job of a sweep
+    fedkd-report multirun/<date>/<time> --format pdf
 """
 
 from __future__ import annotations
