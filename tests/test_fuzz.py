@@ -69,4 +69,3 @@ def test_the_table_is_built_from_the_counts():
     assert "| honest | 3 | 3 | - | 0 |" in text
     assert "| metrics | 2 | 0 | bad_metrics 2 | 0 |" in text
     assert "fd 5" in text
-
