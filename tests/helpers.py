@@ -1,0 +1,130 @@
+"""Helpers shared by the test packages: subprocesses a test owns, and a small RunInfo.
+
+Subprocesses are stopped by process id: ``run_fedkd_sim`` runs ``python -m simulations.run``; ``stop_tree``,
+``process_tree`` and ``alive`` (from ``simulations.proctree``, shared with the
+``fedkd-deploy`` launcher) stop a Flower process tree, including the
+SuperExec processes Flower detaches into their own session. ``info_for`` builds the
+RunInfo a strategy unit test needs: digits-shaped inputs, few classes and public samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fedkd.config import compose
+from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from server.strategies import RunInfo
+from simulations.proctree import alive, marked, process_tree, stop_tree
+
+__all__ = [
+    "ROOT",
+    "alive",
+    "info_for",
+    "kill_group",
+    "marked",
+    "process_tree",
+    "run_fedkd_sim",
+    "start_fedkd_sim",
+    "stop_tree",
+    "uploads_for",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_fedkd_sim(
+    args: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``fedkd-sim ARGS`` from the checkout; on timeout kill its whole process group."""
+    cmd = [sys.executable, "-m", "simulations.run", *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def start_fedkd_sim(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start ``fedkd-sim ARGS`` in its own process group (output to ``log_path``)."""
+    log = open(log_path, "w")  # noqa: SIM115 (closed by the caller's process ending)
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulations.run", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def kill_group(proc: subprocess.Popen) -> int:
+    """SIGKILL the process group ``start_fedkd_sim`` started; its return code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def info_for(
+    *overrides: str, num_clients: int = 3, num_classes: int = 2, num_public: int = 4
+) -> RunInfo:
+    """The RunInfo a strategy gets for the composed config ``overrides`` (no data loaded)."""
+    cfg = compose([f"num_clients={num_clients}", *overrides])
+    return RunInfo(
+        num_clients=num_clients,
+        num_classes=num_classes,
+        num_public=num_public,
+        input_shape=(1, 8, 8),
+        feature_dim=int(cfg["model"]["feature_dim"]),
+        cfg=cfg,
+        cfg_json=json.dumps(cfg),
+    )
+
+
+def uploads_for(strategy) -> dict:
+    """Three clients' seeded uploads of the kind ``strategy`` fuses (round 1)."""
+    rng = np.random.default_rng(0)
+    kind = strategy.upload_kind
+    if kind == "class_logits":
+        return {
+            c: ClassLogits(rng.normal(size=(2, 2)).astype(np.float32), np.array([2, 1]))
+            for c in range(3)
+        }
+    if kind == "prototypes":
+        d = strategy.info.feature_dim
+        return {
+            c: Prototypes(rng.normal(size=(2, d)).astype(np.float32), np.array([1, 3]))
+            for c in range(3)
+        }
+    if kind == "public_logits":
+        idx = strategy.indices_for(1)
+        probs = rng.dirichlet(np.ones(2), size=len(idx)).astype(np.float32)
+        return {c: PublicLogits(idx, probs, strategy.upload_space) for c in range(3)}
+    if kind == "votes":
+        idx = strategy.indices_for(1)
+        return {c: Votes(idx, rng.integers(0, 2, size=(len(idx), 1))) for c in range(3)}
+    weights = strategy.weights[strategy.group_of[0]]
+    return {
+        c: ModelWeights({k: (v + 0.01 * c).astype(v.dtype) for k, v in weights.items()})
+        for c in range(3)
+    }
