@@ -15,22 +15,33 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.metadata import Metadata
 
 from fedkd.config import compose
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
-from server.strategies import RunInfo
+from protocol import wire
+from server.recorder import RunRecorder
+from server.roster import Roster
+from server.strategies import STRATEGIES, RunInfo
 from simulations.proctree import alive, marked, process_tree, stop_tree
 
 __all__ = [
+    "NODES",
     "ROOT",
     "alive",
+    "good_fd",
     "info_for",
     "kill_group",
+    "make",
     "marked",
+    "metadata",
     "process_tree",
+    "reply",
     "run_fedkd_sim",
     "start_fedkd_sim",
     "stop_tree",
@@ -128,3 +139,52 @@ def uploads_for(strategy) -> dict:
         c: ModelWeights({k: (v + 0.01 * c).astype(v.dtype) for k, v in weights.items()})
         for c in range(3)
     }
+
+
+# ---------------------------------------------------------------- replies a server receives
+NODES = {0: 10, 1: 11, 2: 12}  # client id -> node id
+
+
+def make(name: str, tmp_path=None, *overrides: str):
+    """A 4-round ``name`` strategy for three clients on nodes ``NODES``, recording to ``tmp_path``."""
+    info = info_for("num_rounds=4", f"strategy={name}", *overrides)
+    rec = None
+    if tmp_path is not None:
+        rec = RunRecorder(tmp_path, num_rounds=4, progress=False, table=False, tensorboard=False)
+    strategy = STRATEGIES.get(name)(info, rec, Roster(dict(NODES), 3))
+    strategy._bytes_down = dict.fromkeys(NODES, 0)  # every client was sent this round's message
+    return strategy
+
+
+def metadata(cid: int) -> Metadata:
+    """The metadata of client ``cid``'s TRAIN reply as it arrives from its SuperNode."""
+    return Metadata(
+        run_id=1,
+        message_id=f"reply-{cid}",
+        src_node_id=NODES[cid],
+        dst_node_id=0,
+        reply_to_message_id=f"ins-{cid}",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=MessageType.TRAIN,
+    )
+
+
+def reply(cid: int, payload=None, *, metrics: dict | None = None, arrays=None, meta=None):
+    """A client's reply: metrics plus a payload, or raw knowledge arrays/meta records."""
+    content = RecordDict()
+    if metrics is not False:
+        content[wire.METRICS] = MetricRecord(metrics or {"num_train": 5, "local_test_acc": 0.5})
+    if payload is not None:
+        wire.put_payload(content, payload)
+    if arrays is not None:
+        content[wire.KNOWLEDGE] = wire.arrays_to_record(arrays)
+    if meta is not None:
+        content[wire.KNOWLEDGE_META] = ConfigRecord(meta)
+    return Message(content=content, metadata=metadata(cid))
+
+
+def good_fd(value: float = 1.0) -> ClassLogits:
+    """A valid ``fd`` upload (2 classes) filled with ``value``."""
+    return ClassLogits(np.full((2, 2), value, np.float32), np.array([3, 2]))

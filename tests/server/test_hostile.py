@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from test_rejection import NODES, good_fd, make, metadata, reply
+from helpers import NODES, good_fd, make, metadata, reply
 
 from fedkd.bounds import Bounds, cap_class_counts, cap_weights, clip_to_median
 from fedkd.encoding import DecodeLimits

@@ -9,7 +9,6 @@ checks that a bad reply never stops fusion.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -19,69 +18,20 @@ from flwr.app import (
     ConfigRecord,
     Error,
     Message,
-    MessageType,
     MetricRecord,
     RecordDict,
 )
-from flwr.app.metadata import Metadata
 from flwr.common.constant import ErrorCode
-from helpers import info_for
+from helpers import NODES, good_fd, make, metadata, reply
 
 from fedkd.config import compose
 from fedkd.errors import REJECT_REASONS
 from fedkd.knowledge import ClassLogits, Prototypes, PublicLogits, Votes
 from protocol import wire
-from server.recorder import RunRecorder
-from server.roster import Roster
-from server.strategies import STRATEGIES
-
-NODES = {0: 10, 1: 11, 2: 12}  # client id -> node id
-
-
-def make(name: str, tmp_path=None, *overrides: str):
-    info = info_for("num_rounds=4", f"strategy={name}", *overrides)
-    rec = None
-    if tmp_path is not None:
-        rec = RunRecorder(tmp_path, num_rounds=4, progress=False, table=False, tensorboard=False)
-    strategy = STRATEGIES.get(name)(info, rec, Roster(dict(NODES), 3))
-    strategy._bytes_down = dict.fromkeys(NODES, 0)  # every client was sent this round's message
-    return strategy
-
-
-def metadata(cid: int) -> Metadata:
-    return Metadata(
-        run_id=1,
-        message_id=f"reply-{cid}",
-        src_node_id=NODES[cid],
-        dst_node_id=0,
-        reply_to_message_id=f"ins-{cid}",
-        group_id="1",
-        created_at=time.time(),
-        ttl=600.0,
-        message_type=MessageType.TRAIN,
-    )
-
-
-def reply(cid: int, payload=None, *, metrics: dict | None = None, arrays=None, meta=None):
-    """A client's reply: metrics plus a payload, or raw knowledge arrays/meta records."""
-    content = RecordDict()
-    if metrics is not False:
-        content[wire.METRICS] = MetricRecord(metrics or {"num_train": 5, "local_test_acc": 0.5})
-    if payload is not None:
-        wire.put_payload(content, payload)
-    if arrays is not None:
-        content[wire.KNOWLEDGE] = wire.arrays_to_record(arrays)
-    if meta is not None:
-        content[wire.KNOWLEDGE_META] = ConfigRecord(meta)
-    return Message(content=content, metadata=metadata(cid))
 
 
 def error_reply(cid: int, code: int, reason: str) -> Message:
     return Message(error=Error(code=code, reason=reason), metadata=metadata(cid))
-
-
-def good_fd(value: float = 1.0) -> ClassLogits:
-    return ClassLogits(np.full((2, 2), value, np.float32), np.array([3, 2]))
 
 
 def fd_bad(**arrays) -> dict:
