@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from server.roster import startup_failures
 
 
@@ -28,6 +30,22 @@ def test_after_the_wait_the_missing_partitions_are_named_too():
     ]
 
 
+def test_once_every_joined_node_has_answered_the_partitions_nobody_joined_for_are_named():
+    """A failed client makes the run fail: the partitions no SuperNode joined for are named
+    as such at once, not after a timeout; a client named by its error is not missing."""
+    failed = {11: "DataError: client 1: local data '/d/c1.npz' does not exist"}
+    answers = {10: (0, 4)}
+    assert startup_failures(failed, answers, 4, unjoined=True).splitlines() == [
+        "client 1 cannot start: local data '/d/c1.npz' does not exist",
+        "client 2: no SuperNode joined (not started?)",
+        "client 3: no SuperNode joined (not started?)",
+    ]
+    # nobody said how many partitions there are: only the failures can be named
+    assert startup_failures(failed, {}, None, unjoined=True) == (
+        "client 1 cannot start: local data '/d/c1.npz' does not exist"
+    )
+
+
 def test_errors_without_a_client_id_name_the_node():
     text = startup_failures({42: "ConfigError: node config needs 'partition-id'"}, {}, None)
     assert text == "client on node 42 cannot start: ConfigError: node config needs 'partition-id'"
@@ -36,9 +54,10 @@ def test_errors_without_a_client_id_name_the_node():
     )
 
 
+@pytest.mark.slow  # a Ray-backed simulation
 def test_discover_reports_every_client_that_cannot_start():
     """A real simulation (2 SuperNodes): both clients fail to load their data at the start-up
-    query; the server stops with one line per client (~40 s)."""
+    query; the server stops with one line per client."""
     import json
 
     from flwr.serverapp import ServerApp

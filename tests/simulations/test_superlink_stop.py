@@ -23,6 +23,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # starts a flower-superlink process
 def test_stops_the_superlink_listening_on_the_port(tmp_path, capsys):
     exe = BIN / "flower-superlink"
     if not exe.exists():
