@@ -18,6 +18,16 @@ if "FEDKD_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def sim_session():
+    """One Ray session for the simulation tests' plain runs (``helpers.SimSession``)."""
+    from helpers import SimSession
+
+    session = SimSession()
+    yield session
+    session.close()
+
+
 # A test that starts Ray or a Flower process is marked slow (``make test-fast`` runs
 # ``-m "not slow"``). Every process this pytest process starts passes the audit hook; a
 # test not marked slow that starts one of these programs fails with one line naming it.

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from simulations.proctree import alive, marked, process_tree, stop_tree
 __all__ = [
     "NODES",
     "ROOT",
+    "SimSession",
     "alive",
     "good_fd",
     "info_for",
@@ -72,6 +74,51 @@ def run_fedkd_sim(
         proc.communicate()
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+class SimSession:
+    """``fedkd-sim`` runs in one Ray session that stays up between runs (a
+    ``simulations.runner.Runner``), one run at a time.
+
+    Each run is still a whole ``fedkd-sim`` run with its own run directory; a shared
+    session computes what separate processes compute (``test_session.py`` checks it).
+    Only imports, Ray's start and the workers' start-up are paid once. A run still
+    going after ``timeout`` seconds (a hang guard) has its process tree stopped by
+    process id and fails with one line; the next run starts a new session.
+    """
+
+    def __init__(self) -> None:
+        from simulations.runner import Runner
+
+        self.runner = Runner()
+        self.lock = threading.Lock()
+
+    def run(self, args: list[str], timeout: float = 600):
+        """``fedkd-sim ARGS`` in the session: a ``Result`` (status, last line printed)."""
+        with self.lock:
+            stopped = threading.Event()
+            guard = threading.Timer(timeout, self._stop_child, args=(stopped,))
+            guard.start()
+            try:
+                result = self.runner.run(args)
+            finally:
+                guard.cancel()
+            if stopped.is_set():
+                result.last_line = f"hang guard: the run took over {timeout:.0f}s and was stopped"
+            return result
+
+    @staticmethod
+    def _stop_child(stopped: threading.Event) -> None:
+        import multiprocessing
+
+        stopped.set()
+        children = [p.pid for p in multiprocessing.active_children() if p.name == "fedkd-runner"]
+        stop_tree(children)
+
+    def close(self) -> None:
+        """Stop Ray and the session's process."""
+        with self.lock:
+            self.runner.close()
 
 
 def start_fedkd_sim(

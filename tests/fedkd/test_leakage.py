@@ -2,8 +2,7 @@
 
 The attack is tested on synthetic uploads passed through the real client-side privacy
 mod's ``privatize``; the canary insertion and the server's canary log on the real data
-pipeline and strategy; and, marked slow (two Ray runs, about 80 s here), end to end on
-two short real runs. ``fedkd-leakage`` (docs/leakage.md) is the full harness.
+pipeline and strategy; and, marked slow, end to end on two short real runs. ``fedkd-leakage`` (docs/leakage.md) is the full harness.
 """
 
 from __future__ import annotations
@@ -197,15 +196,19 @@ def test_harness_measures_a_run_directory_and_writes_table_and_figure(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_runs_strong_noise_brings_the_attack_to_chance(tmp_path):
-    """Two short real fedkd-sim runs (fixed seed; about 80 s here): no noise vs the Gaussian
-    mod at z = 1. Three rounds: AUC 0.75 without noise, 0.56 with it (chance 0.5 ± 0.12)."""
-    from simulations.leakage import SETTINGS, measure, run_setting
+def test_real_runs_strong_noise_brings_the_attack_to_chance(tmp_path, sim_session):
+    """Two short real fedkd-sim runs of the harness's settings (fixed seed, one shared Ray
+    session): no noise vs the Gaussian mod at z = 1. Three rounds: AUC 0.75 without noise,
+    0.56 with it (chance 0.5 ± 0.12)."""
+    from simulations.leakage import BASE, SETTINGS, measure
 
-    runs = {
-        label: measure(run_setting(label, SETTINGS[label], tmp_path, rounds=3, seed=0))
-        for label in ("none", "gaussian z=1")
-    }
+    runs = {}
+    for label in ("none", "gaussian z=1"):
+        run_dir = tmp_path / label.replace(" ", "_").replace("=", "")
+        args = [*BASE, "num_rounds=3", "seed=0", *SETTINGS[label], f"hydra.run.dir={run_dir}"]
+        result = sim_session.run(args)
+        assert result.status == 0, f"{label}: {result.last_line}"
+        runs[label] = measure(run_dir)
     clean, strong = runs["none"]["auc"], runs["gaussian z=1"]["auc"]
     assert clean > 0.7
     assert strong < clean and abs(strong - 0.5) < 0.15

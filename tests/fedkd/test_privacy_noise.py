@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import run_fedkd_sim
 
 from clients.subteachers import teacher_release
 from fedkd.client.runtime import ClientTensors
@@ -74,8 +73,10 @@ def released(run_dir) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_runs_of_one_config_release_different_noise_unless_seeded(tmp_path):
-    """fd under local DP: round 2 distils on the noised teacher, so its metrics show the noise."""
+def test_two_runs_of_one_config_release_different_noise_unless_seeded(tmp_path, sim_session):
+    """fd under local DP: round 2 distils on the noised teacher, so its metrics show the noise.
+
+    The four runs share one Ray session (their numbers are those of separate runs)."""
     args = [
         "num_clients=3", "num_rounds=2", "privacy=gaussian", "privacy.noise_multiplier=1",
         "logging.progress=false", "logging.table=false", "logging.level=quiet",
@@ -83,8 +84,8 @@ def test_two_runs_of_one_config_release_different_noise_unless_seeded(tmp_path):
     runs = {}
     for name, extra in (("a", []), ("b", []), ("c", ["simulation.seeded_noise=true"]),
                         ("d", ["simulation.seeded_noise=true"])):  # fmt: skip
-        result = run_fedkd_sim([*args, *extra, f"hydra.run.dir={tmp_path / name}"], timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
+        result = sim_session.run([*args, *extra, f"hydra.run.dir={tmp_path / name}"])
+        assert result.status == 0, f"run {name}: {result.last_line}"
         runs[name] = released(tmp_path / name)
     first = [r for r in runs["a"] if r["round"] == 1]
     assert first == [r for r in runs["b"] if r["round"] == 1]  # before any noise arrives

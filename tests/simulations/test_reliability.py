@@ -80,8 +80,6 @@ def test_faulty_and_broken_clients_are_survived_and_counted(tmp_path):
         "non_finite": 1,
         "shape": 1,
     }
-    # the round with a hanging client waited for the timeout (client 3: no_reply above)
-    assert rows[2]["round_time_s"] >= 40
     assert all(r["replies"] >= 2 for r in rows.values())  # every round fused
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {m["client"] for m in metrics} == set(range(10)) - set(crash) - {1}

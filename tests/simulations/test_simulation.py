@@ -1,7 +1,9 @@
 """End-to-end: real Ray-backed Flower simulations through the ``fedkd-sim`` CLI.
 
-Each run is a subprocess (so Ray starts and stops with it; a hung run is
-killed by its process id) over 5 digits clients and 3 rounds.
+Runs are over 5 digits clients and 3 rounds. The strategy and privacy runs share one
+Ray session (``helpers.SimSession``: each is still a whole run, with the numbers of a
+separate one); the same-seed check and the config errors run ``fedkd-sim`` as a
+subprocess (a hung run is killed by its process id).
 """
 
 from __future__ import annotations
@@ -65,27 +67,27 @@ RUN_ARGS = {
 
 
 class Runs(dict):
-    """Short runs (strategies, privacy mechanisms), two at a time in the background.
+    """Short runs (strategies, privacy mechanisms) in one Ray session, in the background.
 
     Only the runs the selected tests use are started (so ``-k`` runs only what it
-    needs). Two ``fedkd-sim`` processes overlap well on two cores: much of a short
-    run is Ray starting and stopping, not training.
+    needs), in the order the tests use them, while earlier tests check their runs.
     """
 
-    def __init__(self, factory, wanted: list[str]) -> None:
+    def __init__(self, factory, session, wanted: list[str]) -> None:
         super().__init__()
         self.factory = factory
-        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.session = session
+        self.pool = ThreadPoolExecutor(max_workers=1)
         self.futures = {name: self.pool.submit(self._run, name) for name in wanted}
 
-    def _run(self, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+    def _run(self, name: str):
         run_dir = self.factory.mktemp(name.replace(":", "-"))
-        return run_dir, run_cli([*RUN_ARGS[name], *SMALL], run_dir)
+        return run_dir, self.session.run([*RUN_ARGS[name], *SMALL, f"hydra.run.dir={run_dir}"])
 
     def __missing__(self, name: str) -> Path:
         future = self.futures.get(name) or self.pool.submit(self._run, name)
         run_dir, result = future.result()
-        assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
+        assert result.status == 0, f"{name} failed ({run_dir / 'run.log'}): {result.last_line}"
         self[name] = run_dir
         return run_dir
 
@@ -103,8 +105,8 @@ def _wanted_runs(session) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, request) -> Runs:
-    pool = Runs(tmp_path_factory, _wanted_runs(request.session))
+def runs(tmp_path_factory, request, sim_session) -> Runs:
+    pool = Runs(tmp_path_factory, sim_session, _wanted_runs(request.session))
     yield pool
     pool.pool.shutdown(wait=True, cancel_futures=True)
 
@@ -297,6 +299,7 @@ def test_tensorboard_holds_per_client_scalars(runs, name):
 
 
 def test_same_seed_gives_identical_metrics(runs, tmp_path):
+    """A separate ``fedkd-sim`` process computes to the last digit what the shared session did."""
     again = tmp_path / "fd-again"
     result = run_cli(["strategy=fd", *SMALL], again)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -334,12 +337,12 @@ def test_unknown_strategy_is_a_clear_hydra_error(tmp_path):
     ]
 
 
-def test_local_dp_logs_epsilon_everywhere_and_stops_at_the_budget(tmp_path):
+def test_local_dp_logs_epsilon_everywhere_and_stops_at_the_budget(tmp_path, sim_session):
     # z = 1, two releases a round (logits + counts): epsilon 7.08, 10.7, 13.8 after 1, 2, 3 rounds
     run_dir = tmp_path / "dp"
     args = ["strategy=fd", *SMALL, "privacy=gaussian", "privacy.noise_multiplier=1.0"]
-    result = run_cli([*args, "privacy.budget_epsilon=12"], run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = sim_session.run([*args, "privacy.budget_epsilon=12", f"hydra.run.dir={run_dir}"])
+    assert result.status == 0, result.last_line
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped" and "privacy budget" in summary["stop_reason"]
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
