@@ -181,23 +181,20 @@ def test_config_errors_name_the_key():
 
 
 @pytest.mark.slow
-def test_an_int8_dsfl_run_sends_what_int8_weighs_and_rejects_nothing(tmp_path):
+def test_an_int8_dsfl_run_sends_what_int8_weighs_and_rejects_nothing(tmp_path, sim_session):
     """End to end on probabilities (dsfl): every upload decodes, passes the sum-to-one
     check (int8 rounding is renormalised) and weighs what an int8 payload weighs."""
     import json
-
-    from helpers import run_fedkd_sim
 
     from fedkd.client.runtime import data_key, federated_data
 
     overrides = ["strategy=dsfl", "num_clients=3", "num_rounds=2", "knowledge.encoding=int8"]
     run = tmp_path / "int8"
-    result = run_fedkd_sim(
+    result = sim_session.run(
         [*overrides, "logging.progress=false", "logging.table=false",
          "logging.tensorboard=false", "checkpoint.every=0", f"hydra.run.dir={run}"],
-        300,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.status == 0, result.last_line
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished"
     assert all(r["replies"] == 3 and r["rejected"] == 0 for r in summary["rounds"])

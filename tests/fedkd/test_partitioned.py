@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_fedkd_sim
+from helpers import ROOT
 
 from fedkd.config import compose
 from fedkd.data import build_federated_data
@@ -153,12 +153,12 @@ def test_early_checks_name_the_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_simulation_runs_a_pfllib_folder(tmp_path):
+def test_simulation_runs_a_pfllib_folder(tmp_path, sim_session):
     folder = pfllib_folder(tmp_path / "pfl", sizes=(40, 30))
     run_dir = tmp_path / "run"
     args = ["dataset=partitioned", f"dataset.path={folder}", "num_clients=2", "num_rounds=2"]
     args += ["logging.progress=false", "logging.table=false", f"hydra.run.dir={run_dir}"]
-    result = run_fedkd_sim(args, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = sim_session.run(args)
+    assert result.status == 0, result.last_line
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {cid: c["num_train"] for cid, c in summary["clients"].items()} == {"0": 40, "1": 30}

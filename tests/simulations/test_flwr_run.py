@@ -77,7 +77,7 @@ def test_flwr_run_dot_completes(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # hang guard: start-up on a loaded machine
         while not healthy(port):
             assert superlink.poll() is None, "flower-superlink exited during start-up"
             assert time.monotonic() < deadline, "flower-superlink did not become healthy"
@@ -148,5 +148,5 @@ def test_flwr_run_dot_completes(tmp_path):
         assert why in last
         assert why in (data_dir / "run.log").read_text()
     finally:
-        survivors = stop_tree([superlink])
+        survivors = stop_tree([superlink], grace=120)  # returns as soon as none is left
     assert not survivors, f"processes left running: {survivors}"

@@ -196,10 +196,11 @@ def _results(summary: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
+def local_run(tmp_path_factory, sim_session):
+    """The reference: the same run on a private local Ray (the tests' shared session)."""
     run_dir = tmp_path_factory.mktemp("local") / "run"
-    code, out = _run([*RUN, f"hydra.run.dir={run_dir}"], run_dir.parent / "out.log")
-    assert code == 0, out
+    result = sim_session.run([*RUN, f"hydra.run.dir={run_dir}"])
+    assert result.status == 0, f"{run_dir / 'run.log'}: {result.last_line}"
     return _summary(run_dir)
 
 

@@ -224,16 +224,17 @@ def test_a_plain_run_starts_a_private_ray_instance():
 
 # ------------------------------------------------------------------ reference
 @pytest.mark.slow
-def test_the_reference_and_the_simulation_compute_the_same_run(tmp_path):
-    """The benchmark's sequential loop is the same computation: same accuracies, every round."""
+def test_the_reference_and_the_simulation_compute_the_same_run(tmp_path, sim_session):
+    """The benchmark's sequential loop is the same computation: same accuracies, every round
+    (the simulation runs in the tests' shared Ray session)."""
     overrides = ["num_clients=5", "num_rounds=3", "server.fraction_train=0.6"]
     ref = subprocess.run(
         [sys.executable, "-m", "simulations.reference", "--out", str(tmp_path / "ref"), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ref.returncode == 0, ref.stderr
-    sim = run_fedkd_sim([*TINY, *overrides, f"hydra.run.dir={tmp_path / 'sim'}"], timeout=300)
-    assert sim.returncode == 0, sim.stderr
+    sim = sim_session.run([*TINY, *overrides, f"hydra.run.dir={tmp_path / 'sim'}"])
+    assert sim.status == 0, sim.last_line
     a = json.loads((tmp_path / "ref" / "summary.json").read_text())
     b = json.loads((tmp_path / "sim" / "summary.json").read_text())
     for ra, rb in zip(a["rounds"], b["rounds"], strict=True):

@@ -110,23 +110,24 @@ MARGIN = (
 
 
 class Runs(dict):
-    """One run per setting, started on first use."""
+    """One run per setting, started on first use, in the tests' shared Ray session."""
 
-    def __init__(self, factory) -> None:
+    def __init__(self, factory, session) -> None:
         super().__init__()
         self.factory = factory
+        self.session = session
 
     def __missing__(self, name: str) -> Path:
         run_dir = self.factory.mktemp(name)
-        result = run_cli(RUNS[name], run_dir)
-        assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
+        result = self.session.run([*RUNS[name], *QUIET, f"hydra.run.dir={run_dir}"])
+        assert result.status == 0, f"{name} failed ({run_dir / 'run.log'}): {result.last_line}"
         self[name] = run_dir
         return run_dir
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Runs:
-    return Runs(tmp_path_factory)
+def runs(tmp_path_factory, sim_session) -> Runs:
+    return Runs(tmp_path_factory, sim_session)
 
 
 def honest_last(run_dir: Path) -> float:

@@ -60,5 +60,5 @@ def test_stops_the_superlink_listening_on_the_port(tmp_path, capsys):
         assert "no flower-superlink of yours listens" in capsys.readouterr().err
     finally:
         other.close()
-        survivors = stop_tree([proc])
+        survivors = stop_tree([proc], grace=120)  # returns as soon as none is left
     assert not survivors
