@@ -48,6 +48,10 @@ FAULTS = [
 
 
 def test_faulty_and_broken_clients_are_survived_and_counted(tmp_path):
+    """Every kind of fault at once, in its own ``fedkd-sim`` process (its console is checked):
+    each round goes on with the healthy clients, each bad reply is counted under its reason
+    (the hanging client as no_reply: the server waited out the timeout for it), the client
+    that keeps sending bad payloads is excluded, and the console shows no traceback."""
     run_dir = tmp_path / "faults"
     result = run_cli(FAULTS, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
