@@ -115,10 +115,13 @@ def startup_failures(
     answers: dict[int, tuple[int, int]],
     num_partitions: int | None,
     waited: float | None = None,
+    *,
+    unjoined: bool = False,
 ) -> str:
     """One line per client that cannot start (by partition id when its error names it,
-    else by node id) and, after a wait (``waited`` seconds), one per partition no
-    SuperNode answered for; lines are sorted by client id."""
+    else by node id) and one per partition no SuperNode answered for: after a wait
+    (``waited`` seconds), or, with ``unjoined``, when every SuperNode that joined has
+    answered (so no SuperNode joined for those partitions); lines are sorted by client id."""
     lines: list[tuple[float, str]] = []
     named: set[int] = set()
     for node, error in failed.items():
@@ -129,17 +132,13 @@ def startup_failures(
             lines.append((cid, f"client {cid} cannot start: {match[2]}"))
         else:
             lines.append((float("inf"), f"client on node {node} cannot start: {error}"))
-    if waited is not None:
+    if waited is not None or unjoined:
         answered = {cid for cid, _ in answers.values()} | named
+        why = "no SuperNode joined" if unjoined else f"no SuperNode answered within {waited:.0f}s"
         if num_partitions is not None:
             for cid in sorted(set(range(num_partitions)) - answered):
-                lines.append(
-                    (
-                        cid,
-                        f"client {cid}: no SuperNode answered within {waited:.0f}s (not started?)",
-                    )
-                )
-        else:
+                lines.append((cid, f"client {cid}: {why} (not started?)"))
+        elif waited is not None:
             lines.append(
                 (float("inf"), f"no SuperNode said how many clients to expect within {waited:.0f}s")
             )
@@ -153,10 +152,13 @@ def discover(
 
     With ``cfg_json`` (the run config) every client checks its data as it answers.
     An unavailable node is asked again after ``RETRY_UNAVAILABLE`` seconds (a
-    SuperNode restarted with the same key keeps its node id). Clients that cannot
-    start are collected: once every SuperNode has answered (or at the timeout, with
-    the partitions no SuperNode answered for) the run stops with one line per client.
-    A "waiting for k of N SuperNodes" line is logged every ``WAIT_LOG_EVERY`` seconds.
+    SuperNode restarted with the same key keeps its node id). Once a client cannot
+    start the run is known to fail: as soon as every SuperNode that joined has
+    answered, the run stops with one line per client that cannot start and one per
+    partition no SuperNode joined for, without waiting for SuperNodes that may never
+    come. Without a failure, a partition still unanswered at the timeout is named as
+    such. A "waiting for k of N SuperNodes" line is logged every ``WAIT_LOG_EVERY``
+    seconds.
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -180,8 +182,8 @@ def discover(
             raise ConfigError(f"clients disagree on num-partitions: {sorted(parts)}")
         wanted = expected if expected is not None else (next(iter(parts)) if parts else None)
         settled = all(n in answers or n in failed for n in nodes)  # nobody left to hear from
-        if failed and settled and (wanted is None or len(answers) + len(failed) >= wanted):
-            raise ConfigError(startup_failures(failed, answers, wanted))
+        if failed and settled:  # the run cannot start: name who failed and who never joined
+            raise ConfigError(startup_failures(failed, answers, wanted, unjoined=True))
         if not failed and wanted is not None and len(answers) >= wanted:
             break
         if time.monotonic() > deadline:

@@ -1,0 +1,175 @@
+"""Lost Ray nodes and starved rounds as the server records them; placement in the report.
+
+The two-node run itself is tests/simulations/test_multinode.py (slow)."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import info_for
+
+from fedkd.config import check_config, compose
+from fedkd.errors import ConfigError
+from server import nodeloss as server_nodeloss
+from server.strategies import STRATEGIES
+from simulations import nodeloss
+from simulations.report import Run, placement_markdown
+
+HEAD = ("a" * 56, "10.0.0.1")
+WORKER = ("b" * 56, "10.0.0.2")
+
+
+def _watch(policy: str) -> nodeloss.NodeWatch:
+    watch = nodeloss.NodeWatch(policy)
+    watch.ran(0, HEAD)
+    watch.ran(1, WORKER)
+    watch.ran(1, HEAD)
+    return watch
+
+
+def test_events_become_one_row_per_lost_node():
+    watch = _watch("replace")
+    watch.lost(1, WORKER, "retrying")
+    watch.lost(2, WORKER, "retrying")
+    watch.lost(3, None, "retrying")  # an actor that died before it said where it ran
+    watch.outcome(1, "recovered")
+    watch.outcome(2, "no_reply")
+    watch.outcome(3, "recovered")
+    rows = server_nodeloss.node_rows(4, watch.drain(), watch.policy)
+    assert rows == [
+        {
+            "round": 4,
+            "node_id": WORKER[0],
+            "node_ip": WORKER[1],
+            "clients": [1, 2],
+            "action": "replace",
+            "recovered": [1],
+            "no_reply": [2],
+        },
+        {
+            "round": 4,
+            "node_id": None,
+            "node_ip": None,
+            "clients": [3],
+            "action": "replace",
+            "recovered": [3],
+            "no_reply": [],
+        },
+    ]
+    assert watch.drain() == []  # each event is read once
+
+
+def test_placement_counts_clients_and_messages_per_node():
+    placement = _watch("replace").placement()
+    assert placement["nodes"] == {
+        HEAD[0]: {"ip": HEAD[1], "clients": [0, 1], "messages": 2},
+        WORKER[0]: {"ip": WORKER[1], "clients": [1], "messages": 1},
+    }
+    assert placement["clients"] == {"0": [HEAD[0]], "1": sorted([HEAD[0], WORKER[0]])}
+
+
+def test_replace_logs_one_line_and_keeps_going(caplog):
+    fd = STRATEGIES.get("fd")(info_for())
+    fd.cluster = _watch("replace")
+    fd.cluster.lost(1, WORKER, "retrying")
+    fd.cluster.outcome(1, "recovered")
+    with caplog.at_level("WARNING", logger="fedkd"):
+        server_nodeloss.after_round(fd, 3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "round 3" in lines[0] and WORKER[1] in lines[0], lines
+    assert fd.stop_reason is None
+    assert [r["round"] for r in fd.node_loss] == [3]
+    summary = server_nodeloss.summary(fd)
+    assert summary["node_loss"] == fd.node_loss and WORKER[0] in summary["placement"]["nodes"]
+    # resumed runs keep the rows
+    again = STRATEGIES.get("fd")(info_for())
+    again.load_state_dict(fd.state_dict())
+    assert again.node_loss == fd.node_loss
+
+
+def test_fail_stops_with_a_line_naming_the_node():
+    fd = STRATEGIES.get("fd")(info_for())
+    fd.cluster = _watch("fail")
+    fd.cluster.lost(1, WORKER, "stopped")
+    server_nodeloss.after_round(fd, 2)
+    assert fd.stop_status == "node_lost"
+    assert WORKER[1] in fd.stop_reason and "on_node_loss=fail" in fd.stop_reason
+    assert "\n" not in fd.stop_reason
+    assert fd.node_loss[0]["action"] == "fail"
+
+
+def test_starved_rounds_in_a_row_stop_the_run():
+    fd = STRATEGIES.get("fd")(info_for("server.max_starved_rounds=2"))
+    for rnd, starved in enumerate([True, False, True], start=1):
+        fd.starved_now = starved
+        server_nodeloss.after_round(fd, rnd)
+        assert fd.stop_reason is None, rnd  # never two in a row yet
+    fd.starved_now = True
+    server_nodeloss.after_round(fd, 4)
+    assert fd.stop_status == "starved"
+    assert "rounds 3-4" in fd.stop_reason and "min_train_clients=2" in fd.stop_reason
+
+
+def test_starvation_can_be_switched_off():
+    fd = STRATEGIES.get("fd")(info_for("server.max_starved_rounds=null"))
+    for rnd in range(1, 20):
+        fd.starved_now = True
+        server_nodeloss.after_round(fd, rnd)
+    assert fd.stop_reason is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "true"])
+def test_bad_max_starved_rounds_is_one_line(value):
+    cfg = compose([f"server.max_starved_rounds={value}"])
+    with pytest.raises(ConfigError, match="server.max_starved_rounds"):
+        check_config(cfg)
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ConfigError, match="simulation.on_node_loss must be one of replace, fail"):
+        nodeloss.install("retry")
+
+
+def test_ray_notices_of_a_dead_node_stay_off_the_console(capsys):
+    assert nodeloss.quiet_node_deaths()
+    from ray._private import worker
+
+    dump = "Raylet is terminated. Termination is unexpected. Last 20 lines of the Raylet logs:"
+    worker.print_to_stdstream({"lines": [dump], "pid": "raylet", "is_err": False}, False)
+    worker.print_to_stdstream({"lines": ["other news"], "pid": "raylet", "is_err": False}, False)
+    shown = capsys.readouterr()
+    assert "Raylet is terminated" not in shown.out + shown.err
+    assert "other news" in shown.out + shown.err
+
+
+def test_report_shows_clients_per_node(tmp_path):
+    summary = {
+        "placement": _watch("replace").placement(),
+        "node_loss": [
+            {
+                "round": 2,
+                "node_id": WORKER[0],
+                "node_ip": WORKER[1],
+                "clients": [1],
+                "action": "replace",
+                "recovered": [1],
+                "no_reply": [],
+            }
+        ],
+    }
+    run = Run(dir=tmp_path, label="two-nodes", config={}, summary=summary, lines=[])
+    text = "\n".join(placement_markdown([run]))
+    assert f"| `{HEAD[0][:12]}` | {HEAD[1]} | 2 | 2 |" in text
+    assert f"| `{WORKER[0][:12]}` | {WORKER[1]} | 1 | 1 |" in text
+    assert "Round 2" in text and "clients 1, action replace" in text
+
+
+def test_a_lost_nodes_reply_is_counted_without_a_line_of_its_own(caplog):
+    fd = STRATEGIES.get("fd")(info_for())
+    with caplog.at_level("INFO", logger="fedkd"):
+        fd._drop(2, 3, "client_unavailable", f"{server_nodeloss.LOST_REASON} (ActorDiedError)")
+        fd._drop(2, 4, "client_unavailable", "node went away")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "client 4" in warned[0], warned
+    kept = [r for r in caplog.records if r.name == "fedkd.rounds"]  # run.log only
+    assert len(kept) == 1 and "client 3" in kept[0].getMessage()
+    assert fd.dropped["client_unavailable"] == 2

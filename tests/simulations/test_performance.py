@@ -1,0 +1,496 @@
+"""The pieces that make runs fast and let them scale, tested for what they do.
+
+Speed itself is measured by ``fedkd-bench`` (docs/performance.md), never here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, marked, run_fedkd_sim, stop_tree
+
+from fedkd.errors import FedkdError, PayloadError
+from fedkd.models import build_model
+from fedkd.weights import load_packed, model_to_arrays, packed_state
+from simulations import bench
+from simulations.proctree import MARKER
+
+TINY = [
+    "num_clients=4",
+    "num_rounds=2",
+    "logging.progress=false",
+    "logging.table=false",
+    "logging.tensorboard=false",
+    "checkpoint.every=0",
+]
+
+
+# ------------------------------------------------------------------ client state
+def test_packed_state_round_trips_parameters_and_integer_buffers():
+    torch.manual_seed(0)
+    model = build_model({"name": "resnet8"}, (3, 32, 32), 10, 16)  # BatchNorm: int64 buffers
+    model.train()
+    model(torch.randn(4, 3, 32, 32))  # moves running stats and num_batches_tracked
+    packed = packed_state(model)
+    assert set(packed) == {"<f4", "<i8"}  # one flat array per dtype
+    torch.manual_seed(1)
+    other = build_model({"name": "resnet8"}, (3, 32, 32), 10, 16)
+    load_packed(other, packed)
+    for key, value in model_to_arrays(model).items():
+        np.testing.assert_array_equal(model_to_arrays(other)[key], value)
+
+
+def test_packed_state_of_another_architecture_is_refused():
+    small = build_model({"name": "mlp", "hidden": [8]}, (64,), 10, 4)
+    big = build_model({"name": "mlp", "hidden": [16]}, (64,), 10, 4)
+    with pytest.raises(PayloadError, match="does not fit|more values"):
+        load_packed(big, packed_state(small))
+    with pytest.raises(PayloadError, match="more values"):
+        load_packed(small, packed_state(big))
+
+
+# ------------------------------------------------------------------ exchange
+class _FakeReply:
+    def __init__(self, reply_to: str) -> None:
+        self.metadata = type("M", (), {"reply_to_message_id": reply_to})()
+
+
+class _Clock:
+    """A virtual clock for ``server.exchange``: sleeping advances it, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _SlowGrid:
+    """A grid whose replies arrive at given (virtual) times: counts the polls."""
+
+    def __init__(self, clock: _Clock, arrive_after: dict[str, float]) -> None:
+        self.clock, self.arrive_after, self.polls = clock, arrive_after, 0
+
+    def push_messages(self, messages):
+        return list(self.arrive_after)
+
+    def pull_messages(self, ids):
+        self.polls += 1
+        return [_FakeReply(i) for i in ids if self.arrive_after[i] <= self.clock.now]
+
+
+def test_exchange_returns_soon_after_the_last_reply_and_respects_the_timeout(monkeypatch):
+    from server import exchange
+
+    clock = _Clock()
+    monkeypatch.setattr(exchange, "time", clock)
+    grid = _SlowGrid(clock, {"a": 0.0, "b": 0.02})
+    replies = exchange.send_and_receive(grid, [], timeout=5, max_interval=0.05)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    # polls start at 1 ms and grow by half: the last reply is seen within one growth step
+    assert 0.02 <= clock.now < 0.02 * exchange.GROWTH + exchange.FIRST_INTERVAL
+    clock.now = 0.0
+    late = _SlowGrid(clock, {"a": 0.0, "never": 1e9})
+    replies = exchange.send_and_receive(late, [], timeout=0.3, max_interval=0.05)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
+    assert clock.now == pytest.approx(0.3)  # waits exactly the timeout, never longer
+    assert late.polls < 0.3 / 0.05 + 15  # backs off to max_interval
+
+
+# ------------------------------------------------------------------ pick-up patch
+def test_the_pickup_patch_fits_this_flower_and_delivers_every_waiting_message():
+    import queue
+    import threading
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from simulations import vce_patches
+
+    assert vce_patches.install_pickup(), (
+        "Flower's simulation engine changed: check simulations/vce_patches.py"
+    )
+    assert vce_api.add_messages_to_queue is vce_patches.add_messages_to_queue
+
+    class Meta:
+        def __init__(self, node):
+            self.dst_node_id, self.delivered_at = node, ""
+
+    class Msg:
+        def __init__(self, node):
+            self.metadata = Meta(node)
+
+    class State:  # the in-memory LinkState's relevant surface
+        def __init__(self):
+            self.lock = threading.Lock()
+            self.message_ins_store = {i: Msg(n) for i, n in enumerate([11, 12, 12, 99])}
+            self.asked: list[int] = []
+
+        def get_message_ins(self, node_id, limit):
+            self.asked.append(node_id)
+            for m in self.message_ins_store.values():
+                if m.metadata.dst_node_id == node_id and m.metadata.delivered_at == "":
+                    m.metadata.delivered_at = "now"
+                    return [m]
+            return []
+
+    state, out, stop = State(), queue.Queue(), threading.Event()
+    nodes = {11: 0, 12: 1, 13: 2}  # node 99 is not in this simulation
+    thread = threading.Thread(
+        target=vce_patches.add_messages_to_queue, args=(state, out, nodes, stop)
+    )
+    thread.start()
+    got = []
+    try:  # the three messages for this simulation's nodes arrive, whatever the machine's load
+        while len(got) < 3:
+            got.append(out.get(timeout=120).metadata.dst_node_id)
+    finally:
+        stop.set()
+        thread.join()
+    while not out.empty():  # anything more would be a message delivered twice or misrouted
+        got.append(out.get().metadata.dst_node_id)
+    assert sorted(got) == [11, 12, 12]  # both of node 12's messages, one per sweep
+    assert 13 not in state.asked  # idle nodes are not scanned
+
+
+# ------------------------------------------------------------------ config
+def test_ray_address_and_num_cpus_together_are_refused_before_ray_starts(tmp_path):
+    result = run_fedkd_sim(
+        [*TINY, "simulation.ray_address=127.0.0.1:1", "simulation.ray_num_cpus=2",
+         f"hydra.run.dir={tmp_path}"],
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "simulation.ray_num_cpus must be null with simulation.ray_address" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["simulation.ray_address=127.0.0.1:{port}", "simulation.connect_timeout=1"],
+         "no Ray head answered within 1 s"),
+        (["simulation.ray_address=nonsense"], "must be 'host:port' of a Ray head or 'auto'"),
+        (["simulation.connect_timeout=-1"], "simulation.connect_timeout must be a number"),
+    ],
+)  # fmt: skip
+def test_a_cluster_that_does_not_answer_stops_the_run_with_one_line(tmp_path, overrides, expected):
+    """Nothing listens on the port: one line naming the address, before data or Ray."""
+    port = _free_port()
+    result = run_fedkd_sim(
+        [*TINY, *(o.format(port=port) for o in overrides), f"hydra.run.dir={tmp_path}"],
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+
+
+def test_a_plain_run_starts_a_private_ray_instance():
+    """``ray_address: null`` hands Ray "local", which never joins RAY_ADDRESS or `ray start`'s
+    cluster; "auto" and host:port are explicit joins."""
+    from simulations.cluster import resolve_address
+    from simulations.run import backend_config
+
+    cfg = {
+        "simulation": {"num_cpus_per_client": 1, "num_gpus_per_client": 0.0,
+                       "ray_num_cpus": 2, "ray_address": None, "connect_timeout": 30},
+        "logging": {"verbose": False},
+    }  # fmt: skip
+    assert backend_config(cfg)["init_args"]["address"] == "local"
+    assert backend_config(cfg)["init_args"]["num_cpus"] == 2
+    os.environ["RAY_ADDRESS"] = "127.0.0.1:6390"
+    try:
+        assert resolve_address({"ray_address": None}) == "local"
+        assert resolve_address({"ray_address": "auto"}) == "127.0.0.1:6390"
+    finally:
+        del os.environ["RAY_ADDRESS"]
+
+
+# ------------------------------------------------------------------ reference
+@pytest.mark.slow
+def test_the_reference_and_the_simulation_compute_the_same_run(tmp_path, sim_session):
+    """The benchmark's sequential loop is the same computation: same accuracies, every round
+    (the simulation runs in the tests' shared Ray session)."""
+    overrides = ["num_clients=5", "num_rounds=3", "server.fraction_train=0.6"]
+    ref = subprocess.run(
+        [sys.executable, "-m", "simulations.reference", "--out", str(tmp_path / "ref"), *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    sim = sim_session.run([*TINY, *overrides, f"hydra.run.dir={tmp_path / 'sim'}"])
+    assert sim.status == 0, sim.last_line
+    a = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    b = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
+        assert ra["num_clients"] == rb["num_clients"] == 3  # the same seeded sampling
+        for key in ("global_test_acc", "local_test_acc"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6)
+
+
+def test_the_reference_refuses_what_it_cannot_compute_exactly():
+    from fedkd.config import compose
+    from simulations.reference import run_reference
+
+    for overrides, message in [
+        (["knowledge.encoding=int8"], "knowledge.encoding"),
+        (["strategy=dsfl"], "strategy=fd"),
+    ]:
+        with pytest.raises(FedkdError, match=message):
+            run_reference(compose(overrides))
+
+
+def test_bench_figures_and_table_from_summaries(tmp_path):
+    """The derived figures are computed from the runs' summaries as documented."""
+
+    def measured(wall, rounds, per_round, sampled, acc):
+        summary = {
+            "status": "finished",
+            "rounds": [
+                {"round": i + 1, "num_clients": sampled, "round_time_s": per_round}
+                for i in range(rounds)
+            ],
+            "final": {"global_test_acc": {"last": acc}, "local_test_acc": {"last": acc}},
+            "bytes_per_round": {"bytes_up": 1000.0, "bytes_down": 500.0},
+        }
+        return bench.Measured(wall_s=wall, peak_rss=2**30, returncode=0, summary=summary)
+
+    sim = bench.combine([bench.run_figures(measured(30.0, 10, 0.2, 20, 0.5))] * 3)
+    ref = bench.combine([bench.run_figures(measured(10.0, 10, 0.3, 20, 0.5))] * 3)
+    cmp = bench.compare(sim, ref, num_workers=2)
+    assert cmp["ratio"] == pytest.approx(3.0)
+    assert cmp["loop_ratio"] == pytest.approx(2.0 / 3.0)
+    # (0.2 - 0.3 / 2) / 20 clients = 2.5 ms
+    assert cmp["overhead_ms_per_client"] == pytest.approx(2.5)
+    assert sim["peak_rss_mib"] == pytest.approx(1024)
+    assert sim["updates_per_s"] == pytest.approx(200 / 30)
+    result = {
+        "workload": "w", "targets": {"ratio": 1.5}, "simulation": sim, "reference": ref,
+        "comparison": cmp,
+    }  # fmt: skip
+    table = bench.markdown([result], [], "note")
+    assert "| w | 3/3 | 30.0 | 10.0 | 3.00x | 0.67x |" in table
+    assert "≤ 1.5x: not met" in table
+    encodings = {
+        "workload": "w",
+        "description": "d",
+        "fedavg_bytes_per_round": 1e6,
+        "by_encoding": {"float32": {**sim, "global_acc": 0.5}, "int8": {**sim, "bytes_up": 250.0, "global_acc": 0.49}},
+    }  # fmt: skip
+    table = bench.markdown([], [encodings], "note")
+    # float32: 1000 + 500 bytes; int8: 250 + 500 = 0.5x of it and 0.00075x of FedAvg's 1 MB
+    assert "| int8 | 0.8 kB | 0.500x | 0.0008x (1.00 MB) | 0.4900 | -1.00 |" in table
+
+
+def test_bench_reads_start_up_phases_and_the_first_round_from_run_log(tmp_path):
+    from datetime import datetime
+
+    log = tmp_path / "run.log"
+    log.write_text(
+        "[2026-01-02 03:04:05,500][fedkd.phase][INFO] - [  0.4 s] config: composed\n"
+        "[2026-01-02 03:04:06,000][fedkd][INFO] - strategy fd\n"
+        "[2026-01-02 03:04:12,250][fedkd.phase][INFO] - [  7.1 s] first round: round 1 done\n"
+    )
+    start = datetime(2026, 1, 2, 3, 4, 5).timestamp()
+    phases = bench.phase_lines(log, start)
+    assert [line for _, line in phases] == ["config: composed", "first round: round 1 done"]
+    assert [t for t, _ in phases] == pytest.approx([0.5, 7.25])
+    assert bench.phase_lines(tmp_path / "missing.log", start) == []
+
+
+def test_sweep_figures_count_rounds_at_their_steady_pace():
+    def run(times, ok=True):
+        return {"ok": ok, "wall_s": 20.0, "round_times": times, "first_round_s": 9.0}
+
+    jobs = [run([5.0, 1.0, 2.0, 3.0])] * 2  # round 1 waits for the workers: not counted
+    single = run([9.0, 1.0, 1.0, 1.0])
+    sweep = bench.Measured(wall_s=30.0, peak_rss=2**20, returncode=0, summary={})
+    fig = bench.sweep_figures(sweep, jobs, single)
+    assert fig["ok"] and fig["jobs_loop_s"] == pytest.approx(2 * 4 * 2.0)
+    assert fig["startup_s"] == pytest.approx(20.0 - 4.0)
+    assert fig["ideal_s"] == pytest.approx(16.0 + 16.0)
+    assert fig["bound_s"] == pytest.approx(32.0 + 16.0)
+    failed = bench.sweep_figures(sweep, [*jobs, run([1.0, 1.0], ok=False)], single)
+    assert not failed["ok"] and failed["jobs_finished"] == 2
+
+
+def test_every_bench_workload_composes():
+    from fedkd.config import check_config, compose
+
+    assert set(bench.workload_names()) >= {
+        "digits-fd-20",
+        "cnn-fd-20",
+        "synthetic-1k",
+        "synthetic-10k",
+    }
+    for name in bench.workload_names():
+        workload = bench.Workload.load(name)
+        cfg = compose(workload.overrides)
+        check_config(cfg)
+        if workload.reference:  # the sequential reference implements fd only
+            assert cfg["strategy"]["name"] == "fd"
+
+
+def test_bench_update_keeps_the_other_workloads(tmp_path):
+    old = [{"workload": "b", "v": 1}, {"workload": "a", "v": 1}]
+    assert bench.merged(old, [{"workload": "b", "v": 2}]) == [
+        {"workload": "a", "v": 1},
+        {"workload": "b", "v": 2},
+    ]
+    table = tmp_path / "bench.md"
+    assert bench.earlier_report(table) == {}  # nothing yet
+    table.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="bench.json is not a fedkd-bench report"):
+        bench.main(["--workloads", "--update", "--table", str(table), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+
+
+def test_bench_refuses_unknown_names_before_running(tmp_path):
+    with pytest.raises(SystemExit, match="unknown encodings"):
+        bench.main(["--workloads", "--encodings", "bf16", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no workload 'nope'"):
+        bench.main(["--workloads", "--encodings", "--encodings-on", "nope", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+# ------------------------------------------------------------------ Ray cluster
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# the simulation's Ray actors: simulations.worker's, or Flower's if the early start fell back
+ACTORS = ("ClientWorker", "ClientAppActor")
+
+
+@pytest.mark.slow
+def test_a_simulation_joins_a_running_ray_cluster_on_loopback(tmp_path):
+    """`ray start --head` as a separate process; the run uses it; the head is stopped by pid."""
+    ray = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    launch = uuid.uuid4().hex
+    temp = Path(tempfile.mkdtemp(prefix="fedkd-ray-", dir="/tmp"))  # Ray's socket paths are short
+    env = {**os.environ, MARKER: launch, "RAY_USAGE_STATS_ENABLED": "0"}
+    log_path = tmp_path / "head.log"
+    with log_path.open("w") as log:
+        head = subprocess.Popen(
+            [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={temp}"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log_path.read_text():
+            assert head.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the Ray head did not start within 90 s"
+            time.sleep(0.5)
+
+        def actor_logs() -> str:
+            return "".join(p.read_text(errors="ignore") for p in temp.rglob("worker-*.out"))
+
+        # a plain run never joins a running cluster, even one RAY_ADDRESS points to
+        plain = run_fedkd_sim(
+            [*TINY, f"hydra.run.dir={tmp_path / 'plain'}"],
+            timeout=300,
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+        )
+        assert plain.returncode == 0, plain.stderr[-2000:]
+        assert not any(name in actor_logs() for name in ACTORS)
+        result = run_fedkd_sim(
+            [
+                *TINY,
+                f"simulation.ray_address=127.0.0.1:{port}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ],
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["status"] == "finished"
+        assert len(summary["rounds"]) == 2 and summary["rounds"][-1]["num_clients"] == 4
+        # the clients ran in the head's workers: its session logged the run's actors
+        assert any(name in actor_logs() for name in ACTORS)
+        assert head.poll() is None  # the simulation left the cluster running
+    finally:
+        left = stop_tree([head], launch_id=launch, grace=60, term_first=15)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert left == []
+    assert not marked(launch)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_launcher_and_everything_it_started(tmp_path):
+    """SIGTERM once the first round is recorded: the launcher exits and no Ray process of
+    its own is left (found by the marker every process it started inherits), even when
+    whoever read its output is gone (as when a killed fedkd-compare leaves its runs with
+    a closed stderr pipe: printing the notice fails, the launcher must still exit)."""
+    launch = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulations.run",
+            *TINY,
+            "num_rounds=200",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, MARKER: launch},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().strip()):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        assert marked(launch)  # Ray's processes carry the marker
+        proc.stderr.close()  # the reader is gone: writing to stderr now raises
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+        assert not marked(launch)
+    finally:
+        left = stop_tree([proc], launch_id=launch, grace=60)
+    assert left == []
+
+
+# ------------------------------------------------------------------ TensorBoard at scale
+def test_tensorboard_keeps_few_writers_open_and_loses_no_scalar(tmp_path, monkeypatch):
+    """Thousands of clients: writers beyond the cap are closed and reopened; every
+    client's every round still reaches TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from server import recorder as rec
+
+    monkeypatch.setattr(rec, "MAX_OPEN_WRITERS", 3)
+    recorder = rec.RunRecorder(tmp_path, num_rounds=3, progress=False, table=False, config={})
+    for rnd in (1, 2, 3):
+        for cid in range(7):
+            recorder.client(rnd, cid, {"global_test_acc": 0.1 * cid + rnd, "num_train": 5})
+        recorder.end_round(rnd, complete_upto=rnd)
+        assert len(recorder._writers) <= 3
+    recorder.finish({})
+    for cid in range(7):
+        acc = EventAccumulator(str(tmp_path / "tensorboard" / f"client_{cid}"))
+        acc.Reload()
+        steps = sorted((e.step, round(e.value, 4)) for e in acc.Scalars("accuracy/global_test"))
+        assert steps == [(r, round(0.1 * cid + r, 4)) for r in (1, 2, 3)]
