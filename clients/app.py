@@ -149,9 +149,9 @@ def train(message: Message, context: Context) -> Message:
     received = wire.get_payload(message.content)
     request = message.content.array_records.get(wire.REQUEST)
     indices = wire.record_to_arrays(request)["indices"] if request is not None else None
-    teachers_spec = plan.get("teachers")
+    teachers_spec = plan.teachers
     teachers = (
-        load_teachers(context, cfg, pid, data, int(teachers_spec["shards"]), device)
+        load_teachers(context, cfg, pid, data, int(teachers_spec.shards), device)
         if teachers_spec
         else None
     )
@@ -277,7 +277,7 @@ def evaluate_model(message: Message, context: Context) -> Message:
     batch = int(cfg["client"]["eval_batch_size"])
     metrics = {
         "partition_id": pid,
-        **evaluate_client(model, data, batch, device, confusion=bool(plan.get("confusion"))),
+        **evaluate_client(model, data, batch, device, confusion=plan.confusion),
     }
     content = RecordDict()
     _put_metrics(content, metrics)

@@ -8,7 +8,7 @@ naming why, and nothing the client knows leaves. After the round ran, the reply'
 knowledge payload (public-set logits or probabilities, per-class logits and their
 counts, prototypes, votes, weights) is replaced by
 :func:`fedkd.privacy.release.privatize` under the spec the server put in the plan
-(``plan["privacy"]``). The client's own model is untouched: only what leaves is noised.
+(``Plan.privacy``). The client's own model is untouched: only what leaves is noised.
 
 Where the floor comes from:
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
 
@@ -41,6 +42,7 @@ from flwr.app import Context, Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 
 from fedkd.errors import ConfigError
+from fedkd.plan import Plan, PlanError
 from fedkd.privacy.floor import Floor
 from fedkd.privacy.noise import noise_rng, seeded_noise
 from fedkd.privacy.release import LocalSpec, privatize
@@ -79,8 +81,13 @@ def refusal(message: Message, context: Context) -> str | None:
     """Why this client refuses the train message's plan (one line), or None."""
     try:
         _, cfg, plan = wire.read_config(message.content)
+    except PlanError as err:
+        return f"malformed plan: {err}"
+    except (KeyError, ValueError, TypeError) as err:
+        return f"unreadable plan ({type(err).__name__}: {err})"
+    try:
         floor, seeded_allowed = client_floor(context, cfg)
-        return floor.refusal(plan, seeded_allowed=seeded_allowed)
+        return floor.refusal(plan.to_dict(), seeded_allowed=seeded_allowed)
     except ConfigError as err:
         return str(err)
     except (KeyError, ValueError, TypeError) as err:
@@ -103,7 +110,8 @@ def privacy_mod(
         why = refusal(message, context)
         if why is not None:
             pid = context.node_config.get("partition-id", "?")
-            reason = f"client {pid} refuses the plan (privacy floor): {why}"
+            kind_of_refusal = "" if why.startswith("malformed plan") else " (privacy floor)"
+            reason = f"client {pid} refuses the plan{kind_of_refusal}: {why}"
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
             return Message(error, reply_to=message)
     reply = call_next(message, context)
@@ -113,17 +121,17 @@ def privacy_mod(
         MessageType.QUERY,
     ):
         return reply  # query.save_state / restore_state carry no private data
-    server_round, cfg, plan = 0, {}, {}
+    server_round, cfg, plan = 0, {}, Plan()
     if wire.CONFIG in message.content.config_records:  # the handshake may come without it
         server_round, cfg, plan = wire.read_config(message.content)
     if kind == MessageType.TRAIN:
-        spec = plan.get("privacy")
+        spec = plan.privacy
         payload = wire.get_payload(reply.content)
-        if spec and payload is not None:
+        if spec is not None and payload is not None:
             pid = int(context.node_config.get("partition-id", 0))
             key = [int(cfg["seed"]), server_round, pid, _STREAM]
             noised = privatize(
-                payload, LocalSpec.from_dict(spec), noise_rng(spec.get("seeded") is True, key)
+                payload, LocalSpec.from_dict(asdict(spec)), noise_rng(spec.seeded, key)
             )
             wire.put_payload(reply.content, noised, cfg.get("knowledge"))  # noise, then encode
     if channel.private_round(plan, cfg, _accepts_none(context, cfg)):

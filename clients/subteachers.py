@@ -1,6 +1,6 @@
 """Sub-teacher release on the client (record-level privacy; fedkd.privacy.subteachers).
 
-When the plan carries ``teachers`` ({"shards", "sigma", "seeded"}; noise from OS entropy
+When the plan carries ``teachers`` (``fedkd.plan.TeachersSpec``: shards, sigma, seeded; noise from OS entropy
 unless ``seeded``, :mod:`fedkd.privacy.noise`), the client keeps one
 model per disjoint shard of its training data in ``context.state`` (``teacher_<t>``),
 trains each on its shard only, and uploads the noised mean of their probabilities on the
@@ -20,6 +20,7 @@ from fedkd.client.runtime import ClientTensors
 from fedkd.errors import PayloadError
 from fedkd.knowledge import PublicLogits
 from fedkd.models import build_model, spec_for_client
+from fedkd.plan import TeachersSpec
 from fedkd.privacy.noise import noise_rng
 from fedkd.privacy.subteachers import release, shard_of
 from fedkd.train import make_optimizer, predict, train_supervised
@@ -53,7 +54,7 @@ def save_teachers(context, teachers: list[nn.Module]) -> None:
 def teacher_release(
     teachers: list[nn.Module],
     data: ClientTensors,
-    spec: dict[str, Any],
+    spec: TeachersSpec,
     request_indices: np.ndarray | None,
     client_cfg: dict[str, Any],
     generator: torch.Generator,
@@ -81,6 +82,6 @@ def teacher_release(
     x = data.public_x[idx].to(device)
     batch = int(client_cfg["eval_batch_size"])
     probs = np.stack([torch.softmax(predict(m, x, batch)[1], 1).cpu().numpy() for m in teachers])
-    rng = noise_rng(spec.get("seeded") is True, [seed, server_round, pid, _STREAM])
-    values = release(probs, float(spec["sigma"]), rng).astype(np.float32)
+    rng = noise_rng(spec.seeded, [seed, server_round, pid, _STREAM])
+    values = release(probs, float(spec.sigma), rng).astype(np.float32)
     return PublicLogits(indices=request_indices.astype(np.int64), values=values, space="probs")

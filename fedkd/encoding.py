@@ -20,8 +20,8 @@ practice, but these exact formats are not from a paper):
   are renormalised per row: rounding would otherwise push row sums past the
   validator's tolerance and every reply would be rejected. Only an error that
   rounding can explain is corrected; anything else is left for validation.
-- ``topk``: for score tables ``[N, C]`` (``PublicLogits.values``,
-  ``ClassLogits.logits``) each row keeps its ``k`` largest entries (float32,
+- ``topk``: for a kind's score table ``[N, C]`` (``Payload.score_key``:
+  ``PublicLogits.values``, ``ClassLogits.logits``) each row keeps its ``k`` largest entries (float32,
   column ids in the smallest unsigned dtype that holds ``C``) and one fill
   value for the others: the mean of the dropped logits, so the row's mean is
   kept; for probabilities ``(1 - kept mass) / (C - k)``, so rows still sum to 1.
@@ -39,13 +39,20 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedkd.errors import PayloadError
+from fedkd.knowledge import PAYLOADS
 from fedkd.registry import Registry
 
 ENCODINGS: Registry = Registry("encoding")
 META_KEY = "encoding"  # knowledge_meta entry naming the codec; its other entries start "encoding."
 ENCODED_KEY = "encoding.arrays"  # comma-separated names of the arrays the codec changed
-SCORE_ARRAYS = {"public_logits": "values", "class_logits": "logits"}  # what topk may sparsify
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _score_key(meta: Mapping[str, Any]) -> str | None:
+    """The score table of the payload kind named in ``meta`` (``Payload.score_key``): what
+    top-k may sparsify and a lossy decode renormalises; None for other kinds."""
+    kind = meta.get("kind")
+    return PAYLOADS.get(kind).score_key if isinstance(kind, str) and kind in PAYLOADS else None
 
 
 def _floating(arrays: Mapping[str, np.ndarray]) -> list[str]:
@@ -184,7 +191,7 @@ class TopK(Codec):
 
     def encode(self, arrays, meta, spec):
         out = dict(arrays)
-        key = SCORE_ARRAYS.get(str(meta.get("kind")))
+        key = _score_key(meta)
         if key is None or key not in arrays or np.asarray(arrays[key]).ndim != 2:
             return out, {ENCODED_KEY: ""}
         x = np.asarray(arrays[key], dtype=np.float32)
@@ -251,7 +258,7 @@ def _renormalise_probs(arrays: dict[str, np.ndarray], meta: Mapping[str, Any]) -
     to 1 before encoding is left as it is, and validation rejects it as it would
     unencoded.
     """
-    key = SCORE_ARRAYS.get(str(meta.get("kind")))
+    key = _score_key(meta)
     if meta.get("space") != "probs" or key not in arrays or arrays[key].ndim != 2:
         return arrays
     probs = arrays[key]

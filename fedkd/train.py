@@ -97,13 +97,13 @@ def train_supervised(
 ) -> TrainResult:
     """Cross-entropy training, optionally plus a regulariser (FD, FedProto).
 
-    ``collect="class_logits"`` (FD, Jeong et al. 2018) or ``"prototypes"``
-    (FedProto, Tan et al. 2022) accumulates per-label sums of the logits or
-    features of the *training* forward passes, as both reference codes do,
-    instead of running a separate pass.
+    ``collect="logits"`` (FD, Jeong et al. 2018) or ``"features"`` (FedProto,
+    Tan et al. 2022; the payload kind's ``collects``) accumulates per-label sums of
+    the logits or features of the *training* forward passes, as both reference
+    codes do, instead of running a separate pass.
     """
-    if collect not in (None, "class_logits", "prototypes"):
-        raise ValueError(f"collect must be None, 'class_logits' or 'prototypes' (got {collect!r})")
+    if collect not in (None, "logits", "features"):
+        raise ValueError(f"collect must be None, 'logits' or 'features' (got {collect!r})")
     if collect is not None and num_classes is None:
         raise ValueError("collect needs num_classes")
     model.train()
@@ -124,7 +124,7 @@ def train_supervised(
             total_reg += reg.item() if reg is not None else 0.0
             steps += 1
             if counts is not None:
-                values = (logits if collect == "class_logits" else features).detach().float().cpu()
+                values = (logits if collect == "logits" else features).detach().float().cpu()
                 if sums is None:
                     sums = torch.zeros(num_classes, values.shape[1])
                 sums.index_add_(0, yb.cpu(), values)

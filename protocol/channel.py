@@ -27,6 +27,7 @@ from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
 
+from fedkd.plan import Plan
 from protocol import wire
 
 MEASUREMENT = "measurement"
@@ -34,10 +35,10 @@ PUBLIC_METRICS = ("partition_id", "num_partitions", "eval_round")  # not derived
 SHARE_KEY = "privacy-share-measurement"  # node config: a deployed node opts in
 
 
-def private_round(plan: Mapping[str, Any], cfg: Mapping[str, Any], accepts_none: bool) -> bool:
+def private_round(plan: Plan, cfg: Mapping[str, Any], accepts_none: bool) -> bool:
     """Whether this reply is under privacy (see the module docstring)."""
     named = ((cfg.get("privacy") or {}).get("name") or "none") != "none"
-    return bool(plan.get("privacy") or plan.get("teachers") or named or not accepts_none)
+    return bool(plan.privacy or plan.teachers or named or not accepts_none)
 
 
 def shares_measurement(node_config: Mapping[str, Any], simulation: bool) -> bool:

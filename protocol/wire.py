@@ -3,7 +3,8 @@
 One round is one Flower message each way. A message's RecordDict holds:
 
 - ``config`` (ConfigRecord): ``round``, ``cfg`` (the run config as JSON) and
-  ``plan`` (the strategy's instructions to the client, as JSON);
+  ``plan`` (the strategy's instructions to the client, a :class:`fedkd.plan.Plan` as
+  JSON; the client rebuilds and checks it, a malformed plan gets an error reply);
 - ``knowledge`` (ArrayRecord) + ``knowledge_meta`` (ConfigRecord, ``kind`` + the
   payload's scalar metadata): a typed payload from :mod:`fedkd.knowledge`,
   encoded as the run config's ``knowledge.encoding`` says (:mod:`fedkd.encoding`:
@@ -35,6 +36,7 @@ from fedkd.encoding import encode as encode_knowledge
 from fedkd.errors import PayloadError
 from fedkd.knowledge import decode
 from fedkd.npy import load_npy
+from fedkd.plan import Plan, PlanError
 
 CONFIG = "config"
 KNOWLEDGE = "knowledge"
@@ -129,13 +131,24 @@ def get_eval_arrays(content: RecordDict) -> dict[str, np.ndarray]:
     return {} if record is None else record_to_arrays(record)
 
 
-def make_config(server_round: int, cfg_json: str, plan: dict[str, Any]) -> ConfigRecord:
-    return ConfigRecord({"round": server_round, "cfg": cfg_json, "plan": json.dumps(plan)})
+def make_config(server_round: int, cfg_json: str, plan: Plan) -> ConfigRecord:
+    """The ``config`` record: the round, the run config (JSON) and the plan (JSON)."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"make_config needs a fedkd.plan.Plan (got {type(plan).__name__})")
+    return ConfigRecord(
+        {"round": server_round, "cfg": cfg_json, "plan": json.dumps(plan.to_dict())}
+    )
 
 
-def read_config(content: RecordDict) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def read_config(content: RecordDict) -> tuple[int, dict[str, Any], Plan]:
+    """The round, run config and plan of a message; the plan is rebuilt and checked
+    (:meth:`fedkd.plan.Plan.from_dict`: a malformed one raises a one-line PlanError)."""
     record = content.config_records[CONFIG]
-    return int(record["round"]), json.loads(str(record["cfg"])), json.loads(str(record["plan"]))
+    try:
+        plan = json.loads(str(record["plan"]))
+    except json.JSONDecodeError as err:
+        raise PlanError(f"the plan is not JSON ({err})") from None
+    return int(record["round"]), json.loads(str(record["cfg"])), Plan.from_dict(plan)
 
 
 class PayloadStore(MutableMapping[str, Any]):

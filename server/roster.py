@@ -20,6 +20,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedkd.errors import ConfigError
+from fedkd.plan import Plan
 from protocol import wire
 
 log = logging.getLogger("fedkd")
@@ -67,7 +68,7 @@ def _ask(
     def content() -> RecordDict:
         if cfg_json is None:
             return RecordDict()
-        return RecordDict({wire.CONFIG: wire.make_config(0, cfg_json, {})})
+        return RecordDict({wire.CONFIG: wire.make_config(0, cfg_json, Plan())})
 
     messages = [
         Message(content=content(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes

@@ -5,14 +5,17 @@ the same data (``fedkd.client.runtime.client_tensors``), the same models and see
 (the ClientApp's ``torch.manual_seed(seed * 7919 + id)`` before building a
 client's model, batch order from ``round_generator(seed, round, id)``), the same client
 round (``fedkd.client.round.run_round``: train with the FD regulariser, evaluate on
-the local and global test sets, extract per-label logits), the same seeded
-sampling and the same fusion (``fedkd.fusion.class_mean``), client after client
-on one torch thread per client (``simulation.torch_threads``), as a Ray worker
-has. Only the orchestration is missing, so ``fedkd-sim`` time / reference time
-is what Flower, Ray and the wire cost, and the accuracies must agree.
+the local and global test sets, extract per-label logits), and the registered strategy's
+own pure functions: the seeded sampling (``fedkd.sampling.sample_clients`` on the
+strategy's ``sample`` stream), the plan (``server.strategies.fd.fd_plan``) and the fusion
+(``server.strategies.fd.mean_teacher``), client after client on one torch thread per
+client (``simulation.torch_threads``), as a Ray worker has. Only the orchestration is
+missing, so ``fedkd-sim`` time / reference time is what Flower, Ray and the wire cost,
+and the accuracies must agree.
 
-Written as a plain loop on purpose (nanoGPT style): the benchmark must not
-share the code it measures beyond the client's computation and the fusion math.
+Written as a plain loop on purpose (nanoGPT style): the benchmark shares the client's
+computation, the sampling, the plan and the fusion with what it measures, nothing of the
+orchestration.
 
     python -m simulations.reference --out DIR [hydra overrides ...]
 
@@ -37,53 +40,24 @@ from fedkd.client.runtime import client_tensors, configure_torch, data_key
 from fedkd.config import check_config, compose
 from fedkd.confusion import confusion_due
 from fedkd.errors import FedkdError
-from fedkd.fusion import class_mean
 from fedkd.knowledge import ClassLogits
 from fedkd.models import build_model, spec_for_client
+from fedkd.sampling import sample_clients
 from fedkd.train import resolve_device
-
-SAMPLE_STREAM = 1  # FedkdStrategy.STREAMS["sample"]
+from server.strategies.base import FedkdStrategy
+from server.strategies.fd import fd_plan, mean_teacher
 
 
 def sample(cfg: dict[str, Any], server_round: int) -> list[int]:
-    """The clients the server samples in ``server_round`` (FedkdStrategy.sample's rule)."""
-    ids = list(range(int(cfg["num_clients"])))
+    """The clients the server samples in ``server_round`` (every client answers, none is
+    excluded: the strategy's rule on all ids)."""
     server = cfg["server"]
-    size = max(int(server["min_train_clients"]), round(float(server["fraction_train"]) * len(ids)))
-    size = min(size, len(ids))
-    if size == len(ids):
-        return ids
-    rng = np.random.default_rng([int(cfg["seed"]), server_round, SAMPLE_STREAM])
-    return sorted(rng.choice(ids, size=size, replace=False).tolist())
-
-
-def fd_plan(params: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "regulariser": {
-            "kind": "class_logits",
-            "loss": params["loss"],
-            "beta": params["beta"],
-            "temperature": params["temperature"],
-        },
-        "extract": {"kind": "class_logits"},
-    }
-
-
-def fuse(uploads: dict[int, ClassLogits], params: dict[str, Any]) -> ClassLogits:
-    """FD's global teacher: each label's row fused over the clients that have the label."""
-    ids = sorted(uploads)
-    logits = np.stack([uploads[i].logits for i in ids]).astype(np.float64)
-    counts = np.stack([uploads[i].counts for i in ids])
-    teacher, present = class_mean(
-        logits,
-        counts,
-        reducer=params.get("reducer", "mean"),
-        weighted=bool(params["weighted"]),
-        reducer_params=params.get("reducer_params") or {},
-    )
-    return ClassLogits(
-        logits=np.where(present[:, None], teacher, 0.0).astype(np.float32),
-        counts=(counts > 0).sum(axis=0).astype(np.int64),
+    stream = FedkdStrategy.STREAMS["sample"]
+    return sample_clients(
+        range(int(cfg["num_clients"])),
+        float(server["fraction_train"]),
+        int(server["min_train_clients"]),
+        np.random.default_rng([int(cfg["seed"]), server_round, stream]),
     )
 
 
@@ -114,7 +88,7 @@ def run_reference(cfg: dict[str, Any]) -> dict[str, Any]:
         round_start = time.perf_counter()
         round_plan = plan
         if confusion_due(cfg["logging"].get("confusion_every", 0), rnd, num_rounds):
-            round_plan = {**plan, "confusion": True}
+            round_plan = plan.with_(confusion=True)
         uploads: dict[int, ClassLogits] = {}
         accs: dict[str, list[float]] = {"local_test_acc": [], "global_test_acc": []}
         for cid in sample(cfg, rnd):
@@ -140,7 +114,7 @@ def run_reference(cfg: dict[str, Any]) -> dict[str, Any]:
             for name, values in accs.items():
                 values.append(float(output.metrics[name]))
             updates += 1
-        teacher = fuse(uploads, params)
+        teacher = mean_teacher(uploads, params)
         row = {"round": rnd, "num_clients": len(uploads)}
         row.update({name: float(np.mean(values)) for name, values in accs.items()})
         row["round_time_s"] = time.perf_counter() - round_start

@@ -22,6 +22,9 @@ clients' accuracies (``honest_*``).
   attack.count`` (default 2^62) training samples and, in per-class payloads, that
   many samples of each class it has, to take over count-weighted fusion (FedAvg;
   ``weighted: true`` in fd and fedproto);
+Each payload kind implements the attacks that apply to it (``Payload.attacks``,
+``randomized`` / ``relabelled`` / ``scaled`` / ``claiming`` in ``fedkd/knowledge/``).
+
 - ``stale``: the knowledge the client uploaded the first time it was asked,
   re-sent every later round (kept in the client's state; for strategies that
   ask for a fresh public subset each round the server then rejects it for its
@@ -37,20 +40,13 @@ import numpy as np
 
 from fedkd.client.faults import check_selection
 from fedkd.errors import ConfigError
-from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from fedkd.knowledge import PAYLOADS
+from fedkd.knowledge.base import ATTACKS
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
 
-KINDS = ("none", "random_logits", "label_flip", "scale", "stale", "count_claim")
-# attack kind -> the payload kinds it applies to
-TARGETS = {
-    "random_logits": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
-    "label_flip": ("class_logits", "prototypes", "public_logits", "votes"),
-    "scale": ("class_logits", "prototypes", "public_logits", "model_weights"),
-    "stale": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
-    "count_claim": ("class_logits", "prototypes", "public_logits", "votes", "model_weights"),
-}
+KINDS = ("none", *ATTACKS)
 KEYS = {"kind", "fraction", "clients", "seed", "magnitude", "factor", "count"}
 STALE = "attack_stale"  # the key under which a stale attacker's first upload is kept
 
@@ -100,22 +96,23 @@ def apply(
     kind = _attack(cfg).get("kind", "none")
     if payload is None or kind == "none" or client_id not in attackers(cfg):
         return payload
-    if payload.kind not in TARGETS[kind]:
+    if kind not in payload.attacks:
         raise ConfigError(f"attack.kind={kind} cannot attack {payload.kind} payloads")
     if kind == "stale":
         return _stale(payload, state)
     if kind == "count_claim":  # honest values; its label counts and num_train (claim_count) lie
-        if isinstance(payload, (ClassLogits, Prototypes)):
-            count = int(_attack(cfg).get("count", 2**62))
-            counts = np.where(payload.counts > 0, count, 0).astype(np.int64)
-            return type(payload)(payload.to_arrays()[payload._value_key], counts)
-        return payload
+        return payload.claiming(int(_attack(cfg).get("count", 2**62)))
     if kind == "random_logits":
         rng = np.random.default_rng([attack_seed(cfg), server_round, client_id, 0xBAD])
-        return _random(payload, rng, float(_attack(cfg).get("magnitude", 10.0)), num_classes)
+        return payload.randomized(rng, float(_attack(cfg).get("magnitude", 10.0)), num_classes)
     if kind == "label_flip":
-        return _flip(payload, permutation(cfg, num_classes))
-    return _scale(payload, float(_attack(cfg).get("factor", -5.0)))
+        return payload.relabelled(permutation(cfg, num_classes))
+    return payload.scaled(float(_attack(cfg).get("factor", -5.0)))
+
+
+def targets(kind: str) -> list[str]:
+    """The payload kinds attack ``kind`` applies to (each kind's ``Payload.attacks``)."""
+    return [name for name in PAYLOADS.names() if kind in PAYLOADS.get(name).attacks]
 
 
 def claim_count(cfg: Mapping[str, Any], client_id: int, metrics: dict[str, Any]) -> None:
@@ -123,68 +120,6 @@ def claim_count(cfg: Mapping[str, Any], client_id: int, metrics: dict[str, Any])
     attack = _attack(cfg)
     if attack.get("kind", "none") == "count_claim" and client_id in attackers(cfg):
         metrics["num_train"] = int(attack.get("count", 2**62))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _random(payload: Any, rng: np.random.Generator, magnitude: float, num_classes: int) -> Any:
-    def noise(like: np.ndarray) -> np.ndarray:
-        return (rng.standard_normal(like.shape) * magnitude).astype(like.dtype)
-
-    if isinstance(payload, ClassLogits):
-        return ClassLogits(noise(payload.logits), payload.counts)
-    if isinstance(payload, Prototypes):
-        return Prototypes(noise(payload.prototypes), payload.counts)
-    if isinstance(payload, PublicLogits):
-        values = noise(payload.values)
-        if payload.space == "probs":
-            values = _softmax(values.astype(np.float64)).astype(payload.values.dtype)
-        return PublicLogits(payload.indices, values, payload.space)
-    if isinstance(payload, Votes):
-        votes = rng.integers(0, num_classes, size=payload.votes.shape)
-        return Votes(payload.indices, votes.astype(payload.votes.dtype))
-    arrays = {
-        k: noise(v) if np.issubdtype(v.dtype, np.floating) else v for k, v in payload.arrays.items()
-    }
-    return ModelWeights(arrays)
-
-
-def _flip(payload: Any, pi: np.ndarray) -> Any:
-    if isinstance(payload, (ClassLogits, Prototypes)):
-        values = payload.logits if isinstance(payload, ClassLogits) else payload.prototypes
-        rows, counts = np.empty_like(values), np.empty_like(payload.counts)
-        rows[pi], counts[pi] = values, payload.counts  # class c's knowledge filed under pi(c)
-        return type(payload)(rows, counts)
-    if isinstance(payload, PublicLogits):
-        values = np.empty_like(payload.values)
-        values[:, pi] = payload.values  # the score of class c becomes the score of pi(c)
-        return PublicLogits(payload.indices, values, payload.space)
-    votes = np.where(payload.votes >= 0, pi[np.clip(payload.votes, 0, None)], -1)
-    return Votes(payload.indices, votes.astype(payload.votes.dtype))
-
-
-def _scale(payload: Any, factor: float) -> Any:
-    if isinstance(payload, ClassLogits):
-        return ClassLogits((payload.logits * factor).astype(payload.logits.dtype), payload.counts)
-    if isinstance(payload, Prototypes):
-        protos = (payload.prototypes * factor).astype(payload.prototypes.dtype)
-        return Prototypes(protos, payload.counts)
-    if isinstance(payload, PublicLogits):
-        values = payload.values.astype(np.float64)
-        if payload.space == "probs":
-            values = _softmax(factor * np.log(np.clip(values, 1e-12, None)))
-        else:
-            values = values * factor
-        return PublicLogits(payload.indices, values.astype(payload.values.dtype), payload.space)
-    arrays = {
-        k: (v * factor).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
-        for k, v in payload.arrays.items()
-    }
-    return ModelWeights(arrays)
 
 
 def _stale(payload: Any, state: MutableMapping[str, Any]) -> Any:
@@ -221,8 +156,8 @@ def check_attack(cfg: Mapping[str, Any], upload_kind: str | None, strategy: str)
         raise ConfigError(f"attack.count must be an integer in [0, 2^63) (got {count!r})")
     if float(attack.get("magnitude", 1.0)) <= 0:
         raise ConfigError(f"attack.magnitude must be > 0 (got {attack['magnitude']})")
-    if kind != "none" and upload_kind not in TARGETS[kind]:
+    if kind != "none" and upload_kind not in targets(kind):
         raise ConfigError(
             f"attack.kind={kind} cannot attack strategy '{strategy}', which uploads "
-            f"{upload_kind or 'nothing'} (it attacks {', '.join(TARGETS[kind])})"
+            f"{upload_kind or 'nothing'} (it attacks {', '.join(targets(kind))})"
         )

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from fedkd.errors import ConfigError
+from fedkd.knowledge import PAYLOADS, ClassLogits, Prototypes
 
 FAULT_KINDS = ("dropout", "hang", "crash", "slow", "bad_payload")  # assignment order
 COMMON_KEYS = {"clients", "fraction", "rounds"}
@@ -154,23 +155,15 @@ def corrupt(
         arrays[value_key] = arrays[value_key].astype(np.float16)
     elif mode == "shape":
         arrays[value_key] = arrays[value_key][..., None]
-    elif mode == "classes":
-        if kind == "public_logits":  # one more class column
-            values = arrays["values"]
-            arrays["values"] = np.concatenate([values, values[:, :1]], axis=1)
-        elif kind == "votes":
-            arrays["votes"] = arrays["votes"] + 1_000
-        elif "counts" in arrays:  # per-class payloads: one more class row
-            arrays = {k: np.concatenate([v, v[:1]], axis=0) for k, v in arrays.items()}
-        else:  # model weights have no class axis: a wrong output layer instead
-            arrays[value_key] = arrays[value_key][..., None]
+    elif mode == "classes":  # the kind knows where its class axis is
+        arrays = PAYLOADS.get(kind).with_extra_class(arrays)
     elif mode == "indices":
         arrays["indices"] = arrays["indices"] + 1_000_000
-    elif mode == "kind":
-        wrong = "class_logits" if kind != "class_logits" else "prototypes"
-        meta = {"kind": wrong}
-        arrays = {"logits" if wrong == "class_logits" else "prototypes": arrays[value_key]}
-        arrays["counts"] = np.ones(len(arrays[next(iter(arrays))]), np.int64)
+    elif mode == "kind":  # a well-formed payload of another kind
+        decoy = Prototypes if kind == ClassLogits.kind else ClassLogits
+        table = arrays[value_key]
+        wrong = decoy(table, np.ones(len(table), np.int64))
+        arrays, meta = wrong.to_arrays(), {"kind": wrong.kind}
     elif mode == "oversize":
         limit = int(cfg["server"]["max_payload_bytes"])
         arrays["padding"] = np.zeros(limit + 1, np.uint8)

@@ -1,33 +1,20 @@
 """One client round, driven by the strategy's plan; no Flower types here.
 
-The server's strategy sends a *plan* (plain dict) saying how to use the knowledge
-it sent and what knowledge to extract, so a new strategy needs no client edit
-as long as it uses these building blocks:
+The server's strategy sends a :class:`fedkd.plan.Plan` saying how to use the knowledge it
+sent and what knowledge to extract, so a new strategy needs no client edit as long as it
+uses these building blocks (see ``fedkd/plan.py`` for every field):
 
-``plan = {
-    "load_weights": bool,          # replace the model by the received weights (FedAvg, FedDF)
-    "eval_received": bool,         # evaluate the received weights before training
-    "distill": None | {"loss", "temperature", "epochs" | "steps", "batch_size", "optimizer",
-                       "when": "before" | "after", "ce_weight", "kd_weight"},
-                                   # fit received public-set targets before or after training
-                                   # (a budget of epochs, or of optimiser steps: fedkd.schedule);
-                                   # the round then also reports the global-test accuracy
-                                   # after distillation and after local training
-    "regulariser": None | {"kind": "class_logits" | "prototypes", "loss", "beta", "temperature"},
-                                   # per-label teacher term added to CE (FD logits, FedProto prototypes)
-    "evaluate_prototypes": bool,   # also report nearest-received-prototype accuracy (FedProto)
-    "adapt": None | {"method", "batches", "batch_size", "optimizer", "gamma", "mmd_every",
-                     "mmd_accumulate", "kernel_mul", "kernel_num", "domain_hidden",
-                     "round_index", "num_rounds"},
-                                   # FedKA: domain-adversarial + MMD training on source and
-                                   # public (target) batches instead of plain local training
-    "confusion": bool,             # also global-test confusion counts (added by the base strategy)
-    "train_epochs": None | int,    # this round's private epochs instead of client.epochs
-                                   # (FedMD's training to convergence before collaboration)
-    "extract": {"kind": "none" | "class_logits" | "prototypes" | "public" | "votes" | "weights",
-                "space": "logits" | "probs", "temperature": float, "top_k": int,
-                "at": "end" | "after_train", "swing": None | SwingSpec dict},
-}``
+- ``load_weights`` / ``eval_received``: replace the model by received ``ModelWeights``
+  (FedAvg, FedDF) and evaluate them before training;
+- ``distill``: fit received public-set targets before or after training (a budget of
+  epochs or of optimiser steps: ``fedkd.schedule``); the round then also reports the
+  global-test accuracy after distillation and after local training;
+- ``regulariser``: a per-label teacher term added to CE from a received per-class payload
+  (FD logits, FedProto prototypes: the payload kind's ``collects`` says which output);
+- ``adapt``: FedKA's domain-adversarial + MMD training instead of plain local training;
+- ``extract``: the payload kind to upload (``fedkd.knowledge``; the kind extracts itself
+  from the round, ``Payload.extract``), at the end or right after training;
+- ``confusion``, ``evaluate_prototypes``, ``train_epochs``.
 
 Order inside a round: load -> [evaluate received] -> distil (before) -> train
 (+ regulariser, or the FedKA adaptation) -> [extract, if at after_train] -> distil (after) -> evaluate
@@ -49,8 +36,9 @@ from fedkd.client.runtime import ClientTensors
 from fedkd.confusion import GLOBAL_CONFUSION
 from fedkd.domain import DomainHead
 from fedkd.errors import PayloadError
-from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from fedkd.knowledge import PAYLOADS, ModelWeights, PerClass, Prototypes, PublicLogits, Source
 from fedkd.losses import LOSSES, check_space
+from fedkd.plan import NONE, AdaptSpec, DistillSpec, ExtractSpec, Plan, RegulariserSpec
 from fedkd.privacy.swing import swing_payload
 from fedkd.train import (
     TrainResult,
@@ -62,12 +50,6 @@ from fedkd.train import (
     train_supervised,
 )
 from fedkd.weights import arrays_to_model, model_to_arrays
-
-# regulariser kind -> (payload type, the loss's target space, payload field holding the table)
-REGULARISERS = {
-    "class_logits": (ClassLogits, "logits", "logits"),
-    "prototypes": (Prototypes, "features", "prototypes"),
-}
 
 
 @dataclass
@@ -81,21 +63,26 @@ def round_generator(seed: int, server_round: int, partition_id: int) -> torch.Ge
     return torch.Generator().manual_seed(seed * 1_000_003 + server_round * 10_007 + partition_id)
 
 
-def _regulariser(received: Any, spec: dict[str, Any], device: torch.device):
+def _regulariser(received: Any, spec: RegulariserSpec, device: torch.device):
     """``beta * D(output(x), table[y])`` on the labels the received table covers.
 
     FD (Jeong et al. 2018): the output is the logits and the table the per-label
     teacher logits; FedProto (Tan et al. 2022): the features and the global
-    prototypes, with MSE.
+    prototypes, with MSE. Which output: the payload kind's ``collects``.
     """
-    payload_type, space, table_field = REGULARISERS[spec["kind"]]
-    if not isinstance(received, payload_type):
+    kind = PAYLOADS.get(spec.kind)
+    if not issubclass(kind, PerClass):
+        raise PayloadError(
+            f"the plan's regulariser needs a per-class payload kind, not {spec.kind}"
+        )
+    if getattr(received, "kind", None) != spec.kind:
         return None
-    check_space(spec["loss"], space)
-    loss_fn = LOSSES.get(spec["loss"])
-    table = torch.from_numpy(np.asarray(getattr(received, table_field), np.float32)).to(device)
+    space = kind.collects
+    check_space(spec.loss, space)
+    loss_fn = LOSSES.get(spec.loss)
+    table = torch.from_numpy(np.asarray(received.table(), np.float32)).to(device)
     present = torch.from_numpy(np.asarray(received.counts) > 0).to(device)
-    beta, temperature = float(spec["beta"]), float(spec.get("temperature", 1.0))
+    beta, temperature = float(spec.beta), float(spec.temperature)
     use_features = space == "features"
 
     def regulariser(features: Tensor, logits: Tensor, y: Tensor) -> Tensor:
@@ -109,38 +96,32 @@ def _regulariser(received: Any, spec: dict[str, Any], device: torch.device):
 
 
 def _distill_public(
-    model, data: ClientTensors, teacher: PublicLogits, spec, client_cfg, gen, device
+    model, data: ClientTensors, teacher: PublicLogits, spec: DistillSpec, client_cfg, gen, device
 ) -> float:
-    check_space(spec["loss"], teacher.space)
-    steps = spec.get("steps")  # a budget in optimiser steps (fedkd.schedule); else epochs
+    check_space(spec.loss, teacher.space)
+    steps = spec.steps  # a budget in optimiser steps (fedkd.schedule); else epochs
     if steps is not None and int(steps) <= 0:
         return 0.0
     indices = torch.from_numpy(teacher.indices.astype(np.int64))
-    optimizer = make_optimizer(model.parameters(), spec.get("optimizer") or client_cfg["optimizer"])
-    ce_weight = float(spec.get("ce_weight", 0.0))
-    temps = teacher.temperatures if spec["loss"] == "swing_kl" else None
+    optimizer = make_optimizer(model.parameters(), spec.optimizer or client_cfg["optimizer"])
+    ce_weight = float(spec.ce_weight)
+    temps = teacher.temperatures if spec.loss == "swing_kl" else None
     return distill(
         model,
         data.public_x[indices].to(device),
         torch.from_numpy(teacher.values.astype(np.float32)).to(device),
-        loss_fn=LOSSES.get(spec["loss"]),
-        temperature=float(spec.get("temperature", 1.0)),
-        epochs=int(spec.get("epochs", 1)),
+        loss_fn=LOSSES.get(spec.loss),
+        temperature=float(spec.temperature),
+        epochs=int(spec.epochs),
         steps=None if steps is None else int(steps),
-        batch_size=int(spec["batch_size"]),
+        batch_size=int(spec.batch_size),
         optimizer=optimizer,
         generator=gen,
         ce_data=(data.train_x.to(device), data.train_y.to(device)) if ce_weight > 0 else None,
         ce_weight=ce_weight,
-        kd_weight=float(spec.get("kd_weight", 1.0)),
+        kd_weight=float(spec.kd_weight),
         temperatures=None if temps is None else torch.from_numpy(temps.astype(np.float32)),
     )
-
-
-def _distils(spec: dict[str, Any]) -> bool:
-    """Whether a distillation spec takes any step this round (a warm-up round takes none)."""
-    steps = spec.get("steps")
-    return int(spec.get("epochs", 1) if steps is None else steps) > 0
 
 
 def _global_acc(model, data: ClientTensors, batch: int, device) -> float:
@@ -198,7 +179,7 @@ def run_round(
     model: nn.Module,
     data: ClientTensors,
     *,
-    plan: dict[str, Any],
+    plan: Plan,
     client_cfg: dict[str, Any],
     received: Any | None,
     request_indices: np.ndarray | None,
@@ -207,42 +188,42 @@ def run_round(
     device: torch.device,
 ) -> RoundOutput:
     """Train/distil/evaluate ``model`` in place and return what to upload."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"run_round needs a fedkd.plan.Plan (got {type(plan).__name__})")
     metrics: dict[str, float | int] = {
         "num_train": len(data.train_y),
         "num_local_test": len(data.test_y),
     }
     eval_batch = int(client_cfg["eval_batch_size"])
-    extract = plan.get("extract", {"kind": "none"})
-    distill_spec = plan.get("distill") if isinstance(received, PublicLogits) else None
-    protos = (
-        received if plan.get("evaluate_prototypes") and isinstance(received, Prototypes) else None
-    )
+    extract = plan.extract
+    payload_kind = None if extract.kind == NONE else PAYLOADS.get(extract.kind)
+    distill_spec = plan.distill if isinstance(received, PublicLogits) else None
+    protos = received if plan.evaluate_prototypes and isinstance(received, Prototypes) else None
 
-    adapt = plan.get("adapt")
+    adapt = plan.adapt
     head_arrays: dict[str, np.ndarray] = {}
     reference_arrays: dict[str, np.ndarray] = {}
-    if plan.get("load_weights"):
+    if plan.load_weights:
         if not isinstance(received, ModelWeights):
             raise PayloadError("plan asks to load weights but no ModelWeights were sent")
         model_arrays, head_arrays, reference_arrays = split_arrays(received.arrays)
         arrays_to_model(model, model_arrays if adapt else received.arrays)
-    if plan.get("eval_received"):
+    if plan.eval_received:
         metrics.update(
-            evaluate_client(model, data, eval_batch, device, confusion=bool(plan.get("confusion"))),
+            evaluate_client(model, data, eval_batch, device, confusion=plan.confusion),
             eval_round=server_round - 1,
         )
 
     distill_loss = 0.0
     health: dict[str, float] = {}  # distillation health (see _global_acc)
-    if distill_spec and distill_spec.get("when", "before") == "before":
+    if distill_spec and distill_spec.when == "before":
         distill_loss = _distill_public(
             model, data, received, distill_spec, client_cfg, generator, device
         )
-        if _distils(distill_spec):
+        if distill_spec.takes_steps():
             health["after_distill_global_acc"] = _global_acc(model, data, eval_batch, device)
 
-    reg_spec = plan.get("regulariser")
-    collect = extract["kind"] if extract["kind"] in ("class_logits", "prototypes") else None
+    reg_spec = plan.regulariser
     head = None
     if adapt:
         result, head, adapt_metrics = _adapt(
@@ -254,57 +235,59 @@ def run_round(
             model,
             data.train_x.to(device),
             data.train_y.to(device),
-            epochs=int(plan.get("train_epochs") or client_cfg["epochs"]),
+            epochs=int(plan.train_epochs or client_cfg["epochs"]),
             batch_size=int(client_cfg["batch_size"]),
             optimizer=make_optimizer(model.parameters(), client_cfg["optimizer"]),
             generator=generator,
             regulariser=_regulariser(received, reg_spec, device) if reg_spec else None,
-            collect=collect,
+            collect=None if payload_kind is None else payload_kind.collects,
             num_classes=data.num_classes,
         )
     payload = None
-    if extract.get("at", "end") == "after_train":
+    if extract.at == "after_train":
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)
 
-    if distill_spec and distill_spec.get("when") == "after":
-        if _distils(distill_spec):
+    if distill_spec and distill_spec.when == "after":
+        if distill_spec.takes_steps():
             health["after_train_global_acc"] = _global_acc(model, data, eval_batch, device)
         distill_loss = _distill_public(
             model, data, received, distill_spec, client_cfg, generator, device
         )
 
     metrics.update(train_loss=result.loss, distill_loss=distill_loss + result.reg_loss)
-    if not plan.get("eval_received"):
+    if not plan.eval_received:
         metrics.update(
-            evaluate_client(model, data, eval_batch, device, protos, bool(plan.get("confusion"))),
+            evaluate_client(model, data, eval_batch, device, protos, plan.confusion),
             eval_round=server_round,
         )
         if health:  # the round's last step is the other half of the pair
             other = "after_train" if "after_distill_global_acc" in health else "after_distill"
             health[f"{other}_global_acc"] = float(metrics["global_test_acc"])
     metrics.update(health)
-    if extract.get("at", "end") == "end":
+    if extract.at == "end":
         payload = _extract(model, data, extract, result, request_indices, eval_batch, device, head)
-    if extract.get("swing") and payload is not None:  # Swing soft targets (fedkd.privacy.swing)
+    if extract.swing and payload is not None:  # Swing soft targets (fedkd.privacy.swing)
         payload = swing_payload(
             payload,
             received,
-            extract["swing"],
+            extract.swing,
             data.public_canary,
             generator,
-            seeded=extract.get("swing_seeded") is True,
+            seeded=extract.swing_seeded,
         )
     return RoundOutput(payload=payload, metrics=metrics)
 
 
-def _adapt(model, data: ClientTensors, spec, head_arrays, reference_arrays, generator, device):
+def _adapt(
+    model, data: ClientTensors, spec: AdaptSpec, head_arrays, reference_arrays, generator, device
+):
     """FedKA's client round on (private source, public target) batches; see fedkd.adaptation."""
-    method = spec["method"]
+    method = spec.method
     head = reference = None
     if method in ADVERSARIAL:
         if not head_arrays:
             raise PayloadError(f"FedKA method {method!r} needs the domain head's weights")
-        head = DomainHead(int(model.feature_dim), int(spec["domain_hidden"])).to(device)
+        head = DomainHead(int(model.feature_dim), int(spec.domain_hidden)).to(device)
         arrays_to_model(head, head_arrays)
     if method in MATCHING:  # the global extractor: the loaded model unless sent separately
         reference = copy.deepcopy(model)
@@ -318,17 +301,17 @@ def _adapt(model, data: ClientTensors, spec, head_arrays, reference_arrays, gene
         method=method,
         head=head,
         reference=reference,
-        batches=int(spec["batches"]),
-        batch_size=int(spec["batch_size"]),
-        optimizer=spec["optimizer"],
-        round_index=int(spec["round_index"]),
-        num_rounds=int(spec["num_rounds"]),
+        batches=int(spec.batches),
+        batch_size=int(spec.batch_size),
+        optimizer=spec.optimizer,
+        round_index=int(spec.round_index),
+        num_rounds=int(spec.num_rounds),
         generator=generator,
-        gamma=float(spec["gamma"]),
-        mmd_every=int(spec["mmd_every"]),
-        mmd_accumulate=spec["mmd_accumulate"],
-        kernel_mul=float(spec["kernel_mul"]),
-        kernel_num=int(spec["kernel_num"]),
+        gamma=float(spec.gamma),
+        mmd_every=int(spec.mmd_every),
+        mmd_accumulate=spec.mmd_accumulate,
+        kernel_mul=float(spec.kernel_mul),
+        kernel_num=int(spec.kernel_num),
     )
     result = TrainResult(loss=report.ce_loss, reg_loss=report.domain_loss + report.mmd_loss)
     metrics = {"domain_loss": report.domain_loss, "mmd_loss": report.mmd_loss}
@@ -338,33 +321,34 @@ def _adapt(model, data: ClientTensors, spec, head_arrays, reference_arrays, gene
 
 
 def _extract(
-    model, data: ClientTensors, spec, result: TrainResult, request_indices, batch, device, head=None
+    model,
+    data: ClientTensors,
+    spec: ExtractSpec,
+    result: TrainResult,
+    request_indices,
+    batch,
+    device,
+    head=None,
 ):
-    kind = spec["kind"]
-    if kind == "none":
+    """The payload the plan's ``extract`` names, built by its kind (``Payload.extract``)."""
+    if spec.kind == NONE:
         return None
-    if kind == "weights":
+
+    def model_arrays() -> dict[str, np.ndarray]:
         arrays = model_to_arrays(model)
-        return ModelWeights(
-            join_arrays(arrays, model_to_arrays(head)) if head is not None else arrays
-        )
-    if kind == "class_logits":
-        return ClassLogits(logits=result.class_means(), counts=result.class_counts)
-    if kind == "prototypes":
-        return Prototypes(prototypes=result.class_means(), counts=result.class_counts)
-    if kind in ("public", "votes"):
+        return join_arrays(arrays, model_to_arrays(head)) if head is not None else arrays
+
+    def public_logits() -> Tensor:
         if request_indices is None:
             raise PayloadError("plan asks for public-set predictions but no indices were sent")
         idx = torch.from_numpy(request_indices.astype(np.int64))
-        _, logits = predict(model, data.public_x[idx].to(device), batch)
-        if kind == "votes":  # labels only: the top-k classes, best first
-            top = (
-                logits.topk(int(spec.get("top_k", 1)), dim=1).indices.cpu().numpy().astype(np.int64)
-            )
-            return Votes(indices=request_indices.astype(np.int64), votes=top)
-        space = spec.get("space", "logits")
-        if space == "probs":
-            logits = torch.softmax(logits / float(spec.get("temperature", 1.0)), dim=1)
-        values = logits.cpu().numpy().astype(np.float32)
-        return PublicLogits(indices=request_indices.astype(np.int64), values=values, space=space)
-    raise PayloadError(f"unknown extract kind '{kind}' in the strategy's plan")
+        return predict(model, data.public_x[idx].to(device), batch)[1]
+
+    source = Source(
+        model_arrays=model_arrays,
+        class_means=result.class_means,
+        class_counts=result.class_counts,
+        public_logits=public_logits,
+        request_indices=request_indices,
+    )
+    return PAYLOADS.get(spec.kind).extract(source, spec)

@@ -3,7 +3,8 @@
 docs/algorithms.md §5.1-5.2. Two places, one vocabulary:
 
 - **Local** (``privacy=gaussian|laplace``, §5.2 B): every client clips and noises its own
-  upload before it leaves (:func:`privatize`, applied by ``clients/privacy_mod.py``). The
+  upload before it leaves (:func:`privatize`, applied by ``clients/privacy_mod.py``; the
+  payload's kind says which arrays go through which release, ``Payload.privatize``). The
   unit is one client and the server is not trusted; under replace-one the released
   matrix moves by at most ``2S`` (``S`` = the clip bound), so the noise std (Gaussian,
   L2) or scale (Laplace, L1) is ``z · 2S``. Label counts sent beside per-class tables
@@ -28,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedkd.errors import ConfigError, PayloadError
-from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from fedkd.knowledge import PAYLOADS, Payload
 from fedkd.privacy.accounting import dp_lib
 from fedkd.privacy.mechanisms import (
     clip_rows,
@@ -70,7 +71,7 @@ NOISES.register("laplace")(NoiseMechanism(1, laplace_noise, lambda b: dp_lib().L
 
 @dataclass(frozen=True)
 class LocalSpec:
-    """What the client-side mod does; sent to clients in the plan as a dict."""
+    """What the client-side mod does; sent to clients in the plan (``fedkd.plan.PrivacySpec``)."""
 
     mechanism: str
     noise_multiplier: float  # z: noise std (or Laplace scale) / sensitivity
@@ -105,59 +106,32 @@ def _noisy_counts(counts: np.ndarray, spec: LocalSpec, rng: np.random.Generator)
     return np.rint(np.clip(noisy, 0.0, None) * COUNT_SCALE).astype(np.int64)
 
 
-def _simplex(values: np.ndarray) -> np.ndarray:
-    """Clamp at 0 and renormalise rows (post-processing); an all-zero row becomes uniform."""
-    values = np.clip(values, 0.0, None)
-    sums = values.sum(axis=1, keepdims=True)
-    return np.where(sums > 0, values / np.where(sums > 0, sums, 1.0), 1.0 / values.shape[1])
+@dataclass(frozen=True)
+class LocalRelease:
+    """The local mechanism a payload kind noises its arrays through
+    (:class:`fedkd.knowledge.Release`): ``spec`` with the client's noise generator."""
 
+    spec: LocalSpec
+    rng: np.random.Generator
 
-def privatize(payload: Any, spec: LocalSpec, rng: np.random.Generator) -> Any:
-    """The payload a client may release under ``spec`` (a new object; ``payload`` is kept)."""
-    if isinstance(payload, PublicLogits):
-        values = _noisy(payload.values, spec, rng)
-        if payload.space == "probs":
-            values = _simplex(values)
-        return replace(payload, values=values.astype(np.float32))
-    if isinstance(payload, ClassLogits):
-        return ClassLogits(
-            logits=_noisy(payload.logits, spec, rng).astype(np.float32),
-            counts=_noisy_counts(payload.counts, spec, rng),
-        )
-    if isinstance(payload, Prototypes):
-        return Prototypes(
-            prototypes=_noisy(payload.prototypes, spec, rng).astype(np.float32),
-            counts=_noisy_counts(payload.counts, spec, rng),
-        )
-    if isinstance(payload, Votes):
-        if payload.votes.shape[1] != 1:
-            raise ConfigError("the privacy mod's randomized response needs top_k = 1 votes")
-        if spec.vote_epsilon is None or spec.num_classes is None:
+    def values(self, values: np.ndarray) -> np.ndarray:
+        return _noisy(values, self.spec, self.rng)
+
+    def counts(self, counts: np.ndarray) -> np.ndarray:
+        return _noisy_counts(counts, self.spec, self.rng)
+
+    def labels(self, labels: np.ndarray) -> np.ndarray:
+        if self.spec.vote_epsilon is None or self.spec.num_classes is None:
             raise ConfigError("votes need privacy.vote_epsilon (or a target_epsilon)")
-        votes = randomized_response(payload.votes, spec.num_classes, spec.vote_epsilon, rng)
-        return replace(payload, votes=votes)
-    if isinstance(payload, ModelWeights):
-        floats = sorted(k for k, v in payload.arrays.items() if np.issubdtype(v.dtype, np.floating))
-        # integer arrays (BatchNorm's step counter) count the client's batches, a function
-        # of its data size: they leave as zeros, which says nothing
-        arrays = {k: v if k in floats else np.zeros_like(v) for k, v in payload.arrays.items()}
-        if not floats:
-            return ModelWeights(arrays)
-        flat = np.concatenate([payload.arrays[k].ravel() for k in floats])
-        noisy = _noisy(flat[None, :], spec, rng)[0]
-        start = 0
-        for k in floats:
-            n = payload.arrays[k].size
-            arrays[k] = (
-                noisy[start : start + n]
-                .reshape(payload.arrays[k].shape)
-                .astype(payload.arrays[k].dtype)
-            )
-            start += n
-        return ModelWeights(arrays)
-    raise PayloadError(
-        f"the privacy mod cannot release a '{getattr(payload, 'kind', payload)}' payload"
-    )
+        return randomized_response(labels, self.spec.num_classes, self.spec.vote_epsilon, self.rng)
+
+
+def privatize(payload: Payload, spec: LocalSpec, rng: np.random.Generator) -> Payload:
+    """The payload a client may release under ``spec`` (a new object; ``payload`` is kept):
+    the payload's kind says which of its arrays are noised how (``Payload.privatize``)."""
+    if not isinstance(payload, Payload):
+        raise PayloadError(f"the privacy mod cannot release a '{type(payload).__name__}' payload")
+    return payload.privatize(LocalRelease(spec, rng))
 
 
 # ------------------------------------------------------------------ central (§5.2 A)
@@ -249,11 +223,13 @@ def round_event(
 ) -> dp_accounting.DpEvent:
     """What one client's release costs in one round, as a ``dp_accounting`` event.
 
-    A per-class table plus its counts is two releases; votes are ``rows`` k-ary randomized
+    The kind says how many releases one upload is (``Payload.releases``: a per-class table
+    plus its counts is two); labels (``Payload.label_release``, votes) are ``rows`` k-ary randomized
     responses (ε per label), composed through their exact RDP
     (``RandomizedResponseDpEvent``, replace-one).
     """
-    if kind == "votes":
+    payload = PAYLOADS.get(kind)
+    if payload.label_release:
         if vote_epsilon is None:
             raise ConfigError("votes need privacy.vote_epsilon (or a target_epsilon)")
         if num_classes is None or num_classes < 2:
@@ -265,7 +241,7 @@ def round_event(
     if noise_multiplier <= 0:
         return dp_lib().NonPrivateDpEvent()
     one = NOISES.get(mechanism).event(noise_multiplier)
-    releases = 2 if kind in ("class_logits", "prototypes") else 1
+    releases = payload.releases
     return one if releases == 1 else dp_lib().ComposedDpEvent([one] * releases)
 
 

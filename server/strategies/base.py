@@ -41,7 +41,9 @@ from fedkd.encoding import DecodeLimits
 from fedkd.errors import PAYLOAD_REASONS, ConfigError, PayloadError
 from fedkd.knowledge import Payload
 from fedkd.metrics_schema import NonFiniteMetric, check_metrics
+from fedkd.plan import Plan, PrivacySpec, TeachersSpec
 from fedkd.privacy.noise import noise_rng, seeded_noise
+from fedkd.sampling import sample_clients
 from fedkd.strategy_options import SPECS, StrategySpec, check_strategy
 from protocol import wire
 from protocol.channel import measurement_of
@@ -208,8 +210,8 @@ class FedkdStrategy(Strategy):
             "reducer_params": self.params.get("reducer_params") or {},
         }
 
-    def plan(self, server_round: int) -> dict[str, Any]:
-        return {"extract": {"kind": "none"}}
+    def plan(self, server_round: int) -> Plan:
+        return Plan()
 
     def vote_round_bound(self) -> list[list[float]]:
         """``[z, count]`` pairs the most one more round of noisy label voting costs (GNMax);
@@ -360,12 +362,8 @@ class FedkdStrategy(Strategy):
                 f"round {self._round}: every client has been excluded after "
                 f"server.max_strikes={self.max_strikes} rejected replies"
             )
-        size = max(self.min_train_clients, int(round(self.fraction_train * len(ids))))
-        size = min(size, len(ids))
-        if size == len(ids):
-            return ids
         rng = self.rng_for(self._round, "sample")
-        return sorted(rng.choice(ids, size=size, replace=False).tolist())
+        return sample_clients(ids, self.fraction_train, self.min_train_clients, rng)
 
     STREAMS = {"sample": 1, "public": 2, "vote_noise": 3}
 
@@ -386,16 +384,15 @@ class FedkdStrategy(Strategy):
         self._round = server_round
         plan = self.plan(server_round)
         if self._confusion_due(self.eval_round(server_round)):
-            plan = {**plan, "confusion": True}
+            plan = plan.with_(confusion=True)
         sampled = self.sample()
         if self.privacy is not None and self.privacy.local is not None:
-            plan = {
-                **plan,
-                "privacy": {**self.privacy.local.to_dict(), "seeded": self.seeded_noise},
-            }
+            local = PrivacySpec(**self.privacy.local.to_dict(), seeded=self.seeded_noise)
+            plan = plan.with_(privacy=local)
             self.privacy.charge(sampled)  # each sampled client releases once this round
         if self.privacy is not None and self.privacy.teachers is not None:
-            plan = {**plan, "teachers": {**self.privacy.teachers, "seeded": self.seeded_noise}}
+            teachers = TeachersSpec(**self.privacy.teachers, seeded=self.seeded_noise)
+            plan = plan.with_(teachers=teachers)
             self.privacy.charge(sampled)
         request = self.request_for(server_round)
         messages = []
@@ -709,7 +706,7 @@ class FedkdStrategy(Strategy):
     ) -> Iterable[Message]:
         if not self.final_evaluation or server_round != int(self.cfg["num_rounds"]):
             return []
-        plan = {"confusion": True} if self._confusion_due(server_round) else {}
+        plan = Plan(confusion=self._confusion_due(server_round))
         messages = []
         for cid in sorted(self.node_of):
             content = RecordDict(
@@ -743,7 +740,7 @@ class FedkdStrategy(Strategy):
     # ------------------------------------------------------- confusion matrix
     def eval_round(self, server_round: int) -> int:
         """The round whose models a train reply of ``server_round`` evaluates."""
-        return server_round - 1 if self.plan(server_round).get("eval_received") else server_round
+        return server_round - 1 if self.plan(server_round).eval_received else server_round
 
     def _confusion_due(self, eval_round: int) -> bool:
         """Whether that evaluation should carry confusion counts (``logging.confusion_every``)."""

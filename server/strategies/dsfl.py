@@ -36,6 +36,7 @@ import torch
 from fedkd.client.runtime import data_key, federated_data
 from fedkd.fusion import era, public_mean, sharpen_entropy, softmax
 from fedkd.knowledge import PublicLogits
+from fedkd.plan import ExtractSpec, Plan
 from fedkd.schedule import round_budget
 from fedkd.server_student import ServerStudent
 from server.strategies.public import PublicSetStrategy
@@ -76,17 +77,19 @@ class DSFL(PublicSetStrategy):
         sharpen_logits = self.params["aggregation"] == "era" and self.params["era_on"] == "logits"
         self.upload_space = "logits" if sharpen_logits else "probs"
 
-    def plan(self, server_round: int) -> dict[str, Any]:
+    def plan(self, server_round: int) -> Plan:
         return self.with_swing(
-            {
+            Plan(
                 # the paper's order: local update, prediction on the open set, then
                 # distillation on the fused targets (here last round's: one exchange a round)
-                "distill": {
-                    **self.budget_plan(server_round, self.params["distill_loss"], "after"),
-                    "ce_weight": float(self.params["ce_weight"]),
-                },
-                "extract": {"kind": "public", "space": self.upload_space, "at": "after_train"},
-            }
+                distill=self.budget_plan(
+                    server_round,
+                    self.params["distill_loss"],
+                    "after",
+                    ce_weight=float(self.params["ce_weight"]),
+                ),
+                extract=ExtractSpec(PublicLogits.kind, space=self.upload_space, at="after_train"),
+            )
         )
 
     def fuse(

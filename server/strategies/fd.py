@@ -17,14 +17,59 @@ options of ours. Classes no other client has are not distilled.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from fedkd.fusion import class_mean, leave_one_out, sharpen_entropy, softmax
 from fedkd.knowledge import ClassLogits
+from fedkd.plan import ExtractSpec, Plan, RegulariserSpec
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
+
+
+def fd_plan(params: Mapping[str, Any]) -> Plan:
+    """Every FD round: train with the per-label teacher regulariser, upload class logits."""
+    return Plan(
+        regulariser=RegulariserSpec(
+            ClassLogits.kind,
+            loss=params["loss"],
+            beta=params["beta"],
+            temperature=params["temperature"],
+        ),
+        extract=ExtractSpec(ClassLogits.kind),
+    )
+
+
+def stacked(uploads: Mapping[int, ClassLogits]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Client ids in order, their logits ``[K, C, C]`` (float64) and counts ``[K, C]``."""
+    ids = sorted(uploads)
+    logits = np.stack([uploads[i].logits for i in ids]).astype(np.float64)
+    return ids, logits, np.stack([uploads[i].counts for i in ids])
+
+
+def teacher_payload(teacher: np.ndarray, present: np.ndarray, counts: np.ndarray) -> ClassLogits:
+    """The teacher sent down: fused rows where present (0 elsewhere); its counts say how many
+    clients contributed to each label row."""
+    return ClassLogits(
+        logits=np.where(present[:, None], teacher, 0.0).astype(np.float32),
+        counts=(counts > 0).sum(axis=0).astype(np.int64),
+    )
+
+
+def mean_teacher(uploads: Mapping[int, ClassLogits], params: Mapping[str, Any]) -> ClassLogits:
+    """``teacher: mean`` without central noise: each label's row fused over the clients that
+    have the label (``fedkd.fusion.class_mean`` with the configured reducer)."""
+    _, logits, counts = stacked(uploads)
+    teacher, present = class_mean(
+        logits,
+        counts,
+        weighted=bool(params["weighted"]),
+        reducer=params.get("reducer", "mean"),
+        reducer_params=params.get("reducer_params") or {},
+    )
+    return teacher_payload(teacher, present, counts)
 
 
 @STRATEGIES.register("fd")
@@ -47,17 +92,8 @@ class FD(FedkdStrategy):
         self.teachers = {int(c): t for c, t in state["teachers"].items()}
         self.global_teacher = state["global_teacher"]
 
-    def plan(self, server_round: int) -> dict[str, Any]:
-        p = self.params
-        return {
-            "regulariser": {
-                "kind": "class_logits",
-                "loss": p["loss"],
-                "beta": p["beta"],
-                "temperature": p["temperature"],
-            },
-            "extract": {"kind": "class_logits"},
-        }
+    def plan(self, server_round: int) -> Plan:
+        return fd_plan(self.params)
 
     def payload_for(self, server_round: int, client_id: int) -> ClassLogits | None:
         return self.teachers.get(client_id, self.global_teacher)
@@ -65,9 +101,7 @@ class FD(FedkdStrategy):
     def fuse(
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
-        ids = sorted(uploads)
-        logits = np.stack([uploads[i].logits for i in ids]).astype(np.float64)
-        counts = np.stack([uploads[i].counts for i in ids])
+        ids, logits, counts = stacked(uploads)
         weighted = bool(self.params["weighted"])
         if self.central:  # noised per-class sums over noised per-class holder counts
             teacher, present = self.central_class_mean(server_round, logits, counts)
@@ -76,10 +110,7 @@ class FD(FedkdStrategy):
             teacher, present = class_mean(logits, counts, weighted=weighted, **self.reducer)
         # counts of the teacher: how many clients contributed to each label row
         self.require_finite("teacher logits", teacher[present])
-        self.global_teacher = ClassLogits(
-            logits=np.where(present[:, None], teacher, 0.0).astype(np.float32),
-            counts=(counts > 0).sum(axis=0).astype(np.int64),
-        )
+        self.global_teacher = teacher_payload(teacher, present, counts)
         self.teachers = {}
         if self.params["teacher"] == "loo":
             loo, loo_present = leave_one_out(logits, counts, weighted=weighted, **self.reducer)

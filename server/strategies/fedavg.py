@@ -23,6 +23,7 @@ from fedkd.errors import PayloadError
 from fedkd.fusion import REDUCERS
 from fedkd.knowledge import ModelWeights
 from fedkd.models import build_model, spec_for_client
+from fedkd.plan import ExtractSpec, Plan
 from fedkd.weights import model_to_arrays
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
@@ -63,8 +64,8 @@ class FedAvg(FedkdStrategy):
             spec, self.info.input_shape, self.info.num_classes, self.info.feature_dim
         )
 
-    def plan(self, server_round: int) -> dict[str, Any]:
-        return {"load_weights": True, "eval_received": True, "extract": {"kind": "weights"}}
+    def plan(self, server_round: int) -> Plan:
+        return Plan(load_weights=True, eval_received=True, extract=ExtractSpec(ModelWeights.kind))
 
     def payload_for(self, server_round: int, client_id: int) -> ModelWeights:
         return ModelWeights(self.weights[self.group_of[client_id]])

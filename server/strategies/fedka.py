@@ -58,6 +58,7 @@ from fedkd.domain import DomainHead
 from fedkd.fusion import vote_counts
 from fedkd.fusion.label_vote import LabelVoting
 from fedkd.knowledge import ModelWeights
+from fedkd.plan import AdaptSpec, ExtractSpec, Plan
 from fedkd.strategy_options import FEDKA_BROADCASTS
 from fedkd.train import evaluate, predict
 from fedkd.weights import arrays_to_model, model_to_arrays
@@ -113,26 +114,26 @@ class FedKA(FedAvg):
         if self.voting is not None:
             self.voting.ledger.load_state_dict(state["ledger"])
 
-    def plan(self, server_round: int) -> dict[str, Any]:
+    def plan(self, server_round: int) -> Plan:
         p = self.params
-        return {
-            "load_weights": True,
-            "adapt": {
-                "method": self.method,
-                "batches": p["batches"],
-                "batch_size": p["batch_size"],
-                "optimizer": p["client_optimizer"],
-                "gamma": p["gamma"],
-                "mmd_every": p["mmd_every"],
-                "mmd_accumulate": p["mmd_accumulate"],
-                "kernel_mul": p["kernel_mul"],
-                "kernel_num": p["kernel_num"],
-                "domain_hidden": p["domain_hidden"],
-                "round_index": server_round - 1,
-                "num_rounds": int(self.cfg["num_rounds"]),
-            },
-            "extract": {"kind": "weights"},
-        }
+        return Plan(
+            load_weights=True,
+            adapt=AdaptSpec(
+                method=self.method,
+                batches=p["batches"],
+                batch_size=p["batch_size"],
+                optimizer=dict(p["client_optimizer"]),
+                gamma=p["gamma"],
+                mmd_every=p["mmd_every"],
+                mmd_accumulate=p["mmd_accumulate"],
+                kernel_mul=p["kernel_mul"],
+                kernel_num=p["kernel_num"],
+                domain_hidden=p["domain_hidden"],
+                round_index=server_round - 1,
+                num_rounds=int(self.cfg["num_rounds"]),
+            ),
+            extract=ExtractSpec(ModelWeights.kind),
+        )
 
     def payload_for(self, server_round: int, client_id: int) -> ModelWeights:
         model, head, _ = split_arrays(self.weights[self.key])

@@ -22,6 +22,7 @@ from typing import Any
 
 from fedkd.fusion import public_mean
 from fedkd.knowledge import PublicLogits
+from fedkd.plan import ExtractSpec, Plan
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -30,17 +31,16 @@ from server.strategies.registry import STRATEGIES
 class FedMD(PublicSetStrategy):
     name = "fedmd"
 
-    def plan(self, server_round: int) -> dict[str, Any]:
+    def plan(self, server_round: int) -> Plan:
         pretrain = int(self.params["pretrain_epochs"])
-        return {
+        return Plan(
             # FedMD's phase "train on private data to convergence before collaboration"
-            **({"train_epochs": pretrain} if server_round == 1 and pretrain > 0 else {}),
-            "distill": {
-                **self.budget_plan(server_round, self.params["digest_loss"]),
-                "ce_weight": float(self.params["ce_weight"]),
-            },
-            "extract": {"kind": "public", "space": "logits"},
-        }
+            train_epochs=pretrain if server_round == 1 and pretrain > 0 else None,
+            distill=self.budget_plan(
+                server_round, self.params["digest_loss"], ce_weight=float(self.params["ce_weight"])
+            ),
+            extract=ExtractSpec(PublicLogits.kind, space="logits"),
+        )
 
     def fuse(
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]

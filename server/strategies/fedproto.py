@@ -26,6 +26,7 @@ import numpy as np
 
 from fedkd.fusion import prototype_mean
 from fedkd.knowledge import Prototypes
+from fedkd.plan import ExtractSpec, Plan, RegulariserSpec
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -44,13 +45,13 @@ class FedProto(FedkdStrategy):
         super().load_state_dict(state)
         self.global_prototypes = state["global_prototypes"]
 
-    def plan(self, server_round: int) -> dict[str, Any]:
+    def plan(self, server_round: int) -> Plan:
         p = self.params
-        return {
-            "regulariser": {"kind": "prototypes", "loss": p["loss"], "beta": p["lambda"]},
-            "evaluate_prototypes": True,
-            "extract": {"kind": "prototypes"},
-        }
+        return Plan(
+            regulariser=RegulariserSpec(Prototypes.kind, loss=p["loss"], beta=p["lambda"]),
+            evaluate_prototypes=True,
+            extract=ExtractSpec(Prototypes.kind),
+        )
 
     def payload_for(self, server_round: int, client_id: int) -> Prototypes | None:
         return self.global_prototypes

@@ -30,6 +30,7 @@ import numpy as np
 
 from fedkd.fusion import divergence_matrix, fusion_weights, personalised_fusion
 from fedkd.knowledge import PublicLogits
+from fedkd.plan import ExtractSpec, Plan
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -59,22 +60,21 @@ class KnFu(PublicSetStrategy):
         super().load_state_dict(state)
         self.personal = {int(c): p for c, p in state["personal"].items()}
 
-    def plan(self, server_round: int) -> dict[str, Any]:
+    def plan(self, server_round: int) -> Plan:
         p, temperature = self.params, float(self.params["temperature"])
         return self.with_swing(
-            {
-                "extract": {
-                    "kind": "public",
-                    "space": "probs",
-                    "temperature": temperature,
-                    "at": "after_train",
-                },
-                "distill": {
-                    **self.budget_plan(server_round, "kl_probs", when="after"),
-                    "temperature": temperature,
-                    "ce_weight": p["ce_weight"],
-                },
-            }
+            Plan(
+                extract=ExtractSpec(
+                    PublicLogits.kind, space="probs", temperature=temperature, at="after_train"
+                ),
+                distill=self.budget_plan(
+                    server_round,
+                    "kl_probs",
+                    when="after",
+                    temperature=temperature,
+                    ce_weight=p["ce_weight"],
+                ),
+            )
         )
 
     def payload_for(self, server_round: int, client_id: int) -> PublicLogits | None:

@@ -14,6 +14,7 @@ only the simulator knows and no method uses) and their mean entropy.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from fedkd.client.runtime import data_key, federated_data
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import sharpen_entropy, softmax
 from fedkd.knowledge import PublicLogits
+from fedkd.plan import DistillSpec, Plan
 from fedkd.privacy.swing import SwingSpec
 from fedkd.schedule import round_budget
 from fedkd.strategy_options import SPECS, swing_of
@@ -42,9 +44,13 @@ class PublicSetStrategy(FedkdStrategy):
             raise ConfigError(f"strategy.{cls.subset_key} must be >= 1 (got {size})")
         return size
 
-    def budget_plan(self, server_round: int, loss: str, when: str = "before") -> dict[str, Any]:
-        """The plan's ``distill`` entry: this round's steps (0 before ``start_round``)."""
-        return {"loss": loss, "when": when, **round_budget(self.params["distill"], server_round)}
+    def budget_plan(
+        self, server_round: int, loss: str, when: str = "before", **options: Any
+    ) -> DistillSpec:
+        """The plan's ``distill`` entry: this round's steps (0 before ``start_round``);
+        ``options``: other ``DistillSpec`` fields (``ce_weight``, ``temperature``)."""
+        budget = round_budget(self.params["distill"], server_round)
+        return DistillSpec(loss=loss, when=when, **budget, **options)
 
     def target_health(
         self, indices: np.ndarray, values: np.ndarray, space: str
@@ -70,27 +76,27 @@ class PublicSetStrategy(FedkdStrategy):
         self.swing = self.swing_of(self.cfg)
         self.canaries = CanaryLog.from_config(self.cfg, self.info.num_public)
 
-    def with_swing(self, plan: dict[str, Any]) -> dict[str, Any]:
+    def with_swing(self, plan: Plan) -> Plan:
         """Swing (``fedkd.privacy.swing``): clients release Swing soft targets instead of
         their probabilities and distil with ``(1−α)·CE + α·T²·KL`` at the sent temperatures."""
         if self.swing is None:
             return plan
         s = self.swing
-        extract = {
-            **plan["extract"],
-            "space": "logits",
-            "swing": s.to_dict(),
-            "swing_seeded": self.seeded_noise,  # fedkd.privacy.noise
-        }
-        extract.pop("temperature", None)
-        distill = {
-            **plan["distill"],
-            "loss": "swing_kl",
-            "temperature": s.t_lo,  # used where no per-sample temperatures arrive
-            "kd_weight": s.alpha,
-            "ce_weight": 1.0 - s.alpha,
-        }
-        return {**plan, "extract": extract, "distill": distill}
+        extract = replace(
+            plan.extract,
+            space="logits",
+            temperature=1.0,  # the logits go to Swing as they are
+            swing=s.to_dict(),
+            swing_seeded=self.seeded_noise,  # fedkd.privacy.noise
+        )
+        distill = replace(
+            plan.distill,
+            loss="swing_kl",
+            temperature=s.t_lo,  # used where no per-sample temperatures arrive
+            kd_weight=s.alpha,
+            ce_weight=1.0 - s.alpha,
+        )
+        return plan.with_(extract=extract, distill=distill)
 
     def fused_temperatures(
         self, ids: list[int], uploads: dict[int, Any], weights: np.ndarray | None = None
@@ -103,16 +109,16 @@ class PublicSetStrategy(FedkdStrategy):
         fused = stacked.mean(axis=0) if weights is None else weights @ stacked
         return self.require_finite("temperatures", fused).astype(np.float32)
 
-    def default_distill(self, loss: str) -> dict[str, Any]:
+    def default_distill(self, loss: str) -> DistillSpec:
         """Distil on the received targets before local training, with ``client.distill``'s settings."""
         distill = self.cfg["client"]["distill"]
-        return {
-            "loss": loss,
-            "epochs": distill["epochs"],
-            "batch_size": distill["batch_size"],
-            "optimizer": distill["optimizer"],
-            "when": "before",
-        }
+        return DistillSpec(
+            loss=loss,
+            epochs=distill["epochs"],
+            batch_size=distill["batch_size"],
+            optimizer=None if distill["optimizer"] is None else dict(distill["optimizer"]),
+            when="before",
+        )
 
     def privacy_rows(self) -> int:
         return self.size

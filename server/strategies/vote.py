@@ -30,6 +30,7 @@ from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import first_choice_counts, vote_counts
 from fedkd.fusion.label_vote import LabelVoting, VoteRelease
 from fedkd.knowledge import PublicLogits, Votes
+from fedkd.plan import ExtractSpec, Plan
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -79,11 +80,11 @@ class Vote(PublicSetStrategy):
         super().load_state_dict(state)
         self.voting.ledger.load_state_dict(state["ledger"])
 
-    def plan(self, server_round: int) -> dict[str, Any]:
-        return {
-            "distill": self.default_distill(self.params["distill_loss"]),
-            "extract": {"kind": "votes", "top_k": self.top_k},
-        }
+    def plan(self, server_round: int) -> Plan:
+        return Plan(
+            distill=self.default_distill(self.params["distill_loss"]),
+            extract=ExtractSpec(Votes.kind, top_k=self.top_k),
+        )
 
     def check_upload(self, server_round: int, client_id: int, payload: Votes) -> None:
         if payload.votes.shape[1] != self.top_k:

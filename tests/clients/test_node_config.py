@@ -18,6 +18,7 @@ from helpers import ROOT
 from clients.app import introduce
 from fedkd.config import compose
 from fedkd.errors import ConfigError, DataError
+from fedkd.plan import Plan
 from protocol import wire
 from server.roster import client_error
 from simulations.deploy import DeployError, node_config_arg
@@ -28,7 +29,7 @@ def context(**node) -> Context:
 
 
 def with_config(cfg: dict) -> RecordDict:
-    return RecordDict({wire.CONFIG: wire.make_config(0, json.dumps(cfg), {})})
+    return RecordDict({wire.CONFIG: wire.make_config(0, json.dumps(cfg), Plan())})
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from clients.app import app as client_app
 from clients.privacy_mod import SIMULATION_ENV, packaged_floor
 from fedkd.config import compose
 from fedkd.errors import ConfigError
+from fedkd.plan import Plan
 from fedkd.privacy.floor import Floor
 from fedkd.privacy.noise import noise_rng
 from protocol import wire
@@ -151,11 +153,11 @@ def fd_strategy(info):
 
 
 def lower_noise(plan):
-    return {**plan, "privacy": {**plan["privacy"], "noise_multiplier": 0.0}}
+    return plan.with_(privacy=replace(plan.privacy, noise_multiplier=0.0))
 
 
 def without_privacy(plan):
-    return {k: v for k, v in plan.items() if k != "privacy"}
+    return plan.with_(privacy=None)
 
 
 @pytest.mark.parametrize(
@@ -273,7 +275,7 @@ def test_without_privacy_the_metrics_stay_where_they_were():
 
 def test_the_handshake_keeps_data_sizes_on_a_private_node():
     cfg = compose(["num_clients=3", "privacy=gaussian"])
-    content = RecordDict({wire.CONFIG: wire.make_config(0, json.dumps(cfg), {})})
+    content = RecordDict({wire.CONFIG: wire.make_config(0, json.dumps(cfg), Plan())})
     metadata = Metadata(
         run_id=1, message_id="q", src_node_id=1, dst_node_id=5, reply_to_message_id="",
         group_id="", created_at=0.0, ttl=60.0, message_type=MessageType.QUERY,

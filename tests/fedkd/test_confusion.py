@@ -132,7 +132,7 @@ def strategy(name: str, tmp_path, *overrides: str, recorder: bool = True):
 
 def planned(messages) -> list[bool]:
 
-    return [bool(wire.read_config(m.content)[2].get("confusion")) for m in messages]
+    return [bool(wire.read_config(m.content)[2].confusion) for m in messages]
 
 
 @pytest.fixture

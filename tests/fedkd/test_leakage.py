@@ -17,6 +17,7 @@ from fedkd.config import compose
 from fedkd.data import build_federated_data
 from fedkd.errors import ConfigError
 from fedkd.knowledge import PublicLogits
+from fedkd.plan import Plan
 from fedkd.privacy.leakage import canary_log_probs, exposure, mean_exposure, membership_auc
 from fedkd.privacy.release import LocalSpec, privatize
 from server.strategies import STRATEGIES
@@ -259,7 +260,9 @@ def test_the_attacker_regenerates_seeded_noise_exactly(tmp_path, monkeypatch):
         group_id="", created_at=0.0, ttl=60.0, message_type=MessageType.TRAIN,
     )  # fmt: skip
     message = Message(
-        content=RecordDict({wire.CONFIG: wire.make_config(3, json.dumps(cfg), plan)}),
+        content=RecordDict(
+            {wire.CONFIG: wire.make_config(3, json.dumps(cfg), Plan.from_dict(plan))}
+        ),
         metadata=metadata,
     )
     context = Context(

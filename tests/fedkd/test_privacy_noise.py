@@ -14,6 +14,7 @@ from clients.subteachers import teacher_release
 from fedkd.client.runtime import ClientTensors
 from fedkd.knowledge import PublicLogits
 from fedkd.models import build_model
+from fedkd.plan import TeachersSpec
 from fedkd.privacy.swing import SwingSpec, swing_payload
 
 
@@ -43,7 +44,7 @@ def test_sub_teachers_release_fresh_noise_unless_seeded(seeded):
     }
     out = [
         teacher_release(
-            copy.deepcopy(models), data, {"sigma": 0.1, "seeded": seeded}, np.arange(6), cfg,
+            copy.deepcopy(models), data, TeachersSpec(shards=len(models), sigma=0.1, seeded=seeded), np.arange(6), cfg,
             torch.Generator().manual_seed(1), torch.device("cpu"), seed=0, server_round=1, pid=0,
         ).values
         for _ in range(2)

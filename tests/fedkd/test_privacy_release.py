@@ -16,6 +16,7 @@ from clients.privacy_mod import SIMULATION_ENV, privacy_mod
 from fedkd.config import compose
 from fedkd.errors import ConfigError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
+from fedkd.plan import Plan
 from fedkd.privacy.mechanisms import clip_rows, clip_total, randomized_response
 from fedkd.privacy.release import (
     COUNT_SCALE,
@@ -219,7 +220,9 @@ def test_the_mod_noises_the_reply_and_leaves_other_messages_alone(seeded, monkey
         "extract": {"kind": "class_logits"},
         "privacy": {**ledger.local.to_dict(), "seeded": seeded},
     }
-    content = RecordDict({wire.CONFIG: wire.make_config(2, mod_config(seeded), plan)})
+    content = RecordDict(
+        {wire.CONFIG: wire.make_config(2, mod_config(seeded), Plan.from_dict(plan))}
+    )
     message = instruction(content)
     context = Context(
         run_id=1, node_id=1, node_config={"partition-id": 3}, state=RecordDict(), run_config={}
@@ -238,7 +241,7 @@ def test_the_mod_noises_the_reply_and_leaves_other_messages_alone(seeded, monkey
     # seeded (simulation only): the same noise from (seed, round, client); else OS entropy
     assert np.array_equal(out.logits, again.logits) == seeded
     plan.pop("privacy")
-    quiet = RecordDict({wire.CONFIG: wire.make_config(2, mod_config(seeded), plan)})
+    quiet = RecordDict({wire.CONFIG: wire.make_config(2, mod_config(seeded), Plan.from_dict(plan))})
     message = instruction(quiet)
     np.testing.assert_array_equal(
         wire.get_payload(privacy_mod(message, context, client).content).logits, sent.logits

@@ -13,6 +13,7 @@ from fedkd.client.runtime import ClientTensors
 from fedkd.config import compose
 from fedkd.errors import ConfigError
 from fedkd.models import build_model
+from fedkd.plan import TeachersSpec
 from fedkd.privacy.release import epsilon_after
 from fedkd.privacy.subteachers import release, round_event, shard_of, sigma_for
 from server.privacy import check_privacy
@@ -66,7 +67,7 @@ def test_one_changed_record_changes_one_teacher_only():
             "optimizer": {"name": "sgd", "lr": 0.1},
         }  # fmt: skip
         out = teacher_release(
-            models, data, {"sigma": 0.1}, np.arange(6), cfg, torch.Generator().manual_seed(1),
+            models, data, TeachersSpec(shards=len(models), sigma=0.1), np.arange(6), cfg, torch.Generator().manual_seed(1),
             torch.device("cpu"), seed=0, server_round=1, pid=0,
         )  # fmt: skip
         assert out.space == "probs" and out.values.shape == (6, 10)

@@ -203,9 +203,9 @@ def test_swing_with_the_privacy_mod_is_allowed_when_nothing_private_leaks_beside
 def test_dsfl_plans_swing_and_fuses_the_temperatures():
     dsfl = STRATEGIES.get("dsfl")(info_for("strategy=dsfl", "swing=adaptive", "num_clients=3"))
     plan = dsfl.plan(1)
-    assert plan["extract"]["space"] == "logits" and plan["extract"]["swing"]["t_hi"] == 20.0
-    assert plan["distill"]["loss"] == "swing_kl"
-    assert plan["distill"]["kd_weight"] == 0.5 and plan["distill"]["ce_weight"] == 0.5
+    assert plan.extract.space == "logits" and plan.extract.swing["t_hi"] == 20.0
+    assert plan.distill.loss == "swing_kl"
+    assert plan.distill.kd_weight == 0.5 and plan.distill.ce_weight == 0.5
     idx = dsfl.indices_for(1)
     uploads = {
         cid: PublicLogits(
@@ -220,15 +220,15 @@ def test_dsfl_plans_swing_and_fuses_the_temperatures():
     np.testing.assert_allclose(dsfl.targets.temperatures, 6.0)
     # without swing nothing changes
     plain = STRATEGIES.get("dsfl")(info_for("strategy=dsfl", "num_clients=3"))
-    assert "swing" not in plain.plan(1)["extract"]
-    assert plain.plan(1)["distill"]["loss"] == "soft_ce"
+    assert plain.plan(1).extract.swing is None
+    assert plain.plan(1).distill.loss == "soft_ce"
 
 
 def test_knfu_fuses_each_clients_temperatures_with_its_own_weights():
     knfu = STRATEGIES.get("knfu")(
         info_for("strategy=knfu", "swing=adaptive", "strategy.beta=0", "num_clients=3")
     )
-    assert knfu.plan(1)["extract"]["swing"]["score"] == "memorisation"
+    assert knfu.plan(1).extract.swing["score"] == "memorisation"
     idx = knfu.indices_for(1)
     uploads = {
         cid: PublicLogits(

@@ -76,11 +76,11 @@ def test_dsfl_plan_warms_up_then_distils_after_local_training():
     dsfl = STRATEGIES.get("dsfl")(
         info_for("strategy=dsfl", "strategy.distill.start_round=3", "strategy.distill.steps=7")
     )
-    assert dsfl.plan(2)["distill"]["steps"] == 0
+    assert dsfl.plan(2).distill.steps == 0
     plan = dsfl.plan(3)
-    assert plan["distill"]["steps"] == 7 and plan["distill"]["when"] == "after"
-    assert plan["extract"]["at"] == "after_train"
-    assert plan["distill"]["optimizer"] == {"name": "adam", "lr": 0.001}
+    assert plan.distill.steps == 7 and plan.distill.when == "after"
+    assert plan.extract.at == "after_train"
+    assert plan.distill.optimizer == {"name": "adam", "lr": 0.001}
 
 
 def test_dsfl_server_model_is_distilled_on_the_targets_and_evaluated():
@@ -127,9 +127,9 @@ def test_fedmd_phases_pretrain_then_digest():
         info_for("strategy=fedmd", "strategy.pretrain_epochs=20", "strategy.distill.start_round=3")
     )
     first, second, third = (fedmd.plan(r) for r in (1, 2, 3))
-    assert first["train_epochs"] == 20 and first["distill"]["steps"] == 0
-    assert "train_epochs" not in second and second["distill"]["steps"] == 0
-    assert third["distill"]["steps"] == 100 and third["distill"]["loss"] == "l1"
+    assert first.train_epochs == 20 and first.distill.steps == 0
+    assert second.train_epochs is None and second.distill.steps == 0
+    assert third.distill.steps == 100 and third.distill.loss == "l1"
     with pytest.raises(ConfigError, match="strategy.pretrain_epochs"):
         STRATEGIES.get("fedmd").check_config(
             compose(["strategy=fedmd", "strategy.pretrain_epochs=-1"])
