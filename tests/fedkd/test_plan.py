@@ -6,7 +6,7 @@ import json
 
 import pytest
 from flwr.app import ConfigRecord, RecordDict
-from runinfo import info_for
+from helpers import info_for
 
 from fedkd.config import compose
 from fedkd.plan import DistillSpec, ExtractSpec, Plan, PlanError, RegulariserSpec
