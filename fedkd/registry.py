@@ -60,6 +60,12 @@ class Registry(Generic[T]):
         if name in self._checks:
             self._checks[name](section)
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a component registered for one test or plugin session)."""
+        self.get(name)
+        del self._items[name]
+        self._checks.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._items)
 

@@ -92,10 +92,11 @@ class ClassConfidence(Payload):
 
 
 @pytest.fixture
-def registered(monkeypatch):
-    """``@PAYLOADS.register("class_confidence")``, undone after the test."""
-    monkeypatch.setitem(PAYLOADS._items, ClassConfidence.kind, ClassConfidence)
-    return ClassConfidence
+def registered():
+    """``@PAYLOADS.register("class_confidence")``, as the kind's own file would, undone after."""
+    PAYLOADS.register(ClassConfidence.kind)(ClassConfidence)
+    yield ClassConfidence
+    PAYLOADS.unregister(ClassConfidence.kind)
 
 
 def payload() -> ClassConfidence:
