@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from fedkd.errors import ConfigError, PayloadError
-from fedkd.knowledge import ClassLogits, ModelWeights, Payload, Prototypes, PublicLogits
+from fedkd.knowledge import Payload
+from fedkd.knowledge.base import PerClass
 
 KEYS = ("logits", "prototypes", "weights", "max_count", "weight_cap", "clip")
 
@@ -91,19 +92,11 @@ def _check_abs(where: str, array: np.ndarray, bound: float | None) -> None:
 
 
 def check_magnitude(payload: Payload, bounds: Bounds) -> None:
-    """PayloadError ``value_range`` when a validated payload holds values beyond ``bounds``."""
-    limit = {"logits": bounds.logits, "prototypes": bounds.prototypes}
-    if isinstance(payload, ClassLogits):
-        _check_abs("class_logits.logits", payload.logits, limit["logits"])
-    elif isinstance(payload, Prototypes):
-        _check_abs("prototypes.prototypes", payload.prototypes, limit["prototypes"])
-    elif isinstance(payload, PublicLogits) and payload.space == "logits":
-        _check_abs("public_logits.values", payload.values, limit["logits"])
-    elif isinstance(payload, ModelWeights):
-        for name, array in payload.arrays.items():
-            floating = np.issubdtype(array.dtype, np.floating)
-            bound = bounds.weights if floating else float(bounds.max_count)
-            _check_abs(f"model_weights.{name}", array, bound)
+    """PayloadError ``value_range`` when a validated payload holds values beyond ``bounds``:
+    each array the payload's kind names in ``bounded_arrays`` against its ``Bounds`` field,
+    and label counts against ``max_count``."""
+    for where, array, field in payload.bounded_arrays():
+        _check_abs(where, array, getattr(bounds, field))
     counts = getattr(payload, "counts", None)
     if isinstance(counts, np.ndarray) and counts.size and counts.max() > bounds.max_count:
         raise PayloadError(
@@ -149,11 +142,7 @@ def cap_uploads(uploads: Mapping[int, Payload], cap: float | None) -> dict[int, 
     weights of ``weighted: true`` in fd and fedproto. Other payloads are returned as they are."""
     uploads = dict(uploads)
     ids = sorted(uploads)
-    if (
-        cap is None
-        or not ids
-        or not all(isinstance(uploads[i], (ClassLogits, Prototypes)) for i in ids)
-    ):
+    if cap is None or not ids or not all(isinstance(uploads[i], PerClass) for i in ids):
         return uploads
     capped = cap_class_counts(np.stack([uploads[i].counts for i in ids]), cap)
     return {cid: dataclasses.replace(uploads[cid], counts=capped[k]) for k, cid in enumerate(ids)}
@@ -186,43 +175,28 @@ def clip_to_median(values: np.ndarray, mask: np.ndarray, factor: float) -> np.nd
 def clip_uploads(uploads: Mapping[int, Payload], factor: float | None) -> dict[int, Payload]:
     """The round's uploads with their rows clipped (:func:`clip_to_median`); None: as is.
 
-    Rows are class rows of ``class_logits`` / ``prototypes`` (clients with count 0
-    left out), sample rows of ``public_logits`` in logit space, and whole floating
-    arrays of ``model_weights`` (each name on its own); probabilities and votes are
-    bounded already and returned unchanged.
+    Each kind names its clippable blocks (``Payload.clip_blocks``): class rows of
+    ``class_logits`` / ``prototypes`` (clients with count 0 left out), sample rows of
+    ``public_logits`` in logit space, and whole floating arrays of ``model_weights`` (each
+    name on its own, where every client has it with one shape); probabilities and votes
+    are bounded already and returned unchanged.
     """
     uploads = dict(uploads)
     if factor is None or len(uploads) < 3:
         return uploads
     ids = sorted(uploads)
-    first = uploads[ids[0]]
-    if isinstance(first, (ClassLogits, Prototypes)):
-        key = "logits" if isinstance(first, ClassLogits) else "prototypes"
-        stacked = np.stack([getattr(uploads[i], key) for i in ids]).astype(np.float64)
-        mask = np.stack([uploads[i].counts for i in ids]) > 0
-        clipped = clip_to_median(stacked, mask, factor)
-        return {
-            cid: dataclasses.replace(uploads[cid], **{key: clipped[k].astype(np.float32)})
-            for k, cid in enumerate(ids)
-        }
-    if isinstance(first, PublicLogits) and first.space == "logits":
-        stacked = np.stack([uploads[i].values for i in ids]).astype(np.float64)
-        clipped = clip_to_median(stacked, np.ones(stacked.shape[:2], bool), factor)
-        return {
-            cid: dataclasses.replace(uploads[cid], values=clipped[k].astype(np.float32))
-            for k, cid in enumerate(ids)
-        }
-    if isinstance(first, ModelWeights):
-        arrays = {cid: dict(uploads[cid].arrays) for cid in ids}
-        for name, ref in first.arrays.items():
-            if not all(name in uploads[i].arrays for i in ids):
-                continue  # another architecture group
-            shapes = {uploads[i].arrays[name].shape for i in ids}
-            if not np.issubdtype(ref.dtype, np.floating) or len(shapes) != 1:
-                continue  # an integer buffer, or shapes of different groups
-            stacked = np.stack([uploads[i].arrays[name].reshape(1, -1) for i in ids])
-            clipped = clip_to_median(stacked, np.ones((len(ids), 1), bool), factor)
-            for k, cid in enumerate(ids):
-                arrays[cid][name] = clipped[k].reshape(ref.shape).astype(ref.dtype)
-        return {cid: ModelWeights(arrays[cid]) for cid in ids}
-    return uploads
+    blocks = {cid: uploads[cid].clip_blocks() for cid in ids}
+    clipped: dict[int, dict[str, np.ndarray]] = {cid: {} for cid in ids}
+    for name in blocks[ids[0]]:
+        if not all(name in blocks[i] for i in ids):
+            continue  # another architecture group
+        if len({blocks[i][name][0].shape for i in ids}) != 1:
+            continue  # shapes of different groups
+        stacked = np.stack([blocks[i][name][0] for i in ids]).astype(np.float64)
+        mask = np.stack([blocks[i][name][1] for i in ids])
+        rows = clip_to_median(stacked, mask, factor)
+        for k, cid in enumerate(ids):
+            clipped[cid][name] = rows[k]
+    if not blocks[ids[0]]:
+        return uploads
+    return {cid: uploads[cid].with_blocks(clipped[cid]) for cid in ids}

@@ -227,6 +227,21 @@ class Payload:
         return ConfigError(f"attack.kind={attack} cannot attack {self.kind} payloads")
 
     # ------------------------------------------------------------ faults
+    def bounded_arrays(self) -> list[tuple[str, np.ndarray, str]]:
+        """``(where, array, Bounds field)`` for each array whose absolute values the server
+        bounds (:func:`fedkd.bounds.check_magnitude`); kinds bounded by construction
+        (probabilities, labels) return none."""
+        return []
+
+    def clip_blocks(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``name -> (rows [R, D], mask [R])`` that robust fusion may clip towards the
+        clients' median row (:func:`fedkd.bounds.clip_uploads`); none by default."""
+        return {}
+
+    def with_blocks(self: P, blocks: Mapping[str, np.ndarray]) -> P:
+        """A copy with the named blocks of :meth:`clip_blocks` replaced by clipped rows."""
+        raise self._cannot("clip")
+
     @classmethod
     def with_extra_class(cls, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Arrays of this kind claiming one class more than the run has (a malformed copy)."""
@@ -304,6 +319,15 @@ class PerClass(Payload):
 
     def claiming(self, count):
         return self._rebuild(self.table(), np.where(self.counts > 0, count, 0).astype(np.int64))
+
+    def bounded_arrays(self):
+        return [(f"{self.kind}.{self.value_key}", self.table(), self.value_key)]
+
+    def clip_blocks(self):
+        return {self.value_key: (self.table(), self.counts > 0)}
+
+    def with_blocks(self, blocks):
+        return self._rebuild(blocks[self.value_key].astype(np.float32), self.counts)
 
     @classmethod
     def with_extra_class(cls, arrays):  # one more class row

@@ -95,6 +95,30 @@ class ModelWeights(Payload):
             }
         )
 
+    def bounded_arrays(self):
+        return [
+            (
+                f"model_weights.{name}",
+                a,
+                "weights" if np.issubdtype(a.dtype, np.floating) else "max_count",
+            )
+            for name, a in self.arrays.items()
+        ]
+
+    def clip_blocks(self):
+        # each floating array is one row: whole tensors are clipped towards the median tensor
+        return {
+            name: (self.arrays[name].reshape(1, -1), np.ones(1, bool))
+            for name in _floating(self.arrays)
+        }
+
+    def with_blocks(self, blocks):
+        arrays = dict(self.arrays)
+        for name, rows in blocks.items():
+            ref = self.arrays[name]
+            arrays[name] = rows.reshape(ref.shape).astype(ref.dtype)
+        return ModelWeights(arrays)
+
     @classmethod
     def with_extra_class(cls, arrays):
         # model weights have no class axis: a wrong output layer instead (the first float

@@ -159,6 +159,17 @@ class PublicLogits(Payload):
             values = values * factor
         return PublicLogits(self.indices, values.astype(self.values.dtype), self.space)
 
+    def bounded_arrays(self):
+        return [("public_logits.values", self.values, "logits")] if self.space == "logits" else []
+
+    def clip_blocks(self):
+        if self.space != "logits":  # probabilities are bounded already
+            return {}
+        return {"values": (self.values, np.ones(self.values.shape[0], bool))}
+
+    def with_blocks(self, blocks):
+        return replace(self, values=blocks["values"].astype(np.float32))
+
     @classmethod
     def with_extra_class(cls, arrays):  # one more class column
         values = arrays["values"]

@@ -71,6 +71,9 @@ class ClassConfidence(Payload):
         means = source.class_means()
         return cls(means.mean(axis=1).astype(np.float32), source.class_counts)
 
+    def bounded_arrays(self):
+        return [(f"{self.kind}.confidence", self.confidence, "logits")]
+
     def privatize(self, release):
         noisy = release.values(self.confidence[None, :])[0].astype(np.float32)
         return ClassConfidence(noisy, release.counts(self.counts))
@@ -204,3 +207,15 @@ def test_a_client_round_extracts_it(registered):
         }
     )
     assert wire.read_config(content)[2].extract.kind == ClassConfidence.kind
+
+
+def test_the_servers_magnitude_bound_applies_to_it(registered):
+    from fedkd.bounds import Bounds, check_magnitude
+
+    bounds = Bounds(logits=10.0, max_count=100)
+    check_magnitude(payload(), bounds)
+    loud = ClassConfidence(np.array([0.5, -1e6, 2.0], np.float32), np.array([3, 0, 5]))
+    with pytest.raises(
+        PayloadError, match="class_confidence.confidence: .* exceeds bounds limit 10"
+    ):
+        check_magnitude(loud, bounds)
