@@ -97,7 +97,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         check_encoding(cfg.get("knowledge"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    poll = server.get("poll_interval", 0.05)
+    poll = server["poll_interval"]
     if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0.001 <= poll <= 60:
         raise ConfigError(f"server.poll_interval must be seconds in [0.001, 60] (got {poll!r})")
     for key in ("max_payload_bytes", "max_strikes", "max_starved_rounds"):

@@ -179,7 +179,7 @@ def _simulate(
         run_dir.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
         (run_dir / "config.yaml").write_text(text, encoding="utf-8")
-    if cfg["simulation"].get("fast_pickup", True):
+    if cfg["simulation"]["fast_pickup"]:
         vce_patches.install_pickup()
     find_roster = None
     if vce_patches.capture_nodes():  # the engine's own node -> partition mapping
@@ -190,7 +190,7 @@ def _simulate(
 
     summary: dict[str, Any] = {}
     # lost Ray nodes: replaced or fatal, one line each (simulations/nodeloss.py); placement
-    policy = cfg["simulation"].get("on_node_loss", "replace")
+    policy = cfg["simulation"]["on_node_loss"]
     verbose = bool(cfg["logging"]["verbose"])
     watch = nodeloss.WATCH if nodeloss.install(policy, verbose) else None
 

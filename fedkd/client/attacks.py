@@ -101,13 +101,13 @@ def apply(
     if kind == "stale":
         return _stale(payload, state)
     if kind == "count_claim":  # honest values; its label counts and num_train (claim_count) lie
-        return payload.claiming(int(_attack(cfg).get("count", 2**62)))
+        return payload.claiming(int(_attack(cfg)["count"]))
     if kind == "random_logits":
         rng = np.random.default_rng([attack_seed(cfg), server_round, client_id, 0xBAD])
-        return payload.randomized(rng, float(_attack(cfg).get("magnitude", 10.0)), num_classes)
+        return payload.randomized(rng, float(_attack(cfg)["magnitude"]), num_classes)
     if kind == "label_flip":
         return payload.relabelled(permutation(cfg, num_classes))
-    return payload.scaled(float(_attack(cfg).get("factor", -5.0)))
+    return payload.scaled(float(_attack(cfg)["factor"]))
 
 
 def targets(kind: str) -> list[str]:
@@ -119,7 +119,7 @@ def claim_count(cfg: Mapping[str, Any], client_id: int, metrics: dict[str, Any])
     """``count_claim``: an attacker's reply claims ``attack.count`` training samples."""
     attack = _attack(cfg)
     if attack.get("kind", "none") == "count_claim" and client_id in attackers(cfg):
-        metrics["num_train"] = int(attack.get("count", 2**62))
+        metrics["num_train"] = int(attack["count"])
 
 
 def _stale(payload: Any, state: MutableMapping[str, Any]) -> Any:

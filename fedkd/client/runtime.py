@@ -72,7 +72,7 @@ def client_tensors(
             data_path,
             num_classes=fed.num_classes,
             input_shape=fed.input_shape,
-            test_fraction=float((cfg.get("split") or {}).get("local_test_fraction", 0.25)),
+            test_fraction=float(cfg["split"]["local_test_fraction"]),
             seed=int(cfg["seed"]),
             client_id=partition_id,
             label_column=label_column,

@@ -66,7 +66,7 @@ def mean_teacher(uploads: Mapping[int, ClassLogits], params: Mapping[str, Any]) 
         logits,
         counts,
         weighted=bool(params["weighted"]),
-        reducer=params.get("reducer", "mean"),
+        reducer=params["reducer"],
         reducer_params=params.get("reducer_params") or {},
     )
     return teacher_payload(teacher, present, counts)

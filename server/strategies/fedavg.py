@@ -97,7 +97,7 @@ class FedAvg(FedkdStrategy):
                 continue
             weights = (
                 np.array([num_train[i] for i in ids], np.float64)
-                if self.params.get("weighted", True)
+                if self.params["weighted"]
                 else None
             )
             fused = {}
