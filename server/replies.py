@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,7 @@ class Accepted:
     metrics: dict[str, Any]
     payload: Any
     confusion: np.ndarray | None
+    recorded: dict[str, Any] = field(default_factory=dict)  # what the recorder got
 
 
 class ReplyChecker:
@@ -116,6 +117,62 @@ class ReplyChecker:
         )
         if reason in PAYLOAD_REASONS and cid >= 0:
             self.strikes_now.append(cid)  # counted by settle, once the round is read
+
+    def collect(
+        self,
+        server_round: int,
+        replies: list[Message],
+        sampled: list[int],
+        timeout: float,
+        validate: Callable[[int, int, Any], None] | None,
+        max_payload_bytes: int | None,
+        extra: Callable[[int], dict[str, Any]],
+        recorder: Any,
+    ) -> list[Accepted]:
+        """A train round's usable replies, each one's metrics with ``extra(cid)`` added and
+        given to ``recorder`` (with the client's measurement); a sampled client without a
+        reply is rejected (``no_reply``). RuntimeError when every client failed."""
+        self.begin_round()
+        replied = {self.client_of_reply(m) for m in replies}
+        for cid in sorted(set(sampled) - replied):
+            self.drop(server_round, cid, "no_reply", f"nothing within {timeout:g}s")
+        # a node that is gone is not a bug; a ClientApp that raises everywhere is
+        errors = [
+            m.error.reason
+            for m in replies
+            if m.has_error() and m.error.code != ErrorCode.NODE_UNAVAILABLE
+        ]
+        if replies and len(errors) == len(replies):
+            raise RuntimeError(
+                f"round {server_round}: every client failed; first error: {errors[0]}"
+            )
+        kept = []
+        for reply in self.accept(server_round, replies, validate, max_payload_bytes):
+            reply.metrics.update(extra(reply.cid))
+            reply.recorded = {**self.measured.pop(reply.cid, {}), **reply.metrics}
+            if recorder is not None:
+                try:
+                    recorder.client(server_round, reply.cid, reply.recorded)
+                except Exception as err:  # the schema should make this impossible
+                    detail = f"{type(err).__name__}: {err}"
+                    self.drop(server_round, reply.cid, "bad_metrics", detail)
+                    continue
+            kept.append(reply)
+        return kept
+
+    def participation(
+        self, sampled: Iterable[int], participants: Iterable[int], newly: list[int]
+    ) -> dict[str, Any]:
+        """Who was asked, who took part, who was rejected why and who was excluded now
+        (``metrics.jsonl``)."""
+        rejected = self.rejected_now
+        return {
+            "sampled": sorted(sampled),
+            "participants": sorted(participants),
+            "rejected_replies": dict(sorted(Counter(rejected.values()).items())),
+            "rejected_clients": {str(c): r for c, r in sorted(rejected.items())},
+            **({"excluded": sorted(newly)} if newly else {}),
+        }
 
     def accept(
         self,

@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -314,44 +313,24 @@ class FedkdStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies, check, record = list(replies), self.replies, self.recorder
-        check.begin_round()
-        replied = {check.client_of_reply(m) for m in replies}
-        for cid in sorted(set(self._bytes_down) - replied):
-            check.drop(server_round, cid, "no_reply", f"nothing within {self.round_timeout:g}s")
-        # a node that is gone is not a bug; a ClientApp that raises everywhere is
-        errors = [
-            m.error.reason
-            for m in replies
-            if m.has_error() and m.error.code != ErrorCode.NODE_UNAVAILABLE
-        ]
-        if replies and len(errors) == len(replies):
-            raise RuntimeError(
-                f"round {server_round}: every client failed; first error: {errors[0]}"
-            )
-        eval_round, uploads, num_train, accepted = self.eval_round(server_round), {}, {}, []
-        watched: dict[int, dict[str, Any]] = {}  # client id -> what the recorder gets
-        for reply in check.accept(
-            server_round, replies, self._validate_upload, self.max_payload_bytes
-        ):
-            cid, metrics = reply.cid, reply.metrics
-            metrics.update(bytes_down=self._bytes_down.get(cid, 0), eval_round=eval_round)
-            if self.privacy is not None:
-                metrics["epsilon"] = self.privacy.epsilon(cid)
-            watched[cid] = {**check.measured.pop(cid, {}), **metrics}
-            if record is not None:
-                try:
-                    record.client(server_round, cid, watched[cid])
-                except Exception as err:  # the schema should make this impossible
-                    check.drop(server_round, cid, "bad_metrics", f"{type(err).__name__}: {err}")
-                    continue
-            uploads[cid], num_train[cid] = reply.payload, int(metrics.get("num_train", 1))
-            accepted.append(reply)
+        eval_round = self.eval_round(server_round)
+
+        def extra(cid: int) -> dict[str, Any]:
+            out = {"bytes_down": self._bytes_down.get(cid, 0), "eval_round": eval_round}
+            return out if self.privacy is None else {**out, "epsilon": self.privacy.epsilon(cid)}
+
+        accepted = check.collect(
+            server_round, replies, sorted(self._bytes_down), self.round_timeout,
+            self._validate_upload, self.max_payload_bytes, extra, record,
+        )  # fmt: skip
+        uploads = {r.cid: r.payload for r in accepted}
+        num_train = {r.cid: int(r.metrics.get("num_train", 1)) for r in accepted}
         self.confusions.record(record, eval_round, [(r.cid, r.confusion) for r in accepted])
         answered = sum(1 for m in replies if not m.has_error())
         poisoned = self.guard.poisoned(server_round, check.nonfinite_now, answered)
         newly = check.settle(server_round, self.max_strikes, poisoned)
         # health reads the researcher's view (the measurement too): logged, never fused
-        accs = {r.cid: watched[r.cid].get("global_test_acc") for r in accepted}
+        accs = {r.cid: r.recorded.get("global_test_acc") for r in accepted}
         collapse = self.health.update(eval_round, accs)
         if collapse is not None:
             log.warning("%s", collapse)
@@ -359,7 +338,7 @@ class FedkdStrategy(Strategy):
                 record.server_extra(server_round, {"collapse_warning": collapse})
         diagnostics = {"replies": float(len(accepted)), "rejected": float(len(check.rejected_now))}
         if record is not None:
-            record.server_extra(server_round, self._participation(uploads, newly))
+            record.server_extra(server_round, check.participation(self._bytes_down, uploads, newly))
         if poisoned:
             diagnostics["knowledge_rolled_back"] = 1.0
         elif len(accepted) < self.min_train_clients:
@@ -378,20 +357,6 @@ class FedkdStrategy(Strategy):
             if self.seeded_noise:  # beside epsilon everywhere it is shown: not a guarantee
                 diagnostics["seeded_noise"] = 1.0
         return None, MetricRecord(diagnostics)
-
-    def _participation(self, uploads: dict[int, Any], newly: list[int]) -> dict[str, Any]:
-        """Who was asked, who took part and who was rejected why (``metrics.jsonl``)."""
-        rejected = self.replies.rejected_now
-        reasons: dict[str, int] = {}
-        for reason in rejected.values():
-            reasons[reason] = reasons.get(reason, 0) + 1
-        return {
-            "sampled": sorted(self._bytes_down),
-            "participants": sorted(uploads),
-            "rejected_replies": dict(sorted(reasons.items())),
-            "rejected_clients": {str(c): r for c, r in sorted(rejected.items())},
-            **({"excluded": sorted(newly)} if newly else {}),
-        }
 
     def budget_allows(self, server_round: int) -> bool:
         """False (and ``stop_reason``) when another round would push a client past
