@@ -66,7 +66,7 @@ class RunInfo:
 
 
 def _replies(name: str) -> property:
-    """A run counter the reply checker keeps, read (and reset by tests) on the strategy."""
+    """What the reply checker keeps, read (and set by tests and the fuzzer) on the strategy."""
     return property(lambda s: getattr(s.replies, name), lambda s, v: setattr(s.replies, name, v))
 
 
@@ -75,7 +75,10 @@ class FedkdStrategy(Strategy):
     name: ClassVar[str] = ""
     upload_kind: ClassVar[str | None] = None  # fedkd.knowledge kind every reply must carry
     upload_space: ClassVar[str] = "logits"
-    needs_public_set = supports_central = personalised = supports_swing = False
+    needs_public_set: ClassVar[bool] = False
+    supports_central: ClassVar[bool] = False  # fuses with a plain mean: privacy=central applies
+    personalised: ClassVar[bool] = False  # a different fused payload per client (KnFu)
+    supports_swing: ClassVar[bool] = False  # uploads probabilities a Swing release can replace
     homogeneous_only: ClassVar[bool] = False  # averages weights: identical models everywhere
     subset_key: ClassVar[str] = ""  # strategy option holding the per-round subset size
     final_evaluation: ClassVar[bool] = False  # send one evaluate exchange after the last round
@@ -115,8 +118,10 @@ class FedkdStrategy(Strategy):
         self.stop_status, self.stop_reason = "stopped", None  # server.nodeloss, the budget
         self.bounds = Bounds.from_config(info.cfg.get("bounds"))
         encoding = (info.cfg.get("knowledge") or {}).get("encoding", "float32")
-        self.decode_limits = DecodeLimits((encoding,), info.num_classes, self.max_payload_bytes)
-        self.replies = ReplyChecker(self.bounds, self.decode_limits, info.num_classes)
+        limits = DecodeLimits(
+            encodings=(encoding,), max_columns=info.num_classes, max_bytes=self.max_payload_bytes
+        )
+        self.replies = ReplyChecker(self.bounds, limits, info.num_classes)
         self.guard = FusionGuard(self, self.bounds)
         self.recorder = recorder
         self.round_timeout = float(server["round_timeout"])
@@ -145,6 +150,7 @@ class FedkdStrategy(Strategy):
 
     dropped, strikes, excluded = _replies("dropped"), _replies("strikes"), _replies("excluded")
     dropped_clients, client_of = _replies("dropped_clients"), _replies("client_of")
+    decode_limits = _replies("decode_limits")  # what a reply's knowledge may decode to
     fusion_failures = property(lambda self: self.guard.failures)
     require_finite = staticmethod(require_finite)
 
