@@ -246,6 +246,36 @@ class Checkpointer:
     def due(self, server_round: int) -> bool:
         return self.every > 0 and server_round % self.every == 0
 
+    def save(self, grid, strategy: Any, server_round: int, timeout: float) -> bool:
+        """Clients save their state, then the server writes the strategy's and the
+        recorder's (atomically). Any failure is one error line and leaves the previous
+        checkpoint the good one (no client file of the failed round stays)."""
+        keep, node_of = self.last_round, strategy.node_of
+        error = save_clients(grid, node_of, self.clients_folder, server_round, keep, timeout)
+        if error is not None:
+            discard_round(self.clients_folder, sorted(node_of), server_round)
+            log.error(
+                "checkpoint of round %d not written: %s; the last good checkpoint is %s",
+                server_round,
+                error,
+                f"round {keep}" if keep else "none",
+            )
+            return False
+        recorder = strategy.recorder
+        state = {
+            "strategy_name": strategy.name,
+            "strategy": strategy.state_dict(),
+            "recorder": None if recorder is None else recorder.state_dict(),
+            "rng": rng_state(),
+        }
+        return self.write(server_round, state, sorted(node_of))
+
+    def restore(self, grid, node_of: Mapping[int, int], server_round: int, timeout: float):
+        """Every client loads its state of ``server_round`` (the server's is loaded by
+        the launcher); CheckpointError if one cannot."""
+        restore_clients(grid, node_of, self.clients_folder, server_round, timeout)
+        log.info("resumed from the checkpoint of round %d", server_round)
+
     def write(self, server_round: int, state: dict[str, Any], clients: list[int]) -> bool:
         """Write the checkpoint of ``server_round``; False (and one error line) if it failed."""
         tree = {

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedkd.errors import ConfigError
+from fedkd.plan import PrivacySpec, TeachersSpec
 from fedkd.privacy import subteachers
 from fedkd.privacy.accounting import dp_lib
 from fedkd.privacy.floor import Floor
@@ -259,6 +260,45 @@ class PrivacyLedger:
             "guarantee": NOT_A_GUARANTEE if self.seeded else "noise from OS entropy",
         }
 
+    def plan_entries(self, seeded_noise: bool) -> dict[str, PrivacySpec | TeachersSpec]:
+        """What every sampled client's plan carries (``Plan`` fields): the local mod's
+        mechanism (``privacy``) or the sub-teachers' release (``teachers``); {} for central
+        noise."""
+        if self.local is not None:
+            return {"privacy": PrivacySpec(**self.local.to_dict(), seeded=seeded_noise)}
+        if self.teachers is not None:
+            return {"teachers": TeachersSpec(**self.teachers, seeded=seeded_noise)}
+        return {}
+
+    def charge_sampled(self, client_ids) -> None:
+        """Local and sub-teacher noise: each sampled client releases once when sent its
+        plan (central noise is charged when the noised aggregate is fused)."""
+        if self.local is not None or self.teachers is not None:
+            self.charge(client_ids)
+
+    def allows(self, server_round: int, client_ids, next_votes=()) -> str | None:
+        """None when another round may run; the stop reason when it would push a client
+        past ``budget_epsilon`` with ``on_budget: stop`` (``warn``: one warning, go on)."""
+        if not self.exhausted(client_ids, next_votes):
+            return None
+        if self.on_budget == "warn":
+            if not self.warned:
+                log.warning(
+                    "round %d: privacy budget epsilon=%g exceeded; going on",
+                    server_round,
+                    self.budget,
+                )
+                self.warned = True
+            return None
+        return f"privacy budget epsilon={self.budget:g} reached before round {server_round}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": {str(c): n for c, n in self.rounds.items()}, "warned": self.warned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rounds = Counter({int(c): int(n) for c, n in state["rounds"].items()})
+        self.warned = bool(state["warned"])
+
     def rng(self, seed: int, server_round: int) -> np.random.Generator:
         """Central noise: OS entropy; from (seed, round) only with simulation.seeded_noise."""
         return noise_rng(self.seeded, [seed, server_round, 11])
@@ -271,6 +311,27 @@ class PrivacyLedger:
         """Per-class tables: noised sums over noised per-class weights (``noisy_class_mean``)."""
         c = self.central
         return noisy_class_mean(values, counts, c["clip"], c["noise_multiplier"], rng)
+
+
+def central_or(
+    ledger: PrivacyLedger | None,
+    seed: int,
+    server_round: int,
+    values: np.ndarray,
+    plain: Callable[[], Any],
+    counts: np.ndarray | None = None,
+) -> Any:
+    """The clients' fused mean: ``plain()`` (the configured reducer), or under
+    ``privacy=central`` the clipped, noised mean over clients (axis 0) with a fixed
+    denominator, or, given per-class holder ``counts``, ``(mean, present)`` of per-class
+    tables ``[K, C, D]`` over noised counts (``noisy_class_mean``)."""
+    if ledger is None or ledger.central is None:
+        return plain()
+    rng = ledger.rng(seed, server_round)
+    if counts is None:
+        return ledger.mean(values, rng)
+    mean, present, _ = ledger.class_mean(values, counts, rng)
+    return mean, present
 
 
 GNMAX_UNIT = (

@@ -1,6 +1,11 @@
 """Everything a run writes: TensorBoard, metrics.jsonl, summary.json, console.
 
-Written by the server process only. Per-client scalars go to
+Written by the server process only. :class:`RunRecorder` buffers the metrics by
+round and, once a round is complete, fans it out to its outputs, one small class
+each with the same interface (``write_round``, ``end_round``, ``finish``):
+:class:`JsonlOutput` (``metrics.jsonl``), :class:`TensorBoardOutput`,
+:class:`ConsoleOutput` (progress bar, round lines, the per-client table and
+``table.txt``) and :class:`SummaryOutput` (``summary.json``, ``confusion.json``). Per-client scalars go to
 ``tensorboard/client_<id>/`` (same tags for every client, so TensorBoard
 overlays them), cross-client statistics to ``tensorboard/server/`` under their
 own tags (``server/tags.py`` is the one table of tag names), and the run's
@@ -119,8 +124,313 @@ def finite_or_null(value: Any) -> Any:
     return value
 
 
+class Output:
+    """One destination of a run's records; every hook is optional."""
+
+    def write_round(
+        self, rnd: int, clients: dict[int, dict[str, Any]], row: dict[str, Any], extra: dict
+    ) -> None:
+        """A complete round: each client's values, the round's row and its JSON extras."""
+
+    def end_round(self, server_round: int) -> None:
+        """The server finished ``server_round`` (whatever rounds it completed)."""
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The run is over: ``summary`` is what ``summary.json`` holds."""
+
+
+class JsonlOutput(Output):
+    """``metrics.jsonl``: one line per client and round (wall-clock timings left out, so the
+    file is reproducible); a resumed run cuts it back to the checkpoint's length."""
+
+    def __init__(self, path: Path, resume_bytes: int | None = None) -> None:
+        self.path = path
+        if resume_bytes is None:
+            self.file = path.open("w", encoding="utf-8")
+            return
+        from fedkd.errors import CheckpointError
+
+        if not path.is_file() or path.stat().st_size < resume_bytes:
+            raise CheckpointError(
+                f"resume: {path} is shorter than the checkpoint's {resume_bytes} bytes; "
+                "it was changed"
+            )
+        with path.open("r+b") as f:  # rows of rounds after the checkpoint are written again
+            f.truncate(resume_bytes)
+        self.file = path.open("a", encoding="utf-8")
+
+    def size(self) -> int:
+        self.file.flush()
+        return self.path.stat().st_size
+
+    def write_round(self, rnd, clients, row, extra) -> None:
+        for cid in sorted(clients):
+            values = clients[cid]
+            line = {
+                "round": rnd,
+                "client": cid,
+                **{k: v for k, v in values.items() if k not in TIMINGS},
+            }
+            self.file.write(json.dumps(finite_or_null(line)) + "\n")
+        self.file.flush()
+
+    def finish(self, summary) -> None:
+        self.file.close()
+
+
+class TensorBoardOutput(Output):
+    """Per-client scalars in ``tensorboard/client_<id>/``, the round's row and its number
+    mappings in ``tensorboard/server/`` (``server/tags.py``), images, and the HParams
+    session of the run's config."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None, run_config) -> None:
+        self.run_dir = run_dir
+        self.purge_step = purge_step
+        self.run_config = run_config  # summary -> the run's config (for HParams)
+        self._writers: dict[str, Any] = {}  # open writers, least recently used first
+        self._opened: set[str] = set()  # writer folders opened in this process
+        self.last_round = 0
+
+    def writer(self, name: str):
+        """The TensorBoard writer of ``name`` (``client_<id>``, ``server``).
+
+        At most ``MAX_OPEN_WRITERS`` stay open (each holds a file and a thread): with
+        thousands of clients the least recently used is closed and, when its client
+        reports again, reopened on a new event file in the same folder, which
+        TensorBoard reads as one run.
+        """
+        writer = self._writers.pop(name, None)
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # resumed: events from the first round not yet written on are hidden (TensorBoard's
+            # purge), so the rounds written again appear once; only on a folder's first open
+            purge = None if name in self._opened else self.purge_step
+            self._opened.add(name)
+            writer = SummaryWriter(
+                log_dir=str(self.run_dir / "tensorboard" / name), purge_step=purge
+            )
+            while len(self._writers) >= MAX_OPEN_WRITERS:
+                self._writers.pop(next(iter(self._writers))).close()
+        self._writers[name] = writer  # most recently used last
+        return writer
+
+    def image(self, server_round: int, tag: str, draw: Any, size, scale: str) -> None:
+        from fedkd.plots import pyplot
+
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=size, layout="constrained")
+        shown = draw(ax, f"{tag}, round {server_round}")
+        fig.colorbar(shown, ax=ax, label=scale, shrink=0.9)
+        self.writer("server").add_figure(tag, fig, server_round, close=True)
+
+    def write_round(self, rnd, clients, row, extra) -> None:
+        for cid in sorted(clients):
+            writer = self.writer(f"client_{cid}")
+            for key, value in clients[cid].items():
+                if isinstance(value, float) and key not in NOT_SCALARS and not math.isnan(value):
+                    writer.add_scalar(client_tag(key), value, rnd)
+        writer = self.writer("server")
+        for key, value in row.items():
+            if key != "round" and isinstance(value, float) and not math.isnan(value):
+                writer.add_scalar(server_tag(key), value, rnd)
+        for key, value in extra.items():
+            if isinstance(value, Mapping):
+                for name, number in value.items():
+                    if isinstance(number, (int, float)) and not isinstance(number, bool):
+                        writer.add_scalar(mapping_tag(key, name), float(number), rnd)
+        for w in self._writers.values():
+            w.flush()
+
+    def finish(self, summary) -> None:
+        try:
+            self._write_hparams(summary)
+        except Exception as err:  # the HParams record must not lose the run's results
+            log.warning("could not write TensorBoard hparams: %s", err)
+        for writer in self._writers.values():
+            writer.close()
+
+    def _write_hparams(self, summary: dict[str, Any]) -> None:
+        """HParams session in the ``server`` run: the flattened config; its metrics are the
+        server's own scalars (their last values), so no run of one-point charts is added.
+
+        No experiment summary is written: TensorBoard then builds the HParams
+        table from every run's session (so runs of different strategies show
+        the union of their keys) and takes as metrics the scalars of the
+        session's run.
+        """
+        from torch.utils.tensorboard.summary import hparams
+
+        _, session_start, session_end = hparams(hparams_of(self.run_config(summary)), {})
+        writer = self.writer("server")
+        step = max((r["round"] for r in summary["rounds"]), default=0)
+        writer.file_writer.add_summary(session_start, step)
+        writer.file_writer.add_summary(session_end, step)
+        writer.flush()
+
+
+class ConsoleOutput(Output):
+    """The progress bar, a ``fedkd.rounds`` line per written round (elapsed and ETA), and
+    at the end the per-client table, printed and written to ``table.txt``."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        num_rounds: int,
+        console: Console,
+        clock_: RoundClock,
+        started: float,
+        *,
+        progress: bool,
+        table: bool,
+        done: int = 0,
+    ) -> None:
+        self.run_dir, self.num_rounds, self.console = run_dir, num_rounds, console
+        self.clock, self.started, self.show_table = clock_, started, table
+        self.rows: list[dict[str, Any]] = []  # written, not yet logged
+        self.history: dict[int, list[int]] = defaultdict(list)  # client -> rounds answered
+        self._progress: Progress | None = None
+        if progress:
+            self._progress = Progress(
+                TextColumn("[bold]round {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                EtaColumn(clock_),
+                console=console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=num_rounds)
+            if done:
+                self._progress.update(self._task, completed=done)
+        self.last: dict[str, Any] = {}
+
+    def write_round(self, rnd, clients, row, extra) -> None:
+        self.rows.append(row)
+        self.last = row
+        for cid in clients:
+            self.history[cid].append(rnd)
+
+    def end_round(self, server_round: int) -> None:
+        if not self.clock.started:
+            phase("first round", f"round {server_round} done (includes the workers' start-up)")
+        self.clock.record(server_round)
+        if self._progress is not None:
+            last = self.last
+            desc = " ".join(
+                f"{k.replace('_test_acc', '')} {last[k]:.3f}"
+                for k in ACCURACIES
+                if k in last and not math.isnan(last[k])
+            )
+            self._progress.update(self._task, completed=server_round, description=desc)
+        self._log_rows(server_round)
+
+    def _log_rows(self, server_round: int) -> None:
+        rows, self.rows = self.rows, []
+        for row in rows:
+            elapsed = time.perf_counter() - self.started
+            accs = "  ".join(
+                f"{k} {row[k]:.4f} ± {row.get(f'{k}_std', 0.0):.4f}"
+                for k in ACCURACIES
+                if k in row and not math.isnan(row[k])
+            )
+            round_log.info(
+                "round %d/%d  %s  bytes up %.0f down %.0f  elapsed %s eta %s",
+                row["round"],
+                self.num_rounds,
+                accs or "no accuracy",
+                row.get("bytes_up", 0.0),
+                row.get("bytes_down", 0.0),
+                clock(elapsed),
+                clock(self.clock.remaining()),
+            )
+
+    def stop(self) -> None:
+        """Before the summary: the bar stops and the last rounds get their lines."""
+        if self._progress is not None:
+            self._progress.stop()
+        self._log_rows(self.num_rounds)
+
+    def finish(self, summary) -> None:
+        table = self._table(summary)
+        plain = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
+        plain.print(table)
+        plain.print(self._traffic_line(summary))
+        (self.run_dir / "table.txt").write_text(plain.file.getvalue(), encoding="utf-8")
+        if self.show_table:
+            self.console.print(table)
+            self.console.print(self._traffic_line(summary))
+
+    def _table(self, summary: dict[str, Any]) -> Table:
+        table = Table(title=f"per-client accuracy ({self.run_dir})")
+        for col in ("client", "train n", "local-test last", "global-test last"):
+            table.add_column(col, justify="right")
+        dropped = summary.get("dropped_clients") or {}
+        if dropped:  # their "last" values are from the last round they answered
+            table.add_column("dropped")
+        for cid, entry in summary["clients"].items():
+            notes = [self._dropped_note(int(cid), dropped[cid])] if cid in dropped else []
+            table.add_row(
+                cid,
+                str(int(entry["num_train"])) if entry.get("num_train") is not None else "",
+                *(
+                    f"{entry.get(k, float('nan')):.3f}"
+                    for k in (
+                        "local_test_acc_last",
+                        "global_test_acc_last",
+                    )
+                ),
+                *(notes or ([""] if dropped else [])),
+            )
+        for cid in sorted(set(dropped) - set(summary["clients"]), key=int):  # never answered
+            table.add_row(cid, "", *["n/a"] * 2, self._dropped_note(int(cid), dropped[cid]))
+        final = summary["final"]
+        if final:
+            table.add_section()
+            cells = [f"{final[key]['last']:.3f}" if key in final else "n/a" for key in ACCURACIES]
+            table.add_row("mean", "", *cells)
+        return table
+
+    def _dropped_note(self, cid: int, reasons: Mapping[str, Sequence[int]]) -> str:
+        """``no_reply in rounds 3, 4; last from round 2`` for a client that dropped out."""
+        parts = []
+        for reason, rounds in sorted(reasons.items()):
+            listed = ", ".join(str(r) for r in sorted(set(rounds)))
+            parts.append(f"{reason} in round{'s' if len(set(rounds)) > 1 else ''} {listed}")
+        answered = self.history.get(cid, [])
+        last = f"; last from round {max(answered)}" if answered else "; never answered"
+        return "; ".join(parts) + last
+
+    def _traffic_line(self, summary: dict[str, Any]) -> str:
+        return (
+            f"bytes/round up {summary['bytes_per_round']['bytes_up']:.0f} down {summary['bytes_per_round']['bytes_down']:.0f}"
+            f"  wall {summary['wall_time_s']:.1f}s  -> {self.run_dir}"
+        )
+
+
+class SummaryOutput(Output):
+    """``confusion.json`` (when confusion counts were collected) and ``summary.json``."""
+
+    def __init__(self, run_dir: Path, confusion: dict[int, dict[str, Any]]) -> None:
+        self.run_dir = run_dir
+        self.confusion = confusion  # eval round -> entry, shared with the recorder
+
+    def finish(self, summary) -> None:
+        if self.confusion:
+            doc = {
+                "about": "global test set; rows true class, columns predicted class; clients: "
+                "counts; mean_client: mean over clients of the row-normalised counts (empty "
+                "rows 0)",
+                "rounds": [self.confusion[r] for r in sorted(self.confusion)],
+            }
+            (self.run_dir / "confusion.json").write_text(json.dumps(doc), encoding="utf-8")
+        text = json.dumps(finite_or_null(summary), indent=2)
+        (self.run_dir / "summary.json").write_text(text, encoding="utf-8")
+
+
 class RunRecorder:
-    """Collects per-client metrics by round and writes them out."""
+    """Buffers per-client metrics by round and fans complete rounds out to the outputs."""
 
     def __init__(
         self,
@@ -144,8 +454,6 @@ class RunRecorder:
         self.config = config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.num_rounds = num_rounds
-        self.console = console or CONSOLE  # log lines print above the bar
-        self.show_table = table
         self._pending: dict[int, dict[int, dict[str, float]]] = defaultdict(
             lambda: defaultdict(dict)
         )
@@ -155,41 +463,43 @@ class RunRecorder:
         self._clients: dict[int, list[dict[str, float]]] = defaultdict(list)
         self._written: set[int] = set()
         self._confusion: dict[int, dict[str, Any]] = {}  # eval round -> confusion.json entry
-        self._logged = 0  # rows of self._rounds already logged
-        self._clock = RoundClock(num_rounds)  # ETA from the rounds after the first
         self._start = time.perf_counter()
-        self._writers: dict[str, Any] = {}  # open writers, least recently used first
-        self._opened: set[str] = set()  # writer folders opened in this process
-        self._purge_step: int | None = None
-        self._tensorboard = tensorboard
-        if resume is None:
-            self._jsonl = (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8")
-        else:
+        if resume is not None:
             self._restore(resume)
-        self._progress: Progress | None = None
-        if progress:
-            self._progress = Progress(
-                TextColumn("[bold]round {task.completed}/{task.total}"),
-                BarColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                EtaColumn(self._clock),
-                console=self.console,
-                transient=False,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("", total=num_rounds)
-            if resume is not None:
-                self._progress.update(self._task, completed=int(resume["round"]))
+        path = self.run_dir / "metrics.jsonl"
+        self.jsonl = JsonlOutput(path, None if resume is None else int(resume["jsonl_bytes"]))
+        purge = None if resume is None else max(self._written, default=0) + 1
+        self.tensorboard = (
+            TensorBoardOutput(self.run_dir, purge, self._run_config) if tensorboard else None
+        )
+        self.console = ConsoleOutput(
+            self.run_dir,
+            num_rounds,
+            console or CONSOLE,  # log lines print above the bar
+            RoundClock(num_rounds),  # ETA from the rounds after the first
+            self._start,
+            progress=progress,
+            table=table,
+            done=0 if resume is None else int(resume["round"]),
+        )
+        for cid, history in self._clients.items():  # resumed: what was written before
+            self.console.history[cid] = [h["round"] for h in history if "round" in h]
+        self.console.last = self._rounds[-1] if self._rounds else {}
+        self.outputs: list[Output] = [
+            self.jsonl,
+            *([self.tensorboard] if self.tensorboard is not None else []),
+            self.console,
+            SummaryOutput(self.run_dir, self._confusion),
+        ]
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything recorded so far, and how long ``metrics.jsonl`` is, for a checkpoint."""
-        self._jsonl.flush()
 
         def plain(table: Mapping[int, Any]) -> dict[int, Any]:
             return {r: {c: dict(v) for c, v in t.items()} for r, t in table.items()}
 
+        size = self.jsonl.size()
         return {
             "pending": plain(self._pending),
             "server": {r: dict(v) for r, v in self._server.items()},
@@ -198,14 +508,12 @@ class RunRecorder:
             "clients": {c: list(h) for c, h in self._clients.items()},
             "written": sorted(self._written),
             "confusion": dict(self._confusion),
-            "logged": self._logged,
+            "logged": len(self._rounds) - len(self.console.rows),
             "elapsed_s": time.perf_counter() - self._start,
-            "jsonl_bytes": (self.run_dir / "metrics.jsonl").stat().st_size,
+            "jsonl_bytes": size,
         }
 
     def _restore(self, state: Mapping[str, Any]) -> None:
-        from fedkd.errors import CheckpointError
-
         for rnd, table in state["pending"].items():
             for cid, values in table.items():
                 self._pending[int(rnd)][int(cid)].update(values)
@@ -217,19 +525,8 @@ class RunRecorder:
         for cid, history in state["clients"].items():
             self._clients[int(cid)] = list(history)
         self._written = {int(r) for r in state["written"]}
-        self._confusion = {int(r): v for r, v in state["confusion"].items()}
-        self._logged = int(state["logged"])
+        self._confusion.update({int(r): v for r, v in state["confusion"].items()})
         self._start = time.perf_counter() - float(state["elapsed_s"])
-        path = self.run_dir / "metrics.jsonl"
-        size = int(state["jsonl_bytes"])
-        if not path.is_file() or path.stat().st_size < size:
-            raise CheckpointError(
-                f"resume: {path} is shorter than the checkpoint's {size} bytes; it was changed"
-            )
-        with path.open("r+b") as f:  # rows of rounds after the checkpoint are written again
-            f.truncate(size)
-        self._jsonl = path.open("a", encoding="utf-8")
-        self._purge_step = max(self._written, default=0) + 1
 
     # ------------------------------------------------------------ input
     def client(self, server_round: int, client_id: int, metrics: dict[str, float]) -> None:
@@ -251,15 +548,8 @@ class RunRecorder:
         """A figure in the server's TensorBoard images: ``draw(ax, title)`` draws it with a
         ``fedkd.plots`` helper (the same one ``fedkd-report`` uses) and returns the image;
         ``scale`` labels the colour bar."""
-        if not self._tensorboard:
-            return
-        from fedkd.plots import pyplot
-
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=size, layout="constrained")
-        shown = draw(ax, f"{tag}, round {server_round}")
-        fig.colorbar(shown, ax=ax, label=scale, shrink=0.9)
-        self._writer("server").add_figure(tag, fig, server_round, close=True)
+        if self.tensorboard is not None:
+            self.tensorboard.image(server_round, tag, draw, size, scale)
 
     def fusion_weights(self, server_round: int, weights: np.ndarray) -> None:
         """KnFu's fusion weights of one round as the image ``fusion/weights``."""
@@ -299,16 +589,6 @@ class RunRecorder:
             f"{CONFUSION_SCALE} (mean over clients)",
         )
 
-    def _write_confusion(self) -> None:
-        if not self._confusion:
-            return
-        doc = {
-            "about": "global test set; rows true class, columns predicted class; clients: counts; "
-            "mean_client: mean over clients of the row-normalised counts (empty rows 0)",
-            "rounds": [self._confusion[r] for r in sorted(self._confusion)],
-        }
-        (self.run_dir / "confusion.json").write_text(json.dumps(doc), encoding="utf-8")
-
     def server(self, server_round: int, scalars: dict[str, float]) -> None:
         self._server[server_round].update({k: float(v) for k, v in scalars.items()})
 
@@ -329,69 +609,10 @@ class RunRecorder:
         ):
             if rnd not in self._written:
                 self._write_round(rnd)
-        if not self._clock.started:
-            phase("first round", f"round {server_round} done (includes the workers' start-up)")
-        self._clock.record(server_round)
-        if self._progress is not None:
-            last = self._rounds[-1] if self._rounds else {}
-            desc = " ".join(
-                f"{k.replace('_test_acc', '')} {last[k]:.3f}"
-                for k in ACCURACIES
-                if k in last and not math.isnan(last[k])
-            )
-            self._progress.update(self._task, completed=server_round, description=desc)
-        self._log_rounds(server_round)
-
-    def _log_rounds(self, server_round: int) -> None:
-        """A line per newly written round (elapsed and ETA over server rounds)."""
-        for row in self._rounds[self._logged :]:
-            self._log_round(row, server_round)
-        self._logged = len(self._rounds)
-
-    def _log_round(self, row: dict[str, Any], server_round: int) -> None:
-        elapsed = time.perf_counter() - self._start
-        eta = self._clock.remaining()
-        accs = "  ".join(
-            f"{k} {row[k]:.4f} ± {row.get(f'{k}_std', 0.0):.4f}"
-            for k in ACCURACIES
-            if k in row and not math.isnan(row[k])
-        )
-        round_log.info(
-            "round %d/%d  %s  bytes up %.0f down %.0f  elapsed %s eta %s",
-            row["round"],
-            self.num_rounds,
-            accs or "no accuracy",
-            row.get("bytes_up", 0.0),
-            row.get("bytes_down", 0.0),
-            clock(elapsed),
-            clock(eta),
-        )
+        for output in self.outputs:
+            output.end_round(server_round)
 
     # ------------------------------------------------------------ output
-    def _writer(self, name: str):
-        """The TensorBoard writer of ``name`` (``client_<id>``, ``server``).
-
-        At most ``MAX_OPEN_WRITERS`` stay open (each holds a file and a thread): with
-        thousands of clients the least recently used is closed and, when its client
-        reports again, reopened on a new event file in the same folder, which
-        TensorBoard reads as one run.
-        """
-        writer = self._writers.pop(name, None)
-        if writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # resumed: events from the first round not yet written on are hidden (TensorBoard's
-            # purge), so the rounds written again appear once; only on a folder's first open
-            purge = None if name in self._opened else self._purge_step
-            self._opened.add(name)
-            writer = SummaryWriter(
-                log_dir=str(self.run_dir / "tensorboard" / name), purge_step=purge
-            )
-            while len(self._writers) >= MAX_OPEN_WRITERS:
-                self._writers.pop(next(iter(self._writers))).close()
-        self._writers[name] = writer  # most recently used last
-        return writer
-
     def _write_round(self, rnd: int) -> None:
         self._written.add(rnd)
         pending = self._pending.pop(rnd, {})
@@ -399,23 +620,17 @@ class RunRecorder:
         server = self._server.pop(rnd, {})
         extra = self._server_extra.pop(rnd, {})
         for cid in sorted(clients):
-            values = clients[cid]
-            line = {
-                "round": rnd,
-                "client": cid,
-                **{k: v for k, v in values.items() if k not in TIMINGS},
-            }
-            self._jsonl.write(json.dumps(finite_or_null(line)) + "\n")
-            self._clients[cid].append({"round": rnd, **values})
-            if self._tensorboard:
-                writer = self._writer(f"client_{cid}")
-                for key, value in values.items():
-                    if (
-                        isinstance(value, float)
-                        and key not in NOT_SCALARS
-                        and not math.isnan(value)
-                    ):
-                        writer.add_scalar(client_tag(key), value, rnd)
+            self._clients[cid].append({"round": rnd, **clients[cid]})
+        row = self._row(rnd, clients)
+        row.update(server)
+        row.update(extra)
+        self._rounds.append(row)
+        for output in self.outputs:
+            output.write_round(rnd, clients, row, extra)
+
+    def _row(self, rnd: int, clients: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """The round's row: accuracy statistics over clients (and over honest ones) and
+        the bytes moved."""
         row: dict[str, Any] = {"round": rnd, "num_clients": len(clients)}
         acc_keys = sorted({k for c in clients.values() for k in c if k.endswith("_acc")})
         for key in acc_keys:
@@ -448,51 +663,18 @@ class RunRecorder:
                     row[f"honest_{key}"] = float(np.mean(vals))
         for key in ("bytes_up", "bytes_down"):
             row[key] = float(sum(c.get(key, 0.0) for c in clients.values()))
-        row.update(server)
-        row.update(extra)
-        self._rounds.append(row)
-        self._jsonl.flush()
-        if self._tensorboard:
-            writer = self._writer("server")
-            for key, value in row.items():
-                if key != "round" and isinstance(value, float) and not math.isnan(value):
-                    writer.add_scalar(server_tag(key), value, rnd)
-            for key, value in extra.items():
-                if isinstance(value, Mapping):
-                    for name, number in value.items():
-                        if isinstance(number, (int, float)) and not isinstance(number, bool):
-                            writer.add_scalar(mapping_tag(key, name), float(number), rnd)
-            for w in self._writers.values():
-                w.flush()
+        return row
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write everything still pending, summary.json, HParams, table.txt and the console table."""
+        """Write everything still pending, then every output's end: summary.json,
+        confusion.json, HParams, table.txt and the console table."""
         for rnd in sorted(set(self._pending) | set(self._server) | set(self._server_extra)):
             if rnd not in self._written:
                 self._write_round(rnd)
-        if self._progress is not None:
-            self._progress.stop()
-        self._log_rounds(self.num_rounds)
-        self._jsonl.close()
-        self._write_confusion()
+        self.console.stop()
         summary = self._summary(extra or {})
-        text = json.dumps(finite_or_null(summary), indent=2)
-        (self.run_dir / "summary.json").write_text(text, encoding="utf-8")
-        if self._tensorboard:
-            try:
-                self._write_hparams(summary)
-            except Exception as err:  # the HParams record must not lose the run's results
-                log.warning("could not write TensorBoard hparams: %s", err)
-        for writer in self._writers.values():
-            writer.close()
-        table = self._table(summary)
-        plain = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
-        plain.print(table)
-        plain.print(self._traffic_line(summary))
-        (self.run_dir / "table.txt").write_text(plain.file.getvalue(), encoding="utf-8")
-        if self.show_table:
-            self.console.print(table)
-            self.console.print(self._traffic_line(summary))
+        for output in self.outputs:
+            output.finish(summary)
         return summary
 
     def _run_config(self, summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -509,24 +691,6 @@ class RunRecorder:
         names = {"strategy": "strategy.name", "dataset": "dataset.name"}
         keys = ("strategy", "dataset", "num_clients", "num_rounds", "seed")
         return {names.get(k, k): summary[k] for k in keys if k in summary}
-
-    def _write_hparams(self, summary: dict[str, Any]) -> None:
-        """HParams session in the ``server`` run: the flattened config; its metrics are the
-        server's own scalars (their last values), so no run of one-point charts is added.
-
-        No experiment summary is written: TensorBoard then builds the HParams
-        table from every run's session (so runs of different strategies show
-        the union of their keys) and takes as metrics the scalars of the
-        session's run.
-        """
-        from torch.utils.tensorboard.summary import hparams
-
-        _, session_start, session_end = hparams(hparams_of(self._run_config(summary)), {})
-        writer = self._writer("server")
-        step = max((r["round"] for r in self._rounds), default=0)
-        writer.file_writer.add_summary(session_start, step)
-        writer.file_writer.add_summary(session_end, step)
-        writer.flush()
 
     def _summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         rounds = self._rounds
@@ -561,49 +725,3 @@ class RunRecorder:
             "rounds": rounds,
             "clients": clients,
         }
-
-    def _table(self, summary: dict[str, Any]) -> Table:
-        table = Table(title=f"per-client accuracy ({self.run_dir})")
-        for col in ("client", "train n", "local-test last", "global-test last"):
-            table.add_column(col, justify="right")
-        dropped = summary.get("dropped_clients") or {}
-        if dropped:  # their "last" values are from the last round they answered
-            table.add_column("dropped")
-        for cid, entry in summary["clients"].items():
-            notes = [self._dropped_note(int(cid), dropped[cid])] if cid in dropped else []
-            table.add_row(
-                cid,
-                str(int(entry["num_train"])) if entry.get("num_train") is not None else "",
-                *(
-                    f"{entry.get(k, float('nan')):.3f}"
-                    for k in (
-                        "local_test_acc_last",
-                        "global_test_acc_last",
-                    )
-                ),
-                *(notes or ([""] if dropped else [])),
-            )
-        for cid in sorted(set(dropped) - set(summary["clients"]), key=int):  # never answered
-            table.add_row(cid, "", *["n/a"] * 2, self._dropped_note(int(cid), dropped[cid]))
-        final = summary["final"]
-        if final:
-            table.add_section()
-            cells = [f"{final[key]['last']:.3f}" if key in final else "n/a" for key in ACCURACIES]
-            table.add_row("mean", "", *cells)
-        return table
-
-    def _dropped_note(self, cid: int, reasons: Mapping[str, Sequence[int]]) -> str:
-        """``no_reply in rounds 3, 4; last from round 2`` for a client that dropped out."""
-        parts = []
-        for reason, rounds in sorted(reasons.items()):
-            listed = ", ".join(str(r) for r in sorted(set(rounds)))
-            parts.append(f"{reason} in round{'s' if len(set(rounds)) > 1 else ''} {listed}")
-        answered = [h["round"] for h in self._clients.get(cid, []) if "round" in h]
-        last = f"; last from round {max(answered)}" if answered else "; never answered"
-        return "; ".join(parts) + last
-
-    def _traffic_line(self, summary: dict[str, Any]) -> str:
-        return (
-            f"bytes/round up {summary['bytes_per_round']['bytes_up']:.0f} down {summary['bytes_per_round']['bytes_down']:.0f}"
-            f"  wall {summary['wall_time_s']:.1f}s  -> {self.run_dir}"
-        )

@@ -415,7 +415,7 @@ def knowledge_problems(strategy: FedkdStrategy) -> list[str]:
     problems = []
     bounds = strategy.bounds
     for key, value in strategy.state_dict().items():
-        if key in strategy.NOT_KNOWLEDGE:
+        if key in strategy.not_knowledge:
             continue
         for array in _arrays_of(value):
             if array.dtype.kind != "f" or array.size == 0:
@@ -441,14 +441,14 @@ def check_round(strategy: FedkdStrategy, rnd: int, replies: list[Message]) -> st
     """Run one round; the hostile reply's outcome (``accepted`` or the reason); Escape if
     an invariant breaks."""
     seen: dict[int, Payload] = {}
-    fuse = strategy._fuse_or_keep
+    fuse = strategy.guard.fuse
 
     def spy(server_round, uploads, num_train):
         # what validation accepted; bounds.clip / weight_cap then act on fusion's inputs
         seen.update(uploads)
         return fuse(server_round, uploads, num_train)
 
-    strategy._fuse_or_keep = spy  # type: ignore[method-assign]
+    strategy.guard.fuse = spy  # type: ignore[method-assign]
     strategy._bytes_down = {cid: 0 for cid in (0, HOSTILE, 2)}
     strikes_before = {c: strategy.strikes[c] for c in (0, 2)}
     try:
@@ -456,8 +456,8 @@ def check_round(strategy: FedkdStrategy, rnd: int, replies: list[Message]) -> st
     except Exception as err:
         raise Escape(f"{type(err).__name__} escaped aggregate_train: {err}") from err
     finally:
-        del strategy._fuse_or_keep
-    rejected = dict(strategy._rejected_now)
+        del strategy.guard.fuse
+    rejected = dict(strategy.replies.rejected_now)
     for cid in (0, 2):
         if cid in rejected:
             raise Escape(f"honest client {cid} rejected ({rejected[cid]})")

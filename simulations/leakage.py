@@ -122,7 +122,7 @@ def regenerated_noise(run_dir: Path, rounds: np.ndarray) -> np.ndarray | None:
     from fedkd.data.canaries import canary_options
     from fedkd.privacy.noise import noise_rng, seeded_noise
     from fedkd.privacy.release import NOISES
-    from server.strategies.base import FedkdStrategy
+    from server.strategies.public import PublicSetStrategy
 
     if not (run_dir / "config.yaml").exists():
         return None
@@ -145,7 +145,7 @@ def regenerated_noise(run_dir: Path, rounds: np.ndarray) -> np.ndarray | None:
     out = []
     for rnd in rounds:
         # the round's request, as PublicSetStrategy.indices_for draws it
-        stream = [seed, int(rnd), FedkdStrategy.STREAMS["public"]]
+        stream = [seed, int(rnd), PublicSetStrategy.STREAMS["public"]]
         indices = np.sort(np.random.default_rng(stream).choice(num_public, size, replace=False))
         rng = noise_rng(True, [seed, int(rnd), client, _STREAM])  # the mod's own stream
         noise = NOISES.get(p["name"]).sample((size, num_classes), z * 2.0 * clip, rng)

@@ -39,6 +39,7 @@ from fedkd.knowledge import PublicLogits
 from fedkd.plan import ExtractSpec, Plan
 from fedkd.schedule import round_budget
 from fedkd.server_student import ServerStudent
+from server.fusion import require_finite
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -96,11 +97,9 @@ class DSFL(PublicSetStrategy):
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
         ids, values = self.stacked(uploads)
-        mean = (
-            np.clip(self.central_mean(server_round, values), 0.0, None)  # post-processing
-            if self.central
-            else public_mean(values, **self.reducer)
-        )
+        mean = self.central_or(server_round, values, lambda: public_mean(values, **self.reducer))
+        if self.central:
+            mean = np.clip(mean, 0.0, None)  # post-processing
         if self.central and self.upload_space == "probs":
             # clipping scales each upload's [rows, classes] table to norm ``clip`` (its norm
             # can reach sqrt(rows)): rows made to sum to one again undo that before ERA,
@@ -115,7 +114,7 @@ class DSFL(PublicSetStrategy):
         indices = self.indices_for(server_round)
         self.targets = PublicLogits(
             indices=indices,
-            values=self.require_finite("soft labels", target).astype(np.float32),
+            values=require_finite("soft labels", target).astype(np.float32),
             space="probs",
             temperatures=self.fused_temperatures(ids, uploads),
         )

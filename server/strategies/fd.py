@@ -25,6 +25,7 @@ import numpy as np
 from fedkd.fusion import class_mean, leave_one_out, sharpen_entropy, softmax
 from fedkd.knowledge import ClassLogits
 from fedkd.plan import ExtractSpec, Plan, RegulariserSpec
+from server.fusion import require_finite
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -103,13 +104,17 @@ class FD(FedkdStrategy):
     ) -> dict[str, float]:
         ids, logits, counts = stacked(uploads)
         weighted = bool(self.params["weighted"])
-        if self.central:  # noised per-class sums over noised per-class holder counts
-            teacher, present = self.central_class_mean(server_round, logits, counts)
+        # central: noised per-class sums over noised per-class holder counts
+        teacher, present = self.central_or(
+            server_round,
+            logits,
+            lambda: class_mean(logits, counts, weighted=weighted, **self.reducer),
+            counts=counts,
+        )
+        if self.central:
             counts = np.broadcast_to(present, counts.shape).astype(np.int64)  # raw counts unused
-        else:
-            teacher, present = class_mean(logits, counts, weighted=weighted, **self.reducer)
         # counts of the teacher: how many clients contributed to each label row
-        self.require_finite("teacher logits", teacher[present])
+        require_finite("teacher logits", teacher[present])
         self.global_teacher = teacher_payload(teacher, present, counts)
         self.teachers = {}
         if self.params["teacher"] == "loo":

@@ -34,6 +34,7 @@ from server.strategies.registry import STRATEGIES
 @STRATEGIES.register("feddf")
 class FedDF(FedAvg):
     name = "feddf"
+    bookkeeping = ("generator",)  # the distillation draws go on after a rollback
 
     def setup(self) -> None:
         super().setup()

@@ -73,6 +73,8 @@ BROADCASTS = FEDKA_BROADCASTS
 class FedKA(FedAvg):
     name = "fedka"
     final_evaluation = False  # the server evaluates the global model itself each round
+    bookkeeping = ("ledger",)  # the GNMax ledger never forgets what was spent
+    streams = {"vote_noise": 3}
 
     def setup(self) -> None:
         super().setup()

@@ -23,6 +23,7 @@ from typing import Any
 from fedkd.fusion import public_mean
 from fedkd.knowledge import PublicLogits
 from fedkd.plan import ExtractSpec, Plan
+from server.fusion import require_finite
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -46,15 +47,13 @@ class FedMD(PublicSetStrategy):
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
         _, values = self.stacked(uploads)
-        consensus = (
-            self.central_mean(server_round, values)
-            if self.central
-            else public_mean(values, **self.reducer)
+        consensus = self.central_or(
+            server_round, values, lambda: public_mean(values, **self.reducer)
         )
         indices = self.indices_for(server_round)
         self.targets = PublicLogits(
             indices=indices,
-            values=self.require_finite("consensus", consensus).astype("float32"),
+            values=require_finite("consensus", consensus).astype("float32"),
             space="logits",
         )
         return {

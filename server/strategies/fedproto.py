@@ -27,6 +27,7 @@ import numpy as np
 from fedkd.fusion import prototype_mean
 from fedkd.knowledge import Prototypes
 from fedkd.plan import ExtractSpec, Plan, RegulariserSpec
+from server.fusion import require_finite
 from server.strategies.base import FedkdStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -62,14 +63,17 @@ class FedProto(FedkdStrategy):
         ids = sorted(uploads)
         protos = np.stack([uploads[i].prototypes for i in ids]).astype(np.float64)
         counts = held = np.stack([uploads[i].counts for i in ids])
-        if self.central:  # noised per-class sums over noised per-class holder counts
-            fused, present = self.central_class_mean(server_round, protos, counts)
+        # central: noised per-class sums over noised per-class holder counts
+        weighted = bool(self.params["weighted"])
+        fused, present = self.central_or(
+            server_round,
+            protos,
+            lambda: prototype_mean(protos, counts, weighted=weighted, **self.reducer),
+            counts=counts,
+        )
+        if self.central:
             counts = np.broadcast_to(present, counts.shape).astype(np.int64)  # raw counts unused
-        else:
-            fused, present = prototype_mean(
-                protos, counts, weighted=bool(self.params["weighted"]), **self.reducer
-            )
-        self.require_finite("prototypes", fused[present])
+        require_finite("prototypes", fused[present])
         contributors = (counts > 0).sum(axis=0).astype(np.int64)
         self.global_prototypes = Prototypes(
             prototypes=np.where(present[:, None], fused, 0.0).astype(np.float32),

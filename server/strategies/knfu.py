@@ -31,6 +31,7 @@ import numpy as np
 from fedkd.fusion import divergence_matrix, fusion_weights, personalised_fusion
 from fedkd.knowledge import PublicLogits
 from fedkd.plan import ExtractSpec, Plan
+from server.fusion import require_finite
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 
@@ -90,7 +91,7 @@ class KnFu(PublicSetStrategy):
         weights = fusion_weights(
             divergence, float(p["beta"]), p["gating"], p["threshold"], p["top_m"]
         )
-        fused = self.require_finite("soft labels", personalised_fusion(probs, weights))
+        fused = require_finite("soft labels", personalised_fusion(probs, weights))
         indices = self.indices_for(server_round)
         temps = self.fused_temperatures(ids, uploads, weights)  # Swing only: [K, N] or None
         self.personal = {

@@ -28,14 +28,12 @@ from fedkd.privacy.swing import SwingSpec
 from fedkd.schedule import round_budget
 from fedkd.strategy_options import SPECS, swing_of
 from server.canaries import CanaryLog
+from server.fusion import require_finite
 from server.strategies.base import FedkdStrategy
 
 
 class PublicSetStrategy(FedkdStrategy):
-    @classmethod
-    def swing_of(cls, cfg: dict[str, Any]) -> SwingSpec | None:
-        """The run's Swing options (``swing=adaptive``), None when off; one-line errors."""
-        return swing_of(cfg, SPECS[cls.name])
+    streams = {"public": 2}  # rng_for(round, "public"): the round's public subset
 
     @classmethod
     def subset_size(cls, cfg: dict[str, Any]) -> int:
@@ -73,7 +71,7 @@ class PublicSetStrategy(FedkdStrategy):
         self.size = min(self.subset_size(self.cfg), self.info.num_public)
         self.indices: dict[int, np.ndarray] = {}
         self.targets: PublicLogits | None = None
-        self.swing = self.swing_of(self.cfg)
+        self.swing = check_swing(self.cfg, self)
         self.canaries = CanaryLog.from_config(self.cfg, self.info.num_public)
 
     def with_swing(self, plan: Plan) -> Plan:
@@ -107,7 +105,7 @@ class PublicSetStrategy(FedkdStrategy):
             return None
         stacked = np.stack(temps).astype(np.float64)
         fused = stacked.mean(axis=0) if weights is None else weights @ stacked
-        return self.require_finite("temperatures", fused).astype(np.float32)
+        return require_finite("temperatures", fused).astype(np.float32)
 
     def default_distill(self, loss: str) -> DistillSpec:
         """Distil on the received targets before local training, with ``client.distill``'s settings."""
@@ -165,7 +163,8 @@ class PublicSetStrategy(FedkdStrategy):
         return ids, np.stack([uploads[i].values for i in ids]).astype(np.float64)
 
 
-def check_swing(cfg: dict[str, Any], strategy: Any) -> None:
-    """``swing=adaptive`` only with a strategy whose clients release public-set probabilities
-    (``strategy``: a strategy class or its ``StrategySpec``)."""
-    swing_of(cfg, SPECS[strategy.name])
+def check_swing(cfg: dict[str, Any], strategy: Any) -> SwingSpec | None:
+    """The run's Swing options (``swing=adaptive``), None when off; a one-line error unless
+    the strategy's clients release public-set probabilities (``strategy``: a strategy, its
+    class or its ``StrategySpec``)."""
+    return swing_of(cfg, SPECS[strategy.name])

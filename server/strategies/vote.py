@@ -59,6 +59,8 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 @STRATEGIES.register("vote")
 class Vote(PublicSetStrategy):
     name = "vote"
+    bookkeeping = ("ledger",)  # the GNMax ledger never forgets what was spent
+    streams = {"vote_noise": 3}
 
     def setup(self) -> None:
         super().setup()

@@ -28,9 +28,10 @@ from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import ClassLogits
 from fedkd.train import confusion_matrix
 from protocol import wire
+from server import messages
 from server.recorder import RunRecorder
 from server.roster import Roster
-from server.strategies import STRATEGIES, base
+from server.strategies import STRATEGIES
 
 
 def test_counts_rows_are_true_classes_columns_predictions():
@@ -138,7 +139,7 @@ def planned(messages) -> list[bool]:
 @pytest.fixture
 def plain_messages(monkeypatch):
     """Flower's Message needs a live run; the strategy's outgoing messages become plain records."""
-    monkeypatch.setattr(base, "Message", lambda content, **kw: SimpleNamespace(content=content))
+    monkeypatch.setattr(messages, "Message", lambda content, **kw: SimpleNamespace(content=content))
 
 
 @pytest.mark.parametrize(("every", "rounds"), [(0, [4]), (2, [2, 4]), (None, []), (False, [])])

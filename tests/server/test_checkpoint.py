@@ -183,7 +183,7 @@ def test_the_privacy_ledger_and_dropped_clients_survive_a_checkpoint(tmp_path):
     overrides = ("strategy=fd", "privacy=gaussian", "privacy.noise_multiplier=1")
     first = STRATEGIES.get("fd")(info_for(*overrides))
     first.privacy.charge([0, 1, 1])
-    first._drop(3, 2, "no_reply", "nothing within 5s")
+    first.replies.drop(3, 2, "no_reply", "nothing within 5s")
     first.stop_reason = "privacy budget epsilon=8 reached before round 4"
     ckpt_io.save(tmp_path / "p.ckpt", first.state_dict())
     second = STRATEGIES.get("fd")(info_for(*overrides))
@@ -217,7 +217,7 @@ def test_fusion_that_produces_nan_is_rolled_back(monkeypatch):
         return {}
 
     monkeypatch.setattr(fd, "fuse", broken)
-    assert fd._fuse_or_keep(2, uploads_for(fd), {0: 1, 1: 1, 2: 1}) == {}
+    assert fd.guard.fuse(2, uploads_for(fd), {0: 1, 1: 1, 2: 1}) == {}
     np.testing.assert_array_equal(fd.global_teacher.logits, kept)
     assert fd.fusion_failures == 1
     with pytest.raises(FusionError):
@@ -324,8 +324,6 @@ def test_fedka_keeps_its_weights_reference_and_privacy_ledger(tmp_path):
 def test_a_checkpoint_some_clients_could_not_save_leaves_no_client_file(tmp_path, monkeypatch):
     """Complete or absent: when one client fails to save, the files the others wrote for
     that round are removed and the last good round's files stay."""
-    from server.strategies import base
-
     strategy = STRATEGIES.get("fd")(info_for())
     strategy.node_of = {0: 10, 1: 11, 2: 12}
     strategy.checkpointer = checkpoint.Checkpointer(tmp_path, {"checkpoint": {"every": 5}}, 5)
@@ -339,7 +337,7 @@ def test_a_checkpoint_some_clients_could_not_save_leaves_no_client_file(tmp_path
             ckpt_io.save(ckpt_io.client_file(folder, cid, server_round), {"client": cid})
         return "client 2: disk full"
 
-    monkeypatch.setattr(base, "save_clients", two_of_three_save)
+    monkeypatch.setattr(checkpoint, "save_clients", two_of_three_save)
     assert strategy.checkpoint(grid=None, server_round=10, timeout=1) is False
     assert sorted(p.name for p in folder.iterdir()) == [f"client_{c}.r5.ckpt" for c in (0, 1, 2)]
     assert strategy.checkpointer.last_round == 5 and not strategy.checkpointer.path.exists()

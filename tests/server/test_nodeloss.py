@@ -166,8 +166,10 @@ def test_report_shows_clients_per_node(tmp_path):
 def test_a_lost_nodes_reply_is_counted_without_a_line_of_its_own(caplog):
     fd = STRATEGIES.get("fd")(info_for())
     with caplog.at_level("INFO", logger="fedkd"):
-        fd._drop(2, 3, "client_unavailable", f"{server_nodeloss.LOST_REASON} (ActorDiedError)")
-        fd._drop(2, 4, "client_unavailable", "node went away")
+        fd.replies.drop(
+            2, 3, "client_unavailable", f"{server_nodeloss.LOST_REASON} (ActorDiedError)"
+        )
+        fd.replies.drop(2, 4, "client_unavailable", "node went away")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "client 4" in warned[0], warned
     kept = [r for r in caplog.records if r.name == "fedkd.rounds"]  # run.log only

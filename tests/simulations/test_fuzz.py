@@ -50,7 +50,7 @@ def test_the_invariants_catch_an_escape_and_a_rejected_honest_client(built, monk
     def explode(*args):
         raise MemoryError("from the property's own strategy")
 
-    monkeypatch.setattr(fd, "_valid_replies", explode)
+    monkeypatch.setattr(fd.replies, "accept", explode)
     with pytest.raises(fuzz.Escape, match="MemoryError escaped aggregate_train"):
         fuzz.check_round(fd, 1, replies)
     monkeypatch.undo()

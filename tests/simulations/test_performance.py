@@ -487,7 +487,7 @@ def test_tensorboard_keeps_few_writers_open_and_loses_no_scalar(tmp_path, monkey
         for cid in range(7):
             recorder.client(rnd, cid, {"global_test_acc": 0.1 * cid + rnd, "num_train": 5})
         recorder.end_round(rnd, complete_upto=rnd)
-        assert len(recorder._writers) <= 3
+        assert len(recorder.tensorboard._writers) <= 3
     recorder.finish({})
     for cid in range(7):
         acc = EventAccumulator(str(tmp_path / "tensorboard" / f"client_{cid}"))

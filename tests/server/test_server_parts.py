@@ -1,0 +1,246 @@
+"""The strategy's collaborators on their own: reply checking with strikes and exclusion
+(server/replies.py), guarded fusion and rollback (server/fusion.py), the privacy ledger's
+plan entries, state and central-or-reducer helper (server/privacy.py), and the merged
+bookkeeping keys and random streams of the strategy classes."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+from flwr.app import Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
+from helpers import info_for
+
+from fedkd.bounds import Bounds
+from fedkd.encoding import DecodeLimits
+from fedkd.errors import PayloadError
+from fedkd.knowledge import ClassLogits, PublicLogits
+from protocol import wire
+from server.fusion import FusionError, FusionGuard, require_finite
+from server.privacy import build_ledger, central_or
+from server.replies import ReplyChecker, validate_upload
+from server.strategies import STRATEGIES, FedkdStrategy
+from server.strategies.public import PublicSetStrategy
+
+NODES = {0: 10, 1: 11, 2: 12}
+
+
+def metadata(cid: int) -> Metadata:
+    return Metadata(
+        run_id=1,
+        message_id=f"reply-{cid}",
+        src_node_id=NODES[cid],
+        dst_node_id=0,
+        reply_to_message_id=f"ins-{cid}",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=MessageType.TRAIN,
+    )
+
+
+def reply(cid: int, payload=None, metrics: dict | None = None) -> Message:
+    content = RecordDict({wire.METRICS: MetricRecord(metrics or {"num_train": 5})})
+    if payload is not None:
+        wire.put_payload(content, payload)
+    return Message(content=content, metadata=metadata(cid))
+
+
+def logits(value: float) -> ClassLogits:
+    return ClassLogits(np.full((2, 2), value, np.float32), np.array([3, 2]))
+
+
+def checker() -> ReplyChecker:
+    check = ReplyChecker(Bounds.from_config(None), DecodeLimits(("float32",), 2, None), 2)
+    check.client_of = {node: cid for cid, node in NODES.items()}
+    return check
+
+
+def validate(server_round: int, cid: int, payload) -> None:
+    validate_upload(payload, "class_logits", info_for(num_classes=2), Bounds.from_config(None))
+
+
+# ---------------------------------------------------------------- replies
+def test_a_bad_payload_is_rejected_struck_and_excluded_at_max_strikes(caplog):
+    check = checker()
+    for rnd in (1, 2):
+        check.begin_round()
+        replies = [reply(0, logits(1.0)), reply(1, logits(np.nan)), reply(2, logits(2.0))]
+        with caplog.at_level(logging.WARNING, logger="fedkd"):
+            accepted = check.accept(rnd, replies, validate, None)
+        assert [r.cid for r in accepted] == [0, 2]
+        assert check.rejected_now == {1: "non_finite"} and check.nonfinite_now == {1}
+        newly = check.settle(rnd, max_strikes=2)
+        assert newly == ([] if rnd == 1 else [1])
+    assert check.strikes == {1: 2} and check.excluded == {1: 2}
+    assert check.dropped == {"non_finite": 2} and check.dropped_clients == {
+        1: {"non_finite": [1, 2]}
+    }
+    lines = [r.getMessage() for r in caplog.records]
+    assert "round 2: client 1 excluded after 2 rejected replies (server.max_strikes)" in lines
+    assert any(
+        line.startswith("round 1: rejected reply of client 1 (non_finite)") for line in lines
+    )
+
+
+def test_forgiven_clients_and_client_errors_get_no_strike():
+    check = checker()
+    check.begin_round()
+    broken = Message(
+        error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="Message: boom'>"),
+        metadata=metadata(2),
+    )
+    accepted = check.accept(1, [reply(0, logits(np.inf)), reply(1, None), broken], validate, None)
+    assert accepted == []
+    assert check.rejected_now == {0: "non_finite", 1: "wrong_kind", 2: "client_error"}
+    assert check.settle(1, max_strikes=1, forgiven={0}) == [1]
+    assert check.strikes == {1: 1} and check.excluded == {1: 1}  # a client error is no strike
+
+
+def test_collect_rejects_silent_clients_and_raises_when_every_client_failed():
+    check = checker()
+    kept = check.collect(
+        3, [reply(0, logits(1.0))], [0, 1], 5.0, validate, None, lambda c: {"x": c}, None
+    )
+    assert [(r.cid, r.metrics["x"]) for r in kept] == [(0, 0)]
+    assert check.rejected_now == {1: "no_reply"}
+    assert check.participation([0, 1], [0], []) == {
+        "sampled": [0, 1],
+        "participants": [0],
+        "rejected_replies": {"no_reply": 1},
+        "rejected_clients": {"1": "no_reply"},
+    }
+    failed = Message(
+        error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="boom"),
+        metadata=metadata(0),
+    )
+    with pytest.raises(RuntimeError, match="round 4: every client failed; first error: boom"):
+        check.collect(4, [failed], [0], 5.0, validate, None, dict, None)
+
+
+def test_a_reply_above_max_payload_bytes_is_too_large():
+    check = checker()
+    check.begin_round()
+    assert check.accept(1, [reply(0, logits(1.0))], validate, max_payload_bytes=4) == []
+    assert check.rejected_now == {0: "too_large"}
+
+
+def test_the_reply_counters_survive_a_state_round_trip():
+    check = checker()
+    check.begin_round()
+    check.accept(1, [reply(1, logits(np.nan))], validate, None)
+    check.settle(1, max_strikes=1)
+    again = checker()
+    again.load_state_dict(check.state_dict())
+    assert (again.dropped, again.strikes, again.excluded, again.dropped_clients) == (
+        check.dropped,
+        check.strikes,
+        check.excluded,
+        check.dropped_clients,
+    )
+
+
+def test_validate_upload_names_the_kind_and_the_float32_range():
+    with pytest.raises(PayloadError, match="expected a 'class_logits' payload, got public_logits"):
+        validate(1, 0, PublicLogits(np.array([0]), np.zeros((1, 2), np.float32), "logits"))
+    huge = ClassLogits(np.full((2, 2), 1e300, np.float64), np.array([3, 2]))
+    with pytest.raises(PayloadError, match="outside the float32 range"):
+        validate(1, 0, huge)
+
+
+# ---------------------------------------------------------------- fusion and rollback
+def test_require_finite_checks_arrays_payloads_and_trees():
+    assert require_finite("x", np.arange(3)) is not None
+    with pytest.raises(FusionError, match=r"fused knowledge\.b contains NaN or Inf"):
+        require_finite("knowledge", {"a": [np.zeros(2)], "b": np.array([np.inf])})
+    with pytest.raises(FusionError, match=r"fused teacher\.logits contains NaN or Inf"):
+        require_finite("teacher", logits(np.nan))
+
+
+def fd_uploads(value: float) -> dict[int, ClassLogits]:
+    return {c: logits(value + c) for c in range(3)}
+
+
+def test_a_failed_fusion_keeps_the_previous_knowledge_objects():
+    fd = STRATEGIES.get("fd")(info_for(num_classes=2))
+    fd.guard.fuse(1, fd_uploads(1.0), dict.fromkeys(range(3), 1))
+    kept = fd.global_teacher
+    assert fd.guard.fuse(2, fd_uploads(np.nan), dict.fromkeys(range(3), 1)) == {}
+    assert fd.global_teacher is kept and fd.guard.failures == 1
+    assert fd.guard.before is not None  # the round before the failure stays the fallback
+
+
+def test_a_poisoned_round_rolls_back_to_before_the_last_fusion(caplog):
+    fd = STRATEGIES.get("fd")(info_for(num_classes=2))
+    fd.guard.fuse(1, fd_uploads(1.0), dict.fromkeys(range(3), 1))
+    good = fd.global_teacher.logits.copy()
+    fd.guard.fuse(2, fd_uploads(5.0), dict.fromkeys(range(3), 1))
+    assert not np.array_equal(fd.global_teacher.logits, good)
+    assert fd.guard.poisoned(3, victims={0}, answered=3) == set()  # a minority: their fault
+    with caplog.at_level(logging.WARNING, logger="fedkd"):
+        assert fd.guard.poisoned(3, victims={0, 2}, answered=3) == {0, 2}
+    np.testing.assert_array_equal(fd.global_teacher.logits, good)
+    assert "knowledge rolled back to before it, no strikes" in caplog.text
+    # while most replies stay non-finite, the broken models' clients stay forgiven
+    assert fd.guard.poisoned(4, victims={0, 2}, answered=3) == {0, 2}
+    assert fd.guard.poisoned(5, victims=set(), answered=3) == set()
+    assert fd.guard.poisoned(6, victims={0, 2}, answered=3) == set()  # no fusion to blame
+
+
+def test_the_rollback_keeps_bookkeeping():
+    guard = FusionGuard(STRATEGIES.get("vote")(info_for("strategy=vote")), Bounds.from_config(None))
+    assert {"base", "privacy", "ledger"} <= set(guard.strategy.not_knowledge)
+    assert "ledger" not in guard.knowledge() and "targets" in guard.knowledge()
+
+
+# ---------------------------------------------------------------- declared state and streams
+def test_subclasses_declare_their_bookkeeping_and_streams():
+    assert FedkdStrategy.not_knowledge == ("base", "privacy")
+    assert FedkdStrategy.STREAMS == {"sample": 1}
+    assert PublicSetStrategy.STREAMS == {"sample": 1, "public": 2}
+    assert STRATEGIES.get("vote").STREAMS == {"sample": 1, "public": 2, "vote_noise": 3}
+    assert STRATEGIES.get("fedka").STREAMS == {"sample": 1, "vote_noise": 3}
+    assert "generator" in STRATEGIES.get("feddf").not_knowledge
+    assert "generator" not in STRATEGIES.get("fedavg").not_knowledge
+    with pytest.raises(TypeError, match="two random streams share a number"):
+        type("Clash", (PublicSetStrategy,), {"streams": {"mine": 2}})
+
+
+# ---------------------------------------------------------------- privacy
+def test_plan_entries_and_charging_follow_the_mechanism():
+    local = build_ledger(info_for("privacy=gaussian").cfg, "class_logits", 2, 2)
+    assert set(local.plan_entries(False)) == {"privacy"}
+    local.charge_sampled([0, 1])
+    assert local.rounds == {0: 1, 1: 1}
+    central = build_ledger(info_for("privacy=central").cfg, "class_logits", 2, 2)
+    assert central.plan_entries(False) == {}
+    central.charge_sampled([0, 1])  # central noise is charged when fused
+    assert not central.rounds
+    again = build_ledger(info_for("privacy=gaussian").cfg, "class_logits", 2, 2)
+    again.load_state_dict(local.state_dict())
+    assert again.rounds == local.rounds and again.epsilon(0) == local.epsilon(0)
+
+
+def test_central_or_is_the_reducer_without_central_noise():
+    values = np.ones((3, 2, 2))
+    assert central_or(None, 0, 1, values, lambda: "plain") == "plain"
+    ledger = build_ledger(
+        info_for("privacy=central", "simulation.seeded_noise=true").cfg, "class_logits", 2, 2
+    )
+    first = central_or(ledger, 0, 1, values, lambda: "plain")
+    np.testing.assert_array_equal(first, central_or(ledger, 0, 1, values, lambda: "plain"))
+    mean, present = central_or(ledger, 0, 1, values, None, counts=np.ones((3, 2), np.int64))
+    assert mean.shape == (2, 2) and present.shape == (2,)
+
+
+def test_the_budget_stops_or_warns(caplog):
+    cfg = info_for("privacy=gaussian", "privacy.budget_epsilon=0.001").cfg
+    ledger = build_ledger(cfg, "class_logits", 2, 2)
+    assert ledger.allows(1, [0]) == "privacy budget epsilon=0.001 reached before round 1"
+    ledger.on_budget = "warn"
+    with caplog.at_level(logging.WARNING, logger="fedkd"):
+        assert ledger.allows(1, [0]) is None and ledger.allows(2, [0]) is None
+    assert caplog.text.count("privacy budget epsilon=0.001 exceeded; going on") == 1
