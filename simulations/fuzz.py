@@ -19,7 +19,7 @@ in a run. Invariants checked after every example (:func:`check_round`):
 ``fedkd-fuzz`` (long profile, default 10,000 replies per strategy) prints the count
 per strategy and writes the table of hostile inputs tried (category, examples,
 outcome) to ``docs/fuzz.md``; the test suite runs the same property with a few hundred
-examples per strategy (``tests/test_fuzz.py``). Needs the dev extras (``hypothesis``).
+examples per strategy (``tests/simulations/test_fuzz.py``). Needs the dev extras (``hypothesis``).
 
     fedkd-fuzz                                # every strategy, 10,000 replies each
     fedkd-fuzz --examples 500 --strategies fd dsfl --out /tmp/fuzz.md

@@ -21,7 +21,7 @@ def load_digits(cfg: Mapping[str, Any], seed: int) -> SourceData:
     Pixel values are 0..16 in the source, hence the division by 16. The file is
     read the way ``sklearn.datasets.load_digits`` reads it (64 pixel columns, then
     the label), without importing scikit-learn: that import costs every worker
-    process about a second (``tests/test_data.py`` checks both give the same arrays).
+    process about a second (``tests/fedkd/test_data.py`` checks both give the same arrays).
     """
     data = np.loadtxt(_digits_file(), delimiter=",", dtype=np.float64)
     x = (data[:, :-1].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)

@@ -40,7 +40,7 @@ def _run(partitioner: Any, labels: np.ndarray, num_partitions: int, seed: int) -
     label-based partitioners keep the assignment they select from in
     ``_partition_id_to_indices`` (row positions in the table), so when that exists we
     read it directly, and ``IidPartitioner``'s contiguous shards are cut with
-    ``np.array_split``; ``tests/test_data.py`` checks both routes agree.
+    ``np.array_split``; ``tests/fedkd/test_data.py`` checks both routes agree.
     """
     table = _label_table(labels, seed)
     partitioner.dataset = table

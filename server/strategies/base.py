@@ -22,11 +22,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -37,34 +36,20 @@ from fedkd.plan import Plan
 from fedkd.privacy.noise import noise_rng, seeded_noise
 from fedkd.sampling import sample_clients
 from fedkd.strategy_options import SPECS, StrategySpec, check_strategy
-from protocol import wire
-from server import nodeloss
+from server import nodeloss, rounds
 from server.checkpoint import Checkpointer
 from server.confusion import ConfusionCollector
 from server.exchange import send_and_receive
 from server.fusion import FusionError, FusionGuard, require_finite
 from server.health import CollapseWatch
-from server.messages import instruction
 from server.privacy import build_ledger, central_or, vote_ledger
 from server.recorder import RunRecorder
 from server.replies import ReplyChecker, error_summary, validate_upload
 from server.roster import Roster, discover
+from server.settings import RunInfo, ServerSettings
 
 __all__ = ["FedkdStrategy", "FusionError", "RunInfo", "error_summary", "require_finite"]
 log = logging.getLogger("fedkd")
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What the server knows about the run before it starts."""
-
-    num_clients: int
-    num_classes: int
-    num_public: int
-    input_shape: tuple[int, ...]
-    feature_dim: int
-    cfg: dict[str, Any]
-    cfg_json: str
 
 
 def _replies(name: str) -> property:
@@ -106,14 +91,8 @@ class FedkdStrategy(Strategy):
     ) -> None:
         self.info, self.cfg, self.params = info, info.cfg, info.cfg["strategy"]
         server = info.cfg["server"]
-        self.fraction_train = float(server["fraction_train"])
-        self.min_train_clients = int(server["min_train_clients"])
-        optional = {k: server.get(k) for k in ("max_payload_bytes", "max_strikes")}
-        self.max_payload_bytes, self.max_strikes = (
-            None if v is None else int(v) for v in optional.values()
-        )
-        starved = server.get("max_starved_rounds")
-        self.max_starved_rounds = None if starved is None else int(starved)
+        # the server section's values as attributes (tests and the fuzzer set some)
+        vars(self).update(vars(ServerSettings.from_config(server)))
         self.starved_now, self.starved_run = False, 0  # rounds with too few valid replies
         self.node_loss: list[dict[str, Any]] = []  # summary.json rows (server.nodeloss)
         self.cluster: Any = None  # the simulation's lost actors (simulations.nodeloss)
@@ -126,8 +105,6 @@ class FedkdStrategy(Strategy):
         self.replies = ReplyChecker(self.bounds, limits, info.num_classes)
         self.guard = FusionGuard(self, self.bounds)
         self.recorder = recorder
-        self.round_timeout = float(server["round_timeout"])
-        self.poll_interval = float(server.get("poll_interval", 0.05))
         self.seed, self.seeded_noise = int(info.cfg["seed"]), seeded_noise(info.cfg)
         num_rounds = int(self.cfg["num_rounds"])
         self.confusions = ConfusionCollector(
@@ -287,26 +264,9 @@ class FedkdStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._round = server_round
-        plan = self.plan(server_round)
-        if self.confusions.due(self.eval_round(server_round)):
-            plan = plan.with_(confusion=True)
-        sampled = self.sample()
-        if self.privacy is not None:
-            plan = plan.with_(**self.privacy.plan_entries(self.seeded_noise))
-            self.privacy.charge_sampled(sampled)  # local noise: each sampled client releases
-        request = self.request_for(server_round)
-        messages, self._bytes_down = [], {}
-        for cid in sampled:
-            message = instruction(
-                server_round, self.info.cfg_json, plan, node_id=self.node_of[cid],
-                message_type=MessageType.TRAIN, payload=self.payload_for(server_round, cid),
-                knowledge=self.cfg.get("knowledge"), request=request,
-            )  # fmt: skip
-            self._bytes_down[cid] = wire.payload_bytes(message.content)
-            messages.append(message)
-        return messages
+        return rounds.train_messages(self, server_round)
 
-    def _validate_upload(self, server_round: int, client_id: int, payload: Any) -> None:
+    def validate_upload(self, server_round: int, client_id: int, payload: Any) -> None:
         """``server.replies.validate_upload``, then the strategy's own ``check_upload``."""
         if self.upload_kind is not None:
             validate_upload(payload, self.upload_kind, self.info, self.bounds)
@@ -315,51 +275,17 @@ class FedkdStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies, check, record = list(replies), self.replies, self.recorder
-        eval_round = self.eval_round(server_round)
+        return None, rounds.close_train(self, server_round, replies)
 
-        def extra(cid: int) -> dict[str, Any]:
-            out = {"bytes_down": self._bytes_down.get(cid, 0), "eval_round": eval_round}
-            return out if self.privacy is None else {**out, "epsilon": self.privacy.epsilon(cid)}
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return rounds.evaluate_messages(self, server_round)
 
-        accepted = check.collect(
-            server_round, replies, sorted(self._bytes_down), self.round_timeout,
-            self._validate_upload, self.max_payload_bytes, extra, record,
-        )  # fmt: skip
-        uploads = {r.cid: r.payload for r in accepted}
-        num_train = {r.cid: int(r.metrics.get("num_train", 1)) for r in accepted}
-        self.confusions.record(record, eval_round, [(r.cid, r.confusion) for r in accepted])
-        answered = sum(1 for m in replies if not m.has_error())
-        poisoned = self.guard.poisoned(server_round, check.nonfinite_now, answered)
-        newly = check.settle(server_round, self.max_strikes, poisoned)
-        # health reads the researcher's view (the measurement too): logged, never fused
-        accs = {r.cid: r.recorded.get("global_test_acc") for r in accepted}
-        collapse = self.health.update(eval_round, accs)
-        if collapse is not None:
-            log.warning("%s", collapse)
-            if record is not None:
-                record.server_extra(server_round, {"collapse_warning": collapse})
-        diagnostics = {"replies": float(len(accepted)), "rejected": float(len(check.rejected_now))}
-        if record is not None:
-            record.server_extra(server_round, check.participation(self._bytes_down, uploads, newly))
-        if poisoned:
-            diagnostics["knowledge_rolled_back"] = 1.0
-        elif len(accepted) < self.min_train_clients:
-            self.starved_now = True
-            log.warning(
-                "round %d: %d valid replies < min_train_clients=%d; knowledge not updated",
-                server_round, len(accepted), self.min_train_clients,
-            )  # fmt: skip
-        elif self.upload_kind is not None:
-            failures = self.guard.failures
-            diagnostics.update(self.guard.fuse(server_round, uploads, num_train))
-            if self.central and self.guard.failures == failures:
-                self.privacy.charge(sorted(self.node_of))  # the noised aggregate: all pay
-        if self.privacy is not None:
-            diagnostics["epsilon"] = self.privacy.max_epsilon()
-            if self.seeded_noise:  # beside epsilon everywhere it is shown: not a guarantee
-                diagnostics["seeded_noise"] = 1.0
-        return None, MetricRecord(diagnostics)
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return rounds.close_evaluate(self, server_round, replies)
 
     def budget_allows(self, server_round: int) -> bool:
         """False (and ``stop_reason``) when another round would push a client past
@@ -371,41 +297,6 @@ class FedkdStrategy(Strategy):
             self.stop_reason = reason
             log.warning("stopping: %s", reason)
         return reason is None
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        if not self.final_evaluation or server_round != int(self.cfg["num_rounds"]):
-            return []
-        plan = Plan(confusion=self.confusions.due(server_round))
-        return [
-            instruction(
-                server_round,
-                self.info.cfg_json,
-                plan,
-                node_id=self.node_of[cid],
-                message_type=MessageType.EVALUATE,
-                payload=self.payload_for(server_round + 1, cid),
-                knowledge=self.cfg.get("knowledge"),
-            )  # fmt: skip
-            for cid in sorted(self.node_of)
-        ]
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        self.replies.strikes_now = []
-        accepted = self.replies.accept(server_round, replies, None, self.max_payload_bytes)
-        self.replies.settle(server_round, self.max_strikes)
-        for reply in accepted:
-            reply.metrics.pop("bytes_up", None)
-            if self.recorder is not None:
-                measured = self.replies.measured.pop(reply.cid, {})
-                self.recorder.client(server_round, reply.cid, {**measured, **reply.metrics})
-        self.confusions.record(
-            self.recorder, server_round, [(r.cid, r.confusion) for r in accepted]
-        )
-        return MetricRecord({"replies": float(len(accepted))}) if accepted else None
 
     def checkpoint(self, grid: Grid, server_round: int, timeout: float) -> bool:
         """``Checkpointer.save``: the clients' states, then the server's."""

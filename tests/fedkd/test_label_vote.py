@@ -116,9 +116,9 @@ def test_vote_strategy_checks_top_k_and_indices():
     vote = vote_strategy("strategy.top_k=2")
     idx = vote.indices_for(1)
     with pytest.raises(PayloadError, match="top-2"):
-        vote._validate_upload(1, 0, Votes(indices=idx, votes=np.zeros((3, 1), np.int64)))
+        vote.validate_upload(1, 0, Votes(indices=idx, votes=np.zeros((3, 1), np.int64)))
     with pytest.raises(PayloadError, match="indices differ"):
-        vote._validate_upload(1, 0, Votes(indices=idx[::-1].copy(), votes=np.array([[0, 1]] * 3)))
+        vote.validate_upload(1, 0, Votes(indices=idx[::-1].copy(), votes=np.array([[0, 1]] * 3)))
     with pytest.raises(PayloadError, match="repeats a class"):
         vote.fuse(1, {0: Votes(indices=idx, votes=np.array([[0, 0]] * 3))}, {0: 1})
 

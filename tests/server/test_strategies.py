@@ -48,7 +48,7 @@ def test_fd_mean_and_leave_one_out_teachers():
 def test_fd_rejects_wrong_payloads():
     fd = STRATEGIES.get("fd")(info_for())
     with pytest.raises(PayloadError, match="expected a 'class_logits' payload"):
-        fd._validate_upload(
+        fd.validate_upload(
             1,
             0,
             PublicLogits(
@@ -56,11 +56,11 @@ def test_fd_rejects_wrong_payloads():
             ),
         )
     with pytest.raises(PayloadError):
-        fd._validate_upload(
+        fd.validate_upload(
             1, 0, ClassLogits(logits=np.full((2, 2), np.nan, np.float32), counts=np.array([1, 1]))
         )
     with pytest.raises(PayloadError):  # three classes, the run has two
-        fd._validate_upload(
+        fd.validate_upload(
             1, 0, ClassLogits(logits=np.zeros((3, 3), np.float32), counts=np.array([1, 1, 1]))
         )
 
@@ -77,7 +77,7 @@ def test_dsfl_era_sharpens_the_mean_of_probabilities():
         ),
     }
     for payload in uploads.values():
-        dsfl._validate_upload(1, 0, payload)
+        dsfl.validate_upload(1, 0, payload)
     dsfl.fuse(1, uploads, {0: 1, 1: 1})
     # mean [0.7, 0.3] -> softmax([7, 3]) = [1/(1+e^-4), e^-4/(1+e^-4)]
     first = 1 / (1 + np.exp(-4))
@@ -91,7 +91,7 @@ def test_dsfl_refuses_indices_it_did_not_ask_for():
     asked = dsfl.indices_for(1)
     other = np.setdiff1d(np.arange(4), asked)[:2]
     with pytest.raises(PayloadError, match="indices"):
-        dsfl._validate_upload(
+        dsfl.validate_upload(
             1,
             0,
             PublicLogits(indices=other, values=np.full((2, 2), 0.5, np.float32), space="probs"),
@@ -155,7 +155,7 @@ def test_knfu_sends_each_client_its_own_fusion():
         2: PublicLogits(idx, b, "probs"),
     }
     for cid, payload in uploads.items():
-        knfu._validate_upload(1, cid, payload)
+        knfu.validate_upload(1, cid, payload)
     knfu.fuse(1, uploads, {0: 1, 1: 1, 2: 1})
     q0, q2 = knfu.payload_for(2, 0).values, knfu.payload_for(2, 2).values
     # clients 0 and 1 agree, client 2 is far: each side mostly keeps its own knowledge
@@ -212,7 +212,7 @@ def test_payload_beyond_float32_range_is_rejected():
     fd = STRATEGIES.get("fd")(info_for())
     huge = ClassLogits(logits=np.full((2, 2), 1e300, np.float64), counts=np.array([1, 1]))
     with pytest.raises(PayloadError, match="float32"):
-        fd._validate_upload(1, 0, huge)
+        fd.validate_upload(1, 0, huge)
 
 
 def test_non_finite_fusion_keeps_previous_knowledge():

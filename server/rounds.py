@@ -1,0 +1,140 @@
+"""One round's two halves, for every strategy: the messages out and the replies in.
+
+``train_messages`` builds the round's instructions (the strategy's ``plan`` plus the
+confusion flag and the privacy entries, each sampled client's payload and the shared
+request) and charges local privacy noise; ``close_train`` takes the replies through the
+reply checker, records them, rolls back a poisoned round or fuses the accepted uploads
+(``server/fusion.py``) and returns the round's diagnostics. ``evaluate_messages`` /
+``close_evaluate`` do the same for the one final evaluate exchange of strategies with a
+server model. The strategy (``server/strategies/base.py``) keeps the loop and the hooks;
+these functions read only its hooks and collaborators.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import Message, MessageType, MetricRecord
+
+from fedkd.plan import Plan
+from protocol import wire
+from server.messages import instruction
+
+if TYPE_CHECKING:
+    from server.strategies.base import FedkdStrategy
+
+log = logging.getLogger("fedkd")
+
+
+def train_messages(strategy: FedkdStrategy, server_round: int) -> list[Message]:
+    """The round's train messages, one per sampled client; remembers the bytes sent."""
+    s = strategy
+    plan = s.plan(server_round)
+    if s.confusions.due(s.eval_round(server_round)):
+        plan = plan.with_(confusion=True)
+    sampled = s.sample()
+    if s.privacy is not None:
+        plan = plan.with_(**s.privacy.plan_entries(s.seeded_noise))
+        s.privacy.charge_sampled(sampled)  # local noise: each sampled client releases
+    request = s.request_for(server_round)
+    messages, s._bytes_down = [], {}
+    for cid in sampled:
+        message = instruction(
+            server_round, s.info.cfg_json, plan, node_id=s.node_of[cid],
+            message_type=MessageType.TRAIN, payload=s.payload_for(server_round, cid),
+            knowledge=s.cfg.get("knowledge"), request=request,
+        )  # fmt: skip
+        s._bytes_down[cid] = wire.payload_bytes(message.content)
+        messages.append(message)
+    return messages
+
+
+def close_train(
+    strategy: FedkdStrategy, server_round: int, replies: Iterable[Message]
+) -> MetricRecord:
+    """Check, record and fuse the round's replies; the round's diagnostics."""
+    s = strategy
+    replies, check, record = list(replies), s.replies, s.recorder
+    eval_round = s.eval_round(server_round)
+
+    def extra(cid: int) -> dict[str, Any]:
+        out = {"bytes_down": s._bytes_down.get(cid, 0), "eval_round": eval_round}
+        return out if s.privacy is None else {**out, "epsilon": s.privacy.epsilon(cid)}
+
+    accepted = check.collect(
+        server_round, replies, sorted(s._bytes_down), s.round_timeout,
+        s.validate_upload, s.max_payload_bytes, extra, record,
+    )  # fmt: skip
+    uploads = {r.cid: r.payload for r in accepted}
+    num_train = {r.cid: int(r.metrics.get("num_train", 1)) for r in accepted}
+    s.confusions.record(record, eval_round, [(r.cid, r.confusion) for r in accepted])
+    answered = sum(1 for m in replies if not m.has_error())
+    poisoned = s.guard.poisoned(server_round, check.nonfinite_now, answered)
+    newly = check.settle(server_round, s.max_strikes, poisoned)
+    # health reads the researcher's view (the measurement too): logged, never fused
+    accs = {r.cid: r.recorded.get("global_test_acc") for r in accepted}
+    collapse = s.health.update(eval_round, accs)
+    if collapse is not None:
+        log.warning("%s", collapse)
+        if record is not None:
+            record.server_extra(server_round, {"collapse_warning": collapse})
+    diagnostics = {"replies": float(len(accepted)), "rejected": float(len(check.rejected_now))}
+    if record is not None:
+        record.server_extra(server_round, check.participation(s._bytes_down, uploads, newly))
+    if poisoned:
+        diagnostics["knowledge_rolled_back"] = 1.0
+    elif len(accepted) < s.min_train_clients:
+        s.starved_now = True
+        log.warning(
+            "round %d: %d valid replies < min_train_clients=%d; knowledge not updated",
+            server_round, len(accepted), s.min_train_clients,
+        )  # fmt: skip
+    elif s.upload_kind is not None:
+        failures = s.guard.failures
+        diagnostics.update(s.guard.fuse(server_round, uploads, num_train))
+        if s.central and s.guard.failures == failures:
+            s.privacy.charge(sorted(s.node_of))  # the noised aggregate: all pay
+    if s.privacy is not None:
+        diagnostics["epsilon"] = s.privacy.max_epsilon()
+        if s.seeded_noise:  # beside epsilon everywhere it is shown: not a guarantee
+            diagnostics["seeded_noise"] = 1.0
+    return MetricRecord(diagnostics)
+
+
+def evaluate_messages(strategy: FedkdStrategy, server_round: int) -> list[Message]:
+    """After the last round, strategies with a server model send it to every client."""
+    s = strategy
+    if not s.final_evaluation or server_round != int(s.cfg["num_rounds"]):
+        return []
+    plan = Plan(confusion=s.confusions.due(server_round))
+    return [
+        instruction(
+            server_round,
+            s.info.cfg_json,
+            plan,
+            node_id=s.node_of[cid],
+            message_type=MessageType.EVALUATE,
+            payload=s.payload_for(server_round + 1, cid),
+            knowledge=s.cfg.get("knowledge"),
+        )  # fmt: skip
+        for cid in sorted(s.node_of)
+    ]
+
+
+def close_evaluate(
+    strategy: FedkdStrategy, server_round: int, replies: Iterable[Message]
+) -> MetricRecord | None:
+    """Record the final evaluation's replies (no knowledge is fused)."""
+    s = strategy
+    s.replies.strikes_now = []
+    accepted = s.replies.accept(server_round, replies, None, s.max_payload_bytes)
+    s.replies.settle(server_round, s.max_strikes)
+    for reply in accepted:
+        reply.metrics.pop("bytes_up", None)
+        if s.recorder is not None:
+            measured = s.replies.measured.pop(reply.cid, {})
+            s.recorder.client(server_round, reply.cid, {**measured, **reply.metrics})
+    s.confusions.record(s.recorder, server_round, [(r.cid, r.confusion) for r in accepted])
+    return MetricRecord({"replies": float(len(accepted))}) if accepted else None
