@@ -58,7 +58,7 @@ def test_the_invariants_catch_an_escape_and_a_rejected_honest_client(built, monk
     def reject_all(server_round, cid, payload):
         raise PayloadError("no", "shape")
 
-    monkeypatch.setattr(fd, "_validate_upload", reject_all)
+    monkeypatch.setattr(fd, "validate_upload", reject_all)
     with pytest.raises(fuzz.Escape, match="honest client 0 rejected"):
         fuzz.check_round(fd, 1, replies)
 
