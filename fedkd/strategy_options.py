@@ -494,7 +494,7 @@ def _check_fedka(cfg: Mapping[str, Any]) -> None:
         _at_least(p, key, low, "int")
     _positive(p, "gamma")
     _bool(p, "voting_enabled")
-    from fedkd.fusion.label_vote import LabelVoting
+    from fedkd.privacy.label_release import LabelVoting
 
     LabelVoting.from_config(p["voting"])
 
@@ -505,6 +505,6 @@ def _check_vote(cfg: Mapping[str, Any]) -> None:
     _subset(cfg, "query_size")
     _at_least(p, "top_k", 1, "int")
     check_loss("strategy.distill_loss", p["distill_loss"], "probs")
-    from fedkd.fusion.label_vote import LabelVoting
+    from fedkd.privacy.label_release import LabelVoting
 
     LabelVoting.from_config(p["voting"], votes_per_teacher=p["top_k"])

@@ -278,6 +278,20 @@ class PerClass(Payload):
     def _rebuild(self: P, values: np.ndarray, counts: np.ndarray) -> P:
         return type(self)(**{self.value_key: values, "counts": counts})
 
+    width_of: ClassVar[str] = "num_classes"  # what the table's width must equal
+
+    def validate(
+        self,
+        *,
+        num_classes: int,
+        num_public: int | None = None,
+        feature_dim: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        width = num_classes if self.width_of == "num_classes" else feature_dim
+        self._validate_per_class(num_classes, width, self.width_of)
+        self._check_bytes(max_bytes)
+
     def _validate_per_class(self, num_classes: int, width: int | None, width_name: str) -> None:
         where = f"{self.kind}.{self.value_key}"
         values = float_array(where, self.table(), 2)

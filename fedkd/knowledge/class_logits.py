@@ -21,17 +21,7 @@ class ClassLogits(PerClass):
     kind: ClassVar[str] = "class_logits"
     value_key: ClassVar[str] = "logits"
     score_key: ClassVar[str | None] = "logits"
+    width_of: ClassVar[str] = "num_classes"
     collects: ClassVar[str | None] = "logits"
     logits: np.ndarray
     counts: np.ndarray
-
-    def validate(
-        self,
-        *,
-        num_classes: int,
-        num_public: int | None = None,
-        feature_dim: int | None = None,
-        max_bytes: int | None = None,
-    ) -> None:
-        self._validate_per_class(num_classes, num_classes, "num_classes")
-        self._check_bytes(max_bytes)

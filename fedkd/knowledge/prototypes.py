@@ -19,17 +19,7 @@ class Prototypes(PerClass):
 
     kind: ClassVar[str] = "prototypes"
     value_key: ClassVar[str] = "prototypes"
+    width_of: ClassVar[str] = "feature_dim"
     collects: ClassVar[str | None] = "features"
     prototypes: np.ndarray
     counts: np.ndarray
-
-    def validate(
-        self,
-        *,
-        num_classes: int,
-        num_public: int | None = None,
-        feature_dim: int | None = None,
-        max_bytes: int | None = None,
-    ) -> None:
-        self._validate_per_class(num_classes, feature_dim, "feature_dim")
-        self._check_bytes(max_bytes)

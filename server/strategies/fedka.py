@@ -12,7 +12,7 @@ set (``split.target_domain``). Per round (one exchange):
 2. the server averages every array (unweighted, as the code does: ``weighted: false``);
 3. **federated voting**: every uploaded client model labels the target samples, the
    per-sample plurality (ties to the lowest class id; optional consensus threshold or
-   PATE noise, :class:`~fedkd.fusion.label_vote.LabelVoting`) is the pseudo-label, and
+   PATE noise, :class:`~fedkd.privacy.label_release.LabelVoting`) is the pseudo-label, and
    the global model is fine-tuned on it with the ramped adoption rate
    (:func:`fedkd.adaptation.finetune_on_votes`);
 4. the server evaluates the global model on the target domain.
@@ -56,9 +56,9 @@ from fedkd.adaptation import (
 from fedkd.client.runtime import data_key, federated_data
 from fedkd.domain import DomainHead
 from fedkd.fusion import vote_counts
-from fedkd.fusion.label_vote import LabelVoting
 from fedkd.knowledge import ModelWeights
 from fedkd.plan import AdaptSpec, ExtractSpec, Plan
+from fedkd.privacy.label_release import LabelVoting
 from fedkd.strategy_options import FEDKA_BROADCASTS
 from fedkd.train import evaluate, predict
 from fedkd.weights import arrays_to_model, model_to_arrays

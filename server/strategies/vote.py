@@ -6,7 +6,7 @@ per-round subset of the public set (the unlabelled target domain when
 ``split.target_domain`` is set). The server counts the votes and releases a label
 where the share of clients agreeing reaches ``voting.threshold``, optionally through
 PATE's GNMax / Confident-GNMax with client-level ε accounted per query
-(:class:`fedkd.fusion.label_vote.LabelVoting`). Next round, every client distils on
+(:class:`fedkd.privacy.label_release.LabelVoting`). Next round, every client distils on
 the released labels (one-hot targets, soft-target cross-entropy) before its local
 training. Nothing else is exchanged, so any mix of architectures works.
 
@@ -28,9 +28,9 @@ import numpy as np
 from fedkd.client.runtime import data_key, federated_data
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import first_choice_counts, vote_counts
-from fedkd.fusion.label_vote import LabelVoting, VoteRelease
 from fedkd.knowledge import PublicLogits, Votes
 from fedkd.plan import ExtractSpec, Plan
+from fedkd.privacy.label_release import LabelVoting, VoteRelease
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
 

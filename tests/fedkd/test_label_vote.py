@@ -9,9 +9,9 @@ import pytest
 from helpers import info_for
 
 from fedkd.errors import ConfigError, PayloadError
-from fedkd.fusion.label_vote import LabelVoting
 from fedkd.knowledge import Votes
 from fedkd.privacy import RdpLedger
+from fedkd.privacy.label_release import LabelVoting
 from server.strategies import STRATEGIES
 
 # 4 samples, 3 classes, 4 voters: unanimous, 3/4, a 2-2 tie, nobody voted

@@ -6,47 +6,28 @@ bookkeeping keys and random streams of the strategy classes."""
 from __future__ import annotations
 
 import logging
-import time
 
+import helpers
 import numpy as np
 import pytest
-from flwr.app import Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
-from helpers import info_for
+from helpers import NODES, info_for, metadata
 
 from fedkd.bounds import Bounds
 from fedkd.encoding import DecodeLimits
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, PublicLogits
-from protocol import wire
 from server.fusion import FusionError, FusionGuard, require_finite
 from server.privacy import build_ledger, central_or
 from server.replies import ReplyChecker, validate_upload
 from server.strategies import STRATEGIES, FedkdStrategy
 from server.strategies.public import PublicSetStrategy
 
-NODES = {0: 10, 1: 11, 2: 12}
-
-
-def metadata(cid: int) -> Metadata:
-    return Metadata(
-        run_id=1,
-        message_id=f"reply-{cid}",
-        src_node_id=NODES[cid],
-        dst_node_id=0,
-        reply_to_message_id=f"ins-{cid}",
-        group_id="1",
-        created_at=time.time(),
-        ttl=600.0,
-        message_type=MessageType.TRAIN,
-    )
-
 
 def reply(cid: int, payload=None, metrics: dict | None = None) -> Message:
-    content = RecordDict({wire.METRICS: MetricRecord(metrics or {"num_train": 5})})
-    if payload is not None:
-        wire.put_payload(content, payload)
-    return Message(content=content, metadata=metadata(cid))
+    """A TRAIN reply of client ``cid`` carrying only ``num_train`` unless told otherwise."""
+    return helpers.reply(cid, payload, metrics=metrics or {"num_train": 5})
 
 
 def logits(value: float) -> ClassLogits:

@@ -1,5 +1,9 @@
 """Releasing labels from client votes: consensus threshold, optional PATE noise, ε ledger.
 
+The vote counting and the consensus rule are pure functions in :mod:`fedkd.fusion.vote`;
+this stateful release (it accumulates the GNMax privacy cost of every query) lives with
+the other privacy mechanisms.
+
 One object serves both alignment-voting strategies (``vote``: heterogeneous clients
 distil on the released labels; ``fedka``: the global model is fine-tuned on them), so
 the threshold, the noise and the privacy accounting are the same code
@@ -29,7 +33,8 @@ import numpy as np
 
 from fedkd.errors import ConfigError
 from fedkd.fusion.vote import consensus, plurality
-from fedkd.privacy import RdpLedger, confident_gnmax, gnmax
+from fedkd.privacy.accounting import RdpLedger
+from fedkd.privacy.mechanisms import confident_gnmax, gnmax
 
 NOISES = ("none", "gnmax", "confident_gnmax")
 
