@@ -94,6 +94,27 @@ class ReplyChecker:
         self.nonfinite_now: set[int] = set()  # this round: rejected for NaN/Inf
         self.measured: dict[int, dict[str, float]] = {}  # client id -> measurement (recorder)
 
+    @classmethod
+    def for_run(
+        cls, cfg: dict[str, Any], bounds: Bounds, num_classes: int, max_bytes: int | None
+    ) -> ReplyChecker:
+        """The checker of a run: replies may use the run's one knowledge encoding."""
+        encoding = (cfg.get("knowledge") or {}).get("encoding", "float32")
+        limits = DecodeLimits(encodings=(encoding,), max_columns=num_classes, max_bytes=max_bytes)
+        return cls(bounds, limits, num_classes)
+
+    def eligible(
+        self, node_of: dict[int, int], server_round: int, max_strikes: int | None
+    ) -> list[int]:
+        """The clients not excluded, in id order (RuntimeError when none is left)."""
+        ids = sorted(c for c in node_of if c not in self.excluded)
+        if not ids:
+            raise RuntimeError(
+                f"round {server_round}: every client has been excluded after "
+                f"server.max_strikes={max_strikes} rejected replies"
+            )
+        return ids
+
     def begin_round(self) -> None:
         self.rejected_now, self.strikes_now, self.nonfinite_now = {}, [], set()
 

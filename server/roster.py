@@ -54,6 +54,14 @@ class Roster:
     def client_of(self) -> dict[int, int]:
         return {node: cid for cid, node in self.node_of.items()}
 
+    def check(self, num_clients: int) -> Roster:
+        """This roster, or a ConfigError when the clients hold another number of partitions."""
+        if self.num_partitions != num_clients:
+            raise ConfigError(
+                f"the clients hold {self.num_partitions} partitions but num_clients={num_clients}"
+            )
+        return self
+
 
 def _ask(
     grid: Grid, nodes: list[int], timeout: float, cfg_json: str | None

@@ -13,13 +13,17 @@ these functions read only its hooks and collaborators.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 
 from fedkd.plan import Plan
 from protocol import wire
+from server.exchange import send_and_receive
 from server.messages import instruction
 
 if TYPE_CHECKING:
@@ -138,3 +142,33 @@ def close_evaluate(
             s.recorder.client(server_round, reply.cid, {**measured, **reply.metrics})
     s.confusions.record(s.recorder, server_round, [(r.cid, r.confusion) for r in accepted])
     return MetricRecord({"replies": float(len(accepted))}) if accepted else None
+
+
+def train_exchange(
+    strategy: FedkdStrategy, grid: Grid, server_round: int, timeout: float, result: Result
+) -> None:
+    """One train round through Flower's hooks: messages out, replies in, metrics recorded."""
+    s, started = strategy, time.perf_counter()
+    messages = list(s.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
+    replies = send_and_receive(grid, messages, timeout, s.poll_interval)
+    # the grid has set each message's id while pushing it
+    s.replies.sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    _, metrics = s.aggregate_train(server_round, replies)
+    if metrics is not None:
+        result.train_metrics_clientapp[server_round] = metrics
+        if s.recorder is not None:
+            elapsed = time.perf_counter() - started
+            s.recorder.server(server_round, {**dict(metrics), "round_time_s": elapsed})
+
+
+def evaluate_exchange(
+    strategy: FedkdStrategy, grid: Grid, num_rounds: int, timeout: float, result: Result
+) -> None:
+    """The final evaluate exchange, for strategies that send one (``final_evaluation``)."""
+    s = strategy
+    messages = s.configure_evaluate(num_rounds, ArrayRecord(), ConfigRecord(), grid)
+    if messages:
+        replies = send_and_receive(grid, messages, timeout, s.poll_interval)
+        metrics = s.aggregate_evaluate(num_rounds, replies)
+        if metrics is not None:
+            result.evaluate_metrics_clientapp[num_rounds] = metrics

@@ -20,7 +20,6 @@ when knowledge is rolled back, never checked for NaN) and its seeded random stre
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -30,8 +29,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedkd.bounds import Bounds
-from fedkd.encoding import DecodeLimits
-from fedkd.errors import ConfigError
 from fedkd.plan import Plan
 from fedkd.privacy.noise import noise_rng, seeded_noise
 from fedkd.sampling import sample_clients
@@ -39,7 +36,6 @@ from fedkd.strategy_options import SPECS, StrategySpec, check_strategy
 from server import nodeloss, rounds
 from server.checkpoint import Checkpointer
 from server.confusion import ConfusionCollector
-from server.exchange import send_and_receive
 from server.fusion import FusionError, FusionGuard, require_finite
 from server.health import CollapseWatch
 from server.privacy import build_ledger, central_or, vote_ledger
@@ -98,11 +94,9 @@ class FedkdStrategy(Strategy):
         self.cluster: Any = None  # the simulation's lost actors (simulations.nodeloss)
         self.stop_status, self.stop_reason = "stopped", None  # server.nodeloss, the budget
         self.bounds = Bounds.from_config(info.cfg.get("bounds"))
-        encoding = (info.cfg.get("knowledge") or {}).get("encoding", "float32")
-        limits = DecodeLimits(
-            encodings=(encoding,), max_columns=info.num_classes, max_bytes=self.max_payload_bytes
+        self.replies = ReplyChecker.for_run(
+            info.cfg, self.bounds, info.num_classes, self.max_payload_bytes
         )
-        self.replies = ReplyChecker(self.bounds, limits, info.num_classes)
         self.guard = FusionGuard(self, self.bounds)
         self.recorder = recorder
         self.seed, self.seeded_noise = int(info.cfg["seed"]), seeded_noise(info.cfg)
@@ -228,20 +222,12 @@ class FedkdStrategy(Strategy):
 
     # ------------------------------------------------------------ sampling
     def use_roster(self, roster: Roster) -> None:
-        if roster.num_partitions != self.info.num_clients:
-            raise ConfigError(
-                f"the clients hold {roster.num_partitions} partitions but num_clients={self.info.num_clients}"
-            )
+        roster.check(self.info.num_clients)
         self.node_of, self.client_of = dict(roster.node_of), roster.client_of
 
     def sample(self) -> list[int]:
         """Client ids for this round: seeded, so the same seed samples the same clients."""
-        ids = sorted(c for c in self.node_of if c not in self.excluded)
-        if not ids:
-            raise RuntimeError(
-                f"round {self._round}: every client has been excluded after "
-                f"server.max_strikes={self.max_strikes} rejected replies"
-            )
+        ids = self.replies.eligible(self.node_of, self._round, self.max_strikes)
         rng = self.rng_for(self._round, "sample")
         return sample_clients(ids, self.fraction_train, self.min_train_clients, rng)
 
@@ -316,7 +302,7 @@ class FedkdStrategy(Strategy):
     ) -> Result:
         """Run ``num_rounds`` rounds of one exchange each (Flower's loop sends two)."""
         self.summary()
-        result, empty, first, record = Result(), ArrayRecord(), 1, self.recorder
+        result, first, record = Result(), 1, self.recorder
         if not self.node_of:
             found = self.find_roster(grid, timeout) if self.find_roster is not None else None
             self.use_roster(found or discover(grid, timeout, expected=self.info.num_clients))
@@ -326,17 +312,7 @@ class FedkdStrategy(Strategy):
         for rnd in range(first, num_rounds + 1):
             if not self.budget_allows(rnd):
                 break
-            started = time.perf_counter()
-            messages = list(self.configure_train(rnd, empty, ConfigRecord(), grid))
-            replies = send_and_receive(grid, messages, timeout, self.poll_interval)
-            # the grid has set each message's id while pushing it
-            self.replies.sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-            _, metrics = self.aggregate_train(rnd, replies)
-            if metrics is not None:
-                result.train_metrics_clientapp[rnd] = metrics
-                if record is not None:
-                    elapsed = time.perf_counter() - started
-                    record.server(rnd, {**dict(metrics), "round_time_s": elapsed})
+            rounds.train_exchange(self, grid, rnd, timeout, result)
             nodeloss.after_round(self, rnd)
             if record is not None:
                 record.end_round(rnd, complete_upto=rnd - (1 if self.final_evaluation else 0))
@@ -344,12 +320,6 @@ class FedkdStrategy(Strategy):
                 break  # lost node or starved: no checkpoint of this round, the last one stays
             if self.checkpointer is not None and self.checkpointer.due(rnd):
                 self.checkpoint(grid, rnd, timeout)
-        if self.stop_reason is not None:
-            return result
-        evaluate = self.configure_evaluate(num_rounds, empty, ConfigRecord(), grid)
-        if evaluate:
-            replies = send_and_receive(grid, evaluate, timeout, self.poll_interval)
-            metrics = self.aggregate_evaluate(num_rounds, replies)
-            if metrics is not None:
-                result.evaluate_metrics_clientapp[num_rounds] = metrics
+        if self.stop_reason is None:
+            rounds.evaluate_exchange(self, grid, num_rounds, timeout, result)
         return result
