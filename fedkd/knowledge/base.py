@@ -50,18 +50,19 @@ PAYLOADS: Registry[type[Payload]] = Registry("payload")
 
 
 # ---------------------------------------------------------------- checks
-def check_array(where: str, value: Any) -> np.ndarray:
+def check_array(where: str, value: Any, ndim: int | None = None) -> np.ndarray:
+    """``value`` as a numpy array (of ``ndim`` dimensions when given), else a PayloadError."""
     if not isinstance(value, np.ndarray):
         raise PayloadError(f"{where}: expected a numpy array, got {type(value).__name__}", "dtype")
+    if ndim is not None and value.ndim != ndim:
+        raise PayloadError(
+            f"{where}: expected {ndim}-D array, got shape {list(value.shape)}", "shape"
+        )
     return value
 
 
 def float_array(where: str, value: Any, ndim: int) -> np.ndarray:
-    arr = check_array(where, value)
-    if arr.ndim != ndim:
-        raise PayloadError(
-            f"{where}: expected {ndim}-D array, got shape {list(arr.shape)}", "shape"
-        )
+    arr = check_array(where, value, ndim)
     if arr.dtype not in _FLOATS:
         raise PayloadError(f"{where}: dtype must be float32 or float64, got {arr.dtype}", "dtype")
     if not np.all(np.isfinite(arr)):
@@ -70,11 +71,7 @@ def float_array(where: str, value: Any, ndim: int) -> np.ndarray:
 
 
 def int_array(where: str, value: Any, ndim: int) -> np.ndarray:
-    arr = check_array(where, value)
-    if arr.ndim != ndim:
-        raise PayloadError(
-            f"{where}: expected {ndim}-D array, got shape {list(arr.shape)}", "shape"
-        )
+    arr = check_array(where, value, ndim)
     if not np.issubdtype(arr.dtype, np.integer):
         raise PayloadError(f"{where}: dtype must be an integer type, got {arr.dtype}", "dtype")
     return arr
