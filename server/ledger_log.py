@@ -1,15 +1,15 @@
 """The privacy ledger's append-only log: every release charged when it happens, on disk.
 
-``<run>/privacy_ledger.jsonl`` holds one JSON line per charge, written and fsynced at the
-moment the ledger charges it (before the release leaves: local and sub-teacher rounds
-are charged when the plan is sent, central and GNMax releases when they are fused):
+``<run>/privacy_ledger.jsonl`` holds one JSON line per release the run's ledger
+(``fedkd.privacy.accounting.Ledger``) records, written and fsynced at the moment it is
+charged (before the release leaves: local and sub-teacher rounds are charged when the
+plan is sent, central and GNMax releases when they are fused):
+``{"round": r, "mechanism": m, "units": [ids] or "every", "event": e, "count": n}``,
+``e`` the ``dp_accounting`` event as JSON (``Release.to_dict``): the privacy group's
+round releases of each client in ``units``, or label voting's GNMax releases (every
+client pays them).
 
-- ``{"round": r, "clients": [ids]}``: each of these clients released once
-  (``server.privacy.PrivacyLedger``);
-- ``{"round": r, "noise_multiplier": z, "count": n}``: ``n`` Gaussian releases of the
-  vote ledger (GNMax / Confident-GNMax, ``fedkd.privacy.accounting.RdpLedger``).
-
-A resumed run rebuilds both ledgers from this file, not from the checkpoint: rounds that
+A resumed run rebuilds the ledger from this file, not from the checkpoint: rounds that
 ran after the last checkpoint are re-run and released again, so they are charged again
 (ours: conservative, never less than the uninterrupted run). A line torn by a kill is
 skipped; nothing after it was charged.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,35 +52,21 @@ class ReleaseLog:
 
 
 def attach(strategy: Any, run_dir: str | Path, resumed: bool) -> ReleaseLog | None:
-    """Charge ``strategy``'s ledgers to ``run_dir``'s log from now on; on resume, first
-    rebuild them from it (overriding what the checkpoint restored)."""
-    privacy, votes = strategy.privacy, vote_ledger(strategy)
-    if privacy is None and votes is None:
+    """Charge ``strategy``'s ledger to ``run_dir``'s log from now on; on resume, first
+    rebuild it from the log (overriding what the checkpoint restored)."""
+    if strategy.privacy is None and vote_ledger(strategy) is None:
         return None
+    ledger = strategy.ledger
     log = ReleaseLog(Path(run_dir) / FILE)
-    entries = log.entries() if resumed else []
-    if not resumed:
+    if resumed and log.path.exists():
+        releases = [{k: v for k, v in e.items() if k != "round"} for e in log.entries()]
+        ledger.load_state_dict({"orders": ledger.orders, "releases": releases})
+    elif not resumed:
         log.path.parent.mkdir(parents=True, exist_ok=True)
         log.path.write_text("", encoding="utf-8")
-    if resumed and log.path.exists():
-        if privacy is not None:
-            privacy.rounds = Counter(
-                int(c) for e in entries if "clients" in e for c in e["clients"]
-            )
-        if votes is not None:
-            state = votes.state_dict()
-            state["events"] = [
-                [float(e["noise_multiplier"]), int(e["count"])]
-                for e in entries
-                if "noise_multiplier" in e
-            ]
-            votes.load_state_dict(state)
 
     def sink(entry: dict[str, Any]) -> None:
         log.append({"round": int(strategy._round), **entry})
 
-    if privacy is not None:
-        privacy.sink = sink
-    if votes is not None:
-        votes.sink = sink
+    ledger.sink = sink
     return log

@@ -17,7 +17,6 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ import numpy as np
 from fedkd.errors import ConfigError
 from fedkd.plan import PrivacySpec, TeachersSpec
 from fedkd.privacy import subteachers
-from fedkd.privacy.accounting import dp_lib
+from fedkd.privacy.accounting import Ledger, Release
 from fedkd.privacy.floor import Floor
 from fedkd.privacy.noise import NOT_A_GUARANTEE, noise_rng, seeded_noise
 from fedkd.privacy.release import (
@@ -37,7 +36,6 @@ from fedkd.privacy.release import (
     noisy_mean,
     round_event,
 )
-from fedkd.privacy.release import accountant as new_accountant
 
 log = logging.getLogger("fedkd")
 
@@ -55,7 +53,7 @@ KEYS = {
 
 
 def _number(p: dict[str, Any], key: str, *, positive: bool = True, optional: bool = True) -> None:
-    value = p.get(key)
+    value = p[key]
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -68,14 +66,13 @@ def check_privacy(cfg: dict[str, Any], strategy: type) -> None:
     """One-line ConfigError for a bad privacy section or a strategy that cannot use it, or
     for a plan the run's own clients' floor (``privacy_floor``) would refuse."""
     check_section(cfg, strategy)
-    if cfg.get("privacy_floor") is not None:
-        p = cfg.get("privacy") or {"name": "none"}
-        check_floor(Floor.from_section(cfg["privacy_floor"]), p, strategy)
+    if cfg["privacy_floor"] is not None:
+        check_floor(Floor.from_section(cfg["privacy_floor"]), cfg["privacy"], strategy)
 
 
 def check_section(cfg: dict[str, Any], strategy: type) -> None:
-    p = cfg.get("privacy") or {"name": "none"}
-    name = p.get("name", "none")
+    p = cfg["privacy"]
+    name = p["name"]
     if name == "none":
         return
     if name not in UNITS:
@@ -88,6 +85,12 @@ def check_section(cfg: dict[str, Any], strategy: type) -> None:
     unknown = set(p) - KEYS
     if unknown:
         raise ConfigError(f"unknown privacy option(s): {', '.join(sorted(unknown))}")
+    missing = KEYS - {"shards"} - set(p) | ({"shards"} - set(p) if name == "subteachers" else set())
+    if missing:
+        raise ConfigError(
+            f"privacy section misses {', '.join(sorted(missing))}: start from "
+            f"configs/privacy/{name}.yaml"
+        )
     for key in ("noise_multiplier", "target_epsilon", "clip", "row_clip", "vote_epsilon"):
         _number(p, key)
     _number(p, "delta", optional=False)
@@ -97,14 +100,14 @@ def check_section(cfg: dict[str, Any], strategy: type) -> None:
         raise ConfigError(f"privacy.delta must be in (0, 1) (got {p['delta']})")
     if name != "subteachers":  # client-level: delta below 1 / number of clients
         check_delta("privacy.delta", float(p["delta"]), int(cfg["num_clients"]), "clients")
-    if p.get("clip") is None:
+    if p["clip"] is None:
         raise ConfigError("privacy.clip must be set: noise is only meaningful on bounded uploads")
-    if p.get("noise_multiplier") is None and p.get("target_epsilon") is None:
+    if p["noise_multiplier"] is None and p["target_epsilon"] is None:
         raise ConfigError("set privacy.noise_multiplier or privacy.target_epsilon")
-    if p.get("on_budget", "stop") not in ("stop", "warn"):
-        raise ConfigError(f"privacy.on_budget must be stop or warn (got {p.get('on_budget')!r})")
+    if p["on_budget"] not in ("stop", "warn"):
+        raise ConfigError(f"privacy.on_budget must be stop or warn (got {p['on_budget']!r})")
     if name == "subteachers":
-        shards = p.get("shards")
+        shards = p["shards"]
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 2:
             raise ConfigError(f"privacy.shards must be an int >= 2 (got {shards!r})")
         if strategy.upload_kind != "public_logits" or strategy.upload_space != "probs":
@@ -137,11 +140,11 @@ def check_record_delta(cfg: dict[str, Any], records: int) -> None:
     """Record-level (sub-teachers) and GNMax deltas, once the data sizes are known.
 
     ``records``: the largest client's training-set size."""
-    p = cfg.get("privacy") or {}
-    if p.get("name") == "subteachers":
+    p = cfg["privacy"]
+    if p["name"] == "subteachers":
         check_delta("privacy.delta", float(p["delta"]), records, "records of a client")
-    voting = (cfg.get("strategy") or {}).get("voting")
-    if isinstance(voting, dict) and voting.get("noise", "none") != "none":
+    voting = cfg["strategy"].get("voting")  # vote and fedka only
+    if isinstance(voting, dict) and voting["noise"] != "none":
         check_delta(
             "strategy.voting.delta", float(voting["delta"]), int(cfg["num_clients"]), "clients"
         )
@@ -151,7 +154,7 @@ def check_floor(floor: Floor, p: dict[str, Any], strategy: type) -> None:
     """A simulation whose own clients' floor (``privacy_floor``) would refuse every plan fails
     now, not in round 1. Only what the config fixes is checked (a calibrated ``z`` is
     checked by each client when the plan arrives)."""
-    name = p.get("name", "none")
+    name = p["name"]
     if getattr(strategy, "upload_kind", None) is None:
         return  # nothing released
     mode = "none" if name in ("none", "central") else name
@@ -160,13 +163,15 @@ def check_floor(floor: Floor, p: dict[str, Any], strategy: type) -> None:
             f"privacy={name} releases what privacy_floor.mechanisms={list(floor.mechanisms)} "
             f"refuses ({mode}); change privacy or privacy_floor.mechanisms"
         )
-    z = p.get("noise_multiplier")
-    if mode != "none" and isinstance(z, (int, float)) and z < floor.min_noise_multiplier:
+    if mode == "none":
+        return  # no key of a mechanism to check
+    z = p["noise_multiplier"]
+    if isinstance(z, (int, float)) and z < floor.min_noise_multiplier:
         raise ConfigError(
             f"privacy.noise_multiplier={z} is below privacy_floor.min_noise_multiplier="
             f"{floor.min_noise_multiplier}: every client would refuse the plan"
         )
-    clip = p.get("clip")
+    clip = p["clip"]
     limit = floor.max_clip
     if mode in LOCAL and limit is not None and isinstance(clip, (int, float)) and clip > limit:
         raise ConfigError(
@@ -177,7 +182,10 @@ def check_floor(floor: Floor, p: dict[str, Any], strategy: type) -> None:
 
 @dataclass
 class PrivacyLedger:
-    """Per-client participation counts → ε via the RDP accountant (cached per count)."""
+    """The run's privacy policy over the run's one :class:`fedkd.privacy.Ledger`: the
+    mechanism and what it charges per client (``event``, one round's release), the plan
+    entries, central noise parameters and the budget. Label voting's GNMax releases go to
+    the same ledger (``shared``: their mechanism names), so a client's ε composes both."""
 
     name: str
     event: Any
@@ -189,44 +197,37 @@ class PrivacyLedger:
     budget: float | None
     on_budget: str
     seeded: bool
+    ledger: Ledger
 
     def __post_init__(self) -> None:
-        self.rounds: Counter[int] = Counter()
-        self._eps = lru_cache(maxsize=None)(lambda n: epsilon_after(self.event, n, self.delta))
         self.warned = False
-        self.sink: Callable[[dict[str, Any]], None] | None = None  # server.ledger_log
-        self.votes: Any = None  # the strategy's GNMax ledger (RdpLedger), set by the strategy
+        self.shared: tuple[str, ...] = ()  # mechanisms of the strategy's on this ledger (gnmax)
+
+    def release(self, client_ids) -> Release:
+        """Each of ``client_ids`` releases once (one round of the mechanism)."""
+        return Release(self.name, self.event, [int(c) for c in client_ids])
 
     def charge(self, client_ids) -> None:
         """Each of ``client_ids`` releases once; written to the run's log first
         (``server.ledger_log``) when one is attached."""
-        client_ids = [int(c) for c in client_ids]
-        if self.sink is not None:
-            self.sink({"clients": client_ids})
-        for cid in client_ids:
-            self.rounds[cid] += 1
+        self.ledger.record(self.release(client_ids))
+
+    @property
+    def rounds(self) -> Counter[int]:
+        """Rounds charged per client (this mechanism's releases)."""
+        return Counter({c: self.ledger.count(c, (self.name,)) for c in self.ledger.units()})
 
     def epsilon(self, cid: int) -> float:
-        return self._eps(self.rounds[cid])
+        """ε of this mechanism's releases by ``cid``."""
+        return self.ledger.epsilon(cid, self.delta, mechanisms=(self.name,))
 
     def max_epsilon(self) -> float:
-        return max((self.epsilon(c) for c in self.rounds), default=0.0)
+        return max((self.epsilon(c) for c in self.ledger.units()), default=0.0)
 
-    def total_epsilon(self, cid: int, rounds: int | None = None, extra=()) -> float:
-        """ε of everything ``cid`` released: this mechanism's ``rounds`` (default: charged)
-        releases composed with the strategy's GNMax releases (``votes``) and ``extra``
-        ``[z, count]`` pairs, in one RDP accountant."""
-        n = self.rounds[cid] if rounds is None else rounds
-        events = [*(self.votes.events if self.votes is not None else []), *extra]
-        if not events:
-            return self._eps(n)
-        accountant = new_accountant()
-        if n:
-            accountant.compose(self.event, n)
-        for z, count in events:
-            one = dp_lib().GaussianDpEvent(z) if z > 0 else dp_lib().NonPrivateDpEvent()
-            accountant.compose(one, int(count))
-        return float(accountant.get_epsilon(self.delta))
+    def total_epsilon(self, cid: int, extra=()) -> float:
+        """ε of everything ``cid`` released (this mechanism and the shared GNMax releases),
+        as if the ``extra`` releases came next."""
+        return self.ledger.epsilon(cid, self.delta, extra=extra)
 
     def exhausted(self, client_ids, next_votes=()) -> bool:
         """Would one more release by these clients (and ``next_votes``, the most one more
@@ -234,17 +235,18 @@ class PrivacyLedger:
         if self.budget is None:
             return False
         return any(
-            self.total_epsilon(c, self.rounds[c] + 1, next_votes) > self.budget for c in client_ids
+            self.total_epsilon(c, [self.release([c]), *next_votes]) > self.budget
+            for c in client_ids
         )
 
     def summary(self) -> dict[str, Any]:
+        units = self.ledger.units()
         total = (
-            {}
-            if self.votes is None
-            else {
-                "epsilon_total_max": max((self.total_epsilon(c) for c in self.rounds), default=0.0)
-            }
+            {"epsilon_total_max": max((self.total_epsilon(c) for c in units), default=0.0)}
+            if self.shared
+            else {}
         )
+        rounds = self.rounds
         return {
             **total,
             "mechanism": self.name,
@@ -254,8 +256,8 @@ class PrivacyLedger:
             "vote_epsilon": None if self.local is None else self.local.vote_epsilon,
             "delta": self.delta,
             "epsilon_max": self.max_epsilon(),
-            "epsilon": {str(c): self.epsilon(c) for c in sorted(self.rounds)},
-            "rounds_charged": {str(c): n for c, n in sorted(self.rounds.items())},
+            "epsilon": {str(c): self.epsilon(c) for c in units},
+            "rounds_charged": {str(c): rounds[c] for c in units},
             "seeded_noise": self.seeded,
             "guarantee": NOT_A_GUARANTEE if self.seeded else "noise from OS entropy",
         }
@@ -293,10 +295,10 @@ class PrivacyLedger:
         return f"privacy budget epsilon={self.budget:g} reached before round {server_round}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rounds": {str(c): n for c, n in self.rounds.items()}, "warned": self.warned}
+        """The policy's own state (the releases are the ledger's)."""
+        return {"warned": self.warned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rounds = Counter({int(c): int(n) for c, n in state["rounds"].items()})
         self.warned = bool(state["warned"])
 
     def rng(self, seed: int, server_round: int) -> np.random.Generator:
@@ -341,14 +343,14 @@ GNMAX_UNIT = (
 
 
 def vote_ledger(strategy: Any):
-    """The strategy's GNMax ledger (``vote``, ``fedka`` with noisy voting), or None."""
+    """The strategy's GNMax recorder (``vote``, ``fedka`` with noisy voting), or None."""
     voting = getattr(strategy, "voting", None)
-    return None if voting is None or not voting.private else voting.ledger
+    return None if voting is None or not voting.private else voting.recorder
 
 
 def privacy_summary(strategy: Any) -> dict[str, Any]:
-    """``summary.json["privacy"]``: the privacy group's ledger and, under a distinct name, the
-    GNMax ledger of label voting (``gnmax``, its own unit and delta); {} with neither."""
+    """``summary.json["privacy"]``: the privacy group's mechanism and, under a distinct name,
+    label voting's GNMax (``gnmax``, its own unit and delta); {} with neither."""
     out = {} if strategy.privacy is None else strategy.privacy.summary()
     votes = vote_ledger(strategy)
     if votes is not None:
@@ -371,18 +373,19 @@ def privacy_summary(strategy: Any) -> dict[str, Any]:
 
 
 def build_ledger(
-    cfg: dict[str, Any], kind: str | None, rows: int, num_classes: int
+    cfg: dict[str, Any], kind: str | None, rows: int, num_classes: int, ledger: Ledger | None = None
 ) -> PrivacyLedger | None:
-    """The run's ledger (None without privacy); calibrates ``z`` (or ``vote_epsilon``)."""
-    p = cfg.get("privacy") or {"name": "none"}
-    name = p.get("name", "none")
+    """The run's privacy policy (None without privacy) over ``ledger`` (the run's one
+    ledger; a new one when None); calibrates ``z`` (or ``vote_epsilon``)."""
+    p = cfg["privacy"]
+    name = p["name"]
     if name == "none" or kind is None:
         return None
     rounds = int(cfg["num_rounds"])
     delta = float(p["delta"])
     mechanism = "gaussian" if name in ("central", "subteachers") else name
     NOISES.get(mechanism)
-    z, vote_eps = p.get("noise_multiplier"), p.get("vote_epsilon")
+    z, vote_eps = p["noise_multiplier"], p["vote_epsilon"]
     teachers = None
     if name == "subteachers":
         if z is None:
@@ -419,7 +422,7 @@ def build_ledger(
             mechanism=name,
             noise_multiplier=float(z or 0.0),
             clip=float(p["clip"]),
-            row_clip=p.get("row_clip"),
+            row_clip=p["row_clip"],
             vote_epsilon=vote_eps,
             num_classes=num_classes,
         )
@@ -428,9 +431,9 @@ def build_ledger(
         central = {
             "clip": float(p["clip"]),
             "noise_multiplier": float(z),
-            "denominator": float(p.get("denominator") or expected),
+            "denominator": float(p["denominator"] or expected),
         }
-    ledger = PrivacyLedger(
+    policy = PrivacyLedger(
         name=name,
         event=event,
         delta=delta,
@@ -438,14 +441,15 @@ def build_ledger(
         local=local,
         central=central,
         teachers=teachers,
-        budget=p.get("budget_epsilon"),
-        on_budget=p.get("on_budget", "stop"),
+        budget=p["budget_epsilon"],
+        on_budget=p["on_budget"],
         seeded=seeded_noise(cfg),
+        ledger=Ledger() if ledger is None else ledger,
     )
     log.info(
         "privacy %s: noise multiplier %s, vote epsilon %s, epsilon after %d rounds %.3g at delta %g",
-        name, ledger.noise_multiplier, vote_eps, rounds, epsilon_after(event, rounds, delta), delta,
+        name, policy.noise_multiplier, vote_eps, rounds, epsilon_after(event, rounds, delta), delta,
     )  # fmt: skip
-    if ledger.seeded:
+    if policy.seeded:
         log.warning("privacy %s: %s", name, NOT_A_GUARANTEE)
-    return ledger
+    return policy

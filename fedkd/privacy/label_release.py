@@ -16,8 +16,10 @@ the threshold, the noise and the privacy accounting are the same code
 - ``noise: confident_gnmax``: answer only where ``max_j n_j + N(0, σ₁²) >= T``, with
   ``T = confident_threshold × number of voters``, then GNMax with ``σ₂``.
 
-Each client is one teacher, so ε is **client-level**; it is composed per query by
-:class:`fedkd.privacy.RdpLedger` (dp-accounting) and reported at ``delta``. With few
+Each client is one teacher, so ε is **client-level**: every query is recorded by
+:class:`fedkd.privacy.GnmaxRecorder` on the run's privacy ledger
+(:class:`fedkd.privacy.Ledger`, dp-accounting) as a release every client pays, and
+reported at ``delta``. With few
 clients the noise must stay small for the votes to be usable, which costs a large ε
 (§2.5): that is the honest number, not a bug.
 """
@@ -33,7 +35,7 @@ import numpy as np
 
 from fedkd.errors import ConfigError
 from fedkd.fusion.vote import consensus, plurality
-from fedkd.privacy.accounting import RdpLedger
+from fedkd.privacy.accounting import GnmaxRecorder, Ledger, Release
 from fedkd.privacy.mechanisms import confident_gnmax, gnmax
 
 NOISES = ("none", "gnmax", "confident_gnmax")
@@ -47,7 +49,8 @@ class VoteRelease:
 
 
 class LabelVoting:
-    """Turns vote histograms into released labels; keeps the run's privacy ledger."""
+    """Turns vote histograms into released labels; records their GNMax cost on ``ledger``
+    (the run's privacy ledger; a ledger of its own when None)."""
 
     def __init__(
         self,
@@ -60,6 +63,7 @@ class LabelVoting:
         confident_threshold: float = 0.5,
         delta: float = 1e-5,
         votes_per_teacher: int = 1,
+        ledger: Ledger | None = None,
     ) -> None:
         self.threshold = _fraction("voting.threshold", threshold)
         if noise not in NOISES:
@@ -78,10 +82,12 @@ class LabelVoting:
         self.delta = float(delta)
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"voting.delta must be in (0, 1) (got {delta})")
-        self.ledger = RdpLedger(votes_per_teacher=votes_per_teacher)
+        self.recorder = GnmaxRecorder(ledger, votes_per_teacher=votes_per_teacher)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], votes_per_teacher: int = 1) -> LabelVoting:
+    def from_config(
+        cls, cfg: Mapping[str, Any], votes_per_teacher: int = 1, ledger: Ledger | None = None
+    ) -> LabelVoting:
         known = {
             "threshold", "noise", "sigma", "sigma1", "sigma2", "confident_threshold", "delta",
         }  # fmt: skip
@@ -91,7 +97,7 @@ class LabelVoting:
                 f"unknown strategy.voting option(s) {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(sorted(known))}"
             )
-        return cls(**dict(cfg), votes_per_teacher=votes_per_teacher)
+        return cls(**dict(cfg), votes_per_teacher=votes_per_teacher, ledger=ledger)
 
     @property
     def private(self) -> bool:
@@ -116,34 +122,36 @@ class LabelVoting:
         elif self.noise == "gnmax":
             answered = counts.sum(axis=1) > 0
             labels = np.where(answered, gnmax(counts, self.sigma, rng), -1)
-            self.ledger.gnmax(self.sigma, int(answered.sum()))
+            self.recorder.gnmax(self.sigma, int(answered.sum()))
         else:
             labels, answered = confident_gnmax(
                 counts, self.confident_threshold * num_voters, self.sigma1, self.sigma2, rng
             )
-            self.ledger.confident_gnmax(self.sigma1, self.sigma2, len(counts), int(answered.sum()))
+            self.recorder.confident_gnmax(
+                self.sigma1, self.sigma2, len(counts), int(answered.sum())
+            )
         return VoteRelease(
             labels=np.asarray(labels, np.int64),
             answered=np.asarray(answered, bool),
             agreement=agreement,
         )
 
-    def round_bound(self, num_queries: int) -> list[list[float]]:
-        """``[noise multiplier, count]`` pairs the most one more release of ``num_queries``
-        samples can cost (every query answered): what a budget check must assume."""
-        ledger = self.ledger
+    def round_bound(self, num_queries: int) -> list[Release]:
+        """The releases the most one more release of ``num_queries`` samples can cost
+        (every query answered): what a budget check must assume."""
+        recorder = self.recorder
         if self.noise == "gnmax":
-            return [[self.sigma / ledger.gnmax_sensitivity, num_queries]]
+            return [recorder.gnmax_release(self.sigma, num_queries)]
         if self.noise == "confident_gnmax":
             return [
-                [self.sigma1, num_queries],
-                [self.sigma2 / ledger.gnmax_sensitivity, num_queries],
+                recorder.release(self.sigma1, num_queries),
+                recorder.gnmax_release(self.sigma2, num_queries),
             ]
         return []
 
     def epsilon(self) -> float:
         """Client-level ε at ``delta`` over every release so far; ∞ without noise."""
-        return self.ledger.epsilon(self.delta) if self.private else math.inf
+        return self.recorder.epsilon(self.delta) if self.private else math.inf
 
 
 def _fraction(name: str, value: float) -> float:

@@ -82,7 +82,7 @@ def confident_gnmax(
     A query is answered iff ``max_j n_j + N(0, σ₁²) >= threshold``; ``threshold`` is a
     vote count (PATE's ``T``, e.g. 200 of 250 teachers), not a fraction. Answered queries
     get the GNMax label with ``σ₂``. Every query pays the threshold check; only answered
-    ones also pay GNMax (:meth:`fedkd.privacy.accounting.RdpLedger.confident_gnmax`).
+    ones also pay GNMax (:meth:`fedkd.privacy.accounting.GnmaxRecorder.confident_gnmax`).
     """
     counts = _check(counts, rng)
     threshold = float(threshold)

@@ -36,7 +36,7 @@ import numpy as np
 
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import PAYLOADS, Payload
-from fedkd.privacy.accounting import dp_lib
+from fedkd.privacy.accounting import accountant, dp_lib
 from fedkd.privacy.mechanisms import (
     clip_rows,
     clip_total,
@@ -197,15 +197,6 @@ def noisy_class_mean(
 
 
 # ------------------------------------------------------------------------ accounting
-def accountant() -> dp_accounting.rdp.RdpAccountant:
-    """The RDP accountant every ledger uses. Replace-one: the relation under which
-    ``dp_accounting`` composes randomized response exactly; the RDP of a Gaussian or
-    Laplace event does not depend on it (its multiplier already carries the sensitivity
-    of the unit, add/remove for central noise)."""
-    lib = dp_lib()
-    return lib.rdp.RdpAccountant(neighboring_relation=lib.NeighboringRelation.REPLACE_ONE)
-
-
 def rr_noise_parameter(epsilon: float, num_classes: int) -> float:
     """``dp_accounting``'s randomized-response ``p`` (output uniform over all ``k`` buckets with
     probability ``p``) of :func:`~fedkd.privacy.mechanisms.randomized_response`, which keeps a

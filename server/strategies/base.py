@@ -30,6 +30,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedkd.bounds import Bounds
 from fedkd.plan import Plan
+from fedkd.privacy.accounting import GNMAX, Ledger, Release
 from fedkd.privacy.noise import noise_rng, seeded_noise
 from fedkd.sampling import sample_clients
 from fedkd.strategy_options import SPECS, StrategySpec, check_strategy
@@ -111,12 +112,13 @@ class FedkdStrategy(Strategy):
             self.use_roster(roster)
         self.checkpointer: Checkpointer | None = None  # set by run_server
         self.resume_from: dict[str, Any] | None = None  # a loaded checkpoint to continue from
+        self.ledger = Ledger()  # every release of the run (privacy group, label voting's GNMax)
         self.setup()
         self.privacy = build_ledger(
-            info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes
+            info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes, self.ledger
         )
-        if self.privacy is not None:  # label voting's GNMax counts toward budget_epsilon
-            self.privacy.votes = vote_ledger(self)
+        if self.privacy is not None and vote_ledger(self) is not None:
+            self.privacy.shared = (GNMAX,)  # label voting's GNMax counts toward budget_epsilon
         self.health = CollapseWatch.from_config(info.cfg, info.num_classes)
         # who is who without the start-up handshake (set by the simulation launcher)
         self.find_roster: Callable[[Grid, float], Roster | None] | None = None
@@ -149,8 +151,8 @@ class FedkdStrategy(Strategy):
     def plan(self, server_round: int) -> Plan:
         return Plan()
 
-    def vote_round_bound(self) -> list[list[float]]:
-        """``[z, count]`` pairs the most one more round of noisy label voting costs (GNMax)."""
+    def vote_round_bound(self) -> list[Release]:
+        """The releases the most one more round of noisy label voting costs (GNMax)."""
         return []
 
     def privacy_rows(self) -> int:
@@ -205,8 +207,10 @@ class FedkdStrategy(Strategy):
             "node_loss": list(self.node_loss),
             "starved_run": self.starved_run,
         }
-        privacy = {} if self.privacy is None else {"privacy": self.privacy.state_dict()}
-        return {"base": base, **privacy}
+        privacy = {"ledger": self.ledger.state_dict()}
+        if self.privacy is not None:
+            privacy.update(self.privacy.state_dict())
+        return {"base": base, "privacy": privacy}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         base = state["base"]
@@ -217,7 +221,8 @@ class FedkdStrategy(Strategy):
         self.starved_run = int(base.get("starved_run", 0))
         if "health" in base:
             self.health.load_state_dict(base["health"])
-        if self.privacy is not None and "privacy" in state:
+        self.ledger.load_state_dict(state["privacy"]["ledger"])
+        if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
 
     # ------------------------------------------------------------ sampling

@@ -58,6 +58,7 @@ from fedkd.domain import DomainHead
 from fedkd.fusion import vote_counts
 from fedkd.knowledge import ModelWeights
 from fedkd.plan import AdaptSpec, ExtractSpec, Plan
+from fedkd.privacy.accounting import Release
 from fedkd.privacy.label_release import LabelVoting
 from fedkd.strategy_options import FEDKA_BROADCASTS
 from fedkd.train import evaluate, predict
@@ -73,14 +74,18 @@ BROADCASTS = FEDKA_BROADCASTS
 class FedKA(FedAvg):
     name = "fedka"
     final_evaluation = False  # the server evaluates the global model itself each round
-    bookkeeping = ("ledger",)  # the GNMax ledger never forgets what was spent
+    bookkeeping = ("gnmax",)  # the GNMax query counts (the releases are the run ledger's)
     streams = {"vote_noise": 3}
 
     def setup(self) -> None:
         super().setup()
         p = self.params
         self.method = p["method"]
-        self.voting = LabelVoting.from_config(p["voting"]) if p["voting_enabled"] else None
+        self.voting = (
+            LabelVoting.from_config(p["voting"], ledger=self.ledger)
+            if p["voting_enabled"]
+            else None
+        )
         (self.key,) = self.weights  # homogeneous: one architecture group
         self.spec = self.specs[self.key]
         if self.method in ADVERSARIAL:
@@ -101,20 +106,20 @@ class FedKA(FedAvg):
         "the released labels only"
     )
 
-    def vote_round_bound(self) -> list[list[float]]:
+    def vote_round_bound(self) -> list[Release]:
         return [] if self.voting is None else self.voting.round_bound(len(self.target_x))
 
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), "reference": self.reference}
         if self.voting is not None:
-            state["ledger"] = self.voting.ledger.state_dict()
+            state["gnmax"] = self.voting.recorder.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.reference = state["reference"]
         if self.voting is not None:
-            self.voting.ledger.load_state_dict(state["ledger"])
+            self.voting.recorder.load_state_dict(state["gnmax"])
 
     def plan(self, server_round: int) -> Plan:
         p = self.params

@@ -30,6 +30,7 @@ from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import first_choice_counts, vote_counts
 from fedkd.knowledge import PublicLogits, Votes
 from fedkd.plan import ExtractSpec, Plan
+from fedkd.privacy.accounting import Release
 from fedkd.privacy.label_release import LabelVoting, VoteRelease
 from server.strategies.public import PublicSetStrategy
 from server.strategies.registry import STRATEGIES
@@ -59,7 +60,7 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 @STRATEGIES.register("vote")
 class Vote(PublicSetStrategy):
     name = "vote"
-    bookkeeping = ("ledger",)  # the GNMax ledger never forgets what was spent
+    bookkeeping = ("gnmax",)  # the GNMax query counts (the releases are the run ledger's)
     streams = {"vote_noise": 3}
 
     def setup(self) -> None:
@@ -69,18 +70,20 @@ class Vote(PublicSetStrategy):
             raise ConfigError(
                 f"strategy.top_k={self.top_k} exceeds the {self.info.num_classes} classes"
             )
-        self.voting = LabelVoting.from_config(self.params["voting"], votes_per_teacher=self.top_k)
+        self.voting = LabelVoting.from_config(
+            self.params["voting"], votes_per_teacher=self.top_k, ledger=self.ledger
+        )
         self.public_y = federated_data(data_key(self.cfg)).public_y  # diagnostics only
 
-    def vote_round_bound(self) -> list[list[float]]:
+    def vote_round_bound(self) -> list[Release]:
         return self.voting.round_bound(self.size)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "ledger": self.voting.ledger.state_dict()}
+        return {**super().state_dict(), "gnmax": self.voting.recorder.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.voting.ledger.load_state_dict(state["ledger"])
+        self.voting.recorder.load_state_dict(state["gnmax"])
 
     def plan(self, server_round: int) -> Plan:
         return Plan(

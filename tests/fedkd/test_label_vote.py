@@ -10,7 +10,7 @@ from helpers import info_for
 
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.knowledge import Votes
-from fedkd.privacy import RdpLedger
+from fedkd.privacy import GnmaxRecorder
 from fedkd.privacy.label_release import LabelVoting
 from server.strategies import STRATEGIES
 
@@ -38,10 +38,10 @@ def test_gnmax_is_charged_per_answered_query_by_the_library_ledger():
     release = voting.release(COUNTS, 4, np.random.default_rng(0))
     assert release.answered.tolist() == [True, True, True, False]
     assert release.labels[3] == -1
-    expected = RdpLedger().gnmax(2.0, count=3).epsilon(1e-5)
+    expected = GnmaxRecorder().gnmax(2.0, count=3).epsilon(1e-5)
     assert voting.epsilon() == pytest.approx(expected)
     voting.release(COUNTS, 4, np.random.default_rng(1))  # composition over rounds
-    assert voting.epsilon() == pytest.approx(RdpLedger().gnmax(2.0, count=6).epsilon(1e-5))
+    assert voting.epsilon() == pytest.approx(GnmaxRecorder().gnmax(2.0, count=6).epsilon(1e-5))
 
 
 def test_confident_gnmax_answers_only_confident_queries():
@@ -50,7 +50,7 @@ def test_confident_gnmax_answers_only_confident_queries():
     # threshold 0.7 * 4 voters = 2.8: the 4-0-0 and 1-3-0 rows pass, the others do not
     np.testing.assert_array_equal(release.answered, [True, True, False, False])
     np.testing.assert_array_equal(release.labels, [0, 1, -1, -1])
-    expected = RdpLedger().confident_gnmax(1e-6, 1e-6, num_queries=4, num_answered=2)
+    expected = GnmaxRecorder().confident_gnmax(1e-6, 1e-6, num_queries=4, num_answered=2)
     assert voting.epsilon() == pytest.approx(expected.epsilon(1e-5))
 
 
@@ -128,7 +128,7 @@ def test_vote_strategy_logs_epsilon_with_gnmax():
     idx = vote.indices_for(1)
     uploads = {c: Votes(indices=idx, votes=np.array([[0], [1], [2]])) for c in range(3)}
     diag = vote.fuse(1, uploads, {0: 1, 1: 1, 2: 1})
-    assert diag["gnmax_epsilon"] == pytest.approx(RdpLedger().gnmax(1.0, count=3).epsilon(1e-5))
+    assert diag["gnmax_epsilon"] == pytest.approx(GnmaxRecorder().gnmax(1.0, count=3).epsilon(1e-5))
 
 
 def test_vote_top_k_larger_than_the_classes_is_refused():

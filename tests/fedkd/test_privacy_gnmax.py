@@ -11,7 +11,7 @@ from scipy.stats import multivariate_normal, norm
 
 from fedkd.errors import ConfigError, PayloadError
 from fedkd.fusion import plurality
-from fedkd.privacy import RdpLedger, confident_gnmax, gaussian_noise, gnmax
+from fedkd.privacy import GnmaxRecorder, confident_gnmax, gaussian_noise, gnmax
 
 COUNTS = np.array([[3, 1, 0], [0, 2, 2], [0, 2, 1], [1, 1, 2], [4, 4, 4]])
 
@@ -114,8 +114,8 @@ def test_mechanisms_reject_bad_input() -> None:
 # ---------------------------------------------------------------- accounting
 def test_ledger_reproduces_gnmax_worked_examples() -> None:
     # §5.3: data-independent GNMax, σ = 40, δ = 1e-5, sensitivity √2
-    assert RdpLedger().gnmax(40, 286).epsilon(1e-5) == pytest.approx(2.64, rel=0.02)
-    assert RdpLedger().gnmax(40, 1000).epsilon(1e-5) == pytest.approx(5.38, rel=0.02)
+    assert GnmaxRecorder().gnmax(40, 286).epsilon(1e-5) == pytest.approx(2.64, rel=0.02)
+    assert GnmaxRecorder().gnmax(40, 1000).epsilon(1e-5) == pytest.approx(5.38, rel=0.02)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +123,7 @@ def test_ledger_reproduces_gnmax_worked_examples() -> None:
     [(1, 50, 57.3), (2, 50, 22.0), (5, 50, 7.1), (5, 200, 16.5), (10, 200, 7.1)],
 )
 def test_ledger_reproduces_gaussian_worked_examples(z: float, rounds: int, eps: float) -> None:
-    assert RdpLedger().gaussian(z, rounds).epsilon(1e-5) == pytest.approx(eps, rel=0.02)
+    assert GnmaxRecorder().gaussian(z, rounds).epsilon(1e-5) == pytest.approx(eps, rel=0.02)
 
 
 def test_ledger_matches_rdp_conversion_formula() -> None:
@@ -133,58 +133,58 @@ def test_ledger_matches_rdp_conversion_formula() -> None:
     formula = np.min(
         rounds * alphas / (2 * z**2) + np.log1p(-1 / alphas) - np.log(delta * alphas) / (alphas - 1)
     )
-    assert RdpLedger().gaussian(z, rounds).epsilon(delta) == pytest.approx(formula, rel=0.01)
+    assert GnmaxRecorder().gaussian(z, rounds).epsilon(delta) == pytest.approx(formula, rel=0.01)
 
 
 def test_ledger_composes_sequentially() -> None:
-    a = RdpLedger()
+    a = GnmaxRecorder()
     for _ in range(5):
         a.gnmax(20, 10)
-    assert a.epsilon(1e-5) == pytest.approx(RdpLedger().gnmax(20, 50).epsilon(1e-5), rel=1e-12)
+    assert a.epsilon(1e-5) == pytest.approx(GnmaxRecorder().gnmax(20, 50).epsilon(1e-5), rel=1e-12)
     assert a.num_queries == a.num_answered == 50
 
 
 def test_threshold_check_costs_gnmax_at_sqrt2_sigma() -> None:
     # PATE's compute_rdp_data_independent_threshold(σ₁) = rdp_data_independent_gaussian(√2 σ₁)
-    eps_t = RdpLedger().threshold_check(150, 1000).epsilon(1e-5)
-    eps_g = RdpLedger().gnmax(150 * math.sqrt(2), 1000).epsilon(1e-5)
+    eps_t = GnmaxRecorder().threshold_check(150, 1000).epsilon(1e-5)
+    eps_g = GnmaxRecorder().gnmax(150 * math.sqrt(2), 1000).epsilon(1e-5)
     assert eps_t == pytest.approx(eps_g, rel=1e-9)
 
 
 def test_confident_gnmax_ledger() -> None:
-    led = RdpLedger().confident_gnmax(150, 40, num_queries=1000, num_answered=286)
+    led = GnmaxRecorder().confident_gnmax(150, 40, num_queries=1000, num_answered=286)
     assert (led.num_queries, led.num_answered) == (1000, 286)
-    manual = RdpLedger().threshold_check(150, 1000).gnmax(40, 286)
+    manual = GnmaxRecorder().threshold_check(150, 1000).gnmax(40, 286)
     assert led.epsilon(1e-5) == pytest.approx(manual.epsilon(1e-5), rel=1e-12)
     # the checks cost something on top of the answers
-    assert led.epsilon(1e-5) > RdpLedger().gnmax(40, 286).epsilon(1e-5)
+    assert led.epsilon(1e-5) > GnmaxRecorder().gnmax(40, 286).epsilon(1e-5)
     with pytest.raises(ConfigError, match="num_answered"):
-        RdpLedger().confident_gnmax(150, 40, num_queries=10, num_answered=11)
+        GnmaxRecorder().confident_gnmax(150, 40, num_queries=10, num_answered=11)
 
 
 def test_topk_votes_raise_gnmax_sensitivity() -> None:
-    led = RdpLedger(votes_per_teacher=3)
+    led = GnmaxRecorder(votes_per_teacher=3)
     assert led.gnmax_sensitivity == pytest.approx(math.sqrt(6))
     eps = led.gnmax(40, 100).epsilon(1e-5)
-    assert eps == pytest.approx(RdpLedger().gnmax(40 / math.sqrt(3), 100).epsilon(1e-5))
+    assert eps == pytest.approx(GnmaxRecorder().gnmax(40 / math.sqrt(3), 100).epsilon(1e-5))
     # the threshold check does not depend on k
-    assert RdpLedger(votes_per_teacher=3).threshold_check(10, 5).epsilon(1e-5) == pytest.approx(
-        RdpLedger().threshold_check(10, 5).epsilon(1e-5)
+    assert GnmaxRecorder(votes_per_teacher=3).threshold_check(10, 5).epsilon(1e-5) == pytest.approx(
+        GnmaxRecorder().threshold_check(10, 5).epsilon(1e-5)
     )
 
 
 def test_ledger_edge_cases() -> None:
-    assert RdpLedger().epsilon(1e-5) == 0.0
-    assert RdpLedger().gnmax(40, 0).epsilon(1e-5) == 0.0
-    assert RdpLedger().gnmax(0.0, 1).epsilon(1e-5) == math.inf
-    eps, order = RdpLedger().gnmax(40, 286).epsilon_and_order(1e-5)
+    assert GnmaxRecorder().epsilon(1e-5) == 0.0
+    assert GnmaxRecorder().gnmax(40, 0).epsilon(1e-5) == 0.0
+    assert GnmaxRecorder().gnmax(0.0, 1).epsilon(1e-5) == math.inf
+    eps, order = GnmaxRecorder().gnmax(40, 286).epsilon_and_order(1e-5)
     assert eps == pytest.approx(2.64, rel=0.02) and order > 1
     for delta in (0.0, 1.0, -1e-5):
         with pytest.raises(ConfigError, match="delta"):
-            RdpLedger().epsilon(delta)
+            GnmaxRecorder().epsilon(delta)
     with pytest.raises(ConfigError, match="sigma"):
-        RdpLedger().gnmax(-1.0)
+        GnmaxRecorder().gnmax(-1.0)
     with pytest.raises(ConfigError, match="count"):
-        RdpLedger().gnmax(1.0, -1)
+        GnmaxRecorder().gnmax(1.0, -1)
     with pytest.raises(ConfigError, match="votes_per_teacher"):
-        RdpLedger(votes_per_teacher=0)
+        GnmaxRecorder(votes_per_teacher=0)

@@ -310,13 +310,13 @@ def test_fedka_keeps_its_weights_reference_and_privacy_ledger(tmp_path):
 
     info = prepare_run(cfg)
     first = STRATEGIES.get("fedka")(info)
-    first.voting.ledger.gnmax(3.0, 40)
+    first.voting.recorder.gnmax(3.0, 40)
     first.reference = {k: v + 1 for k, v in first.weights[first.key].items()}
     ckpt_io.save(tmp_path / "k.ckpt", first.state_dict())
     second = STRATEGIES.get("fedka")(info)
     second.load_state_dict(ckpt_io.load(tmp_path / "k.ckpt"))
     assert second.voting.epsilon() == pytest.approx(first.voting.epsilon())
-    assert second.voting.ledger.num_answered == 40
+    assert second.voting.recorder.num_answered == 40
     for key, value in first.payload_for(2, 0).arrays.items():
         np.testing.assert_array_equal(value, second.payload_for(2, 0).arrays[key])
 

@@ -11,6 +11,7 @@ import pytest
 from helpers import info_for, kill_group, run_fedkd_sim, start_fedkd_sim
 
 from fedkd import checkpoint as ckpt_io
+from fedkd.privacy.accounting import encode_event
 from fedkd.privacy.release import epsilon_after, round_event
 from server import ledger_log
 from server.strategies import STRATEGIES
@@ -35,7 +36,11 @@ def test_a_resume_charges_what_ran_after_the_checkpoint(tmp_path):
     ckpt_io.save(tmp_path / "s.ckpt", first.state_dict())  # the checkpoint of round 2
     charge_round(first, 3)  # released, then the run is killed
     lines = [json.loads(x) for x in (tmp_path / ledger_log.FILE).read_text().splitlines()]
-    assert lines == [{"round": r, "clients": [0, 1, 2]} for r in (1, 2, 3)]
+    event = encode_event(first.privacy.event)
+    assert lines == [
+        {"round": r, "mechanism": "gaussian", "units": [0, 1, 2], "event": event, "count": 1}
+        for r in (1, 2, 3)
+    ]
 
     second = STRATEGIES.get("fd")(info_for(*LOCAL))
     second.load_state_dict(ckpt_io.load(tmp_path / "s.ckpt"))
@@ -59,10 +64,10 @@ def test_the_vote_ledger_is_rebuilt_from_the_log(tmp_path):
     first = STRATEGIES.get("vote")(info_for(*VOTE))
     ledger_log.attach(first, tmp_path, resumed=False)
     first._round = 1
-    first.voting.ledger.gnmax(2.0, 3)
+    first.voting.recorder.gnmax(2.0, 3)
     state = first.state_dict()
     first._round = 2
-    first.voting.ledger.gnmax(2.0, 3)
+    first.voting.recorder.gnmax(2.0, 3)
     second = STRATEGIES.get("vote")(info_for(*VOTE))
     second.load_state_dict(state)
     ledger_log.attach(second, tmp_path, resumed=True)

@@ -8,7 +8,7 @@ from helpers import info_for
 
 from fedkd.config import compose
 from fedkd.errors import ConfigError
-from fedkd.privacy import RdpLedger
+from fedkd.privacy import GnmaxRecorder
 from fedkd.privacy.release import round_event
 from server.privacy import check_privacy, check_record_delta, privacy_summary
 from server.strategies import STRATEGIES
@@ -19,9 +19,9 @@ GNMAX = (*VOTE, "strategy.voting.noise=gnmax", "strategy.voting.sigma=4")
 
 def test_gnmax_epsilon_is_in_the_summary_under_its_own_name():
     vote = STRATEGIES.get("vote")(info_for(*GNMAX))
-    vote.voting.ledger.gnmax(4.0, 30)
+    vote.voting.recorder.gnmax(4.0, 30)
     gnmax = privacy_summary(vote)["privacy"]["gnmax"]
-    assert gnmax["epsilon"] == pytest.approx(RdpLedger().gnmax(4.0, 30).epsilon(1e-5))
+    assert gnmax["epsilon"] == pytest.approx(GnmaxRecorder().gnmax(4.0, 30).epsilon(1e-5))
     assert gnmax["unit"].startswith("client-level") and gnmax["delta"] == 1e-5
     assert gnmax["queries"] == gnmax["answered"] == 30 and gnmax["seeded_noise"] is False
     assert privacy_summary(STRATEGIES.get("vote")(info_for(*VOTE))) == {}  # no noise, no claim
@@ -37,20 +37,22 @@ def test_the_budget_counts_gnmax_with_the_local_mod():
     )
     vote = STRATEGIES.get("vote")(info_for(*overrides))
     vote.node_of = {0: 1, 1: 2, 2: 3}
-    assert vote.privacy.votes is vote.voting.ledger
-    alone = RdpLedger().gnmax(4.0, 3)  # one round's worst case: every query answered
-    assert vote.vote_round_bound() == [[4.0 / alone.gnmax_sensitivity, 3]]
+    assert vote.voting.recorder.ledger is vote.privacy.ledger is vote.ledger  # one ledger
+    assert vote.privacy.shared == ("gnmax",)
+    alone = GnmaxRecorder()  # one round's worst case: every query answered
+    assert vote.vote_round_bound() == [alone.gnmax_release(4.0, 3)]
+    assert vote.vote_round_bound()[0].event.noise_multiplier == 4.0 / alone.gnmax_sensitivity
     rounds = 0
     while vote.budget_allows(rounds + 1):
         rounds += 1
         vote._round = rounds
         vote.privacy.charge([0, 1, 2])
-        vote.voting.ledger.gnmax(4.0, 3)
+        vote.voting.recorder.gnmax(4.0, 3)
     summary = privacy_summary(vote)["privacy"]
     assert (
         summary["epsilon_total_max"]
         <= 5
-        < vote.privacy.total_epsilon(0, rounds + 1, [[4.0 / 2**0.5, 3]])
+        < vote.privacy.total_epsilon(0, [vote.privacy.release([0]), alone.gnmax_release(4.0, 3)])
     )
     # the total is one accountant over both streams: more than either alone
     assert summary["epsilon_total_max"] > max(summary["epsilon_max"], summary["gnmax"]["epsilon"])
@@ -66,7 +68,7 @@ def test_fedka_says_its_weights_are_not_protected():
          "strategy.voting.threshold=0"]
     )  # fmt: skip
     fedka = STRATEGIES.get("fedka")(prepare_run(cfg))
-    fedka.voting.ledger.gnmax(1.0, 5)
+    fedka.voting.recorder.gnmax(1.0, 5)
     summary = privacy_summary(fedka)["privacy"]
     assert summary["gnmax"]["epsilon"] > 0
     assert "raw weights reach the server" in summary["not_protected"]

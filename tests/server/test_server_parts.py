@@ -173,8 +173,8 @@ def test_a_poisoned_round_rolls_back_to_before_the_last_fusion(caplog):
 
 def test_the_rollback_keeps_bookkeeping():
     guard = FusionGuard(STRATEGIES.get("vote")(info_for("strategy=vote")), Bounds.from_config(None))
-    assert {"base", "privacy", "ledger"} <= set(guard.strategy.not_knowledge)
-    assert "ledger" not in guard.knowledge() and "targets" in guard.knowledge()
+    assert {"base", "privacy", "gnmax"} <= set(guard.strategy.not_knowledge)
+    assert "gnmax" not in guard.knowledge() and "targets" in guard.knowledge()
 
 
 # ---------------------------------------------------------------- declared state and streams
@@ -201,7 +201,9 @@ def test_plan_entries_and_charging_follow_the_mechanism():
     central.charge_sampled([0, 1])  # central noise is charged when fused
     assert not central.rounds
     again = build_ledger(info_for("privacy=gaussian").cfg, "class_logits", 2, 2)
-    again.load_state_dict(local.state_dict())
+    again.load_state_dict(local.state_dict())  # the policy: the releases are the ledger's
+    assert not again.rounds
+    again.ledger.load_state_dict(local.ledger.state_dict())
     assert again.rounds == local.rounds and again.epsilon(0) == local.epsilon(0)
 
 
