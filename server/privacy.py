@@ -5,9 +5,11 @@ takes the configured one), sends it in every plan, and the clients' privacy mod
 (``clients/privacy_mod.py``) applies it. ``privacy=subteachers`` (record-level): the plan tells each client to release the noised
 mean of its shard models (``clients/subteachers.py``). ``privacy=central``: the strategy fuses with
 :func:`fedkd.privacy.release.noisy_mean`; only strategies that fuse with a plain mean
-(``supports_central``) accept it, never personalised fusion (KnFu). The ledger composes
-one ``dp_accounting`` event per round a client releases (local: each sampled client;
-central: every client, each fused round) and reports ε at ``delta`` per client.
+(``supports_central``) accept it, never personalised fusion (KnFu). :class:`PrivacyLedger`
+is the run's policy: it charges one ``dp_accounting`` event per round a client releases
+(local and sub-teachers: each sampled client; central: every client, each fused round)
+to the strategy's one :class:`fedkd.privacy.Ledger`, where label voting's GNMax releases
+go too, and reports ε at ``delta`` per client (docs/privacy.md "The ledger").
 """
 
 from __future__ import annotations
