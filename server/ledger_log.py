@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from server.privacy import vote_ledger
+from server.privacy import vote_recorder
 
 FILE = "privacy_ledger.jsonl"
 
@@ -54,7 +54,7 @@ class ReleaseLog:
 def attach(strategy: Any, run_dir: str | Path, resumed: bool) -> ReleaseLog | None:
     """Charge ``strategy``'s ledger to ``run_dir``'s log from now on; on resume, first
     rebuild it from the log (overriding what the checkpoint restored)."""
-    if strategy.privacy is None and vote_ledger(strategy) is None:
+    if strategy.privacy is None and vote_recorder(strategy) is None:
         return None
     ledger = strategy.ledger
     log = ReleaseLog(Path(run_dir) / FILE)

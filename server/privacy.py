@@ -344,7 +344,7 @@ GNMAX_UNIT = (
 )
 
 
-def vote_ledger(strategy: Any):
+def vote_recorder(strategy: Any):
     """The strategy's GNMax recorder (``vote``, ``fedka`` with noisy voting), or None."""
     voting = getattr(strategy, "voting", None)
     return None if voting is None or not voting.private else voting.recorder
@@ -354,7 +354,7 @@ def privacy_summary(strategy: Any) -> dict[str, Any]:
     """``summary.json["privacy"]``: the privacy group's mechanism and, under a distinct name,
     label voting's GNMax (``gnmax``, its own unit and delta); {} with neither."""
     out = {} if strategy.privacy is None else strategy.privacy.summary()
-    votes = vote_ledger(strategy)
+    votes = vote_recorder(strategy)
     if votes is not None:
         voting = strategy.voting
         seeded = bool(getattr(strategy, "seeded_noise", False))

@@ -39,7 +39,7 @@ from server.checkpoint import Checkpointer
 from server.confusion import ConfusionCollector
 from server.fusion import FusionError, FusionGuard, require_finite
 from server.health import CollapseWatch
-from server.privacy import build_ledger, central_or, vote_ledger
+from server.privacy import build_ledger, central_or, vote_recorder
 from server.recorder import RunRecorder
 from server.replies import ReplyChecker, error_summary, validate_upload
 from server.roster import Roster, discover
@@ -117,7 +117,7 @@ class FedkdStrategy(Strategy):
         self.privacy = build_ledger(
             info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes, self.ledger
         )
-        if self.privacy is not None and vote_ledger(self) is not None:
+        if self.privacy is not None and vote_recorder(self) is not None:
             self.privacy.shared = (GNMAX,)  # label voting's GNMax counts toward budget_epsilon
         self.health = CollapseWatch.from_config(info.cfg, info.num_classes)
         # who is who without the start-up handshake (set by the simulation launcher)

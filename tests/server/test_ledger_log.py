@@ -60,7 +60,7 @@ def test_a_torn_last_line_is_not_a_charge(tmp_path):
     assert log.entries() == [{"round": 1, "clients": [0]}]
 
 
-def test_the_vote_ledger_is_rebuilt_from_the_log(tmp_path):
+def test_the_gnmax_releases_are_rebuilt_from_the_log(tmp_path):
     first = STRATEGIES.get("vote")(info_for(*VOTE))
     ledger_log.attach(first, tmp_path, resumed=False)
     first._round = 1
