@@ -179,6 +179,16 @@ def test_bad_privacy_options_are_one_line_errors(override, message):
         check_privacy(plain_cfg("privacy=gaussian", override), STRATEGIES.get("fd"))
 
 
+def test_a_privacy_section_missing_options_names_them_and_its_defaults():
+    cfg = plain_cfg("privacy=subteachers", "strategy=dsfl")
+    del cfg["privacy"]["on_budget"], cfg["privacy"]["shards"]
+    with pytest.raises(
+        ConfigError,
+        match=r"privacy section misses on_budget, shards: start from configs/privacy/subteachers",
+    ):
+        check_privacy(cfg, STRATEGIES.get("dsfl"))
+
+
 def test_ledger_charges_sampled_clients_and_stops_at_the_budget():
     strategy = STRATEGIES.get("fd")(
         info_for("privacy=gaussian", "privacy.noise_multiplier=2.0", "privacy.budget_epsilon=5")
