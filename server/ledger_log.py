@@ -78,7 +78,7 @@ def attach(strategy: Any, run_dir: str | Path, resumed: bool) -> ReleaseLog | No
             votes.load_state_dict(state)
 
     def sink(entry: dict[str, Any]) -> None:
-        log.append({"round": int(strategy._round), **entry})
+        log.append({"round": int(strategy.current.number), **entry})
 
     if privacy is not None:
         privacy.sink = sink
