@@ -121,7 +121,7 @@ def close_train(
     elif s.upload_kind is not None:
         failures = s.guard.failures
         diagnostics.update(s.guard.fuse(server_round, uploads, num_train))
-        if s.central and s.guard.failures == failures:
+        if s.dp.central and s.guard.failures == failures:
             s.privacy.charge(sorted(s.node_of))  # the noised aggregate: all pay
     if s.privacy is not None:
         diagnostics["epsilon"] = s.privacy.max_epsilon()

@@ -6,15 +6,17 @@ A subclass says what the clients do (``plan``), what the server sends each of th
 (``state_dict``/``load_state_dict``). The base class runs the rounds (``start``: one
 exchange a round, the train reply carrying the client's evaluation; an evaluate
 exchange only for strategies with a server model to evaluate at the end, FedAvg) and
-hands each job to one collaborator it constructs: messages (``server/messages.py``),
-reply checking, strikes and exclusion (``server/replies.py``), guarded fusion and
-rollback (``server/fusion.py``), privacy plan entries, charging and budget
-(``server/privacy.py``), confusion matrices (``server/confusion.py``) and checkpoints
+hands each job to one collaborator: a round's messages and replies and the round in
+progress (``server/rounds.py``), reply checking, strikes and exclusion
+(``server/replies.py``), guarded fusion and rollback (``server/fusion.py``), the
+privacy ledger and central noise (``server/strategy_privacy.py``), seeded streams
+and sampling (``server/streams.py``), the stop status and the checkpointed counts
+(``server/status.py``), confusion matrices (``server/confusion.py``) and checkpoints
 (``server/checkpoint.py``). docs/architecture.md describes the whole server.
 
 A subclass declares its own bookkeeping state keys (``bookkeeping``: kept as they are
 when knowledge is rolled back, never checked for NaN) and its seeded random streams
-(``streams``); the base class merges them over the class hierarchy.
+(``streams``); ``server/traits.py`` merges them over the class hierarchy.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ from server.checkpoint import Checkpointer
 from server.confusion import ConfusionCollector
 from server.fusion import FusionError, FusionGuard, require_finite
 from server.health import CollapseWatch
-from server.privacy import build_ledger, central_or, vote_ledger
 from server.recorder import RunRecorder
 from server.replies import ReplyChecker, error_summary, validate_upload
 from server.roster import Roster, discover
 from server.rounds import RoundState
 from server.settings import RunInfo, ServerSettings
 from server.status import RunStatus
+from server.strategy_privacy import StrategyPrivacy
 from server.streams import Streams
 from server.traits import StrategyTraits
 
@@ -85,11 +87,8 @@ class FedkdStrategy(StrategyTraits, Strategy):
         self.checkpointer: Checkpointer | None = None  # set by run_server
         self.resume_from: dict[str, Any] | None = None  # a loaded checkpoint to continue from
         self.setup()
-        self.privacy = build_ledger(
-            info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes
-        )
-        if self.privacy is not None:  # label voting's GNMax counts toward budget_epsilon
-            self.privacy.votes = vote_ledger(self)
+        self.dp = StrategyPrivacy.for_strategy(self)  # the ledger, central noise
+        self.privacy = self.dp.ledger  # what rounds charge (None without privacy)
         self.health = CollapseWatch.from_config(info.cfg, info.num_classes)
         self.status = RunStatus(self.replies, self.guard, self.health)  # stop reason, counts
         # who is who without the start-up handshake (set by the simulation launcher)
@@ -130,15 +129,6 @@ class FedkdStrategy(StrategyTraits, Strategy):
     def privacy_rows(self) -> int:
         """Rows of one upload (for the privacy cost of votes): classes by default."""
         return self.info.num_classes
-
-    @property
-    def central(self) -> bool:
-        return self.privacy is not None and self.privacy.central is not None
-
-    def central_or(self, server_round: int, values: np.ndarray, plain, counts=None) -> Any:
-        """``plain()`` (the configured reducer) or, under ``privacy=central``, the noised
-        mean (with ``counts``: per-class ``(mean, present)``; ``server.privacy.central_or``)."""
-        return central_or(self.privacy, self.seed, server_round, values, plain, counts)
 
     def payload_for(self, server_round: int, client_id: int) -> Any | None:
         """The knowledge payload to send ``client_id`` this round (None: nothing)."""
@@ -221,11 +211,6 @@ class FedkdStrategy(StrategyTraits, Strategy):
         bound = self.vote_round_bound()
         return self.status.budget_allows(self.privacy, server_round, sorted(self.node_of), bound)
 
-    def checkpoint(self, grid: Grid, server_round: int, timeout: float) -> bool:
-        """``Checkpointer.save``: the clients' states, then the server's."""
-        assert self.checkpointer is not None
-        return self.checkpointer.save(grid, self, server_round, timeout)
-
     # ------------------------------------------------------------ the loop
     def start(
         self,
@@ -256,7 +241,7 @@ class FedkdStrategy(StrategyTraits, Strategy):
             if self.status.stop_reason is not None:
                 break  # lost node or starved: no checkpoint of this round, the last one stays
             if self.checkpointer is not None and self.checkpointer.due(rnd):
-                self.checkpoint(grid, rnd, timeout)
+                self.checkpointer.save(grid, self, rnd, timeout)  # clients, then the server
         if self.status.stop_reason is None:
             rounds.evaluate_exchange(self, grid, num_rounds, timeout, result)
         return result

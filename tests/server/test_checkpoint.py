@@ -338,6 +338,6 @@ def test_a_checkpoint_some_clients_could_not_save_leaves_no_client_file(tmp_path
         return "client 2: disk full"
 
     monkeypatch.setattr(checkpoint, "save_clients", two_of_three_save)
-    assert strategy.checkpoint(grid=None, server_round=10, timeout=1) is False
+    assert strategy.checkpointer.save(None, strategy, server_round=10, timeout=1) is False
     assert sorted(p.name for p in folder.iterdir()) == [f"client_{c}.r5.ckpt" for c in (0, 1, 2)]
     assert strategy.checkpointer.last_round == 5 and not strategy.checkpointer.path.exists()

@@ -1,0 +1,53 @@
+"""What a strategy does with the run's privacy: its ledger, and the central-or-plain mean.
+
+:meth:`StrategyPrivacy.for_strategy` builds the run's ledger (``server/privacy.py``:
+``build_ledger``, None without privacy) once the strategy is set up, and joins the
+GNMax ledger of its label voting to it (``vote_ledger``), so those releases count
+toward ``privacy.budget_epsilon`` too. A strategy that fuses with a plain mean asks
+:meth:`StrategyPrivacy.central_or` for the clients' mean: the configured reducer, or
+under ``privacy=central`` the noised mean (``server.privacy.central_or``;
+docs/privacy.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from server.privacy import PrivacyLedger, build_ledger, central_or, vote_ledger
+
+
+class StrategyPrivacy:
+    """The strategy's ledger (``ledger``, None without privacy) and its central noise."""
+
+    def __init__(self, ledger: PrivacyLedger | None, seed: int) -> None:
+        self.ledger = ledger
+        self.seed = seed  # central noise draws from (seed, round) under seeded_noise
+
+    @classmethod
+    def for_strategy(cls, strategy: Any) -> StrategyPrivacy:
+        """The ledger of ``strategy``'s run (called once its ``setup`` has run)."""
+        info = strategy.info
+        rows = strategy.privacy_rows()
+        ledger = build_ledger(info.cfg, strategy.upload_kind, rows, info.num_classes)
+        if ledger is not None:  # label voting's GNMax counts toward budget_epsilon
+            ledger.votes = vote_ledger(strategy)
+        return cls(ledger, strategy.seed)
+
+    @property
+    def central(self) -> bool:
+        """Whether fusion is noised on the server (``privacy=central``)."""
+        return self.ledger is not None and self.ledger.central is not None
+
+    def central_or(
+        self,
+        server_round: int,
+        values: np.ndarray,
+        plain: Callable[[], Any] | None,
+        counts: np.ndarray | None = None,
+    ) -> Any:
+        """``plain()`` (the configured reducer) or, under ``privacy=central``, the noised
+        mean (with ``counts``: per-class ``(mean, present)``; ``server.privacy.central_or``)."""
+        return central_or(self.ledger, self.seed, server_round, values, plain, counts)
