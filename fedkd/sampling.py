@@ -1,6 +1,6 @@
 """Which clients a round asks: the server's seeded sampling, as a pure function.
 
-The strategy (``server/strategies/base.py``) and the sequential reference of
+The strategy (``server/streams.py``) and the sequential reference of
 ``fedkd-bench`` (``simulations/reference.py``) both call :func:`sample_clients`, so they
 sample the same clients for the same seed and round.
 """

@@ -140,8 +140,9 @@ def run_server(
         strategy.start(
             grid, num_rounds=int(cfg["num_rounds"]), timeout=float(cfg["server"]["round_timeout"])
         )
-        if strategy.stop_reason is not None:
-            status = {"status": strategy.stop_status, "stop_reason": strategy.stop_reason}
+        if strategy.status.stop_reason is not None:
+            stopped = strategy.status
+            status = {"status": stopped.stop_status, "stop_reason": stopped.stop_reason}
     except BaseException as err:  # record what was computed, then re-raise
         status = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         raise

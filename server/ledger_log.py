@@ -66,7 +66,7 @@ def attach(strategy: Any, run_dir: str | Path, resumed: bool) -> ReleaseLog | No
         log.path.write_text("", encoding="utf-8")
 
     def sink(entry: dict[str, Any]) -> None:
-        log.append({"round": int(strategy._round), **entry})
+        log.append({"round": int(strategy.current.number), **entry})
 
     ledger.sink = sink
     return log

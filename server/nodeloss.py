@@ -65,15 +65,16 @@ def node_rows(server_round: int, events: list[dict[str, Any]], policy: str) -> l
 
 
 def after_round(strategy: Any, server_round: int) -> None:
-    """Record this round's lost nodes and starvation; set ``stop_reason`` / ``stop_status``."""
-    watch = strategy.cluster
+    """Record this round's lost nodes and starvation (``strategy.current.starved``) in the
+    strategy's ``status`` (``server/status.py``): rows, ``stop_reason`` / ``stop_status``."""
+    watch, status = strategy.cluster, strategy.status
     if watch is not None:
         for row in node_rows(server_round, watch.drain(), watch.policy):
-            strategy.node_loss.append(row)
+            status.node_loss.append(row)
             if row["action"] == "fail":
                 last = strategy.checkpointer.last_round if strategy.checkpointer else None
-                strategy.stop_status = "node_lost"
-                strategy.stop_reason = (
+                status.stop_status = "node_lost"
+                status.stop_reason = (
                     f"round {server_round}: {_node(row)} lost with clients "
                     f"{_clients(row['clients'])} (simulation.on_node_loss=fail); the last "
                     f"checkpoint is {f'round {last}' if last else 'none'}"
@@ -86,15 +87,11 @@ def after_round(strategy: Any, server_round: int) -> None:
                 _clients(row["recovered"]),
                 _clients(row["no_reply"]),
             )
-    if strategy.starved_now:
-        strategy.starved_run += 1
-    else:
-        strategy.starved_run = 0
-    strategy.starved_now = False
+    status.starved_run = status.starved_run + 1 if strategy.current.starved else 0
     limit = strategy.max_starved_rounds
-    if strategy.stop_reason is None and limit is not None and strategy.starved_run >= limit:
-        strategy.stop_status = "starved"
-        strategy.stop_reason = (
+    if status.stop_reason is None and limit is not None and status.starved_run >= limit:
+        status.stop_status = "starved"
+        status.stop_reason = (
             f"rounds {server_round - limit + 1}-{server_round}: fewer than "
             f"server.min_train_clients={strategy.min_train_clients} valid replies "
             f"{limit} rounds in a row (server.max_starved_rounds)"
@@ -103,7 +100,7 @@ def after_round(strategy: Any, server_round: int) -> None:
 
 def summary(strategy: Any) -> dict[str, Any]:
     """summary.json's ``node_loss`` rows and, in a simulation, ``placement``."""
-    out: dict[str, Any] = {"node_loss": list(strategy.node_loss)}
+    out: dict[str, Any] = {"node_loss": list(strategy.status.node_loss)}
     if strategy.cluster is not None:
         out["placement"] = strategy.cluster.placement()
     return out

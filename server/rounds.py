@@ -1,10 +1,12 @@
 """One round's two halves, for every strategy: the messages out and the replies in.
 
-``train_messages`` builds the round's instructions (the strategy's ``plan`` plus the
-confusion flag and the privacy entries, each sampled client's payload and the shared
-request) and charges local privacy noise; ``close_train`` takes the replies through the
-reply checker, records them, rolls back a poisoned round or fuses the accepted uploads
-(``server/fusion.py``) and returns the round's diagnostics. ``evaluate_messages`` /
+``train_messages`` samples the round's clients (``sample``), builds their instructions
+(the strategy's ``plan`` plus the confusion flag and the privacy entries, each sampled
+client's payload and the shared request), charges local privacy noise and notes in the
+round's :class:`RoundState` the bytes sent to each client; ``close_train`` takes the
+replies through the reply checker against that state, records them, rolls back a
+poisoned round or fuses the accepted uploads (``server/fusion.py``), marks a starved
+round in the state and returns the round's diagnostics. ``evaluate_messages`` /
 ``close_evaluate`` do the same for the one final evaluate exchange of strategies with a
 server model. The strategy (``server/strategies/base.py``) keeps the loop and the hooks;
 these functions read only its hooks and collaborators.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -32,43 +35,63 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedkd")
 
 
-def train_messages(strategy: FedkdStrategy, server_round: int) -> list[Message]:
-    """The round's train messages, one per sampled client; remembers the bytes sent."""
+@dataclass
+class RoundState:
+    """The round in progress: its number, the bytes sent to each sampled client (the
+    clients whose replies the round waits for) and whether it starved (fewer valid
+    replies than ``server.min_train_clients``, read by ``server/nodeloss.py``)."""
+
+    number: int = 0
+    bytes_down: dict[int, int] = field(default_factory=dict)  # client id -> bytes sent
+    starved: bool = False
+
+
+def sample(strategy: FedkdStrategy, server_round: int) -> list[int]:
+    """The round's client ids: the eligible ones (``ReplyChecker.eligible``), sampled from
+    the round's seeded ``sample`` stream (``server/streams.py``)."""
     s = strategy
+    eligible = s.replies.eligible(s.node_of, server_round, s.max_strikes)
+    return s.random.sample(eligible, server_round, s.fraction_train, s.min_train_clients)
+
+
+def train_messages(strategy: FedkdStrategy, state: RoundState) -> list[Message]:
+    """The round's train messages, one per sampled client; ``state`` notes the bytes sent."""
+    s, server_round = strategy, state.number
     plan = s.plan(server_round)
     if s.confusions.due(s.eval_round(server_round)):
         plan = plan.with_(confusion=True)
-    sampled = s.sample()
+    sampled = sample(s, server_round)
     if s.privacy is not None:
         plan = plan.with_(**s.privacy.plan_entries(s.seeded_noise))
         s.privacy.charge_sampled(sampled)  # local noise: each sampled client releases
     request = s.request_for(server_round)
-    messages, s._bytes_down = [], {}
+    messages, state.bytes_down = [], {}
     for cid in sampled:
         message = instruction(
             server_round, s.info.cfg_json, plan, node_id=s.node_of[cid],
             message_type=MessageType.TRAIN, payload=s.payload_for(server_round, cid),
             knowledge=s.cfg.get("knowledge"), request=request,
         )  # fmt: skip
-        s._bytes_down[cid] = wire.payload_bytes(message.content)
+        state.bytes_down[cid] = wire.payload_bytes(message.content)
         messages.append(message)
     return messages
 
 
 def close_train(
-    strategy: FedkdStrategy, server_round: int, replies: Iterable[Message]
+    strategy: FedkdStrategy, server_round: int, replies: Iterable[Message], state: RoundState
 ) -> MetricRecord:
-    """Check, record and fuse the round's replies; the round's diagnostics."""
-    s = strategy
+    """Check, record and fuse the round's replies to the messages ``state`` notes; the
+    round's diagnostics."""
+    s, sent = strategy, state.bytes_down
     replies, check, record = list(replies), s.replies, s.recorder
     eval_round = s.eval_round(server_round)
 
     def extra(cid: int) -> dict[str, Any]:
-        out = {"bytes_down": s._bytes_down.get(cid, 0), "eval_round": eval_round}
+        out = {"bytes_down": sent.get(cid, 0), "eval_round": eval_round}
         return out if s.privacy is None else {**out, "epsilon": s.privacy.epsilon(cid)}
 
     accepted = check.collect(
-        server_round, replies, sorted(s._bytes_down), s.round_timeout,
+        server_round, replies, sorted(sent), s.round_timeout,
         s.validate_upload, s.max_payload_bytes, extra, record,
     )  # fmt: skip
     uploads = {r.cid: r.payload for r in accepted}
@@ -86,11 +109,11 @@ def close_train(
             record.server_extra(server_round, {"collapse_warning": collapse})
     diagnostics = {"replies": float(len(accepted)), "rejected": float(len(check.rejected_now))}
     if record is not None:
-        record.server_extra(server_round, check.participation(s._bytes_down, uploads, newly))
+        record.server_extra(server_round, check.participation(sent, uploads, newly))
     if poisoned:
         diagnostics["knowledge_rolled_back"] = 1.0
     elif len(accepted) < s.min_train_clients:
-        s.starved_now = True
+        state.starved = True
         log.warning(
             "round %d: %d valid replies < min_train_clients=%d; knowledge not updated",
             server_round, len(accepted), s.min_train_clients,
@@ -98,7 +121,7 @@ def close_train(
     elif s.upload_kind is not None:
         failures = s.guard.failures
         diagnostics.update(s.guard.fuse(server_round, uploads, num_train))
-        if s.central and s.guard.failures == failures:
+        if s.dp.central and s.guard.failures == failures:
             s.privacy.charge(sorted(s.node_of))  # the noised aggregate: all pay
     if s.privacy is not None:
         diagnostics["epsilon"] = s.privacy.max_epsilon()

@@ -449,7 +449,7 @@ def check_round(strategy: FedkdStrategy, rnd: int, replies: list[Message]) -> st
         return fuse(server_round, uploads, num_train)
 
     strategy.guard.fuse = spy  # type: ignore[method-assign]
-    strategy._bytes_down = {cid: 0 for cid in (0, HOSTILE, 2)}
+    strategy.current.bytes_down = {cid: 0 for cid in (0, HOSTILE, 2)}
     strikes_before = {c: strategy.strikes[c] for c in (0, 2)}
     try:
         strategy.aggregate_train(rnd, replies)

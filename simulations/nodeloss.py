@@ -12,7 +12,7 @@ and the run still ends ``finished``.
 
 - drops the dead actor from the pool (and kills its handle), never to be used again;
 - records an event (client, the actor's node id and IP) that the server reads after
-  the round (``server.strategies.base``: one console line and a ``node_loss`` row of
+  the round (``server.nodeloss``: one console line and a ``node_loss`` row of
   ``summary.json`` per lost node and round);
 - ``simulation.on_node_loss: replace``: asks the pool's own ``create_actor_fn`` for a
   replacement, which Ray places on a live node once one has room (it joins the pool

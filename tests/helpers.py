@@ -199,7 +199,8 @@ def make(name: str, tmp_path=None, *overrides: str):
     if tmp_path is not None:
         rec = RunRecorder(tmp_path, num_rounds=4, progress=False, table=False, tensorboard=False)
     strategy = STRATEGIES.get(name)(info, rec, Roster(dict(NODES), 3))
-    strategy._bytes_down = dict.fromkeys(NODES, 0)  # every client was sent this round's message
+    # every client was sent this round's message
+    strategy.current.bytes_down = dict.fromkeys(NODES, 0)
     return strategy
 
 

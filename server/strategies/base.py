@@ -6,22 +6,24 @@ A subclass says what the clients do (``plan``), what the server sends each of th
 (``state_dict``/``load_state_dict``). The base class runs the rounds (``start``: one
 exchange a round, the train reply carrying the client's evaluation; an evaluate
 exchange only for strategies with a server model to evaluate at the end, FedAvg) and
-hands each job to one collaborator it constructs: messages (``server/messages.py``),
-reply checking, strikes and exclusion (``server/replies.py``), guarded fusion and
-rollback (``server/fusion.py``), privacy plan entries, charging and budget
-(``server/privacy.py``), confusion matrices (``server/confusion.py``) and checkpoints
+hands each job to one collaborator: a round's messages and replies and the round in
+progress (``server/rounds.py``), reply checking, strikes and exclusion
+(``server/replies.py``), guarded fusion and rollback (``server/fusion.py``), the
+privacy ledger and central noise (``server/strategy_privacy.py``), seeded streams
+and sampling (``server/streams.py``), the stop status and the checkpointed counts
+(``server/status.py``), confusion matrices (``server/confusion.py``) and checkpoints
 (``server/checkpoint.py``). docs/architecture.md describes the whole server.
 
 A subclass declares its own bookkeeping state keys (``bookkeeping``: kept as they are
 when knowledge is rolled back, never checked for NaN) and its seeded random streams
-(``streams``); the base class merges them over the class hierarchy.
+(``streams``); ``server/traits.py`` merges them over the class hierarchy.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -30,20 +32,23 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedkd.bounds import Bounds
 from fedkd.plan import Plan
-from fedkd.privacy.accounting import GNMAX, Ledger, Release
-from fedkd.privacy.noise import noise_rng, seeded_noise
-from fedkd.sampling import sample_clients
-from fedkd.strategy_options import SPECS, StrategySpec, check_strategy
+from fedkd.privacy.accounting import Ledger, Release
+from fedkd.privacy.noise import seeded_noise
+from fedkd.strategy_options import check_strategy
 from server import nodeloss, rounds
 from server.checkpoint import Checkpointer
 from server.confusion import ConfusionCollector
 from server.fusion import FusionError, FusionGuard, require_finite
 from server.health import CollapseWatch
-from server.privacy import build_ledger, central_or, vote_recorder
 from server.recorder import RunRecorder
 from server.replies import ReplyChecker, error_summary, validate_upload
 from server.roster import Roster, discover
+from server.rounds import RoundState
 from server.settings import RunInfo, ServerSettings
+from server.status import RunStatus
+from server.strategy_privacy import StrategyPrivacy
+from server.streams import Streams
+from server.traits import StrategyTraits
 
 __all__ = ["FedkdStrategy", "FusionError", "RunInfo", "error_summary", "require_finite"]
 log = logging.getLogger("fedkd")
@@ -54,35 +59,7 @@ def _replies(name: str) -> property:
     return property(lambda s: getattr(s.replies, name), lambda s, v: setattr(s.replies, name, v))
 
 
-class FedkdStrategy(Strategy):
-    # the traits (fedkd.strategy_options.StrategySpec) come from SPECS[name]
-    name: ClassVar[str] = ""
-    upload_kind: ClassVar[str | None] = None  # fedkd.knowledge kind every reply must carry
-    upload_space: ClassVar[str] = "logits"
-    needs_public_set: ClassVar[bool] = False
-    supports_central: ClassVar[bool] = False  # fuses with a plain mean: privacy=central applies
-    personalised: ClassVar[bool] = False  # a different fused payload per client (KnFu)
-    supports_swing: ClassVar[bool] = False  # uploads probabilities a Swing release can replace
-    homogeneous_only: ClassVar[bool] = False  # averages weights: identical models everywhere
-    subset_key: ClassVar[str] = ""  # strategy option holding the per-round subset size
-    final_evaluation: ClassVar[bool] = False  # send one evaluate exchange after the last round
-    bookkeeping: ClassVar[tuple[str, ...]] = ("base", "privacy")  # state keys, not knowledge
-    streams: ClassVar[dict[str, int]] = {"sample": 1}  # seeded streams: rng_for(round, name)
-    not_knowledge: ClassVar[tuple[str, ...]] = bookkeeping  # merged over the hierarchy
-    STREAMS: ClassVar[dict[str, int]] = streams
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        spec = SPECS.get(cls.__dict__.get("name", ""))
-        if spec is not None:  # a concrete strategy: its traits are its spec's
-            for trait in StrategySpec.TRAITS:
-                setattr(cls, trait, getattr(spec, trait))
-        parent = cls.__mro__[1]
-        cls.not_knowledge = tuple(dict.fromkeys((*parent.not_knowledge, *cls.bookkeeping)))
-        cls.STREAMS = {**parent.STREAMS, **cls.__dict__.get("streams", {})}
-        if len(set(cls.STREAMS.values())) != len(cls.STREAMS):
-            raise TypeError(f"{cls.__name__}: two random streams share a number: {cls.STREAMS}")
-
+class FedkdStrategy(StrategyTraits, Strategy):
     def __init__(
         self, info: RunInfo, recorder: RunRecorder | None = None, roster: Roster | None = None
     ) -> None:
@@ -90,10 +67,7 @@ class FedkdStrategy(Strategy):
         server = info.cfg["server"]
         # the server section's values as attributes (tests and the fuzzer set some)
         vars(self).update(vars(ServerSettings.from_config(server)))
-        self.starved_now, self.starved_run = False, 0  # rounds with too few valid replies
-        self.node_loss: list[dict[str, Any]] = []  # summary.json rows (server.nodeloss)
         self.cluster: Any = None  # the simulation's lost actors (simulations.nodeloss)
-        self.stop_status, self.stop_reason = "stopped", None  # server.nodeloss, the budget
         self.bounds = Bounds.from_config(info.cfg.get("bounds"))
         self.replies = ReplyChecker.for_run(
             info.cfg, self.bounds, info.num_classes, self.max_payload_bytes
@@ -101,12 +75,13 @@ class FedkdStrategy(Strategy):
         self.guard = FusionGuard(self, self.bounds)
         self.recorder = recorder
         self.seed, self.seeded_noise = int(info.cfg["seed"]), seeded_noise(info.cfg)
+        self.random = Streams(self.seed, self.STREAMS, self.seeded_noise)
         num_rounds = int(self.cfg["num_rounds"])
         self.confusions = ConfusionCollector(
             (info.cfg.get("logging") or {}).get("confusion_every", 0),
             lambda: num_rounds if self.final_evaluation else self.eval_round(num_rounds),
         )
-        self._round, self._bytes_down = 0, {}  # client id -> bytes sent this round
+        self.current = RoundState()  # the round in progress (server.rounds)
         self.node_of: dict[int, int] = {}  # client (partition) id -> node id
         if roster is not None:
             self.use_roster(roster)
@@ -114,12 +89,10 @@ class FedkdStrategy(Strategy):
         self.resume_from: dict[str, Any] | None = None  # a loaded checkpoint to continue from
         self.ledger = Ledger()  # every release of the run (privacy group, label voting's GNMax)
         self.setup()
-        self.privacy = build_ledger(
-            info.cfg, self.upload_kind, self.privacy_rows(), info.num_classes, self.ledger
-        )
-        if self.privacy is not None and vote_recorder(self) is not None:
-            self.privacy.shared = (GNMAX,)  # label voting's GNMax counts toward budget_epsilon
+        self.dp = StrategyPrivacy.for_strategy(self)  # the ledger, central noise
+        self.privacy = self.dp.ledger  # what rounds charge (None without privacy)
         self.health = CollapseWatch.from_config(info.cfg, info.num_classes)
+        self.status = RunStatus(self.replies, self.guard, self.health)  # stop reason, counts
         # who is who without the start-up handshake (set by the simulation launcher)
         self.find_roster: Callable[[Grid, float], Roster | None] | None = None
 
@@ -159,15 +132,6 @@ class FedkdStrategy(Strategy):
         """Rows of one upload (for the privacy cost of votes): classes by default."""
         return self.info.num_classes
 
-    @property
-    def central(self) -> bool:
-        return self.privacy is not None and self.privacy.central is not None
-
-    def central_or(self, server_round: int, values: np.ndarray, plain, counts=None) -> Any:
-        """``plain()`` (the configured reducer) or, under ``privacy=central``, the noised
-        mean (with ``counts``: per-class ``(mean, present)``; ``server.privacy.central_or``)."""
-        return central_or(self.privacy, self.seed, server_round, values, plain, counts)
-
     def payload_for(self, server_round: int, client_id: int) -> Any | None:
         """The knowledge payload to send ``client_id`` this round (None: nothing)."""
         return None
@@ -199,52 +163,16 @@ class FedkdStrategy(Strategy):
         not knowledge, in ``bookkeeping``. Values are numpy arrays, knowledge payloads,
         dicts, lists and scalars (``server.checkpoint`` stores them without pickle).
         """
-        base = {
-            **self.replies.state_dict(),
-            "fusion_failures": self.guard.failures,
-            "stop_reason": self.stop_reason,
-            "health": self.health.state_dict(),
-            "node_loss": list(self.node_loss),
-            "starved_run": self.starved_run,
-        }
-        privacy = {"ledger": self.ledger.state_dict()}
-        if self.privacy is not None:
-            privacy.update(self.privacy.state_dict())
-        return {"base": base, "privacy": privacy}
+        return {"base": self.status.state_dict(), "privacy": self.dp.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        base = state["base"]
-        self.replies.load_state_dict(base)
-        self.guard.failures = int(base["fusion_failures"])
-        self.stop_reason = base.get("stop_reason")
-        self.node_loss = list(base.get("node_loss", []))
-        self.starved_run = int(base.get("starved_run", 0))
-        if "health" in base:
-            self.health.load_state_dict(base["health"])
-        self.ledger.load_state_dict(state["privacy"]["ledger"])
-        if self.privacy is not None:
-            self.privacy.load_state_dict(state["privacy"])
+        self.status.load_state_dict(state["base"])  # counts and reasons (server.status)
+        self.dp.load_state_dict(state["privacy"])  # the releases and the budget's state
 
-    # ------------------------------------------------------------ sampling
+    # ------------------------------------------------------------- clients
     def use_roster(self, roster: Roster) -> None:
         roster.check(self.info.num_clients)
         self.node_of, self.client_of = dict(roster.node_of), roster.client_of
-
-    def sample(self) -> list[int]:
-        """Client ids for this round: seeded, so the same seed samples the same clients."""
-        ids = self.replies.eligible(self.node_of, self._round, self.max_strikes)
-        rng = self.rng_for(self._round, "sample")
-        return sample_clients(ids, self.fraction_train, self.min_train_clients, rng)
-
-    def rng_for(self, server_round: int, stream: str) -> np.random.Generator:
-        """An independent seeded stream per (round, purpose): sampling more or fewer
-        clients never changes which public samples a round uses."""
-        return np.random.default_rng([self.seed, server_round, self.STREAMS[stream]])
-
-    def noise_rng_for(self, server_round: int, stream: str) -> np.random.Generator:
-        """Privacy noise (e.g. GNMax): OS entropy unless ``simulation.seeded_noise``
-        (``fedkd.privacy.noise``), then the stream ``rng_for`` would give."""
-        return noise_rng(self.seeded_noise, [self.seed, server_round, self.STREAMS[stream]])
 
     def eval_round(self, server_round: int) -> int:
         """The round whose models a train reply of ``server_round`` evaluates."""
@@ -254,8 +182,8 @@ class FedkdStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._round = server_round
-        return rounds.train_messages(self, server_round)
+        self.current = RoundState(server_round)
+        return rounds.train_messages(self, self.current)
 
     def validate_upload(self, server_round: int, client_id: int, payload: Any) -> None:
         """``server.replies.validate_upload``, then the strategy's own ``check_upload``."""
@@ -266,7 +194,7 @@ class FedkdStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return None, rounds.close_train(self, server_round, replies)
+        return None, rounds.close_train(self, server_round, replies, self.current)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -279,20 +207,9 @@ class FedkdStrategy(Strategy):
         return rounds.close_evaluate(self, server_round, replies)
 
     def budget_allows(self, server_round: int) -> bool:
-        """False (and ``stop_reason``) when another round would push a client past
-        ``privacy.budget_epsilon`` and the run is set to stop (``PrivacyLedger.allows``)."""
-        if self.privacy is None:
-            return True
-        reason = self.privacy.allows(server_round, sorted(self.node_of), self.vote_round_bound())
-        if reason is not None:
-            self.stop_reason = reason
-            log.warning("stopping: %s", reason)
-        return reason is None
-
-    def checkpoint(self, grid: Grid, server_round: int, timeout: float) -> bool:
-        """``Checkpointer.save``: the clients' states, then the server's."""
-        assert self.checkpointer is not None
-        return self.checkpointer.save(grid, self, server_round, timeout)
+        """Whether the privacy budget allows ``server_round`` (``RunStatus.budget_allows``)."""
+        bound = self.vote_round_bound()
+        return self.status.budget_allows(self.privacy, server_round, sorted(self.node_of), bound)
 
     # ------------------------------------------------------------ the loop
     def start(
@@ -321,10 +238,10 @@ class FedkdStrategy(Strategy):
             nodeloss.after_round(self, rnd)
             if record is not None:
                 record.end_round(rnd, complete_upto=rnd - (1 if self.final_evaluation else 0))
-            if self.stop_reason is not None:
+            if self.status.stop_reason is not None:
                 break  # lost node or starved: no checkpoint of this round, the last one stays
             if self.checkpointer is not None and self.checkpointer.due(rnd):
-                self.checkpoint(grid, rnd, timeout)
-        if self.stop_reason is None:
+                self.checkpointer.save(grid, self, rnd, timeout)  # clients, then the server
+        if self.status.stop_reason is None:
             rounds.evaluate_exchange(self, grid, num_rounds, timeout, result)
         return result

@@ -97,10 +97,10 @@ class DSFL(PublicSetStrategy):
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
         ids, values = self.stacked(uploads)
-        mean = self.central_or(server_round, values, lambda: public_mean(values, **self.reducer))
-        if self.central:
+        mean = self.dp.central_or(server_round, values, lambda: public_mean(values, **self.reducer))
+        if self.dp.central:
             mean = np.clip(mean, 0.0, None)  # post-processing
-        if self.central and self.upload_space == "probs":
+        if self.dp.central and self.upload_space == "probs":
             # clipping scales each upload's [rows, classes] table to norm ``clip`` (its norm
             # can reach sqrt(rows)): rows made to sum to one again undo that before ERA,
             # which would otherwise sharpen a mean scaled towards zero (post-processing)

@@ -105,13 +105,13 @@ class FD(FedkdStrategy):
         ids, logits, counts = stacked(uploads)
         weighted = bool(self.params["weighted"])
         # central: noised per-class sums over noised per-class holder counts
-        teacher, present = self.central_or(
+        teacher, present = self.dp.central_or(
             server_round,
             logits,
             lambda: class_mean(logits, counts, weighted=weighted, **self.reducer),
             counts=counts,
         )
-        if self.central:
+        if self.dp.central:
             counts = np.broadcast_to(present, counts.shape).astype(np.int64)  # raw counts unused
         # counts of the teacher: how many clients contributed to each label row
         require_finite("teacher logits", teacher[present])

@@ -170,7 +170,7 @@ class FedKA(FedAvg):
         if self.voting is not None:
             counts = vote_counts(np.stack(votes), self.info.num_classes)
             release = self.voting.release(
-                counts, len(votes), self.noise_rng_for(server_round, "vote_noise")
+                counts, len(votes), self.random.noise_rng_for(server_round, "vote_noise")
             )
             p = self.params
             out["vote_finetune_loss"] = finetune_on_votes(

@@ -47,7 +47,7 @@ class FedMD(PublicSetStrategy):
         self, server_round: int, uploads: dict[int, Any], num_train: dict[int, int]
     ) -> dict[str, float]:
         _, values = self.stacked(uploads)
-        consensus = self.central_or(
+        consensus = self.dp.central_or(
             server_round, values, lambda: public_mean(values, **self.reducer)
         )
         indices = self.indices_for(server_round)

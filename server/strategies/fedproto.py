@@ -65,13 +65,13 @@ class FedProto(FedkdStrategy):
         counts = held = np.stack([uploads[i].counts for i in ids])
         # central: noised per-class sums over noised per-class holder counts
         weighted = bool(self.params["weighted"])
-        fused, present = self.central_or(
+        fused, present = self.dp.central_or(
             server_round,
             protos,
             lambda: prototype_mean(protos, counts, weighted=weighted, **self.reducer),
             counts=counts,
         )
-        if self.central:
+        if self.dp.central:
             counts = np.broadcast_to(present, counts.shape).astype(np.int64)  # raw counts unused
         require_finite("prototypes", fused[present])
         contributors = (counts > 0).sum(axis=0).astype(np.int64)

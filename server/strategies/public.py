@@ -33,7 +33,7 @@ from server.strategies.base import FedkdStrategy
 
 
 class PublicSetStrategy(FedkdStrategy):
-    streams = {"public": 2}  # rng_for(round, "public"): the round's public subset
+    streams = {"public": 2}  # random.rng_for(round, "public"): the round's public subset
 
     @classmethod
     def subset_size(cls, cfg: dict[str, Any]) -> int:
@@ -132,7 +132,7 @@ class PublicSetStrategy(FedkdStrategy):
     def indices_for(self, server_round: int) -> np.ndarray:
         """The round's subset of the public set: fresh, seeded, sorted."""
         if server_round not in self.indices:
-            chosen = self.rng_for(server_round, "public").choice(
+            chosen = self.random.rng_for(server_round, "public").choice(
                 self.info.num_public, size=self.size, replace=False
             )
             self.indices[server_round] = np.sort(chosen).astype(np.int64)

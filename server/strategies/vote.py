@@ -109,7 +109,7 @@ class Vote(PublicSetStrategy):
         indices = self.indices_for(server_round)
         votes = np.stack([uploads[i].votes for i in ids])
         counts = vote_counts(votes, self.info.num_classes)
-        rng = self.noise_rng_for(server_round, "vote_noise")
+        rng = self.random.noise_rng_for(server_round, "vote_noise")
         # a tie between classes is broken by the clients' first choices (the ranking)
         first = first_choice_counts(votes, self.info.num_classes) if self.top_k > 1 else None
         release = self.voting.release(counts, len(ids), rng, tiebreak=first)

@@ -197,7 +197,7 @@ def test_a_deployed_client_accepts_the_plan_at_its_floor_and_noises(fd_info):
         (["privacy=central", "strategy=fd"], lambda s: s.privacy.rng(s.seed, 3).normal(size=4)),
         (
             ["strategy=vote", "strategy.voting.noise=gnmax", "strategy.voting.threshold=0"],
-            lambda s: s.noise_rng_for(3, "vote_noise").normal(size=4),
+            lambda s: s.random.noise_rng_for(3, "vote_noise").normal(size=4),
         ),
     ],
 )
@@ -257,7 +257,7 @@ def test_under_privacy_the_strategys_channel_carries_nothing_private(fd_info, mo
     strategy.recorder = type("Rec", (), {})()
     strategy.recorder.client = lambda rnd, cid, m: recorded.append(m)
     strategy.recorder.server_extra = lambda *a: None
-    strategy._bytes_down = dict.fromkeys(range(3), 0)
+    strategy.current.bytes_down = dict.fromkeys(range(3), 0)
     strategy.aggregate_train(1, replies)
     assert seen == {0: 1, 1: 1, 2: 1}  # the strategy never learns num_train
     assert all("global_test_acc" in m and m["num_train"] > 1 for m in recorded)

@@ -173,7 +173,7 @@ def test_a_bad_confusion_array_is_ignored_but_the_reply_is_kept(tmp_path, caplog
     fd = strategy("fd", tmp_path)
     good = np.array([[3, 1], [0, 4]])
     bad = np.array([[1, -2], [0, 4]])
-    fd._bytes_down = {0: 0, 1: 0}
+    fd.current.bytes_down = {0: 0, 1: 0}
     with caplog.at_level(logging.WARNING, logger="fedkd"):
         _, diagnostics = fd.aggregate_train(4, [reply(10, good), reply(11, bad)])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -201,7 +201,7 @@ def test_ledger_charges_sampled_clients_and_stops_at_the_budget():
             break
         strategy.privacy.charge([0, 1, 2])
     assert strategy.privacy.rounds[0] == allowed
-    assert "privacy budget epsilon=5" in strategy.stop_reason
+    assert "privacy budget epsilon=5" in strategy.status.stop_reason
     assert strategy.privacy.max_epsilon() <= 5
 
 

@@ -184,7 +184,7 @@ def test_the_privacy_ledger_and_dropped_clients_survive_a_checkpoint(tmp_path):
     first = STRATEGIES.get("fd")(info_for(*overrides))
     first.privacy.charge([0, 1, 1])
     first.replies.drop(3, 2, "no_reply", "nothing within 5s")
-    first.stop_reason = "privacy budget epsilon=8 reached before round 4"
+    first.status.stop_reason = "privacy budget epsilon=8 reached before round 4"
     ckpt_io.save(tmp_path / "p.ckpt", first.state_dict())
     second = STRATEGIES.get("fd")(info_for(*overrides))
     assert second.privacy.epsilon(1) == 0
@@ -193,7 +193,7 @@ def test_the_privacy_ledger_and_dropped_clients_survive_a_checkpoint(tmp_path):
     assert second.privacy.epsilon(1) == pytest.approx(first.privacy.epsilon(1))
     assert second.privacy.epsilon(1) > second.privacy.epsilon(0) > 0
     assert second.dropped_clients == {2: {"no_reply": [3]}}
-    assert second.stop_reason == first.stop_reason
+    assert second.status.stop_reason == first.status.stop_reason
 
 
 def test_feddf_keeps_its_distillation_generator(tmp_path):
@@ -338,6 +338,6 @@ def test_a_checkpoint_some_clients_could_not_save_leaves_no_client_file(tmp_path
         return "client 2: disk full"
 
     monkeypatch.setattr(checkpoint, "save_clients", two_of_three_save)
-    assert strategy.checkpoint(grid=None, server_round=10, timeout=1) is False
+    assert strategy.checkpointer.save(None, strategy, server_round=10, timeout=1) is False
     assert sorted(p.name for p in folder.iterdir()) == [f"client_{c}.r5.ckpt" for c in (0, 1, 2)]
     assert strategy.checkpointer.last_round == 5 and not strategy.checkpointer.path.exists()

@@ -23,6 +23,7 @@ from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes
 from fedkd.metrics_schema import check_metrics
 from fedkd.npy import load_npy
 from protocol import wire
+from server import rounds
 
 
 def npy_declaring(shape: tuple[int, ...], dtype: str = "<f4", data: bytes = b"\0" * 8) -> bytes:
@@ -256,7 +257,7 @@ def test_poisoned_knowledge_is_rolled_back_and_no_honest_client_is_struck(tmp_pa
     nan = protos(np.nan)
     _, diagnostics = fp.aggregate_train(2, [reply(0, nan), reply(1, protos(1.0)), reply(2, nan)])
     assert dict(fp.dropped) == {"non_finite": 2}
-    assert not fp.strikes and not fp.excluded and fp.sample() == sorted(NODES)
+    assert not fp.strikes and not fp.excluded and rounds.sample(fp, 3) == sorted(NODES)
     assert fp.global_prototypes is None and diagnostics["knowledge_rolled_back"] == 1.0
     # the broken honest models keep sending NaN, and report NaN losses (bad_metrics, checked
     # first): still not their clients' fault

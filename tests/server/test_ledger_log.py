@@ -24,7 +24,7 @@ VOTE = (
 
 
 def charge_round(strategy, rnd: int) -> None:
-    strategy._round = rnd
+    strategy.current.number = rnd
     strategy.privacy.charge([0, 1, 2])
 
 
@@ -63,10 +63,10 @@ def test_a_torn_last_line_is_not_a_charge(tmp_path):
 def test_the_gnmax_releases_are_rebuilt_from_the_log(tmp_path):
     first = STRATEGIES.get("vote")(info_for(*VOTE))
     ledger_log.attach(first, tmp_path, resumed=False)
-    first._round = 1
+    first.current.number = 1
     first.voting.recorder.gnmax(2.0, 3)
     state = first.state_dict()
-    first._round = 2
+    first.current.number = 2
     first.voting.recorder.gnmax(2.0, 3)
     second = STRATEGIES.get("vote")(info_for(*VOTE))
     second.load_state_dict(state)

@@ -10,6 +10,7 @@ from helpers import info_for
 from fedkd.config import check_config, compose
 from fedkd.errors import ConfigError
 from server import nodeloss as server_nodeloss
+from server.rounds import RoundState
 from server.strategies import STRATEGIES
 from simulations import nodeloss
 from simulations.report import Run, placement_markdown
@@ -76,14 +77,15 @@ def test_replace_logs_one_line_and_keeps_going(caplog):
         server_nodeloss.after_round(fd, 3)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "round 3" in lines[0] and WORKER[1] in lines[0], lines
-    assert fd.stop_reason is None
-    assert [r["round"] for r in fd.node_loss] == [3]
+    assert fd.status.stop_reason is None
+    assert [r["round"] for r in fd.status.node_loss] == [3]
     summary = server_nodeloss.summary(fd)
-    assert summary["node_loss"] == fd.node_loss and WORKER[0] in summary["placement"]["nodes"]
+    assert summary["node_loss"] == fd.status.node_loss
+    assert WORKER[0] in summary["placement"]["nodes"]
     # resumed runs keep the rows
     again = STRATEGIES.get("fd")(info_for())
     again.load_state_dict(fd.state_dict())
-    assert again.node_loss == fd.node_loss
+    assert again.status.node_loss == fd.status.node_loss
 
 
 def test_fail_stops_with_a_line_naming_the_node():
@@ -91,30 +93,30 @@ def test_fail_stops_with_a_line_naming_the_node():
     fd.cluster = _watch("fail")
     fd.cluster.lost(1, WORKER, "stopped")
     server_nodeloss.after_round(fd, 2)
-    assert fd.stop_status == "node_lost"
-    assert WORKER[1] in fd.stop_reason and "on_node_loss=fail" in fd.stop_reason
-    assert "\n" not in fd.stop_reason
-    assert fd.node_loss[0]["action"] == "fail"
+    assert fd.status.stop_status == "node_lost"
+    assert WORKER[1] in fd.status.stop_reason and "on_node_loss=fail" in fd.status.stop_reason
+    assert "\n" not in fd.status.stop_reason
+    assert fd.status.node_loss[0]["action"] == "fail"
 
 
 def test_starved_rounds_in_a_row_stop_the_run():
     fd = STRATEGIES.get("fd")(info_for("server.max_starved_rounds=2"))
     for rnd, starved in enumerate([True, False, True], start=1):
-        fd.starved_now = starved
+        fd.current = RoundState(rnd, starved=starved)
         server_nodeloss.after_round(fd, rnd)
-        assert fd.stop_reason is None, rnd  # never two in a row yet
-    fd.starved_now = True
+        assert fd.status.stop_reason is None, rnd  # never two in a row yet
+    fd.current = RoundState(4, starved=True)
     server_nodeloss.after_round(fd, 4)
-    assert fd.stop_status == "starved"
-    assert "rounds 3-4" in fd.stop_reason and "min_train_clients=2" in fd.stop_reason
+    assert fd.status.stop_status == "starved"
+    assert "rounds 3-4" in fd.status.stop_reason and "min_train_clients=2" in fd.status.stop_reason
 
 
 def test_starvation_can_be_switched_off():
     fd = STRATEGIES.get("fd")(info_for("server.max_starved_rounds=null"))
     for rnd in range(1, 20):
-        fd.starved_now = True
+        fd.current = RoundState(rnd, starved=True)
         server_nodeloss.after_round(fd, rnd)
-    assert fd.stop_reason is None
+    assert fd.status.stop_reason is None
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "true"])

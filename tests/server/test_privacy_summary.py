@@ -45,7 +45,7 @@ def test_the_budget_counts_gnmax_with_the_local_mod():
     rounds = 0
     while vote.budget_allows(rounds + 1):
         rounds += 1
-        vote._round = rounds
+        vote.current.number = rounds
         vote.privacy.charge([0, 1, 2])
         vote.voting.recorder.gnmax(4.0, 3)
     summary = privacy_summary(vote)["privacy"]

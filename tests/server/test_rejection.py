@@ -28,6 +28,7 @@ from fedkd.config import compose
 from fedkd.errors import REJECT_REASONS
 from fedkd.knowledge import ClassLogits, Prototypes, PublicLogits, Votes
 from protocol import wire
+from server import rounds
 
 
 def error_reply(cid: int, code: int, reason: str) -> Message:
@@ -152,7 +153,7 @@ def test_a_client_that_keeps_sending_bad_payloads_is_excluded_after_max_strikes(
         fd.aggregate_train(rnd, [reply(0, good_fd()), reply(1, nan), reply(2, good_fd())])
         fd.recorder.end_round(rnd, complete_upto=rnd)
     assert fd.excluded == {1: 2} and fd.strikes[1] == 2
-    assert fd.sample() == [0, 2]  # never asked again
+    assert rounds.sample(fd, 3) == [0, 2]  # never asked again
     rows = fd.recorder.finish()["rounds"]
     assert "excluded" not in rows[0] and rows[1]["excluded"] == [1]
 
@@ -162,7 +163,7 @@ def test_every_client_excluded_stops_the_run():
     nan = ClassLogits(np.full((2, 2), np.nan, np.float32), np.ones(2, np.int64))
     fd.aggregate_train(1, [reply(c, nan) for c in NODES])
     with pytest.raises(RuntimeError, match="every client has been excluded"):
-        fd.sample()
+        rounds.sample(fd, 2)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,14 @@
 """The strategy's collaborators on their own: reply checking with strikes and exclusion
 (server/replies.py), guarded fusion and rollback (server/fusion.py), the privacy ledger's
-plan entries, state and central-or-reducer helper (server/privacy.py), and the merged
-bookkeeping keys and random streams of the strategy classes."""
+plan entries, state and central-or-reducer helper (server/privacy.py) and the strategy's
+use of them (server/strategy_privacy.py), the merged bookkeeping keys and random streams
+of the strategy classes (server/traits.py), the seeded streams and sampling
+(server/streams.py), the round in progress (server/rounds.py) and the run's status
+(server/status.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import helpers
@@ -18,11 +22,15 @@ from fedkd.bounds import Bounds
 from fedkd.encoding import DecodeLimits
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, PublicLogits
+from fedkd.privacy.accounting import GNMAX
+from server import rounds
 from server.fusion import FusionError, FusionGuard, require_finite
 from server.privacy import build_ledger, central_or
 from server.replies import ReplyChecker, validate_upload
+from server.rounds import RoundState
 from server.strategies import STRATEGIES, FedkdStrategy
 from server.strategies.public import PublicSetStrategy
+from server.streams import Streams
 
 
 def reply(cid: int, payload=None, metrics: dict | None = None) -> Message:
@@ -227,3 +235,93 @@ def test_the_budget_stops_or_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="fedkd"):
         assert ledger.allows(1, [0]) is None and ledger.allows(2, [0]) is None
     assert caplog.text.count("privacy budget epsilon=0.001 exceeded; going on") == 1
+
+
+def test_the_strategy_builds_its_ledger_and_noises_only_under_central():
+    values = np.ones((3, 2, 2), np.float32)
+    plain = STRATEGIES.get("fd")(info_for())
+    assert plain.dp.ledger is None and plain.privacy is None and not plain.dp.central
+    assert plain.dp.central_or(1, values, lambda: "plain") == "plain"
+    local = STRATEGIES.get("fd")(info_for("privacy=gaussian"))
+    assert local.privacy is local.dp.ledger and local.privacy.shared == ()
+    assert local.dp.releases is local.ledger and local.privacy.ledger is local.ledger
+    assert not local.dp.central and local.dp.central_or(1, values, lambda: "plain") == "plain"
+    central = STRATEGIES.get("fd")(info_for("privacy=central", "simulation.seeded_noise=true"))
+    assert central.dp.central
+    noised = central.dp.central_or(1, values, lambda: "plain")
+    assert noised.shape == (2, 2) and not np.allclose(noised, 1.0)  # clipped, noised
+    np.testing.assert_array_equal(
+        noised, central_or(central.privacy, central.seed, 1, values, None)
+    )
+    gnmax = ("strategy.voting.noise=gnmax", "strategy.voting.threshold=0")
+    vote = STRATEGIES.get("vote")(info_for("strategy=vote", *gnmax, "privacy=gaussian"))
+    assert vote.privacy.shared == (GNMAX,)  # GNMax counts toward the budget
+    assert vote.voting.recorder.ledger is vote.ledger  # recorded on the strategy's one ledger
+
+
+# ---------------------------------------------------------------- random streams
+def test_each_round_and_purpose_draws_from_its_own_seeded_stream():
+    numbers = {"sample": 1, "public": 2}
+    streams = Streams(7, numbers, seeded_noise=False)
+    expected = np.random.default_rng([7, 3, 2]).random(4)
+    np.testing.assert_array_equal(streams.rng_for(3, "public").random(4), expected)
+    assert not np.array_equal(streams.rng_for(3, "sample").random(4), expected)
+    assert not np.array_equal(streams.rng_for(4, "public").random(4), expected)
+    assert not np.array_equal(streams.noise_rng_for(3, "public").random(4), expected)  # OS
+    seeded = Streams(7, numbers, seeded_noise=True)
+    np.testing.assert_array_equal(seeded.noise_rng_for(3, "public").random(4), expected)
+
+
+def test_sampling_draws_the_rounds_sample_stream_from_the_eligible_clients():
+    streams = Streams(7, {"sample": 1}, seeded_noise=False)
+    assert streams.sample([4, 1, 2], 3, fraction=0.5, minimum=3) == [1, 2, 4]  # all of them
+    half = streams.sample(list(range(6)), 3, fraction=0.5, minimum=1)
+    drawn = np.random.default_rng([7, 3, 1]).choice(list(range(6)), size=3, replace=False)
+    assert half == sorted(drawn.tolist()) and half == streams.sample(list(range(6)), 3, 0.5, 1)
+    fd = helpers.make("fd", None, "server.fraction_train=0.5", "server.min_train_clients=1")
+    fd.excluded = {1: 1}
+    assert rounds.sample(fd, 3) == fd.random.sample([0, 2], 3, 0.5, 1)
+    assert len(rounds.sample(fd, 3)) == 1 and 1 not in rounds.sample(fd, 3)
+
+
+# ---------------------------------------------------------------- the round in progress
+def test_a_round_reads_its_replies_against_the_round_state(tmp_path):
+    fd = helpers.make("fd", tmp_path)
+    fd.current = RoundState()  # not this round's: close_train reads the state it is given
+    state = RoundState(1, {0: 123, 1: 45, 2: 6})
+    rounds.close_train(fd, 1, [reply(0, logits(1.0)), reply(2, logits(2.0))], state)
+    assert dict(fd.dropped) == {"no_reply": 1} and fd.dropped_clients == {1: {"no_reply": [1]}}
+    assert not state.starved  # two valid replies: min_train_clients=2
+    fd.recorder.end_round(1, complete_upto=1)
+    starved = RoundState(2, {0: 7, 2: 8})
+    rounds.close_train(fd, 2, [reply(0, logits(1.0))], starved)
+    assert starved.starved and not fd.current.starved
+    fd.recorder.end_round(2, complete_upto=2)
+    fd.recorder.finish()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    rows = [row for row in map(json.loads, lines) if "bytes_down" in row]
+    assert [(r["round"], r["client"], r["bytes_down"]) for r in rows] == [
+        (1, 0, 123),
+        (1, 2, 6),
+        (2, 0, 7),
+    ]
+
+
+# ---------------------------------------------------------------- the run's status
+def test_the_status_stops_at_the_budget_and_keeps_its_counts_in_a_checkpoint():
+    overrides = ("privacy=gaussian", "privacy.budget_epsilon=0.001")
+    fd = STRATEGIES.get("fd")(info_for(*overrides))
+    status = fd.status
+    assert status.budget_allows(None, 1, [0, 1, 2], []) and status.stop_reason is None
+    assert not status.budget_allows(fd.privacy, 1, [0, 1, 2], [])
+    assert status.stop_reason == "privacy budget epsilon=0.001 reached before round 1"
+    status.node_loss.append({"round": 1, "node_id": None, "clients": [2], "action": "fail"})
+    status.starved_run, fd.guard.failures = 2, 1
+    fd.replies.drop(1, 2, "no_reply", "nothing within 5s")
+    base = status.state_dict()
+    assert base["fusion_failures"] == 1 and base["starved_run"] == 2 and "health" in base
+    again = STRATEGIES.get("fd")(info_for(*overrides))
+    again.load_state_dict(fd.state_dict())
+    assert again.status.stop_reason == status.stop_reason
+    assert again.status.node_loss == status.node_loss and again.status.starved_run == 2
+    assert again.fusion_failures == 1 and again.dropped_clients == {2: {"no_reply": [1]}}
