@@ -47,6 +47,12 @@ and answer; a session whose Ray arguments differ from the next run's is shut dow
 actors say where they run before they get a message, and a replacement for an actor lost
 with its node comes from the pool's factory, which queues the run's warm-up on every actor
 it creates (``warm_new_actors``).
+
+**Ending with the process.** ``fedkd-sim`` ends once its runs are written; with
+``end_with_process`` a run's end leaves its private Ray instance up, and the launcher stops
+Ray's processes by process id as it exits (``simulations.run.main``) instead of Ray's
+graceful shutdown and the interpreter's teardown of torch, Flower and Ray (about 5 s
+together; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -167,6 +173,8 @@ class _Session:
     started: float = 0.0
     error: BaseException | None = None
     timings: dict[str, float] | None = None  # seconds: "ray" (init or reuse), "pool"
+    local: bool = False  # Ray is this process's private instance (its daemons are our children)
+    ends_with_process: bool = False  # the process stops that instance by pid as it exits
 
 
 _SESSION = _Session()
@@ -180,6 +188,18 @@ def _key(value: Any) -> str:
 def share_session(on: bool = True) -> None:
     """Keep Ray and its warm workers across this process's runs (``end_session`` stops them)."""
     _SESSION.shared = on
+
+
+def end_with_process(on: bool = True) -> None:
+    """This process ends right after its runs and then stops the processes of its private
+    Ray instance by process id (``simulations.run.main``): a run's end leaves that instance
+    up instead of shutting it down gracefully (each actor, then each daemon in turn, about
+    1.5 s). A cluster joined by address is still disconnected from as before."""
+    _SESSION.ends_with_process = on
+
+
+def _left_to_exit() -> bool:
+    return _SESSION.ends_with_process and _SESSION.local and _ray_is_up()
 
 
 def session_timings() -> dict[str, float]:
@@ -268,6 +288,7 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         _release()  # an earlier start-up thread whose Ray is gone may end
         join_cluster(init_args, env_vars)  # a private instance ("local") or a cluster's head
         _SESSION.init_key = init_key
+        _SESSION.local = init_args.get("address") == "local"
     ray_done = time.perf_counter()
     resources = dict(backend["client_resources"])
     pool = reused = _SESSION.pool
@@ -379,7 +400,7 @@ def abandon_session() -> None:
     """A run stopped before its simulation: join the start-up thread; Ray stays only if
     shared."""
     wait_session()
-    if not _SESSION.shared:
+    if not _SESSION.shared and not _left_to_exit():
         end_session()
 
 
@@ -428,6 +449,9 @@ def install_session() -> bool:
                 self.pool = None
                 return
             _kill_pool(pool)
+            self.pool = None
+            return
+        if _left_to_exit():  # its actors go with Ray's processes as the launcher exits
             self.pool = None
             return
         _SESSION.pool = _SESSION.init_key = _SESSION.resources_key = None
