@@ -3,15 +3,20 @@ launcher's exit (simulations/vce_patches.py, simulations/run.py; docs/performanc
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
-from helpers import ROOT, alive
+import pytest
+from helpers import ROOT, alive, marked, run_fedkd_sim, stop_tree
 
 from simulations import vce_patches
+from simulations.proctree import MARKER
 
 
 def _get_in_thread(q: vce_patches.PromptQueue, timeout: float) -> tuple[threading.Thread, list]:
@@ -86,3 +91,27 @@ def test_the_launcher_exits_with_its_status_and_stops_what_it_started():
     assert proc.returncode == 3, proc.stderr
     child = int(proc.stdout.split()[0])
     assert not alive(child)
+
+
+@pytest.mark.slow
+def test_a_finished_run_leaves_no_process_behind(tmp_path):
+    """The launcher stops its Ray instance by process id as it exits: once it has exited,
+    no process carrying its marker (Ray's daemons, workers and agents) is alive, and the
+    run's files are complete."""
+    launch = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    try:
+        result = run_fedkd_sim(
+            ["num_clients=4", "num_rounds=2", "checkpoint.every=1", f"hydra.run.dir={run_dir}"],
+            timeout=600,
+            env={**os.environ, MARKER: launch},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "bytes/round" in result.stdout  # the table was printed before the exit
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "finished" and len(summary["rounds"]) == 2
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) > 0
+        assert not marked(launch)
+    finally:
+        left = stop_tree([], launch_id=launch, grace=60)
+    assert left == []
