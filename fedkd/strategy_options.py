@@ -88,7 +88,12 @@ def _number(value: Any) -> bool:
 
 
 def check_optimizer(where: str, spec: Any) -> None:
-    """``spec`` names a known optimiser with options it accepts and values torch accepts."""
+    """``spec`` names a known optimiser with options it accepts and values torch accepts.
+
+    Everything torch's constructors refuse is checked here, without torch: building an
+    optimiser imports ``torch._dynamo`` (1.5 s of CPU), which the launcher does not otherwise
+    need (docs/performance.md). tests/fedkd/test_strategy_options.py holds it against torch.
+    """
     if not isinstance(spec, Mapping) or "name" not in spec:
         raise ConfigError(
             f"{where} must be a mapping with a 'name', e.g. {{name: adam, lr: 0.001}} "
@@ -125,6 +130,12 @@ def check_optimizer(where: str, spec: Any) -> None:
                 f"{where}.betas must be two numbers in [0, 1) (got {value!r}), "
                 f"e.g. {where}.betas=[0.9,0.999]"
             )
+    if spec.get("fused") and (spec.get("differentiable") or spec.get("foreach")):
+        clash = "differentiable" if spec.get("differentiable") else "foreach"
+        raise ConfigError(
+            f"{where}.fused=true cannot go with {where}.{clash}=true (torch refuses the pair); "
+            f"set one of them to false"
+        )
     if (
         name == "sgd"
         and spec.get("nesterov")

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -22,13 +21,9 @@ from fedkd.client.runtime import data_key, federated_data
 from fedkd.console import phase
 from fedkd.errors import CheckpointError, ConfigError
 from fedkd.models import build_model, spec_for_client
-from fedkd.train import make_optimizer
 from server import ledger_log, nodeloss
 from server.checkpoint import Checkpointer, set_rng_state
-from server.options import (
-    check_deployment,  # noqa: F401  (re-exported)
-    optimizer_specs,
-)
+from server.options import check_deployment  # noqa: F401  (re-exported)
 from server.options import check_options as check_light_options
 from server.privacy import check_record_delta, privacy_summary
 from server.recorder import RunRecorder, console_options
@@ -66,21 +61,14 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
 
 
 def check_options(cfg: dict[str, Any]) -> type:
-    """Every check that needs no data (``server.options``, then each optimiser built on a
-    dummy parameter); returns the strategy class."""
+    """Every check that needs no data (``server.options``); returns the strategy class.
+
+    The optimisers are checked there without being built: building one imports
+    ``torch._dynamo``, 1.5 s the launcher would spend on nothing else
+    (``fedkd.strategy_options.check_optimizer`` refuses all torch refuses;
+    docs/performance.md)."""
     spec = check_light_options(cfg)
-    check_optimizers(cfg)
     return STRATEGIES.get(spec.name)
-
-
-def check_optimizers(cfg: dict[str, Any]) -> None:
-    """Build every optimizer the run names on a dummy parameter (what torch refuses)."""
-    dummy = [torch.nn.Parameter(torch.zeros(1))]
-    for where, spec in optimizer_specs(cfg).items():
-        try:
-            make_optimizer(dummy, spec)
-        except (ConfigError, TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: {err}") from None
 
 
 def run_server(

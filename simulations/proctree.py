@@ -80,18 +80,24 @@ def marked(launch_id: str) -> list[int]:
 
 
 def process_tree(roots: Iterable[int]) -> list[int]:
-    """``roots`` and every live process they started, by parent id or ``--parent-pid``."""
+    """``roots`` and every live process they started, by parent id or ``--parent-pid``.
+
+    ``/proc`` is read once (each process's parents), then walked from ``roots``: a walk
+    that re-read it for every process of the tree took seconds on a busy machine."""
     found = list(dict.fromkeys(roots))
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        stat = _stat(pid)
+        if stat is None or stat[0] == "Z":
+            continue
+        for parent in {stat[1], _parent_pid_arg(pid)} - {None}:
+            children.setdefault(parent, []).append(pid)
+    seen = set(found)
     frontier = list(found)
     while frontier:
-        parent = frontier.pop()
-        for pid in _pids():
-            if pid in found:
-                continue
-            stat = _stat(pid)
-            if stat is None or stat[0] == "Z":
-                continue
-            if stat[1] == parent or _parent_pid_arg(pid) == parent:
+        for pid in children.get(frontier.pop(), []):
+            if pid not in seen:
+                seen.add(pid)
                 found.append(pid)
                 frontier.append(pid)
     return found

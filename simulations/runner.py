@@ -3,7 +3,7 @@
 ``fedkd-compare`` used to start ``python -m simulations.run`` per run: every run paid
 the imports, Ray's start and its workers' start-up again. A :class:`Runner` starts one
 child process (``multiprocessing``, spawn) that runs the jobs it is sent one after the
-other through ``simulations.run.main`` with ``vce_patches.share_session``: Ray and its
+other through ``simulations.run.launch`` with ``vce_patches.share_session``: Ray and its
 warm workers stay up between runs. Each run is still a whole ``fedkd-sim`` run (Hydra,
 its own run directory, run.log, summary.json), so its numbers are those of a separate
 run.
@@ -79,7 +79,7 @@ def run_job(args: list[str]) -> Result:
         with _redirected(out, err):
             sys.argv = ["fedkd-sim", *args]
             try:
-                run.main()
+                run.launch()
             except SystemExit as exit_:
                 code = exit_.code
                 status = code if isinstance(code, int) else (0 if code is None else 1)

@@ -14,7 +14,9 @@ for one undelivered message, then sleeping 0.1 s. Two costs follow:
 have an undelivered message (read from the LinkState's store, then fetched
 through the same ``get_message_ins``, which marks them delivered as before) and
 sleeps 2 ms, or four times the last sweep's duration if that is longer, so
-sweeping never takes more than a fifth of a core. Behaviour is otherwise
+sweeping never takes more than a fifth of a core; once the run stops, it ends the engine
+threads' waits on the run's queues (``PromptQueue``: Flower's wait up to 1 s before they
+see the stop, and the engine waits for them). Behaviour is otherwise
 Flower's: same queue, same stop event, same delivery marks. If this Flower's
 engine does not look like the one this was written against (another function
 signature, a LinkState without ``message_ins_store``), Flower's own function is
@@ -47,6 +49,12 @@ and answer; a session whose Ray arguments differ from the next run's is shut dow
 actors say where they run before they get a message, and a replacement for an actor lost
 with its node comes from the pool's factory, which queues the run's warm-up on every actor
 it creates (``warm_new_actors``).
+
+**Ending with the process.** ``fedkd-sim`` ends once its runs are written; with
+``end_with_process`` a run's end leaves its private Ray instance up, and the launcher stops
+Ray's processes by process id as it exits (``simulations.run.main``) instead of Ray's
+graceful shutdown and the interpreter's teardown of torch, Flower and Ray (about 5 s
+together; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from queue import Queue
+from queue import Empty, Queue
 from typing import Any
 
 MIN_WAIT = 0.002  # seconds between sweeps when they are quick
@@ -83,18 +91,66 @@ def _waiting_nodes(state: Any, nodes: dict[int, int]) -> list[int] | None:
     return [n for n in waiting if n in nodes]
 
 
+class PromptQueue(Queue):
+    """The engine's message queues (``vce_api.run_api`` makes two per run): once the run
+    has stopped (``stop``), a ``get`` that would wait returns ``queue.Empty`` at once.
+    Flower's worker threads wait on their queue for up to 1 s before they look at the
+    stop event again, and the engine waits for them: a second at the end of every run."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.stopped = False
+        with _QUEUES_LOCK:
+            _QUEUES.append(self)
+
+    def stop(self) -> None:
+        with self.not_empty:
+            self.stopped = True
+            self.not_empty.notify_all()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        with self.not_empty:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while block and not self._qsize() and not self.stopped:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self.not_empty.wait(left)
+            if not self._qsize():
+                raise Empty
+            item = self._get()
+            self.not_full.notify()
+            return item
+
+
+_QUEUES: list[PromptQueue] = []  # the running simulation's queues
+_QUEUES_LOCK = threading.Lock()
+
+
+def _stop_queues() -> None:
+    with _QUEUES_LOCK:
+        queues = list(_QUEUES)
+        _QUEUES.clear()
+    for queue in queues:
+        queue.stop()
+
+
 def add_messages_to_queue(
     state: Any, queue: Queue, nodes_mapping: dict[int, int], f_stop: threading.Event
 ) -> None:
-    """Put the LinkState's undelivered messages in the workers' queue until ``f_stop``."""
-    while not f_stop.is_set():
-        started = time.perf_counter()
-        nodes = _waiting_nodes(state, nodes_mapping)
-        for node_id in nodes_mapping.keys() if nodes is None else nodes:
-            for message in state.get_message_ins(node_id=node_id, limit=1):
-                queue.put(message)
-        swept = time.perf_counter() - started
-        f_stop.wait(max(MIN_WAIT, SWEEP_SHARE * swept))
+    """Put the LinkState's undelivered messages in the workers' queue until ``f_stop``, then
+    end the engine threads' waits on the run's queues."""
+    try:
+        while not f_stop.is_set():
+            started = time.perf_counter()
+            nodes = _waiting_nodes(state, nodes_mapping)
+            for node_id in nodes_mapping.keys() if nodes is None else nodes:
+                for message in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(message)
+            swept = time.perf_counter() - started
+            f_stop.wait(max(MIN_WAIT, SWEEP_SHARE * swept))
+    finally:
+        _stop_queues()
 
 
 def install_pickup() -> bool:
@@ -113,6 +169,8 @@ def install_pickup() -> bool:
     if list(inspect.signature(original).parameters) != expected:
         return False
     vce_api.add_messages_to_queue = add_messages_to_queue
+    if getattr(vce_api, "Queue", None) is Queue:  # the run's queues: prompt once it stops
+        vce_api.Queue = PromptQueue
     _installed = True
     return True
 
@@ -167,6 +225,8 @@ class _Session:
     started: float = 0.0
     error: BaseException | None = None
     timings: dict[str, float] | None = None  # seconds: "ray" (init or reuse), "pool"
+    local: bool = False  # Ray is this process's private instance (its daemons are our children)
+    ends_with_process: bool = False  # the process stops that instance by pid as it exits
 
 
 _SESSION = _Session()
@@ -180,6 +240,18 @@ def _key(value: Any) -> str:
 def share_session(on: bool = True) -> None:
     """Keep Ray and its warm workers across this process's runs (``end_session`` stops them)."""
     _SESSION.shared = on
+
+
+def end_with_process(on: bool = True) -> None:
+    """This process ends right after its runs and then stops the processes of its private
+    Ray instance by process id (``simulations.run.main``): a run's end leaves that instance
+    up instead of shutting it down gracefully (each actor, then each daemon in turn, about
+    1.5 s). A cluster joined by address is still disconnected from as before."""
+    _SESSION.ends_with_process = on
+
+
+def _left_to_exit() -> bool:
+    return _SESSION.ends_with_process and _SESSION.local and _ray_is_up()
 
 
 def session_timings() -> dict[str, float]:
@@ -268,6 +340,7 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         _release()  # an earlier start-up thread whose Ray is gone may end
         join_cluster(init_args, env_vars)  # a private instance ("local") or a cluster's head
         _SESSION.init_key = init_key
+        _SESSION.local = init_args.get("address") == "local"
     ray_done = time.perf_counter()
     resources = dict(backend["client_resources"])
     pool = reused = _SESSION.pool
@@ -379,7 +452,7 @@ def abandon_session() -> None:
     """A run stopped before its simulation: join the start-up thread; Ray stays only if
     shared."""
     wait_session()
-    if not _SESSION.shared:
+    if not _SESSION.shared and not _left_to_exit():
         end_session()
 
 
@@ -428,6 +501,9 @@ def install_session() -> bool:
                 self.pool = None
                 return
             _kill_pool(pool)
+            self.pool = None
+            return
+        if _left_to_exit():  # its actors go with Ray's processes as the launcher exits
             self.pool = None
             return
         _SESSION.pool = _SESSION.init_key = _SESSION.resources_key = None

@@ -32,6 +32,47 @@ def test_optimizer_options_are_torchs():
         assert set(options) == set(params) - {"params"}, name
 
 
+FLAGS = ("nesterov", "maximize", "foreach", "differentiable", "fused", "capturable", "amsgrad")
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZER_OPTIONS))
+def test_the_light_check_refuses_what_torchs_optimizers_refuse(name):
+    """Every combination of the boolean options (unset, true, false): the check without
+    torch accepts a spec exactly when torch builds the optimiser, so the launcher need not
+    build one (docs/performance.md)."""
+    import itertools
+
+    import torch
+
+    from fedkd.strategy_options import check_optimizer
+
+    flags = [f for f in FLAGS if f in OPTIMIZER_OPTIONS[name]]
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    refused = 0
+    for values in itertools.product([None, True, False], repeat=len(flags)):
+        spec = {
+            "name": name,
+            "lr": 0.1,
+            **{f: v for f, v in zip(flags, values, strict=True) if v is not None},
+        }
+        if name == "sgd":
+            spec["momentum"] = 0.9
+        try:
+            OPTIMIZERS.get(name)(params, **{k: v for k, v in spec.items() if k != "name"})
+            torch_accepts = True
+        except (RuntimeError, TypeError, ValueError):
+            torch_accepts = False
+        try:
+            check_optimizer("client.optimizer", spec)
+            light_accepts = True
+        except ConfigError as err:
+            light_accepts = False
+            assert "\n" not in str(err) and str(err).startswith("client.optimizer.")
+        assert light_accepts == torch_accepts, spec
+        refused += not torch_accepts
+    assert refused > 0  # the combinations reach what torch refuses
+
+
 def test_loss_spaces_are_the_losses():
     assert sorted(LOSS_SPACES) == LOSSES.names()
     for name, space in LOSS_SPACES.items():

@@ -1,0 +1,117 @@
+"""What a ``fedkd-sim`` run pays besides its rounds: the end of the engine's threads and the
+launcher's exit (simulations/vce_patches.py, simulations/run.py; docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from helpers import ROOT, alive, marked, run_fedkd_sim, stop_tree
+
+from simulations import vce_patches
+from simulations.proctree import MARKER
+
+
+def _get_in_thread(q: vce_patches.PromptQueue, timeout: float) -> tuple[threading.Thread, list]:
+    got: list = []
+
+    def get() -> None:
+        try:
+            got.append(q.get(timeout=timeout))
+        except queue.Empty:
+            got.append("empty")
+
+    thread = threading.Thread(target=get)
+    thread.start()
+    return thread, got
+
+
+def test_a_stopped_queue_ends_a_waiting_get_at_once_and_still_hands_out_its_items():
+    q = vce_patches.PromptQueue()
+    thread, got = _get_in_thread(q, timeout=600)
+    while not q.not_empty._waiters:  # the getter waits on the empty queue
+        time.sleep(0.01)
+    q.stop()
+    thread.join(60)  # a hang guard: the stop ends a wait of 600 s
+    assert not thread.is_alive() and got == ["empty"]
+    q.put("late")  # what is put after the stop still comes out, then Empty at once
+    assert q.get(timeout=600) == "late"
+    thread, got = _get_in_thread(q, timeout=600)
+    thread.join(60)
+    assert got == ["empty"]
+
+
+def test_a_running_queue_waits_and_delivers_as_a_plain_one():
+    q = vce_patches.PromptQueue()
+    thread, got = _get_in_thread(q, timeout=600)
+    q.put(1)
+    thread.join(60)
+    assert got == [1]
+    try:
+        q.get(timeout=0.01)
+    except queue.Empty:
+        pass
+    else:
+        raise AssertionError("an empty, running queue handed out an item")
+    q.stop()
+
+
+def test_the_pickup_thread_stops_the_runs_queues_when_the_run_stops():
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    assert vce_patches.install_pickup()
+    assert vce_api.Queue is vce_patches.PromptQueue  # run_api's queues are prompt ones
+    inbox, outbox = vce_api.Queue(), vce_api.Queue()
+    stop = threading.Event()
+    stop.set()
+    vce_patches.add_messages_to_queue(None, inbox, {}, stop)  # a stopped run: no sweep
+    assert inbox.stopped and outbox.stopped
+
+
+def test_the_launcher_exits_with_its_status_and_stops_what_it_started():
+    """``exit_now``: every process the launcher started is stopped by process id, then it
+    exits with the given status (the interpreter's teardown skipped)."""
+    code = (
+        "import subprocess, sys\n"
+        "from simulations.run import exit_now\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "exit_now(3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 3, proc.stderr
+    child = int(proc.stdout.split()[0])
+    assert not alive(child)
+
+
+@pytest.mark.slow
+def test_a_finished_run_leaves_no_process_behind(tmp_path):
+    """The launcher stops its Ray instance by process id as it exits: once it has exited,
+    no process carrying its marker (Ray's daemons, workers and agents) is alive, and the
+    run's files are complete."""
+    launch = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    try:
+        result = run_fedkd_sim(
+            ["num_clients=4", "num_rounds=2", "checkpoint.every=1", f"hydra.run.dir={run_dir}"],
+            timeout=600,
+            env={**os.environ, MARKER: launch},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "bytes/round" in result.stdout  # the table was printed before the exit
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "finished" and len(summary["rounds"]) == 2
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) > 0
+        assert not marked(launch)
+    finally:
+        left = stop_tree([], launch_id=launch, grace=60)
+    assert left == []
