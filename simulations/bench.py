@@ -287,6 +287,16 @@ def compare(sim: dict[str, Any], ref: dict[str, Any] | None, num_workers: int) -
 
 
 # ------------------------------------------------------------------ running
+def load_average() -> float:
+    """The 1-minute load average: the conditions a workload's figures were taken under."""
+    return round(os.getloadavg()[0], 1)
+
+
+def _load_text(r: dict[str, Any]) -> str:
+    load = r.get("load")
+    return "–" if not load else f"{load[0]:.1f} / {load[1]:.1f}"
+
+
 def bench_workload(
     wl: Workload, repeats: int, out: Path, reference: bool, extra: list[str]
 ) -> dict[str, Any]:
@@ -294,6 +304,7 @@ def bench_workload(
         return bench_sweep(wl, repeats, out, extra)
     overrides = [*wl.overrides, *extra]
     sims, refs = [], []
+    load_before = load_average()
     for i in range(repeats):
         kinds = [("sim", sim_command, sims)]
         if reference and wl.reference:
@@ -313,6 +324,7 @@ def bench_workload(
     sim, ref = combine(sims), combine(refs) if refs else None
     return {
         "workload": wl.name,
+        "load": [load_before, load_average()],
         "description": wl.description,
         "overrides": overrides,
         "targets": wl.targets,
@@ -371,7 +383,7 @@ def sweep_figures(sweep: Measured, jobs: list[dict[str, Any]], single: dict[str,
 def bench_sweep(wl: Workload, repeats: int, out: Path, extra: list[str]) -> dict[str, Any]:
     """``wl.jobs`` seeds as one multirun, then one of its jobs alone, ``repeats`` times."""
     overrides = [*wl.overrides, *extra]
-    runs = []
+    runs, load_before = [], load_average()
     for i in range(repeats):
         sweep_dir = out / wl.name / f"sweep-{i}"
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -415,6 +427,7 @@ def bench_sweep(wl: Workload, repeats: int, out: Path, extra: list[str]) -> dict
     return {
         "workload": wl.name,
         "kind": "sweep",
+        "load": [load_before, load_average()],
         "description": wl.description,
         "overrides": overrides,
         "targets": wl.targets,
@@ -501,15 +514,15 @@ def markdown(results: list[dict[str, Any]], encodings: list[dict[str, Any]], not
     lines = [
         "| workload | runs | wall (s) | reference (s) | ratio | loop ratio | rounds/s | updates/s "
         "| peak RSS (MiB) | up / down per round (kB) | overhead / client (ms) | global acc sim / ref "
-        "| first round (s) | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| first round (s) | load (start / end) | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     sweeps = [r for r in results if r.get("kind") == "sweep"]
     results = [r for r in results if r.get("kind") != "sweep"]
     for r in results:
         sim, ref, cmp = r["simulation"], r["reference"] or {}, r["comparison"]
         if "wall_s" not in sim:
-            lines.append(f"| {r['workload']} | 0/{sim['repeats']} | failed |" + " |" * 10)
+            lines.append(f"| {r['workload']} | 0/{sim['repeats']} | failed |" + " |" * 12)
             continue
         acc = f"{_fmt(sim.get('global_acc'), '.4f')} / {_fmt(ref.get('global_acc'), '.4f')}"
         traffic = f"{_fmt(sim['bytes_up'] / 1e3, '.1f')} / {_fmt(sim['bytes_down'] / 1e3, '.1f')}"
@@ -519,7 +532,7 @@ def markdown(results: list[dict[str, Any]], encodings: list[dict[str, Any]], not
             f"| {_fmt(cmp.get('loop_ratio'), '.2f', 'x')} | {sim['rounds_per_s']:.2f} "
             f"| {sim['updates_per_s']:.1f} | {sim['peak_rss_mib']:.0f} | {traffic} "
             f"| {_fmt(cmp.get('overhead_ms_per_client'), '.1f')} | {acc} "
-            f"| {_fmt(sim.get('first_round_s'), '.1f')} | {_target_text(r)} |"
+            f"| {_fmt(sim.get('first_round_s'), '.1f')} | {_load_text(r)} | {_target_text(r)} |"
         )
     text = ("\n".join(lines) + "\n\n" if results else "") + note + "\n"
     if sweeps:
@@ -561,20 +574,20 @@ def sweep_markdown(sweeps: list[dict[str, Any]]) -> str:
     lines = [
         "| sweep | runs | jobs | wall (s) | per job (s) | jobs' rounds (s) | one job alone (s) "
         "| its start-up (s) | ideal (s) | bound (s) | wall / ideal | wall / separate jobs "
-        "| target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| load (start / end) | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sweeps:
         s = r["simulation"]
         if not s.get("wall_s"):
-            lines.append(f"| {r['workload']} | 0/{s['repeats']} | failed |" + " |" * 10)
+            lines.append(f"| {r['workload']} | 0/{s['repeats']} | failed |" + " |" * 11)
             continue
         met = "met" if s["wall_s"] <= s["bound_s"] else "not met"
         lines.append(
             f"| {r['workload']} | {s['finished']}/{s['repeats']} | {s['jobs']} | {s['wall_s']:.1f} "
             f"| {s['per_job_s']:.1f} | {s['jobs_loop_s']:.1f} | {s['single_wall_s']:.1f} "
             f"| {s['startup_s']:.1f} | {s['ideal_s']:.1f} | {s['bound_s']:.1f} "
-            f"| {s['vs_ideal']:.2f}x | {s['vs_separate']:.2f}x | ≤ bound: {met} |"
+            f"| {s['vs_ideal']:.2f}x | {s['vs_separate']:.2f}x | {_load_text(r)} | ≤ bound: {met} |"
         )
     return (
         "\n".join(lines)
@@ -598,7 +611,9 @@ def machine_note(repeats: int) -> str:
         "shut-down included); loop = the rounds alone; ratio = simulation / sequential "
         "reference (`simulations/reference.py`: the same computation in one process on one "
         "torch thread); overhead/client = (simulation round − reference round / workers) / "
-        "sampled clients; peak RSS = the whole process tree (Ray daemons and workers included)."
+        "sampled clients; peak RSS = the whole process tree (Ray daemons and workers included); "
+        "load = the 1-minute load average before the workload's first run and after its last "
+        "(– : not recorded; the 2 cores are quiet below ~1)."
     )
 
 

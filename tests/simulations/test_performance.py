@@ -286,6 +286,9 @@ def test_bench_figures_and_table_from_summaries(tmp_path):
     table = bench.markdown([result], [], "note")
     assert "| w | 3/3 | 30.0 | 10.0 | 3.00x | 0.67x |" in table
     assert "≤ 1.5x: not met" in table
+    assert "| – | ≤ 1.5x: not met |" in table  # no load recorded
+    table = bench.markdown([{**result, "load": [0.4, 1.3]}], [], "note")
+    assert "| 0.4 / 1.3 | ≤ 1.5x: not met |" in table
     encodings = {
         "workload": "w",
         "description": "d",
