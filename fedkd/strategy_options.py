@@ -285,24 +285,22 @@ def _reducer(p: Mapping[str, Any], weighted: bool = False) -> None:
 
     from fedkd.fusion.reduce import REDUCERS, reduce
 
-    name = p.get("reducer", "mean")
+    name = p["reducer"]
     if name not in REDUCERS:
         raise ConfigError(
             f"strategy.reducer={name}: unknown reducer{_hint(name, list(REDUCERS))} "
             f"(options: {', '.join(REDUCERS)})"
         )
     try:
-        reduce(
-            name, np.zeros((3, 1)), np.ones(3) if weighted else None, p.get("reducer_params") or {}
-        )
+        reduce(name, np.zeros((3, 1)), np.ones(3) if weighted else None, p["reducer_params"] or {})
     except ConfigError as err:
         raise ConfigError(f"strategy.reducer_params: {err}") from None
 
 
 def swing_of(cfg: Mapping[str, Any], spec: StrategySpec) -> Any:
     """The run's Swing options (``swing=adaptive``), None when off; one-line errors."""
-    section = cfg.get("swing") or {"name": "none"}
-    if section.get("name", "none") == "none":
+    section = cfg["swing"]
+    if section["name"] == "none":
         return None
     if not spec.supports_swing:
         raise ConfigError(
@@ -313,7 +311,7 @@ def swing_of(cfg: Mapping[str, Any], spec: StrategySpec) -> Any:
     from fedkd.privacy.swing import SwingSpec
 
     swing = SwingSpec.from_config(section)
-    privacy = (cfg.get("privacy") or {}).get("name", "none")
+    privacy = cfg["privacy"]["name"]
     if privacy != "none" and swing.score != "oracle" and swing.release_temperatures:
         # every mode: central would broadcast their plain mean, the mod does not noise them
         raise ConfigError(
@@ -463,8 +461,8 @@ def _check_fedavg(cfg: Mapping[str, Any]) -> None:
 @_spec("feddf", upload_kind="model_weights", needs_public_set=True)
 def _check_feddf(cfg: Mapping[str, Any]) -> None:
     p = cfg["strategy"]
-    if not _number(cfg["split"].get("server_val_per_class", 0)) or (
-        int(cfg["split"].get("server_val_per_class", 0)) < 1
+    if not _number(cfg["split"]["server_val_per_class"]) or (
+        int(cfg["split"]["server_val_per_class"]) < 1
     ):
         raise ConfigError(
             "feddf early-stops on a labelled server validation split: set "

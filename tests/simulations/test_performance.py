@@ -22,6 +22,7 @@ import pytest
 import torch
 from helpers import ROOT, marked, run_fedkd_sim, stop_tree
 
+from fedkd.config import compose
 from fedkd.errors import FedkdError, PayloadError
 from fedkd.models import build_model
 from fedkd.weights import load_packed, model_to_arrays, packed_state
@@ -207,11 +208,7 @@ def test_a_plain_run_starts_a_private_ray_instance():
     from simulations.cluster import resolve_address
     from simulations.run import backend_config
 
-    cfg = {
-        "simulation": {"num_cpus_per_client": 1, "num_gpus_per_client": 0.0,
-                       "ray_num_cpus": 2, "ray_address": None, "connect_timeout": 30},
-        "logging": {"verbose": False},
-    }  # fmt: skip
+    cfg = compose(["simulation.ray_num_cpus=2"])
     assert backend_config(cfg)["init_args"]["address"] == "local"
     assert backend_config(cfg)["init_args"]["num_cpus"] == 2
     os.environ["RAY_ADDRESS"] = "127.0.0.1:6390"
