@@ -345,7 +345,7 @@ def _check_fd(cfg: Mapping[str, Any]) -> None:
     _positive(p, "temperature")
     check_loss("strategy.loss", p["loss"], "logits")
     _reducer(p, weighted=bool(p["weighted"]))
-    if (cfg.get("privacy") or {}).get("name") == "central" and p["teacher"] == "loo":
+    if cfg["privacy"]["name"] == "central" and p["teacher"] == "loo":
         raise ConfigError(
             "privacy=central cannot protect strategy.teacher=loo (a different teacher per "
             "client); use teacher=mean or the client-side mod"
@@ -390,7 +390,7 @@ def _check_dsfl(cfg: Mapping[str, Any]) -> None:
                 f"strategy.era_temperature must be in (0, 1): ERA sharpens (got {t!r}), "
                 f"e.g. strategy.era_temperature=0.1"
             )
-    if p["era_on"] == "logits" and (cfg.get("privacy") or {}).get("name") == "subteachers":
+    if p["era_on"] == "logits" and cfg["privacy"]["name"] == "subteachers":
         raise ConfigError("privacy=subteachers releases probabilities: use strategy.era_on=probs")
     check_loss("strategy.distill_loss", p["distill_loss"], "probs")
     _reducer(p)

@@ -23,7 +23,7 @@ from server.privacy import check_privacy
 
 
 def check_checkpoint_config(cfg: Mapping[str, Any]) -> None:
-    every = (cfg.get("checkpoint") or {}).get("every")
+    every = cfg["checkpoint"]["every"]
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
         raise ConfigError(
             f"checkpoint.every must be null or an integer >= 0 (got {every!r}), "

@@ -266,7 +266,7 @@ def workers(overrides: list[str]) -> int:
     from fedkd.config import compose
 
     sim = compose(overrides)["simulation"]
-    cpus = sim.get("ray_num_cpus") or os.cpu_count() or 1
+    cpus = sim["ray_num_cpus"] or os.cpu_count() or 1
     return max(1, int(cpus // float(sim["num_cpus_per_client"])))
 
 

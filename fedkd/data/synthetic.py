@@ -97,8 +97,7 @@ def load_synthetic(cfg: Mapping[str, Any], seed: int) -> SourceData:
     rng = np.random.default_rng(seed if data_seed is None else int(data_seed))
 
     means = (
-        _class_means(rng, num_classes, shape, cfg["blocks"])
-        * (class_sep * math.sqrt(2.0 / dim))
+        _class_means(rng, num_classes, shape, cfg["blocks"]) * (class_sep * math.sqrt(2.0 / dim))
     ).astype(np.float32)
     spread = math.sqrt(noise**2 + 2.0 * class_sep**2 / dim)  # per-feature std of the mixture
     scale = 1.0 / (6.0 * spread) if spread > 0 else 1.0
