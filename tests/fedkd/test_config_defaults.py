@@ -24,7 +24,6 @@ ALLOWED = {
     ("server/privacy.py", "name"): "a strategy's voting options; the privacy section",
     ("server/privacy.py", "on_budget"): "configs/privacy/none.yaml sets name only",
     ("server/privacy.py", "noise"): "a strategy's voting options",
-    ("simulations/bench.py", "kind"): "a configs/bench/ workload file",
     ("simulations/deploy.py", "clients"): "a summary",
     ("simulations/bench.py", "num_clients"): "a summary's round rows",
     ("simulations/bench.py", "rounds"): "a summary",

@@ -343,6 +343,15 @@ def test_every_bench_workload_composes():
             assert cfg["strategy"]["name"] == "fd"
 
 
+def test_a_workload_file_missing_a_key_is_one_line(tmp_path, monkeypatch):
+    text = (bench.bench_dir() / "default.yaml").read_text(encoding="utf-8")
+    kept = [line for line in text.splitlines() if not line.startswith("jobs:")]
+    (tmp_path / "nojobs.yaml").write_text("\n".join(kept), encoding="utf-8")
+    monkeypatch.setattr(bench, "bench_dir", lambda: tmp_path)
+    with pytest.raises(SystemExit, match=r"configs/bench/nojobs.yaml has no jobs \(every"):
+        bench.Workload.load("nojobs")
+
+
 def test_bench_update_keeps_the_other_workloads(tmp_path):
     old = [{"workload": "b", "v": 1}, {"workload": "a", "v": 1}]
     assert bench.merged(old, [{"workload": "b", "v": 2}]) == [
