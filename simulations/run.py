@@ -118,7 +118,7 @@ def console_logging(logs: dict[str, Any]) -> None:
     for handler in root.handlers:
         if not isinstance(handler, ConsoleHandler):
             continue
-        if logs.get("level") == "quiet":
+        if logs["level"] == "quiet":
             handler.setLevel(logging.WARNING)
         if not logs["verbose"]:
             handler.addFilter(lambda record: not record.name.startswith("fedkd.rounds"))
