@@ -364,7 +364,7 @@ def _check_fedmd(cfg: Mapping[str, Any]) -> None:
     _subset(cfg, "alignment_size")
     check_loss("strategy.digest_loss", p["digest_loss"], "logits")
     _reducer(p)
-    check_budget_and_optimizer(p.get("distill"), "strategy.distill")
+    check_budget_and_optimizer(p["distill"], "strategy.distill")
     _at_least(p, "pretrain_epochs", 0, "int")
     _at_least(p, "ce_weight", 0)
 
@@ -384,7 +384,7 @@ def _check_dsfl(cfg: Mapping[str, Any]) -> None:
     _one_of(p, "aggregation", ("era", "sa"))
     _one_of(p, "era_on", ("probs", "logits"))
     if p["aggregation"] == "era":
-        t = p.get("era_temperature")
+        t = p["era_temperature"]
         if not _number(t) or not 0 < t < 1:
             raise ConfigError(
                 f"strategy.era_temperature must be in (0, 1): ERA sharpens (got {t!r}), "
@@ -394,7 +394,7 @@ def _check_dsfl(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("privacy=subteachers releases probabilities: use strategy.era_on=probs")
     check_loss("strategy.distill_loss", p["distill_loss"], "probs")
     _reducer(p)
-    check_budget_and_optimizer(p.get("distill"), "strategy.distill")
+    check_budget_and_optimizer(p["distill"], "strategy.distill")
     _at_least(p, "ce_weight", 0)
     _bool(p, "server_model")
     _bool(p, "hard_targets")
@@ -413,14 +413,14 @@ def _check_dsfl(cfg: Mapping[str, Any]) -> None:
 def _check_knfu(cfg: Mapping[str, Any]) -> None:
     p = cfg["strategy"]
     _positive(p, "temperature")
-    check_budget_and_optimizer(p.get("distill"), "strategy.distill")
+    check_budget_and_optimizer(p["distill"], "strategy.distill")
     _at_least(p, "ce_weight", 0)
     from fedkd.fusion.knfu import DIVERGENCES, GATINGS, divergence_matrix, fusion_weights
 
     _one_of(p, "divergence", DIVERGENCES)
     _at_least(p, "beta", 0)
     _one_of(p, "gating", GATINGS)
-    gating, threshold, top_m = p["gating"], p.get("threshold"), p.get("top_m")
+    gating, threshold, top_m = p["gating"], p["threshold"], p["top_m"]
     if threshold is not None and gating != "threshold":
         raise ConfigError(
             f"strategy.threshold={threshold} is used only with strategy.gating=threshold "
