@@ -100,7 +100,8 @@ def _has(cfg: Mapping[str, Any], key: str) -> bool:
 def check_present(cfg: Mapping[str, Any]) -> None:
     """Every key ``configs/`` gives a default must be in ``cfg``: the code reads
     ``cfg["key"]`` and has no fallback of its own. ``config.yaml``'s keys, the group
-    sections, and the keys of each group's chosen option file (by its ``name``)."""
+    sections, the keys of each group's chosen option file (by its ``name``) and those of
+    a ``dataset.source``'s dataset."""
     wanted = [(k, "configs/config.yaml") for k in required_keys()]
     for group in groups():
         if group == "experiment":
@@ -111,6 +112,13 @@ def check_present(cfg: Mapping[str, Any]) -> None:
         if isinstance(name, str):
             where = f"configs/{group}/{name}.yaml"
             wanted.extend((k, where) for k in required_keys(group, name))
+        source = section.get("source") if group == "dataset" else None
+        if isinstance(source, Mapping) and isinstance(source.get("name"), str):
+            # dataset=partitioned: the public and global test sets' own dataset section
+            where = f"configs/dataset/{source['name']}.yaml"
+            for key in required_keys("dataset", source["name"]):
+                if key.startswith("dataset."):
+                    wanted.append((f"dataset.source.{key.removeprefix('dataset.')}", where))
     for key, where in wanted:
         if not _has(cfg, key):
             raise ConfigError(

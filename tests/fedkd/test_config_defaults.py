@@ -105,6 +105,7 @@ def without(cfg: dict, dotted: str) -> dict:
         (("dataset=digits_domains",), "dataset.disjoint", "configs/dataset/digits_domains.yaml"),
         (("dataset=hf_domains",), "dataset.channels", "configs/dataset/hf_domains.yaml"),
         (("strategy=fedmd",), "strategy.reducer", "configs/strategy/fedmd.yaml"),
+        (("dataset=partitioned",), "dataset.label_column", "configs/dataset/partitioned.yaml"),
     ],
 )
 def test_a_missing_key_is_one_line_naming_it_and_its_file(overrides, key, source):
@@ -139,3 +140,14 @@ def test_the_default_config_holds_only_declared_keys():
                 yield from dotted(value, f"{prefix}{key}.")
 
     assert set(dotted(default_cfg())) <= known_keys()
+
+
+def test_a_partitioned_datasets_source_needs_its_datasets_keys():
+    cfg = default_cfg("dataset=partitioned")
+    cfg["dataset"]["source"] = {"name": "synthetic", "num_samples": 100}
+    with pytest.raises(
+        ConfigError, match="config has no 'dataset.source.num_classes' .*dataset/synthetic.yaml"
+    ):
+        check_config(cfg)
+    cfg["dataset"]["source"] = default_cfg("dataset=synthetic")["dataset"]
+    check_config(cfg)
