@@ -183,7 +183,7 @@ def train(message: Message, context: Context) -> Message:
         if faults.fault_of(cfg, pid, server_round) == "bad_payload":  # sent raw, as corrupted
             wire.put_knowledge(content, *faults.corrupt(cfg, server_round, payload.kind, *parts))
         else:
-            wire.put_knowledge(content, *parts, encoding=cfg.get("knowledge"))
+            wire.put_knowledge(content, *parts, encoding=cfg["knowledge"])
     output.metrics.update(partition_id=pid, client_time=time.perf_counter() - start)
     attacks.claim_count(cfg, pid, output.metrics)
     _put_metrics(content, output.metrics)

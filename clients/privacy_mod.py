@@ -133,7 +133,7 @@ def privacy_mod(
             noised = privatize(
                 payload, LocalSpec.from_dict(asdict(spec)), noise_rng(spec.seeded, key)
             )
-            wire.put_payload(reply.content, noised, cfg.get("knowledge"))  # noise, then encode
+            wire.put_payload(reply.content, noised, cfg["knowledge"])  # noise, then encode
     if channel.private_round(plan, cfg, _accepts_none(context, cfg)):
         channel.split(
             reply.content, channel.shares_measurement(context.node_config, in_simulation())

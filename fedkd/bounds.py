@@ -58,14 +58,23 @@ class Bounds:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> Bounds:
-        """ConfigError naming the key for a bad value (runs before Ray starts)."""
-        section = dict(section or {})
+        """ConfigError naming the key for a bad value (runs before Ray starts); None: no
+        bounds (what a test of another part passes)."""
+        if section is None:
+            return cls()
+        section = dict(section)
         unknown = sorted(set(section) - set(KEYS))
         if unknown:
             raise ConfigError(f"bounds: unknown key(s) {unknown}; known: {', '.join(KEYS)}")
+        missing = [key for key in KEYS if key not in section]
+        if missing:
+            raise ConfigError(
+                f"bounds: missing key(s) {missing}; configs/config.yaml sets every one "
+                f"(null: no bound)"
+            )
         values: dict[str, Any] = {}
         for key in ("logits", "prototypes", "weights", "weight_cap", "clip"):
-            value = section.get(key)
+            value = section[key]
             if value is None:
                 values[key] = None
                 continue
@@ -74,7 +83,7 @@ class Bounds:
             values[key] = float(value)
         if values["weight_cap"] is not None and values["weight_cap"] < 1:
             raise ConfigError(f"bounds.weight_cap must be >= 1 (got {values['weight_cap']})")
-        count = section.get("max_count", 2**53)
+        count = section["max_count"]
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 2**53:
             raise ConfigError(f"bounds.max_count must be an integer in [1, 2^53] (got {count!r})")
         return cls(**values, max_count=count)

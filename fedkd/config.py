@@ -58,10 +58,16 @@ def _positive_int(cfg: Mapping[str, Any], path: str, minimum: int = 1) -> None:
 
 
 def check_config(cfg: Mapping[str, Any]) -> None:
-    """Strategy-independent checks; unknown names fail at their registry lookup."""
+    """Strategy-independent checks; unknown names fail at their registry lookup.
+
+    First: every key ``configs/`` sets is present (``fedkd.schema.check_present``), so
+    the code reads ``cfg["key"]`` with no default of its own."""
+    from fedkd.schema import check_present
+
+    check_present(cfg)
     for key in ("dataset", "partition", "model", "strategy", "client", "split", "server"):
-        if not isinstance(cfg.get(key), Mapping):
-            raise ConfigError(f"config has no '{key}' section")
+        if not isinstance(cfg[key], Mapping):
+            raise ConfigError(f"config section '{key}' must be a mapping (got {cfg[key]!r})")
     for path in (
         "num_clients",
         "num_rounds",
@@ -72,7 +78,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         _positive_int(cfg, path)
     _positive_int(cfg, "seed", minimum=0)
     _positive_int(cfg, "model.feature_dim")
-    family = cfg["model"].get("family")
+    family = cfg["model"]["family"]
     if not isinstance(family, Sequence) or isinstance(family, str) or not family:
         raise ConfigError("model.family must be a non-empty list of model specs")
     server = cfg["server"]
@@ -94,14 +100,14 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             f"server.round_timeout must be a number of seconds in (0, 1e7) (got {timeout!r})"
         )
     try:
-        check_encoding(cfg.get("knowledge"))
+        check_encoding(cfg["knowledge"])
     except ValueError as err:
         raise ConfigError(str(err)) from None
     poll = server["poll_interval"]
     if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0.001 <= poll <= 60:
         raise ConfigError(f"server.poll_interval must be seconds in [0.001, 60] (got {poll!r})")
     for key in ("max_payload_bytes", "max_strikes", "max_starved_rounds"):
-        value = server.get(key)
+        value = server[key]
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
@@ -110,4 +116,4 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"client.device must be cpu, cuda or auto (got '{cfg['client']['device']}')"
         )
-    check_confusion_every(cfg.get("logging", {}).get("confusion_every", 0))
+    check_confusion_every(cfg["logging"]["confusion_every"])

@@ -195,7 +195,7 @@ class TopK(Codec):
         if key is None or key not in arrays or np.asarray(arrays[key]).ndim != 2:
             return out, {ENCODED_KEY: ""}
         x = np.asarray(arrays[key], dtype=np.float32)
-        cols, k = x.shape[1], int(spec.get("top_k", 3))
+        cols, k = x.shape[1], int(spec["top_k"])
         if k >= cols:  # nothing to drop
             return out, {ENCODED_KEY: ""}
         index = np.argsort(-x, axis=1, kind="stable")[:, :k]
@@ -282,15 +282,19 @@ def _names(meta: Mapping[str, Any], arrays: Mapping[str, Any], stored: bool = Tr
     return names
 
 
-def check_spec(spec: Mapping[str, Any] | None) -> None:
+def check_spec(spec: Mapping[str, Any]) -> None:
     """The ``knowledge`` config section; ValueError naming the bad key (``fedkd.config``)."""
-    spec = spec or {}
-    name = spec.get("encoding", "float32")
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"knowledge must be a mapping with encoding and top_k (got {spec!r})")
+    missing = [key for key in ("encoding", "top_k") if key not in spec]
+    if missing:
+        raise ValueError(f"knowledge has no {', '.join(missing)}; configs/config.yaml sets both")
+    name = spec["encoding"]
     if name not in ENCODINGS:
         raise ValueError(
             f"knowledge.encoding must be one of {', '.join(ENCODINGS.names())} (got {name!r})"
         )
-    k = spec.get("top_k", 3)
+    k = spec["top_k"]
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"knowledge.top_k must be an integer >= 1 (got {k!r})")
 
@@ -298,12 +302,13 @@ def check_spec(spec: Mapping[str, Any] | None) -> None:
 def encode(
     arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], spec: Mapping[str, Any] | None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays and meta to put on the wire under ``spec`` (``knowledge`` config section)."""
-    name = (spec or {}).get("encoding", "float32")
+    """The arrays and meta to put on the wire under ``spec`` (``knowledge`` config section;
+    None: as they are, like ``encoding: float32``)."""
+    name = "float32" if spec is None else spec["encoding"]
     if name == "float32":
         return dict(arrays), dict(meta)
     codec = ENCODINGS.get(name)()
-    encoded, extra = codec.encode(dict(arrays), meta, spec or {})
+    encoded, extra = codec.encode(dict(arrays), meta, spec)
     return encoded, {**meta, META_KEY: name, **extra}
 
 

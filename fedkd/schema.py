@@ -73,6 +73,60 @@ def known_keys(root: str | None = None) -> frozenset[str]:
     return frozenset(keys)
 
 
+@functools.cache
+def required_keys(group: str | None = None, option: str | None = None) -> tuple[str, ...]:
+    """The dotted keys every composed config has: ``config.yaml``'s (``group`` None) or
+    those of ``configs/<group>/<option>.yaml`` (empty when there is no such file)."""
+    base = config_dir()
+    if group is None:
+        tree = {k: v for k, v in _load(base / "config.yaml").items() if k != "hydra"}
+        return tuple(k for k in _dotted(tree) if k.split(".", 1)[0] not in groups())
+    path = base / group / f"{option}.yaml"
+    if not path.is_file():
+        return ()
+    prefix = "" if _is_global(path) else f"{group}."
+    return tuple(_dotted(_load(path), prefix))
+
+
+def _has(cfg: Mapping[str, Any], key: str) -> bool:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def check_present(cfg: Mapping[str, Any]) -> None:
+    """Every key ``configs/`` gives a default must be in ``cfg``: the code reads
+    ``cfg["key"]`` and has no fallback of its own. ``config.yaml``'s keys, the group
+    sections, the keys of each group's chosen option file (by its ``name``) and those of
+    a ``dataset.source``'s dataset."""
+    wanted = [(k, "configs/config.yaml") for k in required_keys()]
+    for group in groups():
+        if group == "experiment":
+            continue
+        wanted.append((group, "configs/config.yaml's defaults"))
+        section = cfg.get(group)
+        name = section.get("name") if isinstance(section, Mapping) else None
+        if isinstance(name, str):
+            where = f"configs/{group}/{name}.yaml"
+            wanted.extend((k, where) for k in required_keys(group, name))
+        source = section.get("source") if group == "dataset" else None
+        if isinstance(source, Mapping) and isinstance(source.get("name"), str):
+            # dataset=partitioned: the public and global test sets' own dataset section
+            where = f"configs/dataset/{source['name']}.yaml"
+            for key in required_keys("dataset", source["name"]):
+                if key.startswith("dataset."):
+                    wanted.append((f"dataset.source.{key.removeprefix('dataset.')}", where))
+    for key, where in wanted:
+        if not _has(cfg, key):
+            raise ConfigError(
+                f"config has no '{key}' ({where} sets it): compose the config from configs/ "
+                f"(fedkd.config.compose) rather than writing it by hand, or add the key"
+            )
+
+
 def declared_top_level(experiment: str | None, root: str | None = None) -> set[str]:
     """Top-level keys of ``config.yaml``, the group names and the chosen experiment's keys."""
     base = Path(root) if root else config_dir()

@@ -296,24 +296,22 @@ def _reducer(p: Mapping[str, Any], weighted: bool = False) -> None:
 
     from fedkd.fusion.reduce import REDUCERS, reduce
 
-    name = p.get("reducer", "mean")
+    name = p["reducer"]
     if name not in REDUCERS:
         raise ConfigError(
             f"strategy.reducer={name}: unknown reducer{_hint(name, list(REDUCERS))} "
             f"(options: {', '.join(REDUCERS)})"
         )
     try:
-        reduce(
-            name, np.zeros((3, 1)), np.ones(3) if weighted else None, p.get("reducer_params") or {}
-        )
+        reduce(name, np.zeros((3, 1)), np.ones(3) if weighted else None, p["reducer_params"] or {})
     except ConfigError as err:
         raise ConfigError(f"strategy.reducer_params: {err}") from None
 
 
 def swing_of(cfg: Mapping[str, Any], spec: StrategySpec) -> Any:
     """The run's Swing options (``swing=adaptive``), None when off; one-line errors."""
-    section = cfg.get("swing") or {"name": "none"}
-    if section.get("name", "none") == "none":
+    section = cfg["swing"]
+    if section["name"] == "none":
         return None
     if not spec.supports_swing:
         raise ConfigError(
@@ -324,7 +322,7 @@ def swing_of(cfg: Mapping[str, Any], spec: StrategySpec) -> Any:
     from fedkd.privacy.swing import SwingSpec
 
     swing = SwingSpec.from_config(section)
-    privacy = (cfg.get("privacy") or {}).get("name", "none")
+    privacy = cfg["privacy"]["name"]
     if privacy != "none" and swing.score != "oracle" and swing.release_temperatures:
         # every mode: central would broadcast their plain mean, the mod does not noise them
         raise ConfigError(
@@ -358,7 +356,7 @@ def _check_fd(cfg: Mapping[str, Any]) -> None:
     _positive(p, "temperature")
     check_loss("strategy.loss", p["loss"], "logits")
     _reducer(p, weighted=bool(p["weighted"]))
-    if (cfg.get("privacy") or {}).get("name") == "central" and p["teacher"] == "loo":
+    if cfg["privacy"]["name"] == "central" and p["teacher"] == "loo":
         raise ConfigError(
             "privacy=central cannot protect strategy.teacher=loo (a different teacher per "
             "client); use teacher=mean or the client-side mod"
@@ -377,7 +375,7 @@ def _check_fedmd(cfg: Mapping[str, Any]) -> None:
     _subset(cfg, "alignment_size")
     check_loss("strategy.digest_loss", p["digest_loss"], "logits")
     _reducer(p)
-    check_budget_and_optimizer(p.get("distill"), "strategy.distill")
+    check_budget_and_optimizer(p["distill"], "strategy.distill")
     _at_least(p, "pretrain_epochs", 0, "int")
     _at_least(p, "ce_weight", 0)
 
@@ -397,17 +395,17 @@ def _check_dsfl(cfg: Mapping[str, Any]) -> None:
     _one_of(p, "aggregation", ("era", "sa"))
     _one_of(p, "era_on", ("probs", "logits"))
     if p["aggregation"] == "era":
-        t = p.get("era_temperature")
+        t = p["era_temperature"]
         if not _number(t) or not 0 < t < 1:
             raise ConfigError(
                 f"strategy.era_temperature must be in (0, 1): ERA sharpens (got {t!r}), "
                 f"e.g. strategy.era_temperature=0.1"
             )
-    if p["era_on"] == "logits" and (cfg.get("privacy") or {}).get("name") == "subteachers":
+    if p["era_on"] == "logits" and cfg["privacy"]["name"] == "subteachers":
         raise ConfigError("privacy=subteachers releases probabilities: use strategy.era_on=probs")
     check_loss("strategy.distill_loss", p["distill_loss"], "probs")
     _reducer(p)
-    check_budget_and_optimizer(p.get("distill"), "strategy.distill")
+    check_budget_and_optimizer(p["distill"], "strategy.distill")
     _at_least(p, "ce_weight", 0)
     _bool(p, "server_model")
     _bool(p, "hard_targets")
@@ -426,14 +424,14 @@ def _check_dsfl(cfg: Mapping[str, Any]) -> None:
 def _check_knfu(cfg: Mapping[str, Any]) -> None:
     p = cfg["strategy"]
     _positive(p, "temperature")
-    check_budget_and_optimizer(p.get("distill"), "strategy.distill")
+    check_budget_and_optimizer(p["distill"], "strategy.distill")
     _at_least(p, "ce_weight", 0)
     from fedkd.fusion.knfu import DIVERGENCES, GATINGS, divergence_matrix, fusion_weights
 
     _one_of(p, "divergence", DIVERGENCES)
     _at_least(p, "beta", 0)
     _one_of(p, "gating", GATINGS)
-    gating, threshold, top_m = p["gating"], p.get("threshold"), p.get("top_m")
+    gating, threshold, top_m = p["gating"], p["threshold"], p["top_m"]
     if threshold is not None and gating != "threshold":
         raise ConfigError(
             f"strategy.threshold={threshold} is used only with strategy.gating=threshold "
@@ -474,8 +472,8 @@ def _check_fedavg(cfg: Mapping[str, Any]) -> None:
 @_spec("feddf", upload_kind="model_weights", needs_public_set=True)
 def _check_feddf(cfg: Mapping[str, Any]) -> None:
     p = cfg["strategy"]
-    if not _number(cfg["split"].get("server_val_per_class", 0)) or (
-        int(cfg["split"].get("server_val_per_class", 0)) < 1
+    if not _number(cfg["split"]["server_val_per_class"]) or (
+        int(cfg["split"]["server_val_per_class"]) < 1
     ):
         raise ConfigError(
             "feddf early-stops on a labelled server validation split: set "

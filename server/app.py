@@ -148,7 +148,7 @@ def run_server(
                 "fusion_failures": strategy.fusion_failures,
                 "collapse_warnings": list(strategy.health.warnings),
                 "faults": faults.assignments(cfg),
-                "attack": cfg.get("attack", {}).get("kind", "none"),
+                "attack": cfg["attack"]["kind"],
                 "attackers": attacks.attackers(cfg),
                 **privacy_summary(strategy),
                 "dropped_clients": {

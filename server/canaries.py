@@ -31,7 +31,7 @@ class CanaryLog:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], num_public: int) -> CanaryLog | None:
-        count, client, _ = canary_options(cfg.get("split") or {})
+        count, client, _ = canary_options(cfg["split"])
         if count == 0:
             return None
         public_index = np.arange(num_public - 2 * count, num_public, dtype=np.int64)

@@ -239,7 +239,7 @@ class Checkpointer:
         self.folder = checkpoint_dir(run_dir)
         self.clients_folder = self.folder / "clients"
         self.path = self.folder / SERVER_FILE
-        self.every = int((cfg.get("checkpoint") or {}).get("every") or 0)
+        self.every = int(cfg["checkpoint"]["every"] or 0)  # null/0: off
         self.cfg = cfg
         self.last_round = last_round  # round of the last complete checkpoint
 

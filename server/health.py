@@ -42,8 +42,8 @@ class CollapseWatch:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], num_classes: int) -> CollapseWatch:
-        logs = cfg.get("logging") or {}
-        rounds, margin = logs.get("collapse_rounds", 0), logs.get("collapse_margin", 0.0)
+        logs = cfg["logging"]
+        rounds, margin = logs["collapse_rounds"], logs["collapse_margin"]
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
             raise ConfigError(f"logging.collapse_rounds must be an int >= 0 (got {rounds!r})")
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:

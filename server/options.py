@@ -23,13 +23,13 @@ from server.privacy import check_privacy
 
 
 def check_checkpoint_config(cfg: Mapping[str, Any]) -> None:
-    every = (cfg.get("checkpoint") or {}).get("every")
+    every = cfg["checkpoint"]["every"]
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
         raise ConfigError(
             f"checkpoint.every must be null or an integer >= 0 (got {every!r}), "
             f"e.g. checkpoint.every=5"
         )
-    resume = cfg.get("resume")
+    resume = cfg["resume"]
     if resume is not None and not isinstance(resume, str):
         raise ConfigError(f"resume must be a run directory (got {resume!r})")
 
@@ -70,7 +70,7 @@ def check_options(cfg: Mapping[str, Any]) -> StrategySpec:
     check_optimizers(cfg)
     faults.check_faults(cfg)
     check_checkpoint_config(cfg)
-    Bounds.from_config(cfg.get("bounds"))
+    Bounds.from_config(cfg["bounds"])
     attacks.check_attack(cfg, spec.upload_kind, spec.name)
     if (
         faults.assignments(cfg).get("bad_payload")
@@ -86,7 +86,7 @@ def check_options(cfg: Mapping[str, Any]) -> StrategySpec:
 
 def check_deployment(cfg: dict[str, Any]) -> None:
     """What a deployment (``flwr run``, ``fedkd-deploy``, real SuperNodes) refuses."""
-    if cfg.get("resume"):
+    if cfg["resume"]:
         raise ConfigError(
             "resume=DIR continues a simulation (fedkd-sim resume=DIR); flwr run starts new runs"
         )

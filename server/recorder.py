@@ -67,16 +67,14 @@ def console_options(logs: Mapping[str, Any]) -> dict[str, bool]:
 
     ``quiet`` turns all three off (the console shows warnings and errors only),
     ``verbose`` turns ``verbose`` on (per-round lines, Flower/Ray INFO logs) and
-    ``normal`` (or no level) keeps the three keys as they are.
+    ``normal`` keeps the three keys as they are.
     """
     from fedkd.errors import ConfigError
 
-    level = logs.get("level") or "normal"
+    level = logs["level"]
     if level not in LEVELS:
         raise ConfigError(f"logging.level must be one of {', '.join(LEVELS)} (got {level!r})")
-    options = {
-        key: bool(logs.get(key, key != "verbose")) for key in ("progress", "table", "verbose")
-    }
+    options = {key: bool(logs[key]) for key in ("progress", "table", "verbose")}
     if level == "quiet":
         options = dict.fromkeys(options, False)
     elif level == "verbose":

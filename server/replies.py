@@ -99,7 +99,7 @@ class ReplyChecker:
         cls, cfg: dict[str, Any], bounds: Bounds, num_classes: int, max_bytes: int | None
     ) -> ReplyChecker:
         """The checker of a run: replies may use the run's one knowledge encoding."""
-        encoding = (cfg.get("knowledge") or {}).get("encoding", "float32")
+        encoding = cfg["knowledge"]["encoding"]
         limits = DecodeLimits(encodings=(encoding,), max_columns=num_classes, max_bytes=max_bytes)
         return cls(bounds, limits, num_classes)
 

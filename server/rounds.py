@@ -70,7 +70,7 @@ def train_messages(strategy: FedkdStrategy, state: RoundState) -> list[Message]:
         message = instruction(
             server_round, s.info.cfg_json, plan, node_id=s.node_of[cid],
             message_type=MessageType.TRAIN, payload=s.payload_for(server_round, cid),
-            knowledge=s.cfg.get("knowledge"), request=request,
+            knowledge=s.cfg["knowledge"], request=request,
         )  # fmt: skip
         state.bytes_down[cid] = wire.payload_bytes(message.content)
         messages.append(message)
@@ -144,7 +144,7 @@ def evaluate_messages(strategy: FedkdStrategy, server_round: int) -> list[Messag
             node_id=s.node_of[cid],
             message_type=MessageType.EVALUATE,
             payload=s.payload_for(server_round + 1, cid),
-            knowledge=s.cfg.get("knowledge"),
+            knowledge=s.cfg["knowledge"],
         )  # fmt: skip
         for cid in sorted(s.node_of)
     ]

@@ -41,9 +41,9 @@ class ServerSettings:
         return cls(
             fraction_train=float(server["fraction_train"]),
             min_train_clients=int(server["min_train_clients"]),
-            max_payload_bytes=_optional_int(server.get("max_payload_bytes")),
-            max_strikes=_optional_int(server.get("max_strikes")),
-            max_starved_rounds=_optional_int(server.get("max_starved_rounds")),
+            max_payload_bytes=_optional_int(server["max_payload_bytes"]),
+            max_strikes=_optional_int(server["max_strikes"]),
+            max_starved_rounds=_optional_int(server["max_starved_rounds"]),
             round_timeout=float(server["round_timeout"]),
             poll_interval=float(server["poll_interval"]),
         )

@@ -48,7 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,9 @@ def bench_dir() -> Path:
     return config_dir() / "bench"
 
 
+WORKLOAD_KEYS = ("description", "overrides", "kind", "jobs", "reference", "targets")
+
+
 def workload_names() -> list[str]:
     return sorted(p.stem for p in bench_dir().glob("*.yaml"))
 
@@ -82,10 +85,10 @@ class Workload:
     name: str
     description: str
     overrides: list[str]
-    targets: dict[str, float] = field(default_factory=dict)
-    reference: bool = True  # False: a method the sequential reference does not implement
-    kind: str = "run"  # run: one fedkd-sim run; sweep: a multirun of ``jobs`` seeds
-    jobs: int = 0
+    targets: dict[str, float]
+    reference: bool  # False: a method the sequential reference does not implement
+    kind: str  # run: one fedkd-sim run; sweep: a multirun of ``jobs`` seeds
+    jobs: int
 
     @classmethod
     def load(cls, name: str) -> Workload:
@@ -95,14 +98,20 @@ class Workload:
                 f"fedkd-bench: error: no workload '{name}' (known: {', '.join(workload_names())})"
             )
         spec = OmegaConf.to_container(OmegaConf.load(path))
+        missing = [key for key in WORKLOAD_KEYS if key not in spec]
+        if missing:
+            raise SystemExit(
+                f"fedkd-bench: error: configs/bench/{name}.yaml has no {', '.join(missing)} "
+                f"(every workload sets {', '.join(WORKLOAD_KEYS)})"
+            )
         return cls(
             name=name,
             description=str(spec["description"]),
             overrides=[str(o) for o in spec["overrides"]],
-            targets=dict(spec.get("targets") or {}),
-            reference=bool(spec.get("reference", True)),
-            kind=str(spec.get("kind", "run")),
-            jobs=int(spec.get("jobs", 0)),
+            targets=dict(spec["targets"] or {}),
+            reference=bool(spec["reference"]),
+            kind=str(spec["kind"]),
+            jobs=int(spec["jobs"]),
         )
 
 
@@ -266,7 +275,7 @@ def workers(overrides: list[str]) -> int:
     from fedkd.config import compose
 
     sim = compose(overrides)["simulation"]
-    cpus = sim.get("ray_num_cpus") or os.cpu_count() or 1
+    cpus = sim["ray_num_cpus"] or os.cpu_count() or 1
     return max(1, int(cpus // float(sim["num_cpus_per_client"])))
 
 
@@ -468,8 +477,13 @@ def bench_encodings(
     wl = Workload.load(on)
     rows = {}
     for enc in encodings:
-        sub = Workload(
-            f"{wl.name}-{enc}", wl.description, [*wl.overrides, f"knowledge.encoding={enc}"]
+        sub = replace(
+            wl,
+            name=f"{wl.name}-{enc}",
+            overrides=[*wl.overrides, f"knowledge.encoding={enc}"],
+            targets={},
+            kind="run",
+            jobs=0,
         )
         rows[enc] = bench_workload(sub, repeats, out, reference=False, extra=extra)["simulation"]
     return {

@@ -38,7 +38,7 @@ def _split(address: str) -> tuple[str, int]:
 
 def resolve_address(sim: dict[str, Any]) -> str:
     """The address to hand ``ray.init``: ``"local"`` (a private instance) or ``host:port``."""
-    address = sim.get("ray_address")
+    address = sim["ray_address"]
     if address is None or address == "":
         return LOCAL
     if not isinstance(address, str):
@@ -61,7 +61,7 @@ def resolve_address(sim: dict[str, Any]) -> str:
 
 
 def check_connect_timeout(sim: dict[str, Any]) -> float:
-    value = sim.get("connect_timeout")
+    value = sim["connect_timeout"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(
             f"simulation.connect_timeout must be a number of seconds > 0 (got {value!r})"

@@ -252,7 +252,7 @@ def honest_message(strategy: FedkdStrategy, rnd: int, cid: int, rng) -> Message:
         raw, meta = encode(
             payload.to_arrays(),
             {"kind": payload.kind, **payload.meta()},
-            strategy.cfg.get("knowledge"),
+            strategy.cfg["knowledge"],
         )
         arrays = {k: npy(v) for k, v in raw.items()}
     return message(honest_metrics(rng), arrays, meta, cid)

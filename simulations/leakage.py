@@ -127,7 +127,7 @@ def regenerated_noise(run_dir: Path, rounds: np.ndarray) -> np.ndarray | None:
     if not (run_dir / "config.yaml").exists():
         return None
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
-    p = cfg.get("privacy") or {}
+    p = cfg["privacy"]
     if not seeded_noise(cfg) or p.get("name") not in ("gaussian", "laplace"):
         return None
     if p.get("row_clip") is not None:

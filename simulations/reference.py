@@ -68,9 +68,9 @@ def run_reference(cfg: dict[str, Any]) -> dict[str, Any]:
     params = cfg["strategy"]
     if params["name"] != "fd" or params["teacher"] != "mean":
         raise FedkdError("the reference implements strategy=fd with strategy.teacher=mean only")
-    if cfg.get("privacy", {}).get("name", "none") != "none" or cfg["attack"]["kind"] != "none":
+    if cfg["privacy"]["name"] != "none" or cfg["attack"]["kind"] != "none":
         raise FedkdError("the reference runs without privacy and attacks")
-    if cfg.get("knowledge", {}).get("encoding", "float32") != "float32":
+    if cfg["knowledge"]["encoding"] != "float32":
         # the reference exchanges knowledge in memory: a lossy wire encoding would make
         # the simulation compute something else, and the comparison would not be exact
         raise FedkdError("the reference exchanges float32 knowledge only (knowledge.encoding)")
@@ -87,7 +87,7 @@ def run_reference(cfg: dict[str, Any]) -> dict[str, Any]:
     for rnd in range(1, num_rounds + 1):
         round_start = time.perf_counter()
         round_plan = plan
-        if confusion_due(cfg["logging"].get("confusion_every", 0), rnd, num_rounds):
+        if confusion_due(cfg["logging"]["confusion_every"], rnd, num_rounds):
             round_plan = plan.with_(confusion=True)
         uploads: dict[int, ClassLogits] = {}
         accs: dict[str, list[float]] = {"local_test_acc": [], "global_test_acc": []}

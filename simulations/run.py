@@ -62,15 +62,15 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     address = resolve_address(sim)
     check_connect_timeout(sim)
-    nodeloss.check_policy(sim.get("on_node_loss", "replace"))
+    nodeloss.check_policy(sim["on_node_loss"])
     if address != LOCAL:
         # join a running cluster (``ray start --head`` elsewhere): it owns the resources
-        if sim.get("ray_num_cpus"):
+        if sim["ray_num_cpus"]:
             raise ConfigError(
                 "simulation.ray_num_cpus must be null with simulation.ray_address "
                 "(the cluster's `ray start --num-cpus` sets it)"
             )
-    elif sim.get("ray_num_cpus"):
+    elif sim["ray_num_cpus"]:
         init_args["num_cpus"] = int(sim["ray_num_cpus"])
     init_args["address"] = address  # "local": a private instance, never a running cluster
     return {
@@ -118,7 +118,7 @@ def console_logging(logs: dict[str, Any]) -> None:
     for handler in root.handlers:
         if not isinstance(handler, ConsoleHandler):
             continue
-        if logs.get("level") == "quiet":
+        if logs["level"] == "quiet":
             handler.setLevel(logging.WARNING)
         if not logs["verbose"]:
             handler.addFilter(lambda record: not record.name.startswith("fedkd.rounds"))

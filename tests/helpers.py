@@ -10,6 +10,8 @@ RunInfo a strategy unit test needs: digits-shaped inputs, few classes and public
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
 import os
 import signal
@@ -36,6 +38,8 @@ __all__ = [
     "ROOT",
     "SimSession",
     "alive",
+    "default_cfg",
+    "filled",
     "good_fd",
     "info_for",
     "kill_group",
@@ -45,6 +49,7 @@ __all__ = [
     "process_tree",
     "reply",
     "run_fedkd_sim",
+    "section",
     "start_fedkd_sim",
     "stop_tree",
     "uploads_for",
@@ -141,6 +146,34 @@ def kill_group(proc: subprocess.Popen) -> int:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     return proc.wait()
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> dict:
+    return compose(list(overrides))
+
+
+def default_cfg(*overrides: str, **values) -> dict:
+    """The composed config of ``configs/`` with Hydra ``overrides``, top-level keys replaced
+    by ``values``: a fresh copy (compositions are cached)."""
+    return {**copy.deepcopy(_composed(tuple(overrides))), **values}
+
+
+def section(group: str, option: str | None = None, **values) -> dict:
+    """The ``group`` section of the composed config (``group=option``), ``values`` replacing
+    its keys: what a test passes to a loader, partitioner or parser of that section."""
+    cfg = default_cfg(*([f"{group}={option}"] if option else []))
+    return {**cfg[group], **values}
+
+
+def filled(group: str, values: dict) -> dict:
+    """``values`` over the composed ``group`` section of option ``values["name"]`` (a name
+    that is no option of the group, e.g. a misspelt one under test: ``values`` as given)."""
+    from fedkd.schema import groups
+
+    if values.get("name") not in groups().get(group, ()):
+        return dict(values)
+    return section(group, values["name"], **values)
 
 
 def info_for(

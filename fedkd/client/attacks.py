@@ -52,22 +52,22 @@ STALE = "attack_stale"  # the key under which a stale attacker's first upload is
 
 
 def _attack(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
-    return cfg.get("attack") or {}
+    return cfg["attack"]
 
 
 def attack_seed(cfg: Mapping[str, Any]) -> int:
-    seed = _attack(cfg).get("seed")
+    seed = _attack(cfg)["seed"]
     return int(cfg["seed"] if seed is None else seed)
 
 
 def attackers(cfg: Mapping[str, Any]) -> list[int]:
     """The attacking clients: ``attack.clients`` plus a seeded ``attack.fraction`` of the rest."""
     attack = _attack(cfg)
-    if attack.get("kind", "none") == "none":
+    if attack["kind"] == "none":
         return []
     num_clients = int(cfg["num_clients"])
-    chosen = {int(c) for c in attack.get("clients") or []}
-    count = int(round(float(attack.get("fraction") or 0.0) * num_clients))
+    chosen = {int(c) for c in attack["clients"]}
+    count = int(round(float(attack["fraction"]) * num_clients))
     free = sorted(set(range(num_clients)) - chosen)
     if count > 0 and free:
         rng = np.random.default_rng([attack_seed(cfg), 0xA77AC])
@@ -93,7 +93,7 @@ def apply(
     num_classes: int,
 ) -> Any:
     """The payload an attacking client sends instead of ``payload`` (others: unchanged)."""
-    kind = _attack(cfg).get("kind", "none")
+    kind = _attack(cfg)["kind"]
     if payload is None or kind == "none" or client_id not in attackers(cfg):
         return payload
     if kind not in payload.attacks:
@@ -118,7 +118,7 @@ def targets(kind: str) -> list[str]:
 def claim_count(cfg: Mapping[str, Any], client_id: int, metrics: dict[str, Any]) -> None:
     """``count_claim``: an attacker's reply claims ``attack.count`` training samples."""
     attack = _attack(cfg)
-    if attack.get("kind", "none") == "count_claim" and client_id in attackers(cfg):
+    if attack["kind"] == "count_claim" and client_id in attackers(cfg):
         metrics["num_train"] = int(attack["count"])
 
 
@@ -132,29 +132,32 @@ def _stale(payload: Any, state: MutableMapping[str, Any]) -> Any:
 
 def check_attack(cfg: Mapping[str, Any], upload_kind: str | None, strategy: str) -> None:
     """One-line ConfigError for a bad ``attack`` section; runs before Ray starts."""
-    attack = cfg.get("attack")
-    if attack is None:
-        return
+    attack = cfg["attack"]
     if not isinstance(attack, Mapping):
         raise ConfigError(f"attack must be a mapping (got {attack!r})")
     unknown = set(attack) - KEYS
     if unknown:
         raise ConfigError(f"unknown option(s) attack.{', '.join(sorted(unknown))}")
-    kind = attack.get("kind", "none")
+    missing = KEYS - set(attack)
+    if missing:
+        raise ConfigError(
+            f"attack has no {', '.join(sorted(missing))}; configs/config.yaml sets every one"
+        )
+    kind = attack["kind"]
     if kind not in KINDS:
         raise ConfigError(f"attack.kind must be one of {', '.join(KINDS)} (got {kind!r})")
     check_selection(attack, "attack", int(cfg["num_clients"]))
-    seed = attack.get("seed")
+    seed = attack["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ConfigError(f"attack.seed must be null or an integer >= 0 (got {seed!r})")
     for key in ("magnitude", "factor"):
-        value = attack.get(key, 1.0)
+        value = attack[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
             raise ConfigError(f"attack.{key} must be a finite number (got {value!r})")
-    count = attack.get("count", 1)
+    count = attack["count"]
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63:
         raise ConfigError(f"attack.count must be an integer in [0, 2^63) (got {count!r})")
-    if float(attack.get("magnitude", 1.0)) <= 0:
+    if float(attack["magnitude"]) <= 0:
         raise ConfigError(f"attack.magnitude must be > 0 (got {attack['magnitude']})")
     if kind != "none" and upload_kind not in targets(kind):
         raise ConfigError(

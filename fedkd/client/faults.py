@@ -59,11 +59,11 @@ class InjectedFault(RuntimeError):
 
 
 def _section(cfg: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    return (cfg.get("faults") or {}).get(kind) or {}
+    return cfg["faults"][kind]
 
 
 def faults_seed(cfg: Mapping[str, Any]) -> int:
-    seed = (cfg.get("faults") or {}).get("seed")
+    seed = cfg["faults"]["seed"]
     return int(cfg["seed"] if seed is None else seed)
 
 
@@ -73,9 +73,7 @@ def assignments(cfg: Mapping[str, Any]) -> dict[str, list[int]]:
     Every client asks this twice per round: cached per faults section, number of
     clients and seed (with 10,000 clients the set arithmetic was 17 % of a worker).
     """
-    key = json.dumps(
-        [cfg.get("faults") or {}, int(cfg["num_clients"]), faults_seed(cfg)], sort_keys=True
-    )
+    key = json.dumps([cfg["faults"], int(cfg["num_clients"]), faults_seed(cfg)], sort_keys=True)
     return {kind: list(ids) for kind, ids in _assignments(key).items()}
 
 
@@ -85,12 +83,12 @@ def _assignments(key: str) -> dict[str, tuple[int, ...]]:
     cfg = {"faults": faults, "num_clients": num_clients, "seed": seed}
     taken: set[int] = set()
     out: dict[str, tuple[int, ...]] = {}
-    explicit = {k: [int(c) for c in _section(cfg, k).get("clients") or []] for k in FAULT_KINDS}
+    explicit = {k: [int(c) for c in _section(cfg, k)["clients"]] for k in FAULT_KINDS}
     for ids in explicit.values():
         taken.update(ids)
     for index, kind in enumerate(FAULT_KINDS):
         chosen = set(explicit[kind])
-        count = int(round(float(_section(cfg, kind).get("fraction") or 0.0) * num_clients))
+        count = int(round(float(_section(cfg, kind)["fraction"]) * num_clients))
         free = sorted(set(range(num_clients)) - taken) if count > 0 else []
         if free:
             rng = np.random.default_rng([seed, 7_000 + index])
@@ -105,14 +103,14 @@ def _assignments(key: str) -> dict[str, tuple[int, ...]]:
 def fault_of(cfg: Mapping[str, Any], client_id: int, server_round: int) -> str | None:
     """The fault client ``client_id`` has in ``server_round``, if any."""
     for kind, ids in assignments(cfg).items():
-        rounds = _section(cfg, kind).get("rounds")
+        rounds = _section(cfg, kind)["rounds"]
         if client_id in ids and (rounds is None or server_round in rounds):
             return kind
     return None
 
 
 def hang_seconds(cfg: Mapping[str, Any]) -> float:
-    seconds = _section(cfg, "hang").get("seconds")
+    seconds = _section(cfg, "hang")["seconds"]
     return float(cfg["server"]["round_timeout"]) + 5.0 if seconds is None else float(seconds)
 
 
@@ -130,12 +128,12 @@ def before_round(cfg: Mapping[str, Any], client_id: int, server_round: int) -> s
     if kind == "crash":
         raise InjectedFault(f"{MARK}: crashed (faults.crash, round {server_round})")
     if kind == "slow":
-        time.sleep(float(_section(cfg, "slow").get("seconds") or 0.0))
+        time.sleep(float(_section(cfg, "slow")["seconds"] or 0.0))
     return None
 
 
 def bad_mode(cfg: Mapping[str, Any], server_round: int) -> str:
-    mode = str(_section(cfg, "bad_payload").get("mode") or "nan")
+    mode = str(_section(cfg, "bad_payload")["mode"])
     return CYCLE[(server_round - 1) % len(CYCLE)] if mode == "cycle" else mode
 
 
@@ -172,9 +170,7 @@ def corrupt(
 
 def check_faults(cfg: Mapping[str, Any]) -> None:
     """One-line ConfigError for any bad ``faults`` option; runs before Ray starts."""
-    faults = cfg.get("faults")
-    if faults is None:
-        return
+    faults = cfg["faults"]
     if not isinstance(faults, Mapping):
         raise ConfigError(f"faults must be a mapping (got {faults!r})")
     unknown = set(faults) - {"seed", *FAULT_KINDS}
@@ -182,25 +178,34 @@ def check_faults(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"unknown faults kind(s) {', '.join(sorted(unknown))}; known: {', '.join(FAULT_KINDS)}"
         )
-    seed = faults.get("seed")
+    missing = {"seed", *FAULT_KINDS} - set(faults)
+    if missing:
+        raise ConfigError(
+            f"faults has no {', '.join(sorted(missing))}; configs/config.yaml sets every one"
+        )
+    seed = faults["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ConfigError(f"faults.seed must be null or an integer >= 0 (got {seed!r})")
     num_clients = int(cfg["num_clients"])
     timeout = float(cfg["server"]["round_timeout"])
     total = 0.0
     for kind in FAULT_KINDS:
-        section = faults.get(kind)
-        if section is None:
-            continue
+        section = faults[kind]
         where = f"faults.{kind}"
         if not isinstance(section, Mapping):
             raise ConfigError(f"{where} must be a mapping (got {section!r})")
-        extra = set(section) - COMMON_KEYS - EXTRA_KEYS.get(kind, set())
+        keys = COMMON_KEYS | EXTRA_KEYS.get(kind, set())
+        extra = set(section) - keys
         if extra:
             raise ConfigError(f"unknown option(s) {where}.{', '.join(sorted(extra))}")
+        missing = keys - set(section)
+        if missing:
+            raise ConfigError(
+                f"{where} has no {', '.join(sorted(missing))}; configs/config.yaml sets every one"
+            )
         check_selection(section, where, num_clients)
-        total += float(section.get("fraction") or 0.0)
-        rounds = section.get("rounds")
+        total += float(section["fraction"])
+        rounds = section["rounds"]
         if rounds is not None and (
             isinstance(rounds, (str, bytes))
             or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rounds)
@@ -208,43 +213,43 @@ def check_faults(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"{where}.rounds must be null or a list of rounds >= 1 (got {rounds!r})"
             )
-        seconds = section.get("seconds")
+        seconds = section.get("seconds")  # hang and slow only
         if seconds is not None and (
             isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0
         ):
             raise ConfigError(f"{where}.seconds must be a number >= 0 (got {seconds!r})")
     if total > 1.0 + 1e-9:
         raise ConfigError(f"the faults.*.fraction values add up to {total:g} > 1")
-    hang = (faults.get("hang") or {}).get("seconds")
+    hang = faults["hang"]["seconds"]
     if hang is not None and float(hang) <= timeout:
         raise ConfigError(
             f"faults.hang.seconds={hang} must exceed server.round_timeout={timeout:g} "
             "(a shorter sleep is faults.slow)"
         )
-    slow = (faults.get("slow") or {}).get("seconds")
+    slow = faults["slow"]["seconds"]
     if slow is not None and float(slow) >= timeout:
         raise ConfigError(
             f"faults.slow.seconds={slow} must be below server.round_timeout={timeout:g} "
             "(a longer sleep is faults.hang)"
         )
-    mode = (faults.get("bad_payload") or {}).get("mode", "nan")
+    mode = faults["bad_payload"]["mode"]
     if mode not in (*BAD_MODES, "cycle"):
         raise ConfigError(
             f"faults.bad_payload.mode must be one of {', '.join([*BAD_MODES, 'cycle'])} "
             f"(got {mode!r})"
         )
-    if mode == "oversize" and cfg["server"].get("max_payload_bytes") is None:
+    if mode == "oversize" and cfg["server"]["max_payload_bytes"] is None:
         raise ConfigError("faults.bad_payload.mode=oversize needs server.max_payload_bytes")
 
 
 def check_selection(section: Mapping[str, Any], where: str, num_clients: int) -> None:
     """``clients`` (ids in range) and ``fraction`` (in [0, 1]) of a fault or attack section."""
-    fraction = section.get("fraction") or 0.0
+    fraction = section["fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
         raise ConfigError(f"{where}.fraction must be a number in [0, 1] (got {fraction!r})")
     if not 0.0 <= float(fraction) <= 1.0:
         raise ConfigError(f"{where}.fraction must be in [0, 1] (got {fraction})")
-    clients = section.get("clients") or []
+    clients = section["clients"]
     if isinstance(clients, (str, bytes)) or not all(
         isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_clients for c in clients
     ):

@@ -27,8 +27,8 @@ _CANARIES = 5  # RNG stream tag (splits.py uses 1-4)
 
 def canary_options(split: Mapping[str, Any]) -> tuple[int, int, int]:
     """``(count, client, repeats)`` of ``split.canaries`` (count 0: no canaries)."""
-    c = split.get("canaries") or {}
-    values = [c.get("count", 0), c.get("client", 0), c.get("repeats", 1)]
+    c = split["canaries"]
+    values = [c["count"], c["client"], c["repeats"]]
     for key, value, low in zip(("count", "client", "repeats"), values, (0, 0, 1), strict=True):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"split.canaries.{key} must be an int >= {low} (got {value!r})")

@@ -52,10 +52,8 @@ DOMAIN_NAMES: tuple[str, ...] = ("original", "rotated", "inverted", "noisy", "bl
 _SHARES, _NOISE = 0xD05A, 0xD05B
 
 
-def _number(cfg: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
-    value = cfg.get(key)
-    if value is None:
-        value = default
+def _number(cfg: Mapping[str, Any], key: str, low: float, high: float) -> float:
+    value = cfg[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise ConfigError(f"dataset.{key} must be a number in [{low}, {high}] (got {value!r})")
     return float(value)
@@ -93,10 +91,10 @@ def _transforms(
     cfg: Mapping[str, Any],
 ) -> dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]]:
     """Name -> ``fn(images [N, H, W] in [0, 1], rng) -> images``; parameters read from cfg."""
-    rotation = _number(cfg, "rotation", 30.0, -180.0, 180.0)
-    noise_std = _number(cfg, "noise_std", 0.25, 0.0, 1.0)
-    blur_sigma = _number(cfg, "blur_sigma", 0.8, 0.0, 4.0)
-    scale = _number(cfg, "scale", 0.75, 0.25, 4.0)
+    rotation = _number(cfg, "rotation", -180.0, 180.0)
+    noise_std = _number(cfg, "noise_std", 0.0, 1.0)
+    blur_sigma = _number(cfg, "blur_sigma", 0.0, 4.0)
+    scale = _number(cfg, "scale", 0.25, 4.0)
     return {
         "original": lambda x, rng: x,
         "rotated": lambda x, rng: _rotate(x, rotation),
@@ -108,7 +106,7 @@ def _transforms(
 
 
 def _selected(cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    value = cfg.get("domains")
+    value = cfg["domains"]
     if value is None:
         return DOMAIN_NAMES
     if isinstance(value, str) or not isinstance(value, Sequence) or not value:
@@ -142,15 +140,15 @@ def stratified_shares(y: np.ndarray, num_shares: int, seed: int) -> list[np.ndar
 def load_digits_domains(cfg: Mapping[str, Any], seed: int) -> SourceData:
     """The 8x8 digits as several transformed domains, ``(N, 1, 8, 8)`` float32 in [0, 1].
 
-    Params: ``domains`` (list, default all of ``DOMAIN_NAMES``), ``seed`` (default: the
-    run seed), ``disjoint`` (default true), and the transform strengths ``rotation``
-    (degrees, 30), ``noise_std`` (0.25), ``blur_sigma`` (0.8), ``scale`` (0.75).
+    Params (defaults in ``configs/dataset/digits_domains.yaml``): ``domains`` (list;
+    null: all of ``DOMAIN_NAMES``), ``seed`` (null: the run seed), ``disjoint``, and the
+    transform strengths ``rotation`` (degrees), ``noise_std``, ``blur_sigma``, ``scale``.
     """
     names = _selected(cfg)
-    disjoint = cfg.get("disjoint", True)
+    disjoint = cfg["disjoint"]
     if not isinstance(disjoint, bool):
         raise ConfigError(f"dataset.disjoint must be true or false (got {disjoint!r})")
-    data_seed = cfg.get("seed")
+    data_seed = cfg["seed"]
     if data_seed is None:
         data_seed = seed
     if isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0:

@@ -57,7 +57,7 @@ Options = tuple[tuple[int, int], int, int | None]  # size, channels, max_samples
 
 
 def _options(cfg: Mapping[str, Any]) -> Options:
-    size = cfg.get("size", [28, 28])
+    size = cfg["size"]
     if (
         isinstance(size, str)
         or not isinstance(size, Sequence)
@@ -65,10 +65,10 @@ def _options(cfg: Mapping[str, Any]) -> Options:
         or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)
     ):
         raise ConfigError(f"dataset.size must be [height, width], two ints >= 1 (got {size!r})")
-    channels = cfg.get("channels", 3)
+    channels = cfg["channels"]
     if isinstance(channels, bool) or channels not in (1, 3):
         raise ConfigError(f"dataset.channels must be 1 (gray) or 3 (RGB) (got {channels!r})")
-    cap = cfg.get("max_samples_per_domain")
+    cap = cfg["max_samples_per_domain"]
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise ConfigError(f"dataset.max_samples_per_domain must be an int >= 1 (got {cap!r})")
     return (int(size[0]), int(size[1])), int(channels), cap

@@ -106,13 +106,13 @@ def dirichlet(
 
     check_dirichlet(cfg)
     alpha = cfg["alpha"]
-    min_size = int(cfg.get("min_partition_size", 2))
+    min_size = int(cfg["min_partition_size"])
     partitioner = DirichletPartitioner(
         num_partitions=num_partitions,
         partition_by="label",
         alpha=float(alpha),
         min_partition_size=min_size,
-        self_balancing=bool(cfg.get("self_balancing", False)),
+        self_balancing=bool(cfg["self_balancing"]),
         seed=seed,
     )
     try:
@@ -144,7 +144,7 @@ def pathological(
         raise ConfigError(
             f"partition.classes_per_client must be an int in [1, {num_present}] (got {k!r})"
         )
-    mode = cfg.get("class_assignment_mode", "first-deterministic")
+    mode = cfg["class_assignment_mode"]
     modes = ("first-deterministic", "deterministic", "random")
     if mode not in modes:
         raise ConfigError(

@@ -119,7 +119,7 @@ def read_clients(
             path,
             num_classes=num_classes,
             input_shape=input_shape,
-            label_column=str(cfg.get("label_column") or "label"),
+            label_column=str(cfg["label_column"]),
             min_samples=1,
             allow_pickle=True,
         )

@@ -47,15 +47,15 @@ def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return section
 
 
-def _fraction(split: Mapping[str, Any], key: str, default: float) -> float:
-    value = split.get(key, default)
+def _fraction(split: Mapping[str, Any], key: str) -> float:
+    value = split[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ConfigError(f"split.{key} must be in [0, 1) (got {value!r})")
     return float(value)
 
 
-def _int(cfg: Mapping[str, Any], key: str, default: Any, minimum: int) -> int:
-    value = cfg.get(key, default)
+def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = cfg[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an int >= {minimum} (got {value!r})")
     return value
@@ -149,14 +149,14 @@ def build_federated_data(cfg: Mapping[str, Any]) -> FederatedData:
     ``dataset``, ``partition``, ``split``). Deterministic given the config. With
     ``split.target_domain`` set, the target domain is held out (see the module docstring).
     """
-    seed = _int(cfg, "seed", None, 0)
-    num_clients = _int(cfg, "num_clients", None, 1)
+    seed = _int(cfg, "seed", 0)
+    num_clients = _int(cfg, "num_clients", 1)
     dataset_cfg, partition_cfg = _section(cfg, "dataset"), _section(cfg, "partition")
-    split = cfg.get("split") or {}
-    per_class = _int(split, "global_test_per_class", 30, 0)
-    server_val_per_class = _int(split, "server_val_per_class", 0, 0)
-    public_fraction = _fraction(split, "public_fraction", 0.15)
-    local_test_fraction = _fraction(split, "local_test_fraction", 0.25)
+    split = cfg["split"]
+    per_class = _int(split, "global_test_per_class", 0)
+    server_val_per_class = _int(split, "server_val_per_class", 0)
+    public_fraction = _fraction(split, "public_fraction")
+    local_test_fraction = _fraction(split, "local_test_fraction")
     loader = DATASETS.get(dataset_cfg["name"])
     partitioner = PARTITIONERS.get(partition_cfg["name"])
 

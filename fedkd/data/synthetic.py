@@ -21,11 +21,9 @@ from fedkd.errors import ConfigError
 _CHUNK = 65536  # rows generated at a time: bounds temporary memory for huge N
 
 
-def _number(cfg: Mapping[str, Any], key: str, default: Any, minimum: float, kind: type) -> Any:
+def _number(cfg: Mapping[str, Any], key: str, minimum: float, kind: type) -> Any:
     """Read ``dataset.<key>`` as ``kind`` (int or float), >= ``minimum``, else ConfigError."""
-    value = cfg.get(key, default)
-    if value is None:
-        value = default
+    value = cfg[key]
     ok_types = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types) or value < minimum:
         raise ConfigError(f"dataset.{key} must be a {kind.__name__} >= {minimum} (got {value!r})")
@@ -79,12 +77,12 @@ def load_synthetic(cfg: Mapping[str, Any], seed: int) -> SourceData:
     two means is ``2 * class_sep`` whatever the dimension. The output is affinely
     mapped to be centred on 0.5 with ~99.7% of values in [0, 1], like image data.
     """
-    num_samples = _number(cfg, "num_samples", 5000, 1, int)
-    num_classes = _number(cfg, "num_classes", 10, 2, int)
-    class_sep = _number(cfg, "class_sep", 1.0, 0.0, float)
-    noise = _number(cfg, "noise", 1.0, 0.0, float)
-    test_samples = _number(cfg, "test_samples", 0, 0, int)
-    shape_cfg = cfg.get("shape")
+    num_samples = _number(cfg, "num_samples", 1, int)
+    num_classes = _number(cfg, "num_classes", 2, int)
+    class_sep = _number(cfg, "class_sep", 0.0, float)
+    noise = _number(cfg, "noise", 0.0, float)
+    test_samples = _number(cfg, "test_samples", 0, int)
+    shape_cfg = cfg["shape"]
     if shape_cfg is not None:
         shape = tuple(shape_cfg)
         if not shape or not all(
@@ -93,14 +91,13 @@ def load_synthetic(cfg: Mapping[str, Any], seed: int) -> SourceData:
             raise ConfigError(f"dataset.shape must be a list of positive ints (got {shape_cfg!r})")
         dim = math.prod(shape)
     else:
-        dim = _number(cfg, "num_features", 32, 1, int)
+        dim = _number(cfg, "num_features", 1, int)
         shape = (dim,)
     data_seed = cfg.get("seed")
     rng = np.random.default_rng(seed if data_seed is None else int(data_seed))
 
     means = (
-        _class_means(rng, num_classes, shape, cfg.get("blocks"))
-        * (class_sep * math.sqrt(2.0 / dim))
+        _class_means(rng, num_classes, shape, cfg["blocks"]) * (class_sep * math.sqrt(2.0 / dim))
     ).astype(np.float32)
     spread = math.sqrt(noise**2 + 2.0 * class_sep**2 / dim)  # per-feature std of the mixture
     scale = 1.0 / (6.0 * spread) if spread > 0 else 1.0

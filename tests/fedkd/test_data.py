@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import default_cfg, filled, section
 
 from fedkd.data import (
     DATASETS,
@@ -22,13 +23,10 @@ from fedkd.errors import ConfigError, DataError
 
 
 def run_cfg(dataset: dict[str, Any], partition: dict[str, Any], **over: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "seed": 0,
-        "num_clients": 10,
-        "dataset": dataset,
-        "partition": partition,
-        "split": {},
-    }
+    """The composed config with these dataset and partition keys (the rest from configs/)."""
+    cfg = default_cfg(seed=0, num_clients=10)
+    cfg["dataset"], cfg["partition"] = filled("dataset", dataset), filled("partition", partition)
+    cfg["split"].update(over.pop("split", {}))
     cfg.update(over)
     return cfg
 
@@ -81,7 +79,7 @@ def test_digits_shapes_dtypes_ranges() -> None:
 
 def test_synthetic_sizes_and_determinism() -> None:
     load = DATASETS.get("synthetic")
-    cfg = {"name": "synthetic", "num_samples": 1234, "num_classes": 7, "num_features": 5}
+    cfg = section("dataset", "synthetic", num_samples=1234, num_classes=7, num_features=5)
     a, b, c = load(cfg, 1), load(cfg, 1), load(cfg, 2)
     assert a.x.shape == (1234, 5) and a.x.dtype == np.float32 and a.y.dtype == np.int64
     assert a.num_classes == 7 and a.input_shape == (5,)
@@ -97,20 +95,20 @@ def test_synthetic_sizes_and_determinism() -> None:
 def test_synthetic_shape_and_test_split() -> None:
     load = DATASETS.get("synthetic")
     src = load(
-        {"name": "synthetic", "num_samples": 200, "shape": [1, 28, 28], "test_samples": 50}, 0
+        section("dataset", "synthetic", num_samples=200, shape=[1, 28, 28], test_samples=50), 0
     )
     assert src.x.shape == (200, 1, 28, 28) and src.input_shape == (1, 28, 28)
     assert src.test is not None and src.test.x.shape == (50, 1, 28, 28)
     assert src.test.y.dtype == np.int64 and len(src.test) == 50
     # asking for a test split does not change the pool
-    plain = load({"name": "synthetic", "num_samples": 200, "shape": [1, 28, 28]}, 0)
+    plain = load(section("dataset", "synthetic", num_samples=200, shape=[1, 28, 28]), 0)
     assert np.array_equal(plain.x, src.x)
 
 
 def test_synthetic_class_sep_controls_difficulty() -> None:
     def nearest_mean_accuracy(sep: float) -> float:
         src = DATASETS.get("synthetic")(
-            {"name": "synthetic", "num_samples": 4000, "class_sep": sep}, 0
+            section("dataset", "synthetic", num_samples=4000, class_sep=sep), 0
         )
         means = np.stack([src.x[src.y == c].mean(0) for c in range(10)])
         pred = ((src.x[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
@@ -121,7 +119,7 @@ def test_synthetic_class_sep_controls_difficulty() -> None:
 
 def test_synthetic_bad_param() -> None:
     with pytest.raises(ConfigError, match="dataset.num_classes"):
-        DATASETS.get("synthetic")({"name": "synthetic", "num_classes": 1}, 0)
+        DATASETS.get("synthetic")(section("dataset", "synthetic", num_classes=1), 0)
 
 
 # ------------------------------------------------------------------ hf loader
@@ -265,7 +263,7 @@ def labels() -> np.ndarray:
 
 @pytest.mark.parametrize("part", [{"name": "iid"}, {"name": "dirichlet", "alpha": 0.5}])
 def test_partitions_disjoint_and_complete(labels: np.ndarray, part: dict[str, Any]) -> None:
-    parts = PARTITIONERS.get(part["name"])(labels, 7, 0, part)
+    parts = PARTITIONERS.get(part["name"])(labels, 7, 0, filled("partition", part))
     assert len(parts) == 7
     flat = assert_disjoint_valid(parts, len(labels))
     assert len(flat) == len(labels)
@@ -276,7 +274,7 @@ def test_partitions_disjoint_and_complete(labels: np.ndarray, part: dict[str, An
 
 @pytest.mark.parametrize("mode", ["first-deterministic", "deterministic", "random"])
 def test_pathological_classes_per_client(labels: np.ndarray, mode: str) -> None:
-    cfg = {"classes_per_client": 2, "class_assignment_mode": mode}
+    cfg = section("partition", "pathological", classes_per_client=2, class_assignment_mode=mode)
     parts = PARTITIONERS.get("pathological")(labels, 8, 0, cfg)
     assert_disjoint_valid(parts, len(labels))
     assert all(1 <= len(np.unique(labels[p])) <= 2 for p in parts)
@@ -285,13 +283,19 @@ def test_pathological_classes_per_client(labels: np.ndarray, mode: str) -> None:
 def test_pathological_bad_classes_per_client(labels: np.ndarray) -> None:
     for k in (0, 11):
         with pytest.raises(ConfigError, match="classes_per_client"):
-            PARTITIONERS.get("pathological")(labels, 4, 0, {"classes_per_client": k})
+            PARTITIONERS.get("pathological")(
+                labels, 4, 0, section("partition", "pathological", classes_per_client=k)
+            )
 
 
 def test_dirichlet_alpha_controls_skew(labels: np.ndarray) -> None:
     fn = PARTITIONERS.get("dirichlet")
-    skewed = entropy_per_client(labels, fn(labels, 10, 0, {"alpha": 0.1}), 10)
-    mild = entropy_per_client(labels, fn(labels, 10, 0, {"alpha": 100.0}), 10)
+    skewed = entropy_per_client(
+        labels, fn(labels, 10, 0, section("partition", "dirichlet", alpha=0.1)), 10
+    )
+    mild = entropy_per_client(
+        labels, fn(labels, 10, 0, section("partition", "dirichlet", alpha=100.0)), 10
+    )
     assert skewed < mild - 0.5
 
 
@@ -304,7 +308,7 @@ def test_dirichlet_alpha_controls_skew(labels: np.ndarray) -> None:
     ],
 )
 def test_partitions_seeded(labels: np.ndarray, part: dict[str, Any]) -> None:
-    fn = PARTITIONERS.get(part["name"])
+    fn, part = PARTITIONERS.get(part["name"]), filled("partition", part)
     a, b, c = fn(labels, 5, 1, part), fn(labels, 5, 1, part), fn(labels, 5, 2, part)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
@@ -313,12 +317,14 @@ def test_partitions_seeded(labels: np.ndarray, part: dict[str, Any]) -> None:
 @pytest.mark.parametrize("alpha", [0, -1.0])
 def test_dirichlet_alpha_must_be_positive(labels: np.ndarray, alpha: float) -> None:
     with pytest.raises(ConfigError, match=r"partition.alpha must be > 0"):
-        PARTITIONERS.get("dirichlet")(labels, 4, 0, {"alpha": alpha})
+        PARTITIONERS.get("dirichlet")(labels, 4, 0, section("partition", "dirichlet", alpha=alpha))
 
 
 def test_dirichlet_unreachable_min_size_is_data_error(labels: np.ndarray) -> None:
     with pytest.raises(DataError, match="fewer clients or a larger partition.alpha"):
-        PARTITIONERS.get("dirichlet")(labels[:40], 30, 0, {"alpha": 0.01, "min_partition_size": 2})
+        PARTITIONERS.get("dirichlet")(
+            labels[:40], 30, 0, section("partition", "dirichlet", alpha=0.01, min_partition_size=2)
+        )
 
 
 @pytest.mark.filterwarnings("ignore:Classes.*will NOT be used")
@@ -331,13 +337,13 @@ def test_fast_assignment_read_matches_load_partition(labels: np.ndarray) -> None
     for name, cfg, cls, kwargs in [
         (
             "dirichlet",
-            {"alpha": 0.3},
+            section("partition", "dirichlet", alpha=0.3),
             DirichletPartitioner,
             {"alpha": 0.3, "min_partition_size": 2},
         ),
         (
             "pathological",
-            {"classes_per_client": 2},
+            section("partition", "pathological", classes_per_client=2),
             PathologicalPartitioner,
             {"num_classes_per_partition": 2, "class_assignment_mode": "first-deterministic"},
         ),

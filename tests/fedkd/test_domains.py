@@ -6,23 +6,21 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import default_cfg, filled, section
 
 from fedkd.data import DATASETS, PARTITIONERS, FederatedData, SourceData, build_federated_data
 from fedkd.data.domains import DOMAIN_NAMES, stratified_shares
 from fedkd.data.types import DOMAIN_NAMES_KEY, DOMAINS_KEY
 from fedkd.errors import ConfigError, DataError
 
-DD = {"name": "digits_domains"}
+DD = section("dataset", "digits_domains")
 
 
 def run_cfg(dataset: dict[str, Any], partition: dict[str, Any], **over: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "seed": 0,
-        "num_clients": 5,
-        "dataset": dataset,
-        "partition": partition,
-        "split": {},
-    }
+    """The composed config with these dataset and partition keys (the rest from configs/)."""
+    cfg = default_cfg(seed=0, num_clients=5)
+    cfg["dataset"], cfg["partition"] = filled("dataset", dataset), filled("partition", partition)
+    cfg["split"].update(over.pop("split", {}))
     cfg.update(over)
     return cfg
 

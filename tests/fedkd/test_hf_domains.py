@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import default_cfg, section
 
 from fedkd.data import DATASETS, build_federated_data
 from fedkd.errors import ConfigError, DataError
@@ -99,7 +100,7 @@ def cfg_for(
 ) -> dict[str, Any]:
     """Domains in config order ``names`` (deliberately unsorted)."""
     domains = {n: raw["paths"][n] for n in names}
-    return {"name": "hf_domains", "domains": domains, "cache_dir": raw["cache"], **over}
+    return section("dataset", "hf_domains", domains=domains, cache_dir=raw["cache"], **over)
 
 
 def load(cfg: dict[str, Any], seed: int = 0) -> Any:
@@ -172,13 +173,9 @@ def test_max_samples_per_domain(raw: dict[str, Any]) -> None:
 
 def test_leave_one_domain_out(raw: dict[str, Any]) -> None:
     src = load(cfg_for(raw))
-    cfg = {
-        "seed": 0,
-        "num_clients": 2,
-        "dataset": cfg_for(raw),
-        "partition": {"name": "domain"},
-        "split": {"target_domain": "usps"},
-    }
+    cfg = default_cfg("dataset=hf_domains", "partition=domain", seed=0, num_clients=2)
+    cfg["dataset"] = cfg_for(raw)
+    cfg["split"]["target_domain"] = "usps"
     fd = build_federated_data(cfg)
     target = src.domains == src.domain_names.index("usps")
     assert fd.target_domain == "usps" and fd.input_shape == (3, 28, 28)
@@ -216,9 +213,9 @@ def test_errors(raw: dict[str, Any], tmp_path: Path) -> None:
     p = raw["paths"]
     for bad in (None, {}, {"usps": p["usps"]}, [p["usps"], p["svhn"]]):
         with pytest.raises(ConfigError, match="dataset.domains must map at least two domain names"):
-            load({"name": "hf_domains", "domains": bad})
+            load(section("dataset", "hf_domains", domains=bad))
     with pytest.raises(ConfigError, match="dataset.domains must map names to .*'svhn': 3"):
-        load({"name": "hf_domains", "domains": {"usps": p["usps"], "svhn": 3}})
+        load(section("dataset", "hf_domains", domains={"usps": p["usps"], "svhn": 3}))
     for size in ([28], [0, 28], "28", [28.0, 28], [True, 28]):
         with pytest.raises(ConfigError, match=r"dataset.size must be \[height, width\]"):
             load(cfg_for(raw, size=size))
@@ -231,7 +228,7 @@ def test_errors(raw: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(
         DataError, match=f"dataset.domains.usps: could not load hf dataset '{nope}'"
     ) as err:
-        load({"name": "hf_domains", "domains": {"mnist": p["mnist"], "usps": nope}})
+        load(section("dataset", "hf_domains", domains={"mnist": p["mnist"], "usps": nope}))
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="dataset.domains.svhn: .*no image column 'picture'"):
         load(cfg_for(raw, ("svhn", "usps"), image_key="picture"))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import RecordDict
+from helpers import default_cfg
 
 from fedkd.client import attacks, faults
 from fedkd.client.round import round_generator, run_round
@@ -131,7 +132,9 @@ def test_validation_names_what_is_wrong(registered):
 
 
 def attack_cfg(kind: str, **extra) -> dict:
-    return {"seed": 0, "num_clients": 2, "attack": {"kind": kind, "clients": [1], **extra}}
+    cfg = default_cfg(seed=0, num_clients=2)
+    cfg["attack"].update(kind=kind, clients=[1], **extra)
+    return cfg
 
 
 def test_the_attacks_it_declares_apply_and_the_others_are_refused(registered):
@@ -153,7 +156,8 @@ def test_the_attacks_it_declares_apply_and_the_others_are_refused(registered):
 
 @pytest.mark.parametrize("mode", ["nan", "dtype", "shape", "classes", "kind"])
 def test_every_injected_fault_is_rejected_for_its_reason(registered, mode):
-    cfg = {"faults": {"bad_payload": {"mode": mode}}, "server": {}}
+    cfg = default_cfg()
+    cfg["faults"]["bad_payload"]["mode"] = mode
     p = payload()
     arrays, meta = faults.corrupt(cfg, 1, p.kind, p.to_arrays(), {"kind": p.kind})
     content = RecordDict()

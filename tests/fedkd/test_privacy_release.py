@@ -215,11 +215,8 @@ def instruction(content: RecordDict) -> Message:
 
 
 def mod_config(seeded: bool) -> str:
-    """The run config a simulated client receives: its floor section and the noise switch."""
-    cfg = plain_cfg(f"simulation.seeded_noise={str(seeded).lower()}")
-    return json.dumps(
-        {"seed": 0, "simulation": cfg["simulation"], "privacy_floor": cfg["privacy_floor"]}
-    )
+    """The run config a simulated client receives (the composed config, the noise switch set)."""
+    return json.dumps(plain_cfg(f"simulation.seeded_noise={str(seeded).lower()}"))
 
 
 @pytest.mark.parametrize("seeded", [True, False])

@@ -40,9 +40,9 @@ def test_off_and_bad_options():
     cfg = compose([])
     assert CollapseWatch.from_config(cfg, 10).rounds == cfg["logging"]["collapse_rounds"]
     with pytest.raises(ConfigError, match="logging.collapse_rounds"):
-        CollapseWatch.from_config({"logging": {"collapse_rounds": -1}}, 10)
+        CollapseWatch.from_config(compose(["logging.collapse_rounds=-1"]), 10)
     with pytest.raises(ConfigError, match="logging.collapse_margin"):
-        CollapseWatch.from_config({"logging": {"collapse_rounds": 3, "collapse_margin": 2}}, 10)
+        CollapseWatch.from_config(compose(["logging.collapse_margin=2"]), 10)
 
 
 def test_state_round_trip_keeps_the_count_and_the_peak():

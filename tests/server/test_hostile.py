@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from helpers import NODES, good_fd, make, metadata, reply
+from helpers import NODES, default_cfg, good_fd, make, metadata, reply
 
 from fedkd.bounds import Bounds, cap_class_counts, cap_weights, clip_to_median
 from fedkd.encoding import DecodeLimits
@@ -241,9 +241,11 @@ def test_weight_caps_and_clipping_by_hand():
 
 def test_bounds_options_are_checked():
     with pytest.raises(ConfigError, match="bounds.weight_cap must be >= 1"):
-        Bounds.from_config({"weight_cap": 0.5})
+        Bounds.from_config({**default_cfg()["bounds"], "weight_cap": 0.5})
     with pytest.raises(ConfigError, match=r"bounds.max_count must be an integer in \[1, 2\^53\]"):
-        Bounds.from_config({"max_count": 2**60})
+        Bounds.from_config({**default_cfg()["bounds"], "max_count": 2**60})
+    with pytest.raises(ConfigError, match=r"bounds: missing key\(s\) \['max_count'\]"):
+        Bounds.from_config({k: v for k, v in default_cfg()["bounds"].items() if k != "max_count"})
 
 
 # ---------------------------------------------------------------- strikes hit the guilty

@@ -187,7 +187,8 @@ def corrupted_reply(cid: int, strategy, payload, mode: str) -> Message:
     """What a client with ``faults.bad_payload.mode=<mode>`` sends instead of ``payload``."""
     from fedkd.client import faults
 
-    cfg = {**strategy.cfg, "faults": {"bad_payload": {"clients": [cid], "mode": mode}}}
+    bad = {**strategy.cfg["faults"]["bad_payload"], "clients": [cid], "mode": mode}
+    cfg = {**strategy.cfg, "faults": {**strategy.cfg["faults"], "bad_payload": bad}}
     arrays, meta = faults.corrupt(
         cfg, 1, payload.kind, payload.to_arrays(), {"kind": payload.kind, **payload.meta()}
     )

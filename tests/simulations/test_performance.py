@@ -22,6 +22,7 @@ import pytest
 import torch
 from helpers import ROOT, marked, run_fedkd_sim, stop_tree
 
+from fedkd.config import compose
 from fedkd.errors import FedkdError, PayloadError
 from fedkd.models import build_model
 from fedkd.weights import load_packed, model_to_arrays, packed_state
@@ -207,11 +208,7 @@ def test_a_plain_run_starts_a_private_ray_instance():
     from simulations.cluster import resolve_address
     from simulations.run import backend_config
 
-    cfg = {
-        "simulation": {"num_cpus_per_client": 1, "num_gpus_per_client": 0.0,
-                       "ray_num_cpus": 2, "ray_address": None, "connect_timeout": 30},
-        "logging": {"verbose": False},
-    }  # fmt: skip
+    cfg = compose(["simulation.ray_num_cpus=2"])
     assert backend_config(cfg)["init_args"]["address"] == "local"
     assert backend_config(cfg)["init_args"]["num_cpus"] == 2
     os.environ["RAY_ADDRESS"] = "127.0.0.1:6390"
@@ -347,6 +344,15 @@ def test_every_bench_workload_composes():
         check_config(cfg)
         if workload.reference:  # the sequential reference implements fd only
             assert cfg["strategy"]["name"] == "fd"
+
+
+def test_a_workload_file_missing_a_key_is_one_line(tmp_path, monkeypatch):
+    text = (bench.bench_dir() / "default.yaml").read_text(encoding="utf-8")
+    kept = [line for line in text.splitlines() if not line.startswith("jobs:")]
+    (tmp_path / "nojobs.yaml").write_text("\n".join(kept), encoding="utf-8")
+    monkeypatch.setattr(bench, "bench_dir", lambda: tmp_path)
+    with pytest.raises(SystemExit, match=r"configs/bench/nojobs.yaml has no jobs \(every"):
+        bench.Workload.load("nojobs")
 
 
 def test_bench_update_keeps_the_other_workloads(tmp_path):

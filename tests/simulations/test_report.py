@@ -333,7 +333,6 @@ def test_console_levels():
 
     keys = {"progress": True, "table": True, "verbose": False}
     assert console_options({**keys, "level": "normal"}) == keys
-    assert console_options(keys) == keys  # no level: the three switches as they are
     assert console_options({**keys, "level": "quiet"}) == dict.fromkeys(keys, False)
     assert console_options({**keys, "level": "verbose"})["verbose"] is True
     assert console_options({**keys, "table": False, "level": "verbose"})["table"] is False
