@@ -68,7 +68,7 @@ class FedkdStrategy(StrategyTraits, Strategy):
         # the server section's values as attributes (tests and the fuzzer set some)
         vars(self).update(vars(ServerSettings.from_config(server)))
         self.cluster: Any = None  # the simulation's lost actors (simulations.nodeloss)
-        self.bounds = Bounds.from_config(info.cfg.get("bounds"))
+        self.bounds = Bounds.from_config(info.cfg["bounds"])
         self.replies = ReplyChecker.for_run(
             info.cfg, self.bounds, info.num_classes, self.max_payload_bytes
         )
@@ -78,7 +78,7 @@ class FedkdStrategy(StrategyTraits, Strategy):
         self.random = Streams(self.seed, self.STREAMS, self.seeded_noise)
         num_rounds = int(self.cfg["num_rounds"])
         self.confusions = ConfusionCollector(
-            (info.cfg.get("logging") or {}).get("confusion_every", 0),
+            info.cfg["logging"]["confusion_every"],
             lambda: num_rounds if self.final_evaluation else self.eval_round(num_rounds),
         )
         self.current = RoundState()  # the round in progress (server.rounds)

@@ -18,12 +18,8 @@ PACKAGES = ("fedkd", "clients", "server", "simulations", "protocol")
 # sections some options of a group leave out. Each entry must still match a call.
 ALLOWED = {
     ("fedkd/privacy/floor.py", "kind"): "a train plan's extract entry (wire data)",
-    ("server/strategies/base.py", "name"): "a strategy class's __dict__",
-    ("server/strategies/base.py", "confusion_every"): "the strategy's logging section",
+    ("server/traits.py", "name"): "a strategy class's __dict__",
     ("server/strategies/base.py", "reducer"): "strategies without a reducer option",
-    ("server/privacy.py", "name"): "a strategy's voting options; the privacy section",
-    ("server/privacy.py", "on_budget"): "configs/privacy/none.yaml sets name only",
-    ("server/privacy.py", "noise"): "a strategy's voting options",
     ("simulations/deploy.py", "clients"): "a summary",
     ("simulations/bench.py", "num_clients"): "a summary's round rows",
     ("simulations/bench.py", "rounds"): "a summary",
