@@ -210,7 +210,8 @@ def _warm_worker(actor: Any, cfg_json: str) -> int:
 
 
 def wait_warm(timeout: float) -> None:
-    """Wait up to ``timeout`` seconds for the warm-up calls queued so far (``_warm_worker``).
+    """Wait up to ``timeout`` seconds for the warm-up calls queued so far (``_warm_worker``)
+    on a private Ray instance (``address: local``; on a cluster none is kept).
 
     A warm-up that fails, or an actor lost meanwhile, is left for the first round to meet
     and report, as is a warm-up still going at the timeout.
@@ -309,6 +310,10 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         if cfg_json is not None:  # queued before the first message on each actor
             for actor in pool.pool:
                 _SESSION.warming.append(actor.__ray_call__.remote(_warm_worker, cfg_json))
+    if init_args.get("address") != "local":
+        # a cluster may hold actors waiting for a node (one lost, one not yet joined):
+        # their warm-up would hold round 1 back until the timeout, so none is waited for
+        _SESSION.warming = []
     _SESSION.pool, _SESSION.resources_key = pool, _key(resources)
     _SESSION.timings = {
         "ray": ray_done - started,
