@@ -24,8 +24,38 @@ def config_dir() -> Path:
     return Path(configs.__file__).resolve().parent
 
 
+_COMPOSED: dict[tuple, dict[str, Any]] = {}  # (overrides, config files' stamp) -> config
+_COMPOSED_MAX = 128
+
+
+def _configs_stamp(folder: Path) -> tuple:
+    """The config files under ``folder`` with their size and modification time."""
+    return tuple(
+        (str(p), st.st_mtime_ns, st.st_size)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and (st := p.stat())
+    )
+
+
 def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Compose ``configs/config.yaml`` with Hydra overrides into a plain dict."""
+    """Compose ``configs/config.yaml`` with Hydra overrides into a plain dict.
+
+    Hydra's composition takes a few hundred milliseconds; a process composing the same
+    overrides again (``fedkd-compare``'s presets, a session of runs, the tests) gets a
+    copy of the first result while no file under ``configs/`` has changed.
+    """
+    import copy
+
+    folder = config_dir()
+    key = (tuple(overrides), str(folder), _configs_stamp(folder))
+    if key not in _COMPOSED:
+        if len(_COMPOSED) >= _COMPOSED_MAX:
+            _COMPOSED.pop(next(iter(_COMPOSED)))
+        _COMPOSED[key] = _compose(folder, overrides)
+    return copy.deepcopy(_COMPOSED[key])
+
+
+def _compose(folder: Path, overrides: Sequence[str]) -> dict[str, Any]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -35,7 +65,7 @@ def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        with initialize_config_dir(config_dir=str(folder), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
             cfg = OmegaConf.to_container(cfg, resolve=False)
     except (HydraException, OmegaConfBaseException) as err:

@@ -47,8 +47,13 @@ log = logging.getLogger("fedkd")
 FORMAT = 1
 FOLDER = "checkpoints"
 SERVER_FILE = "server.ckpt"
-# config keys a resumed run may change: they do not change what is computed
-MAY_CHANGE = ("logging", "simulation", "checkpoint", "resume", "server.round_timeout")
+# config keys a resumed run may change: they do not change what is computed (a straggle's
+# length and rounds only delay replies; which clients straggle is fixed by faults.slow's
+# clients and fraction, which also shape the later kinds' seeded draw)
+MAY_CHANGE = (
+    "logging", "simulation", "checkpoint", "resume", "server.round_timeout",
+    "faults.slow.seconds", "faults.slow.rounds",
+)  # fmt: skip
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -66,7 +66,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from queue import Empty, Queue
 from typing import Any
 
@@ -198,13 +198,20 @@ def capture_nodes() -> bool:
 
 
 def simulation_roster(grid: Any, timeout: float, expected: int):
-    """The captured nodes as a ``Roster`` once the grid lists them all; None if none captured."""
+    """The captured nodes as a ``Roster`` once the grid lists them all and the workers have
+    warmed up (``wait_warm``); None if none captured.
+
+    A deployment's handshake has every client load its data before round 1
+    (``server.roster.discover``); waiting here for the workers' warm-up does the same for
+    the simulation, so ``server.round_timeout`` measures rounds, not Ray's start-up.
+    """
     from server.roster import Roster
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         nodes, known = _nodes, set(grid.get_node_ids())
         if nodes is not None and len(nodes) == expected and all(n in known for n in nodes):
+            wait_warm(deadline - time.monotonic())
             return Roster(node_of={p: n for n, p in nodes.items()}, num_partitions=expected)
         if nodes is None and len(known) >= expected:
             return None  # registered without our wrapper: ask the nodes
@@ -227,6 +234,7 @@ class _Session:
     timings: dict[str, float] | None = None  # seconds: "ray" (init or reuse), "pool"
     local: bool = False  # Ray is this process's private instance (its daemons are our children)
     ends_with_process: bool = False  # the process stops that instance by pid as it exits
+    warming: list[Any] = field(default_factory=list)  # the queued warm-up calls' ObjectRefs
 
 
 _SESSION = _Session()
@@ -273,6 +281,22 @@ def _warm_worker(actor: Any, cfg_json: str) -> int:
     return os.getpid()
 
 
+def wait_warm(timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for the warm-up calls queued so far (``_warm_worker``)
+    on a private Ray instance (``address: local``; on a cluster none is kept).
+
+    A warm-up that fails, or an actor lost meanwhile, is left for the first round to meet
+    and report, as is a warm-up still going at the timeout.
+    """
+    refs, _SESSION.warming = list(_SESSION.warming), []
+    if not refs or timeout <= 0:
+        return
+    import ray
+
+    with contextlib.suppress(Exception):  # Ray gone meanwhile: the round reports it
+        ray.wait(refs, num_returns=len(refs), timeout=timeout)
+
+
 def warm_new_actors(pool: Any, cfg_json: str | None) -> None:
     """Every actor ``pool``'s own factory creates from now on gets the warm-up for the run
     ``cfg_json`` (a run config as JSON; None: none) queued as its first task: the pool's
@@ -286,7 +310,7 @@ def warm_new_actors(pool: Any, cfg_json: str | None) -> None:
     def create_warm_actor() -> Any:
         actor = create()
         if pool.fedkd_warm_up is not None:
-            actor.__ray_call__.remote(_warm_worker, pool.fedkd_warm_up)
+            _SESSION.warming.append(actor.__ray_call__.remote(_warm_worker, pool.fedkd_warm_up))
         return actor
 
     pool.create_actor_fn = create_warm_actor
@@ -329,6 +353,7 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
     from simulations.worker import ClientWorkerActor
 
     started = time.perf_counter()
+    _SESSION.warming = []  # an earlier run's, perhaps of a Ray session now gone
     init_args = dict(backend["init_args"])
     init_args.setdefault("include_dashboard", False)
     init_key = _key([init_args, env_vars])
@@ -357,7 +382,11 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         warm_new_actors(pool, cfg_json)  # a replacement during this run warms up for it
         if cfg_json is not None:  # queued before the first message on each actor
             for actor in pool.pool:
-                actor.__ray_call__.remote(_warm_worker, cfg_json)
+                _SESSION.warming.append(actor.__ray_call__.remote(_warm_worker, cfg_json))
+    if init_args.get("address") != "local":
+        # a cluster may hold actors waiting for a node (one lost, one not yet joined):
+        # their warm-up would hold round 1 back until the timeout, so none is waited for
+        _SESSION.warming = []
     _SESSION.pool, _SESSION.resources_key = pool, _key(resources)
     _SESSION.timings = {
         "ray": ray_done - started,

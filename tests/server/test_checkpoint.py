@@ -248,6 +248,20 @@ def test_resume_takes_only_overrides_that_do_not_change_results(tmp_path):
         checkpoint.resume_config(composed, [], tmp_path / "nowhere")
 
 
+def test_a_resume_may_shorten_a_straggle_but_not_change_who_straggles(tmp_path):
+    """A straggle's length and rounds only delay replies; its clients shape the fault draw."""
+    slow = ["faults.slow.clients=[0]", "faults.slow.rounds=[4]", "faults.slow.seconds=500"]
+    (tmp_path / "config.yaml").write_text(json.dumps(compose(slow)))
+    shorter = ["faults.slow.seconds=0", "faults.slow.rounds=[]"]
+    cfg = checkpoint.resume_config(compose([*slow[:1], *shorter]), shorter, tmp_path)
+    assert cfg["faults"]["slow"] == {**cfg["faults"]["slow"], "seconds": 0, "rounds": []}
+    assert cfg["faults"]["slow"]["clients"] == [0]
+    with pytest.raises(ConfigError, match=r"resume: faults.slow.clients=\[1\] differs"):
+        checkpoint.resume_config(
+            compose(["faults.slow.clients=[1]"]), ["faults.slow.clients=[1]"], tmp_path
+        )
+
+
 def test_a_checkpoint_is_refused_when_the_config_changed_since(tmp_path):
     cfg = compose(["num_rounds=4"])
     writer = checkpoint.Checkpointer(tmp_path, cfg)

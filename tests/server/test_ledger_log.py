@@ -87,12 +87,15 @@ def checkpoint_round(run_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_a_run_killed_with_privacy_on_resumes_with_at_least_the_uninterrupted_epsilon(tmp_path):
-    """Kill after round 3 was charged (checkpoint of round 2), resume: round 3 is charged again."""
+    """Kill after round 3 was charged (checkpoint of round 2), resume: round 3 is charged again.
+
+    Client 0 straggles 500 s in round 3 (under the 600 s round timeout), far longer than the
+    test waits, so round 3 cannot end before the kill; the resume shortens it to 0 s."""
     run_dir = tmp_path / "killed"
     args = [
         "num_clients=3", "num_rounds=4", "checkpoint.every=2", *LOCAL,
         "logging.progress=false", "logging.table=false", "logging.level=quiet",
-        "faults.slow.clients=[0]", "faults.slow.rounds=[3]", "faults.slow.seconds=5",
+        "faults.slow.clients=[0]", "faults.slow.rounds=[3]", "faults.slow.seconds=500",
     ]  # fmt: skip
     proc = start_fedkd_sim([*args, f"hydra.run.dir={run_dir}"], tmp_path / "killed.log")
     log = run_dir / ledger_log.FILE
@@ -107,7 +110,9 @@ def test_a_run_killed_with_privacy_on_resumes_with_at_least_the_uninterrupted_ep
         code = kill_group(proc)
     assert code == -9, (tmp_path / "killed.log").read_text()[-3000:]
     assert not (run_dir / "summary.json").exists()
-    resumed = run_fedkd_sim([f"resume={run_dir}", "logging.level=quiet"], timeout=300)
+    resumed = run_fedkd_sim(
+        [f"resume={run_dir}", "faults.slow.seconds=0", "logging.level=quiet"], timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     uninterrupted = epsilon_after(round_event("gaussian", 1.0, "class_logits", 10, None), 4, 1e-5)

@@ -131,22 +131,29 @@ def test_a_failing_run_reports_one_line_and_the_runner_goes_on(tmp_path):
 
 
 @pytest.mark.slow
-def test_runs_sharing_one_session_compute_what_separate_runs_compute(tmp_path):
+def test_runs_sharing_one_session_compute_what_separate_runs_compute(tmp_path, sim_session):
+    """Two different runs (fd, then dsfl) in the tests' shared session (``sim_session``, a
+    ``Runner`` that other test files' runs may have used before) end with the accuracies and
+    placement of the same runs in their own ``fedkd-sim`` processes; the second one ran in
+    the first one's Ray session and warm workers. ``metrics.jsonl`` is identical to the
+    last digit: a fresh process and a reused session compute the same (the one same-seed
+    check of the suite)."""
     separate = {}
     for name, args in PAIR.items():
         result = run_fedkd_sim([*args, f"hydra.run.dir={tmp_path / 'own' / name}"], timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         separate[name] = json.loads((tmp_path / "own" / name / "summary.json").read_text())
-    with Runner() as runner:
-        for name, args in PAIR.items():
-            result = runner.run([*args, f"hydra.run.dir={tmp_path / 'shared' / name}"])
-            assert result.status == 0, result
+    for name, args in PAIR.items():
+        result = sim_session.run([*args, f"hydra.run.dir={tmp_path / 'shared' / name}"])
+        assert result.status == 0, result
     shared = {
         name: json.loads((tmp_path / "shared" / name / "summary.json").read_text()) for name in PAIR
     }
     for name in PAIR:
         assert shared[name]["status"] == "finished"
         assert _accuracies(shared[name]) == _accuracies(separate[name]), name
+        metrics = [tmp_path / where / name / "metrics.jsonl" for where in ("own", "shared")]
+        assert metrics[0].read_text() == metrics[1].read_text(), name
         # where the clients ran is each run's own record: nothing carried over from the
         # first run of the session (its messages counted again, a lost node's row)
         assert shared[name]["node_loss"] == [] and separate[name]["node_loss"] == []

@@ -2,8 +2,8 @@
 
 Runs are over 5 digits clients and 3 rounds. The strategy and privacy runs share one
 Ray session (``helpers.SimSession``: each is still a whole run, with the numbers of a
-separate one); the same-seed check and the config errors run ``fedkd-sim`` as a
-subprocess (a hung run is killed by its process id).
+separate one: ``tests/simulations/test_session.py`` checks that to the last digit); the
+config errors run ``fedkd-sim`` as a subprocess (a hung run is killed by its process id).
 """
 
 from __future__ import annotations
@@ -296,15 +296,6 @@ def test_tensorboard_holds_per_client_scalars(runs, name):
     for tag in ("accuracy/local_test_mean", "accuracy/local_test_std", "time/round_s"):
         assert tag in server, f"server lacks {tag}"
     assert "traffic/bytes_up_total" in server and "traffic/bytes_up" not in server
-
-
-def test_same_seed_gives_identical_metrics(runs, tmp_path):
-    """A separate ``fedkd-sim`` process computes to the last digit what the shared session did."""
-    again = tmp_path / "fd-again"
-    result = run_cli(["strategy=fd", *SMALL], again)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    assert (again / "metrics.jsonl").read_text() == (runs["fd"] / "metrics.jsonl").read_text()
 
 
 @pytest.mark.parametrize(
