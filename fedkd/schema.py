@@ -88,13 +88,21 @@ def required_keys(group: str | None = None, option: str | None = None) -> tuple[
     return tuple(_dotted(_load(path), prefix))
 
 
-def _has(cfg: Mapping[str, Any], key: str) -> bool:
-    node: Any = cfg
+_ABSENT = object()
+
+
+def lookup(tree: Mapping[str, Any], key: str, absent: Any = None) -> Any:
+    """The value at the dotted ``key`` of a nested config (``absent`` when a part is missing)."""
+    node: Any = tree
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return False
+            return absent
         node = node[part]
-    return True
+    return node
+
+
+def _has(cfg: Mapping[str, Any], key: str) -> bool:
+    return lookup(cfg, key, _ABSENT) is not _ABSENT
 
 
 def check_present(cfg: Mapping[str, Any]) -> None:

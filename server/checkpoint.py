@@ -40,6 +40,7 @@ from omegaconf import OmegaConf
 from fedkd import checkpoint as ckpt_io
 from fedkd.checkpoint import client_file
 from fedkd.errors import CheckpointError, ConfigError
+from fedkd.schema import lookup
 from server.options import check_checkpoint_config  # noqa: F401  (re-exported)
 
 log = logging.getLogger("fedkd")
@@ -94,15 +95,6 @@ def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     return None if a == b else prefix.rstrip(".") or "(root)"
 
 
-def _get(tree: Mapping[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
     node = tree
@@ -135,7 +127,7 @@ def resume_config(
             raise ConfigError(
                 f"resume: '{override}' is not allowed; a resumed run keeps its config"
             )
-        new, old = _get(composed, key), _get(saved, key)
+        new, old = lookup(composed, key), lookup(saved, key)
         if new == old:
             continue
         if not _may_change(key):
@@ -329,8 +321,8 @@ def load_server_checkpoint(run_dir: str | Path, cfg: Mapping[str, Any]) -> dict[
     differs = first_difference(tree["config"], fingerprint(cfg))
     if differs:
         raise CheckpointError(
-            f"resume: {differs} is {_get(cfg, differs)!r} in config.yaml but "
-            f"{_get(tree['config'], differs)!r} in the checkpoint of round {tree['round']}; "
+            f"resume: {differs} is {lookup(cfg, differs)!r} in config.yaml but "
+            f"{lookup(tree['config'], differs)!r} in the checkpoint of round {tree['round']}; "
             "the config changed since the checkpoint"
         )
     if int(tree["round"]) >= int(cfg["num_rounds"]) and int(cfg["num_rounds"]) > 0:
