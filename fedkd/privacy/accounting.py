@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedkd.errors import ConfigError
+from fedkd.privacy.mechanisms import non_negative
 
 if TYPE_CHECKING:
     import dp_accounting
@@ -88,7 +89,7 @@ def accountant(orders: Sequence[float] | None = None) -> dp_accounting.rdp.RdpAc
 def gaussian_event(noise_multiplier: float) -> dp_accounting.DpEvent:
     """One Gaussian release with multiplier ``z`` (noise std / L2 sensitivity); ``z = 0``
     is a non-private release (ε = ∞)."""
-    z = _sigma("noise_multiplier", noise_multiplier)
+    z = non_negative("noise_multiplier", noise_multiplier)
     return dp_lib().GaussianDpEvent(z) if z > 0 else dp_lib().NonPrivateDpEvent()
 
 
@@ -140,13 +141,6 @@ def _count(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
     return value
-
-
-def _sigma(name: str, sigma: float) -> float:
-    sigma = float(sigma)
-    if not math.isfinite(sigma) or sigma < 0:
-        raise ConfigError(f"{name} must be finite and >= 0, got {sigma}")
-    return sigma
 
 
 def _units(units: Iterable[int] | str) -> tuple[int, ...] | str:
@@ -354,7 +348,7 @@ class GnmaxRecorder:
 
     def gnmax_release(self, sigma: float, count: int = 1) -> Release:
         """``count`` GNMax answers with noise std ``sigma`` (multiplier ``σ/√(2k)``)."""
-        return self.release(_sigma("gnmax sigma", sigma) / self.gnmax_sensitivity, count)
+        return self.release(non_negative("gnmax sigma", sigma) / self.gnmax_sensitivity, count)
 
     def gaussian(self, noise_multiplier: float, count: int = 1) -> GnmaxRecorder:
         """Record :meth:`release`."""
@@ -371,7 +365,7 @@ class GnmaxRecorder:
 
     def threshold_check(self, sigma1: float, count: int = 1) -> GnmaxRecorder:
         """Record ``count`` Confident-GNMax threshold checks (sensitivity 1, multiplier ``σ₁``)."""
-        return self.gaussian(_sigma("threshold sigma1", sigma1), _count("count", count))
+        return self.gaussian(non_negative("threshold sigma1", sigma1), _count("count", count))
 
     def confident_gnmax(
         self, sigma1: float, sigma2: float, num_queries: int, num_answered: int

@@ -36,7 +36,7 @@ import numpy as np
 from fedkd.errors import ConfigError
 from fedkd.fusion.vote import consensus, plurality
 from fedkd.privacy.accounting import GnmaxRecorder, Ledger, Release
-from fedkd.privacy.mechanisms import confident_gnmax, gnmax
+from fedkd.privacy.mechanisms import confident_gnmax, gnmax, non_negative
 
 NOISES = ("none", "gnmax", "confident_gnmax")
 
@@ -75,7 +75,7 @@ class LabelVoting:
             )
         self.noise = noise
         self.sigma, self.sigma1, self.sigma2 = (
-            _positive(f"voting.{name}", value)
+            non_negative(f"voting.{name}", value)
             for name, value in (("sigma", sigma), ("sigma1", sigma1), ("sigma2", sigma2))
         )
         self.confident_threshold = _fraction("voting.confident_threshold", confident_threshold)
@@ -158,11 +158,4 @@ def _fraction(name: str, value: float) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"{name} must be in [0, 1] (got {value})")
-    return value
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be finite and >= 0 (got {value})")
     return value

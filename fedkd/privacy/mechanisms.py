@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 
-def _sigma(name: str, sigma: float) -> float:
+def non_negative(name: str, sigma: float) -> float:
+    """``sigma`` as a float; a one-line ConfigError naming ``name`` if it is not finite and >= 0."""
     sigma = float(sigma)
     if not math.isfinite(sigma) or sigma < 0:
         raise ConfigError(f"{name} must be finite and >= 0, got {sigma}")
@@ -60,7 +61,7 @@ def _check(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def gaussian_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
     """``N(0, σ²)`` noise of ``shape`` (float64): the only source of randomness here."""
-    return rng.normal(0.0, _sigma("sigma", sigma), size=shape)
+    return rng.normal(0.0, non_negative("sigma", sigma), size=shape)
 
 
 def gnmax(counts: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -88,8 +89,8 @@ def confident_gnmax(
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise ConfigError(f"confident_gnmax: threshold must be finite, got {threshold}")
-    sigma1 = _sigma("sigma1", sigma1)
-    sigma2 = _sigma("sigma2", sigma2)
+    sigma1 = non_negative("sigma1", sigma1)
+    sigma2 = non_negative("sigma2", sigma2)
     top = counts.max(axis=1, initial=0.0)
     answered = top + gaussian_noise(top.shape, sigma1, rng) >= threshold
     noisy = counts + gaussian_noise(counts.shape, sigma2, rng)
@@ -116,7 +117,7 @@ def clip_total(values: np.ndarray, bound: float, order: int = 2) -> np.ndarray:
 
 def laplace_noise(shape: tuple[int, ...], scale: float, rng: np.random.Generator) -> np.ndarray:
     """``Laplace(0, b)`` noise of ``shape`` with scale ``b`` (float64)."""
-    return rng.laplace(0.0, _sigma("laplace scale", scale), size=shape)
+    return rng.laplace(0.0, non_negative("laplace scale", scale), size=shape)
 
 
 def randomized_response(
