@@ -19,6 +19,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Union
 
 from fedkd.errors import ConfigError
@@ -170,11 +171,18 @@ def _choice(where: str, value: str, allowed: tuple[str, ...]) -> None:
         raise PlanError(f"{where} must be one of {', '.join(allowed)} (got {value!r})")
 
 
+@cache
+def _fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """(type hints, fields) of a plan class, resolved once per class: ``get_type_hints``
+    evaluates every annotation string anew on each call, and a client rebuilds a plan
+    per message."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise PlanError(f"{where} must be a mapping (got {type(data).__name__})")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _fields(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise PlanError(f"unknown key {where}.{unknown[0]}; known: {', '.join(sorted(fields))}")
