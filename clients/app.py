@@ -209,8 +209,8 @@ def introduce(context: Context, content: RecordDict) -> dict[str, int]:
         raise ConfigError(NODE_CONFIG_HELP)
     metrics = {"partition_id": node.partition_id, "num_partitions": node.num_partitions}
     if wire.CONFIG in content.config_records:
-        _, cfg, _ = wire.read_config(content)
-        cfg["num_clients"] = node.num_partitions  # what the server sets once all have answered
+        _, cfg, _ = wire.read_config(content)  # read-only, shared: changed in a copy
+        cfg = {**cfg, "num_clients": node.num_partitions}  # as the server sets it later
         try:
             data = tensors(node, cfg)
         except (ConfigError, DataError) as err:  # the server reports every client by its id

@@ -22,8 +22,10 @@ round of the previous good checkpoint, whose files stay).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator, MutableMapping
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from fedkd.encoding import decode as decode_knowledge
 from fedkd.encoding import encode as encode_knowledge
 from fedkd.errors import PayloadError
 from fedkd.knowledge import decode
-from fedkd.npy import load_npy
+from fedkd.npy import load_npy, npy_bytes
 from fedkd.plan import Plan, PlanError
 
 CONFIG = "config"
@@ -44,15 +46,25 @@ KNOWLEDGE_META = "knowledge_meta"
 REQUEST = "request"
 METRICS = "metrics"
 EVAL = "eval"
+NUMPY = "numpy.ndarray"  # an Array's stype for .npy bytes (Flower's SType.NUMPY)
 CHECKPOINT = "checkpoint"  # save/restore_state messages: dir, round (, keep)
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    # np.require, not np.ascontiguousarray: the latter turns 0-d arrays (BatchNorm's
-    # num_batches_tracked) into shape (1,)
-    return ArrayRecord(
-        {key: Array(np.require(value, requirements="C")) for key, value in arrays.items()}
-    )
+    """The arrays as an ArrayRecord of ``.npy`` bytes, as Flower's ``Array(ndarray)``
+    writes them, the header of each (dtype, shape) built once (``fedkd.npy.npy_bytes``)."""
+    record = ArrayRecord()
+    for key, value in arrays.items():
+        # np.require, not np.ascontiguousarray: the latter turns 0-d arrays (BatchNorm's
+        # num_batches_tracked) into shape (1,)
+        value = np.require(value, requirements="C")
+        data = npy_bytes(value)
+        record[key] = (
+            Array(value)
+            if data is None
+            else Array(dtype=str(value.dtype), shape=value.shape, stype=NUMPY, data=data)
+        )
+    return record
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -60,7 +72,7 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     against the bytes present (``fedkd.npy``): PayloadError (``malformed``) otherwise."""
     out = {}
     for key, array in record.items():
-        if array.stype != "numpy.ndarray":
+        if array.stype != NUMPY:
             raise PayloadError(
                 f"array '{key}': serialisation {array.stype!r} is not .npy", "malformed"
             )
@@ -142,13 +154,51 @@ def make_config(server_round: int, cfg_json: str, plan: Plan) -> ConfigRecord:
 
 def read_config(content: RecordDict) -> tuple[int, dict[str, Any], Plan]:
     """The round, run config and plan of a message; the plan is rebuilt and checked
-    (:meth:`fedkd.plan.Plan.from_dict`: a malformed one raises a one-line PlanError)."""
+    (:meth:`fedkd.plan.Plan.from_dict`: a malformed one raises a one-line PlanError).
+
+    Decoded once per distinct ``config`` record (``_decode_config``): a client reads its
+    message's config in the privacy mod and in the ClientApp, and decoding the whole run
+    config and plan each time was a tenth of a small client's round. So the returned
+    config is shared with every other reader of the same record and is read-only
+    (:class:`ReadOnlyDict`; copy it, ``dict(cfg)``, to change it); the plan is a frozen
+    dataclass whose dict fields (``optimizer``, ``swing``) are read, never changed.
+    """
     record = content.config_records[CONFIG]
+    return _decode_config(int(record["round"]), str(record["cfg"]), str(record["plan"]))
+
+
+@lru_cache(maxsize=8)
+def _decode_config(server_round: int, cfg_json: str, plan_json: str) -> tuple[int, Any, Plan]:
+    """``read_config``'s decoding; a failure raises and is not cached (every reader sees it)."""
     try:
-        plan = json.loads(str(record["plan"]))
+        plan = json.loads(plan_json)
     except json.JSONDecodeError as err:
         raise PlanError(f"the plan is not JSON ({err})") from None
-    return int(record["round"]), json.loads(str(record["cfg"])), Plan.from_dict(plan)
+    plan = Plan.from_dict(plan)
+    return server_round, json.loads(cfg_json, object_hook=ReadOnlyDict), plan
+
+
+class ReadOnlyDict(dict):
+    """A decoded run config that refuses changes: ``read_config`` hands the same one to
+    every reader of a message. Copies (``dict(cfg)``, ``copy``, pickling) are plain dicts."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "a message's run config is shared by its readers (protocol.wire.read_config) "
+            "and read-only: change a copy, dict(cfg)"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
 
 
 class PayloadStore(MutableMapping[str, Any]):
