@@ -79,35 +79,53 @@ def client_floor(context: Context, cfg: Mapping[str, Any]) -> tuple[Floor, bool]
 
 def refusal(message: Message, context: Context) -> str | None:
     """Why this client refuses the train message's plan (one line), or None."""
+    return _refusal(message, context)[0]
+
+
+FloorOrError = tuple[Floor, bool] | ConfigError  # client_floor's answer, or why it has none
+
+
+def _floor(context: Context, cfg: Mapping[str, Any]) -> FloorOrError:
+    try:
+        return client_floor(context, cfg)
+    except ConfigError as err:
+        return err
+
+
+def _refusal(message: Message, context: Context) -> tuple[str | None, FloorOrError | None]:
+    """(``refusal``'s answer, the floor it held the plan against: None if it got no floor)."""
     try:
         _, cfg, plan = wire.read_config(message.content)
     except PlanError as err:
-        return f"malformed plan: {err}"
+        return f"malformed plan: {err}", None
     except (KeyError, ValueError, TypeError) as err:
-        return f"unreadable plan ({type(err).__name__}: {err})"
+        return f"unreadable plan ({type(err).__name__}: {err})", None
     try:
-        floor, seeded_allowed = client_floor(context, cfg)
-        return floor.refusal(plan.to_dict(), seeded_allowed=seeded_allowed)
-    except ConfigError as err:
-        return str(err)
+        floor = _floor(context, cfg)
+        if isinstance(floor, ConfigError):
+            return str(floor), floor
+        return floor[0].refusal(plan.to_dict(), seeded_allowed=floor[1]), floor
     except (KeyError, ValueError, TypeError) as err:
-        return f"unreadable plan ({type(err).__name__}: {err})"
+        return f"unreadable plan ({type(err).__name__}: {err})", None
 
 
-def _accepts_none(context: Context, cfg: Mapping[str, Any]) -> bool:
+def _accepts_none(floor: FloorOrError) -> bool:
     """Whether the client's floor accepts un-noised releases (a malformed floor: no)."""
-    try:
-        return "none" in client_floor(context, cfg)[0].mechanisms
-    except ConfigError:
-        return False
+    return not isinstance(floor, ConfigError) and "none" in floor[0].mechanisms
 
 
 def privacy_mod(
     message: Message, context: Context, call_next: Callable[[Message, Context], Message]
 ) -> Message:
+    """The floor, then noise and the metrics split (module docstring).
+
+    The message's config is decoded once (``wire.read_config`` caches it) and the floor
+    is built once per message: the refusal and the split share it.
+    """
     kind = message.metadata.message_type
+    floor: FloorOrError | None = None
     if kind == MessageType.TRAIN:
-        why = refusal(message, context)
+        why, floor = _refusal(message, context)
         if why is not None:
             pid = context.node_config.get("partition-id", "?")
             kind_of_refusal = "" if why.startswith("malformed plan") else " (privacy floor)"
@@ -124,17 +142,19 @@ def privacy_mod(
     server_round, cfg, plan = 0, {}, Plan()
     if wire.CONFIG in message.content.config_records:  # the handshake may come without it
         server_round, cfg, plan = wire.read_config(message.content)
-    if kind == MessageType.TRAIN:
+    if kind == MessageType.TRAIN and plan.privacy is not None:
         spec = plan.privacy
         payload = wire.get_payload(reply.content)
-        if spec is not None and payload is not None:
+        if payload is not None:
             pid = int(context.node_config.get("partition-id", 0))
             key = [int(cfg["seed"]), server_round, pid, _STREAM]
             noised = privatize(
                 payload, LocalSpec.from_dict(asdict(spec)), noise_rng(spec.seeded, key)
             )
             wire.put_payload(reply.content, noised, cfg["knowledge"])  # noise, then encode
-    if channel.private_round(plan, cfg, _accepts_none(context, cfg)):
+    if floor is None:
+        floor = _floor(context, cfg)
+    if channel.private_round(plan, cfg, _accepts_none(floor)):
         channel.split(
             reply.content, channel.shares_measurement(context.node_config, in_simulation())
         )
