@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import torch
 from torch import nn
@@ -44,19 +46,35 @@ def packed_state(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def load_packed(model: nn.Module, packed: dict[str, np.ndarray]) -> None:
-    """Load ``packed_state`` arrays into ``model``; a different layout raises PayloadError."""
+    """Load ``packed_state`` arrays into ``model``; a different layout raises PayloadError.
+
+    The whole layout is checked before any value is written, then each parameter and
+    buffer is copied in place from its slice of the packed array (what
+    ``load_state_dict`` does, without an intermediate copy per tensor).
+    """
     own = model.state_dict()
     offsets = dict.fromkeys(packed, 0)
-    loaded = {}
+    slices = []
     for key, value in own.items():
-        dtype = value.detach().cpu().numpy().dtype.str
+        dtype = _numpy_dtype(value.dtype)
         size = value.numel()
         start = offsets.get(dtype)
         if start is None or start + size > packed[dtype].size:
             raise PayloadError(f"packed state does not fit the model at '{key}'")
-        chunk = packed[dtype][start : start + size].reshape(tuple(value.shape))
-        loaded[key] = torch.from_numpy(np.array(chunk, copy=True))
+        slices.append((value, dtype, start, size))
         offsets[dtype] = start + size
     if any(offsets[d] != packed[d].size for d in packed):
         raise PayloadError("packed state holds more values than the model has")
-    model.load_state_dict(loaded)
+    flat = {
+        d: torch.from_numpy(np.require(a, requirements=["C", "W"]).reshape(-1))
+        for d, a in packed.items()
+    }
+    with torch.no_grad():
+        for value, dtype, start, size in slices:
+            value.copy_(flat[dtype][start : start + size].view(value.shape))
+
+
+@cache
+def _numpy_dtype(dtype: torch.dtype) -> str:
+    """numpy's ``dtype.str`` of a torch dtype (``packed_state``'s keys)."""
+    return torch.empty(0, dtype=dtype).numpy().dtype.str
