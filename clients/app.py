@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
@@ -108,14 +108,15 @@ def load_model(context: Context, cfg: dict[str, Any], pid: int, data) -> torch.n
     """
     spec = spec_for_client(cfg["model"], pid)
     feature_dim = int(cfg["model"]["feature_dim"])
-    if MODEL_STATE not in context.state.array_records:
+    state = wire.get_record(context.state, MODEL_STATE, ArrayRecord)
+    if state is None:
         # every draw of the client's computation has its own seeded generator; the
         # global RNG only initialises new modules
         torch.manual_seed(cfg["seed"] * 7919 + pid)
         return build_model(spec, data.input_shape, data.num_classes, feature_dim)
     key = json.dumps(spec, sort_keys=True)
     model = _skeleton(key, tuple(data.input_shape), data.num_classes, feature_dim)
-    load_packed(model, wire.record_to_arrays(context.state.array_records[MODEL_STATE]))
+    load_packed(model, wire.record_to_arrays(state))
     return model
 
 
@@ -147,7 +148,7 @@ def train(message: Message, context: Context) -> Message:
         return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=unavailable), reply_to=message)
     server_round, cfg, plan, pid, data, device, model = _setup(message, context)
     received = wire.get_payload(message.content)
-    request = message.content.array_records.get(wire.REQUEST)
+    request = wire.get_record(message.content, wire.REQUEST, ArrayRecord)
     indices = wire.record_to_arrays(request)["indices"] if request is not None else None
     teachers_spec = plan.teachers
     teachers = (
@@ -208,7 +209,7 @@ def introduce(context: Context, content: RecordDict) -> dict[str, int]:
     if node.num_partitions is None:
         raise ConfigError(NODE_CONFIG_HELP)
     metrics = {"partition_id": node.partition_id, "num_partitions": node.num_partitions}
-    if wire.CONFIG in content.config_records:
+    if wire.get_record(content, wire.CONFIG, ConfigRecord) is not None:
         _, cfg, _ = wire.read_config(content)  # read-only, shared: changed in a copy
         cfg = {**cfg, "num_clients": node.num_partitions}  # as the server sets it later
         try:

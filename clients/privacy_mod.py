@@ -38,7 +38,7 @@ from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
 
-from flwr.app import Context, Error, Message, MessageType
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 
 from fedkd.errors import ConfigError
@@ -140,7 +140,8 @@ def privacy_mod(
     ):
         return reply  # query.save_state / restore_state carry no private data
     server_round, cfg, plan = 0, {}, Plan()
-    if wire.CONFIG in message.content.config_records:  # the handshake may come without it
+    # the handshake may come without a config
+    if wire.get_record(message.content, wire.CONFIG, ConfigRecord) is not None:
         server_round, cfg, plan = wire.read_config(message.content)
     if kind == MessageType.TRAIN and plan.privacy is not None:
         spec = plan.privacy

@@ -26,10 +26,10 @@ import copy
 import json
 from collections.abc import Iterator, MutableMapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedkd.confusion import GLOBAL_CONFUSION  # noqa: F401  (the key in EVAL)
 from fedkd.encoding import DecodeLimits
@@ -40,6 +40,8 @@ from fedkd.knowledge import decode
 from fedkd.npy import load_npy, npy_bytes
 from fedkd.plan import Plan, PlanError
 
+R = TypeVar("R", ArrayRecord, ConfigRecord, MetricRecord)
+
 CONFIG = "config"
 KNOWLEDGE = "knowledge"
 KNOWLEDGE_META = "knowledge_meta"
@@ -48,6 +50,25 @@ METRICS = "metrics"
 EVAL = "eval"
 NUMPY = "numpy.ndarray"  # an Array's stype for .npy bytes (Flower's SType.NUMPY)
 CHECKPOINT = "checkpoint"  # save/restore_state messages: dir, round (, keep)
+
+
+def get_record(content: RecordDict, key: str, kind: type[R]) -> R | None:
+    """``content[key]`` if it is a ``kind`` record, else None.
+
+    Ours, instead of Flower's typed views: ``content.config_records`` (and
+    ``array_records``, ``metric_records``) builds a new mapping of every record of that
+    type and writes each back into ``content``, on every access.
+    """
+    record = content.get(key)
+    return record if isinstance(record, kind) else None
+
+
+def record(content: RecordDict, key: str, kind: type[R]) -> R:
+    """``content[key]``, a ``kind`` record; KeyError (as the typed view raises) if absent."""
+    found = get_record(content, key, kind)
+    if found is None:
+        raise KeyError(key)
+    return found
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -105,15 +126,13 @@ def get_payload(content: RecordDict, limits: DecodeLimits | None = None) -> Any 
 
     ``limits``: what the receiver accepts of encoded fields (``fedkd.encoding.DecodeLimits``;
     the server passes the run's classes and byte limit)."""
-    if KNOWLEDGE not in content.array_records:
+    knowledge = get_record(content, KNOWLEDGE, ArrayRecord)
+    if knowledge is None:
         return None
-    if KNOWLEDGE_META not in content.config_records:
+    meta_record = get_record(content, KNOWLEDGE_META, ConfigRecord)
+    if meta_record is None:
         raise PayloadError("knowledge arrays arrived without knowledge_meta", "malformed")
-    arrays, meta = decode_knowledge(
-        record_to_arrays(content.array_records[KNOWLEDGE]),
-        dict(content.config_records[KNOWLEDGE_META]),
-        limits,
-    )
+    arrays, meta = decode_knowledge(record_to_arrays(knowledge), dict(meta_record), limits)
     kind = meta.pop("kind", None)
     if not isinstance(kind, str):
         raise PayloadError("knowledge_meta has no 'kind'", "malformed")
@@ -139,8 +158,8 @@ def reply_bytes(content: RecordDict) -> int:
 
 def get_eval_arrays(content: RecordDict) -> dict[str, np.ndarray]:
     """The reply's evaluation arrays (e.g. ``global_confusion``); empty if it has none."""
-    record = content.array_records.get(EVAL)
-    return {} if record is None else record_to_arrays(record)
+    found = get_record(content, EVAL, ArrayRecord)
+    return {} if found is None else record_to_arrays(found)
 
 
 def make_config(server_round: int, cfg_json: str, plan: Plan) -> ConfigRecord:
@@ -163,8 +182,8 @@ def read_config(content: RecordDict) -> tuple[int, dict[str, Any], Plan]:
     (:class:`ReadOnlyDict`; copy it, ``dict(cfg)``, to change it); the plan is a frozen
     dataclass whose dict fields (``optimizer``, ``swing``) are read, never changed.
     """
-    record = content.config_records[CONFIG]
-    return _decode_config(int(record["round"]), str(record["cfg"]), str(record["plan"]))
+    config = record(content, CONFIG, ConfigRecord)
+    return _decode_config(int(config["round"]), str(config["cfg"]), str(config["plan"]))
 
 
 @lru_cache(maxsize=8)
@@ -212,10 +231,12 @@ class PayloadStore(MutableMapping[str, Any]):
         self.state = state
 
     def __getitem__(self, key: str) -> Any:
-        if key not in self.state.array_records or f"{key}_meta" not in self.state.config_records:
+        arrays = get_record(self.state, key, ArrayRecord)
+        meta_record = get_record(self.state, f"{key}_meta", ConfigRecord)
+        if arrays is None or meta_record is None:
             raise KeyError(key)
-        meta = dict(self.state.config_records[f"{key}_meta"])
-        return decode(str(meta.pop("kind")), record_to_arrays(self.state.array_records[key]), meta)
+        meta = dict(meta_record)
+        return decode(str(meta.pop("kind")), record_to_arrays(arrays), meta)
 
     def __setitem__(self, key: str, payload: Any) -> None:
         self.state[key] = arrays_to_record(payload.to_arrays())
