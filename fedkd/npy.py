@@ -116,25 +116,26 @@ def load_npy(name: str, data: bytes, max_bytes: int | None = None) -> np.ndarray
     return np.array(flat.reshape(shape, order=order), order="C")
 
 
-def npy_bytes(array: np.ndarray) -> bytes | None:
-    """The bytes ``np.save(array, allow_pickle=False)`` writes for a C-contiguous numeric
-    ``array``, or None for any other array (the caller saves it the usual way).
+def npy_bytes(array: np.ndarray) -> tuple[str, bytes] | None:
+    """``(str(array.dtype), the bytes np.save(array, allow_pickle=False) writes)`` for a
+    C-contiguous numeric ``array``; None for any other array (the caller saves it the
+    usual way).
 
-    The header depends only on the dtype and shape, so it is built once per pair
-    (``_npy_prefix``) instead of per array, and the data is one ``tobytes``.
+    The header and the dtype's name depend only on the dtype and shape, so they are
+    built once per pair (``_npy_prefix``) instead of per array; the data is one ``tobytes``.
     """
     if array.dtype.kind not in ALLOWED_KINDS or array.dtype.fields or not array.flags.c_contiguous:
         return None
     prefix = _npy_prefix(array.dtype, array.shape)
-    return None if prefix is None else prefix + array.tobytes()
+    return None if prefix is None else (prefix[0], prefix[1] + array.tobytes())
 
 
 @lru_cache(maxsize=256)
-def _npy_prefix(dtype: np.dtype, shape: tuple[int, ...]) -> bytes | None:
+def _npy_prefix(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[str, bytes] | None:
     header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     stream = io.BytesIO()
     try:
         npy_format.write_array_header_1_0(stream, header)
     except ValueError:  # a header too long for version 1.0: np.save's own path decides
         return None
-    return stream.getvalue()
+    return str(dtype), stream.getvalue()

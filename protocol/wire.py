@@ -79,11 +79,11 @@ def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
         # np.require, not np.ascontiguousarray: the latter turns 0-d arrays (BatchNorm's
         # num_batches_tracked) into shape (1,)
         value = np.require(value, requirements="C")
-        data = npy_bytes(value)
+        encoded = npy_bytes(value)
         record[key] = (
             Array(value)
-            if data is None
-            else Array(dtype=str(value.dtype), shape=value.shape, stype=NUMPY, data=data)
+            if encoded is None
+            else Array(dtype=encoded[0], shape=value.shape, stype=NUMPY, data=encoded[1])
         )
     return record
 
