@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 
 import pytest
 from flwr.app import ConfigRecord, RecordDict
@@ -105,3 +107,28 @@ def test_the_client_replies_with_an_error_to_a_malformed_plan():
     reply = client_app(Message(content=content, metadata=metadata), context)
     assert reply.has_error()
     assert "refuses the plan: malformed plan: unknown key plan.extrakt" in reply.error.reason
+
+
+def test_a_config_is_decoded_once_and_shared_read_only():
+    plan = Plan(extract=ExtractSpec(kind="class_logits"))
+    record = wire.make_config(3, json.dumps({"seed": 0, "client": {"epochs": 1}}), plan)
+    first = wire.read_config(RecordDict({wire.CONFIG: record}))
+    again = wire.read_config(RecordDict({wire.CONFIG: ConfigRecord(dict(record))}))
+    assert again[1] is first[1] and again[2] is first[2]  # the same record: decoded once
+    cfg = first[1]
+    with pytest.raises(TypeError, match="read-only"):
+        cfg["seed"] = 1
+    with pytest.raises(TypeError, match="read-only"):
+        cfg["client"].update(epochs=2)
+    changed = {**cfg, "seed": 1}  # a copy is a plain dict
+    changed["client"] = dict(cfg["client"], epochs=2)
+    assert cfg == {"seed": 0, "client": {"epochs": 1}}
+    assert type(copy.deepcopy(cfg)["client"]) is dict
+    assert type(pickle.loads(pickle.dumps(cfg))) is dict
+
+
+def test_a_malformed_plan_is_refused_by_every_reader():
+    content = sent(json.dumps({"extract": "public"}))
+    for _ in range(2):  # a failure is not cached
+        with pytest.raises(PlanError, match="plan.extract must be a mapping"):
+            wire.read_config(content)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
@@ -94,3 +94,38 @@ def test_eval_arrays_travel_apart_from_knowledge_and_are_not_counted_as_traffic(
     np.testing.assert_array_equal(wire.get_eval_arrays(content)[wire.GLOBAL_CONFUSION], counts)
     assert isinstance(wire.get_payload(content), ClassLogits)
     assert wire.get_eval_arrays(RecordDict()) == {}
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros(()),
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.zeros((0, 3), np.int64),
+        np.array([True, False]),
+        np.arange(5, dtype=">f4"),
+        np.ones(3, np.complex64),
+        np.arange(6, dtype=np.uint8).reshape(2, 3).T,  # not C-contiguous
+        np.array(["a", "bc"]),  # not numeric: Flower's own path
+    ],
+    ids=lambda a: f"{a.dtype.str}{list(a.shape)}",
+)
+def test_records_hold_the_bytes_flower_writes(array):
+    ours = wire.arrays_to_record({"x": array})["x"]
+    flowers = Array(np.require(array, requirements="C"))
+    assert (ours.dtype, ours.shape, ours.stype, ours.data) == (
+        flowers.dtype, flowers.shape, flowers.stype, flowers.data,
+    )  # fmt: skip
+    if array.dtype.kind != "U":
+        np.testing.assert_array_equal(
+            wire.record_to_arrays(wire.arrays_to_record({"x": array}))["x"], array
+        )
+
+
+def test_a_known_header_with_the_wrong_number_of_bytes_is_still_refused():
+    good = wire.arrays_to_record({"x": np.ones((4, 4), np.float32)})["x"]
+    wire.record_to_arrays(ArrayRecord({"x": good}))  # its header is now known
+    for data in (good.data[:-4], good.data + b"\0" * 4):
+        short = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=data)
+        with pytest.raises(PayloadError, match="bytes follow it"):
+            wire.record_to_arrays(ArrayRecord({"x": short}))

@@ -61,6 +61,11 @@ def test_packed_state_of_another_architecture_is_refused():
         load_packed(big, packed_state(small))
     with pytest.raises(PayloadError, match="more values"):
         load_packed(small, packed_state(big))
+    before = model_to_arrays(big)
+    with pytest.raises(PayloadError):  # the layout is checked before anything is written
+        load_packed(big, packed_state(small))
+    for key, value in model_to_arrays(big).items():
+        np.testing.assert_array_equal(value, before[key])
 
 
 # ------------------------------------------------------------------ exchange
