@@ -14,10 +14,15 @@ for one undelivered message, then sleeping 0.1 s. Two costs follow:
 have an undelivered message (read from the LinkState's store, then fetched
 through the same ``get_message_ins``, which marks them delivered as before) and
 sleeps 2 ms, or four times the last sweep's duration if that is longer, so
-sweeping never takes more than a fifth of a core; once the run stops, it ends the engine
+sweeping never takes more than a fifth of a core. Messages go to the workers' queue in the
+order the server pushed them (the store's order), so the server decides which client
+starts first; once the run stops, it ends the engine
 threads' waits on the run's queues (``PromptQueue``: Flower's wait up to 1 s before they
 see the stop, and the engine waits for them). Behaviour is otherwise
-Flower's: same queue, same stop event, same delivery marks. If this Flower's
+Flower's: same queue, same stop event, same delivery marks. Its companion
+``put_message_into_state`` stores the replies as Flower's does and counts each one in
+``server.exchange.REPLIES``, so the server pulls a round's replies once, right after the
+last one is stored, instead of polling for them. If this Flower's
 engine does not look like the one this was written against (another function
 signature, a LinkState without ``message_ins_store``), Flower's own function is
 used unchanged.
@@ -80,14 +85,18 @@ _nodes: dict[int, int] | None = None  # node id -> partition id of this process'
 
 
 def _waiting_nodes(state: Any, nodes: dict[int, int]) -> list[int] | None:
-    """Nodes with an undelivered message, or None if ``state`` is not the in-memory one."""
+    """Nodes with an undelivered message, in the order their first such message was pushed
+    (the store keeps insertion order: the server pushes the longest jobs first), or None
+    if ``state`` is not the in-memory one."""
     store = getattr(state, "message_ins_store", None)
     lock = getattr(state, "lock", None)
     if not isinstance(store, dict) or lock is None:
         return None
     with lock:
         messages = list(store.values())
-    waiting = {m.metadata.dst_node_id for m in messages if m.metadata.delivered_at == ""}
+    waiting = dict.fromkeys(
+        m.metadata.dst_node_id for m in messages if m.metadata.delivered_at == ""
+    )
     return [n for n in waiting if n in nodes]
 
 
@@ -153,6 +162,21 @@ def add_messages_to_queue(
         _stop_queues()
 
 
+def put_message_into_state(state: Any, queue: Queue, f_stop: threading.Event) -> None:
+    """Store the workers' replies in the LinkState until ``f_stop``, as Flower's function
+    does, and count each one in ``server.exchange.REPLIES``: the server's exchange sleeps
+    until its round's last reply is stored instead of polling for it."""
+    from server.exchange import REPLIES
+
+    while not f_stop.is_set():
+        try:
+            reply = queue.get(timeout=1.0)
+        except Empty:
+            continue
+        state.store_message_res(reply)
+        REPLIES.add()
+
+
 def install_pickup() -> bool:
     """Use the faster pick-up in this process's simulations; False if Flower's is kept."""
     global _installed
@@ -169,6 +193,16 @@ def install_pickup() -> bool:
     if list(inspect.signature(original).parameters) != expected:
         return False
     vce_api.add_messages_to_queue = add_messages_to_queue
+    store = getattr(vce_api, "put_message_into_state", None)
+    if store is not None and list(inspect.signature(store).parameters) == [
+        "state",
+        "queue",
+        "f_stop",
+    ]:
+        from server.exchange import REPLIES
+
+        vce_api.put_message_into_state = put_message_into_state
+        REPLIES.counting = True
     if getattr(vce_api, "Queue", None) is Queue:  # the run's queues: prompt once it stops
         vce_api.Queue = PromptQueue
     _installed = True
