@@ -76,6 +76,7 @@ from queue import Empty, Queue
 from typing import Any
 
 MIN_WAIT = 0.002  # seconds between sweeps when they are quick
+IDLE_WAIT = 0.02  # seconds an idle pick-up sleeps when it is told of every push
 SWEEP_SHARE = 4  # wait at least this many times the last sweep's duration
 
 _installed = False
@@ -144,20 +145,51 @@ def _stop_queues() -> None:
         queue.stop()
 
 
+def _count_pushes(state: Any) -> Any | None:
+    """Count every message stored in the in-memory ``state`` (the grid's pushes): wraps the
+    instance's ``store_message_ins``; None if ``state`` is not the in-memory LinkState."""
+    from server.exchange import Arrivals
+
+    store = getattr(state, "store_message_ins", None)
+    if store is None or not isinstance(getattr(state, "message_ins_store", None), dict):
+        return None
+    store = getattr(store, "__wrapped__", store)  # a state reused by a later run
+    pushes = Arrivals()
+
+    def store_message_ins(message: Any) -> Any:
+        stored = store(message)
+        pushes.add()
+        return stored
+
+    store_message_ins.__wrapped__ = store  # type: ignore[attr-defined]
+    state.store_message_ins = store_message_ins
+    return pushes
+
+
 def add_messages_to_queue(
     state: Any, queue: Queue, nodes_mapping: dict[int, int], f_stop: threading.Event
 ) -> None:
     """Put the LinkState's undelivered messages in the workers' queue until ``f_stop``, then
-    end the engine threads' waits on the run's queues."""
+    end the engine threads' waits on the run's queues.
+
+    With the in-memory LinkState, the pick-up is told of every push (``_count_pushes``):
+    after a sweep that found nothing it sleeps until the next push (looking at ``f_stop``
+    every ``IDLE_WAIT``) instead of sweeping every ``MIN_WAIT``."""
+    pushes = _count_pushes(state)
     try:
         while not f_stop.is_set():
+            seen = 0 if pushes is None else pushes.count  # a push from here on wakes it
             started = time.perf_counter()
             nodes = _waiting_nodes(state, nodes_mapping)
+            delivered = False
             for node_id in nodes_mapping.keys() if nodes is None else nodes:
                 for message in state.get_message_ins(node_id=node_id, limit=1):
                     queue.put(message)
+                    delivered = True
             swept = time.perf_counter() - started
-            f_stop.wait(max(MIN_WAIT, SWEEP_SHARE * swept))
+            f_stop.wait(max(MIN_WAIT if pushes is None else 0.0, SWEEP_SHARE * swept))
+            if pushes is not None and not delivered:  # a node's second message: sweep again
+                pushes.wait(seen, 1, IDLE_WAIT)
     finally:
         _stop_queues()
 

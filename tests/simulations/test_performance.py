@@ -246,6 +246,54 @@ def test_the_pickup_patch_fits_this_flower_and_delivers_every_waiting_message():
     assert 13 not in state.asked  # idle nodes are not scanned
 
 
+def test_an_idle_pickup_is_woken_by_a_push():
+    """With the in-memory LinkState the pick-up sleeps between pushes: a message pushed
+    while it sleeps is still delivered (it wakes on the push, not on a timer)."""
+    import queue
+    import threading
+
+    from simulations import vce_patches
+
+    class Meta:
+        def __init__(self, node):
+            self.dst_node_id, self.delivered_at = node, ""
+
+    class State:
+        def __init__(self):
+            self.lock = threading.Lock()
+            self.message_ins_store = {}
+            self.swept = threading.Event()
+
+        def store_message_ins(self, message):
+            with self.lock:
+                self.message_ins_store[len(self.message_ins_store)] = message
+            return len(self.message_ins_store)
+
+        def get_message_ins(self, node_id, limit):
+            self.swept.set()
+            with self.lock:
+                for m in self.message_ins_store.values():
+                    if m.metadata.dst_node_id == node_id and m.metadata.delivered_at == "":
+                        m.metadata.delivered_at = "now"
+                        return [m]
+            return []
+
+    state, out, stop = State(), queue.Queue(), threading.Event()
+    thread = threading.Thread(
+        target=vce_patches.add_messages_to_queue, args=(state, out, {11: 0, 12: 1}, stop)
+    )
+    thread.start()
+    try:
+        for node in (11, 12, 12):  # pushed as the grid does, through the state
+            state.store_message_ins(type("Msg", (), {"metadata": Meta(node)})())
+        got = sorted(out.get(timeout=120).metadata.dst_node_id for _ in range(3))
+    finally:
+        stop.set()
+        thread.join()
+    assert got == [11, 12, 12]
+    assert hasattr(state.store_message_ins, "__wrapped__")  # the pushes were counted
+
+
 def test_the_pickup_sweeps_the_nodes_in_the_order_their_messages_were_pushed():
     """The server pushes the longest jobs first; the workers' queue keeps that order."""
     import threading
