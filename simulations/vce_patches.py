@@ -13,8 +13,9 @@ for one undelivered message, then sleeping 0.1 s. Two costs follow:
 ``install()`` replaces that function by one that asks only for the nodes that
 have an undelivered message (read from the LinkState's store, then fetched
 through the same ``get_message_ins``, which marks them delivered as before) and
-sleeps 2 ms, or four times the last sweep's duration if that is longer, so
-sweeping never takes more than a fifth of a core. Messages go to the workers' queue in the
+sleeps four times the last sweep's duration, so sweeping never takes more than a fifth of
+a core, and then until the grid's next push (it counts them: ``_count_pushes``; without
+that count, 2 ms). Messages go to the workers' queue in the
 order the server pushed them (the store's order), so the server decides which client
 starts first; once the run stops, it ends the engine
 threads' waits on the run's queues (``PromptQueue``: Flower's wait up to 1 s before they
