@@ -166,11 +166,16 @@ END = "'>"  # the tail Flower puts after a ClientApp's exception message
 RESTORE = "query.restore_state"
 
 
-def _exchange(grid, node_of: Mapping[int, int], message_type: str, spec: dict, timeout: float):
-    """Send ``spec`` to every client; (client ids that answered well, first error or None)."""
+def _exchange(
+    grid, node_of: Mapping[int, int], message_type: str, spec: dict, timeout: float, poll: float
+):
+    """Send ``spec`` to every client; (client ids that answered well, first error or None).
+    ``poll``: the longest pause between polls for the replies (``server.exchange``, not
+    Flower's fixed 0.1 s: a checkpoint then costs its clients' time, not a poll's)."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
     from protocol import wire
+    from server.exchange import send_and_receive
 
     client_of = {node: cid for cid, node in node_of.items()}
     messages = [
@@ -182,7 +187,7 @@ def _exchange(grid, node_of: Mapping[int, int], message_type: str, spec: dict, t
         for _, node in sorted(node_of.items())
     ]
     done, error = [], None
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    for reply in send_and_receive(grid, messages, timeout, poll):
         cid = client_of.get(reply.metadata.src_node_id, -1)
         if reply.has_error():
             reason = " ".join(reply.error.reason.rsplit("Message: ", 1)[-1].split())
@@ -195,11 +200,13 @@ def _exchange(grid, node_of: Mapping[int, int], message_type: str, spec: dict, t
     return sorted(done), error
 
 
-def save_clients(grid, node_of, folder: Path, server_round: int, keep: int | None, timeout: float):
+def save_clients(
+    grid, node_of, folder: Path, server_round: int, keep: int | None, timeout: float, poll: float
+):
     """Ask every client to save its state for ``server_round`` (keeping only that round's
     and ``keep``'s files); returns the error or None."""
     spec = {"dir": str(folder), "round": server_round, "keep": -1 if keep is None else keep}
-    _, error = _exchange(grid, node_of, SAVE, spec, timeout)
+    _, error = _exchange(grid, node_of, SAVE, spec, timeout, poll)
     return error
 
 
@@ -219,11 +226,12 @@ def discard_round(folder: Path, clients: list[int], server_round: int) -> list[i
     return removed
 
 
-def restore_clients(grid, node_of, folder: Path, server_round: int, timeout: float) -> None:
+def restore_clients(
+    grid, node_of, folder: Path, server_round: int, timeout: float, poll: float
+) -> None:
     """Every client loads its state of ``server_round``; CheckpointError if one cannot."""
-    _, error = _exchange(
-        grid, node_of, RESTORE, {"dir": str(folder), "round": server_round}, timeout
-    )
+    spec = {"dir": str(folder), "round": server_round}
+    _, error = _exchange(grid, node_of, RESTORE, spec, timeout, poll)
     if error is not None:
         raise CheckpointError(f"resume: a client could not restore its state: {error}")
 
@@ -238,6 +246,7 @@ class Checkpointer:
         self.path = self.folder / SERVER_FILE
         self.every = int(cfg["checkpoint"]["every"] or 0)  # null/0: off
         self.cfg = cfg
+        self.poll = float(cfg["server"]["poll_interval"])  # between polls for the replies
         self.last_round = last_round  # round of the last complete checkpoint
 
     def due(self, server_round: int) -> bool:
@@ -248,7 +257,9 @@ class Checkpointer:
         recorder's (atomically). Any failure is one error line and leaves the previous
         checkpoint the good one (no client file of the failed round stays)."""
         keep, node_of = self.last_round, strategy.node_of
-        error = save_clients(grid, node_of, self.clients_folder, server_round, keep, timeout)
+        error = save_clients(
+            grid, node_of, self.clients_folder, server_round, keep, timeout, self.poll
+        )
         if error is not None:
             discard_round(self.clients_folder, sorted(node_of), server_round)
             log.error(
@@ -270,7 +281,7 @@ class Checkpointer:
     def restore(self, grid, node_of: Mapping[int, int], server_round: int, timeout: float):
         """Every client loads its state of ``server_round`` (the server's is loaded by
         the launcher); CheckpointError if one cannot."""
-        restore_clients(grid, node_of, self.clients_folder, server_round, timeout)
+        restore_clients(grid, node_of, self.clients_folder, server_round, timeout, self.poll)
         log.info("resumed from the checkpoint of round %d", server_round)
 
     def write(self, server_round: int, state: dict[str, Any], clients: list[int]) -> bool:

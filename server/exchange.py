@@ -7,10 +7,18 @@ and the interval grows by half each time up to ``max_interval``
 (``server.poll_interval``), so a short round ends within a few milliseconds of
 its last reply and a long one costs a poll every ``max_interval``. Same
 contract as Flower's: the replies that arrived within ``timeout`` seconds.
+
+In a simulation the engine runs in the server's own process and counts every reply it
+stores (``REPLIES``, counted by ``simulations/vce_patches.py``): the exchange then sleeps
+until as many replies as it still waits for have been stored and pulls once, right after
+the last one, instead of polling (up to ``max_interval`` late, and a pull each time). A
+reply stored some other way (the SuperLink's own answer for a lost node) is still found
+by a poll every ``max_interval``.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 
@@ -19,6 +27,30 @@ from flwr.serverapp import Grid
 
 FIRST_INTERVAL = 0.001
 GROWTH = 1.5
+
+
+class Arrivals:
+    """A count of replies stored, which a waiting exchange sleeps on. ``counting`` is set
+    by whoever calls ``add`` for every stored reply (the simulation engine's patch)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.count = 0
+        self.counting = False
+
+    def add(self) -> None:
+        with self.cond:
+            self.count += 1
+            self.cond.notify_all()
+
+    def wait(self, seen: int, expected: int, timeout: float) -> None:
+        """Until ``expected`` replies have been stored since the count was ``seen``, at
+        most ``timeout`` seconds."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.count - seen >= expected, timeout)
+
+
+REPLIES = Arrivals()  # the process's own engine, when it counts (simulation)
 
 
 def send_and_receive(
@@ -30,12 +62,18 @@ def send_and_receive(
     interval = FIRST_INTERVAL
     replies: list[Message] = []
     while pending:
+        # replies stored from here on count: one stored before the pull is pulled now,
+        # so the wait below may end early (another pull), never late
+        seen = REPLIES.count
         arrived = list(grid.pull_messages(pending))
         replies.extend(arrived)
         pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
         remaining = deadline - time.monotonic()
         if not pending or remaining <= 0:
             break
+        if REPLIES.counting:
+            REPLIES.wait(seen, len(pending), min(max_interval, remaining))
+            continue
         time.sleep(min(interval, remaining))
         interval = min(interval * GROWTH, max_interval)
     return replies

@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import Result
 from fedkd.plan import Plan
 from protocol import wire
 from server.exchange import send_and_receive
-from server.messages import instruction
+from server.messages import Instructions
 
 if TYPE_CHECKING:
     from server.strategies.base import FedkdStrategy
@@ -64,17 +64,25 @@ def train_messages(strategy: FedkdStrategy, state: RoundState) -> list[Message]:
     if s.privacy is not None:
         plan = plan.with_(**s.privacy.plan_entries(s.seeded_noise))
         s.privacy.charge_sampled(sampled)  # local noise: each sampled client releases
-    request = s.request_for(server_round)
-    messages, state.bytes_down = [], {}
+    built = Instructions(
+        server_round, s.info.cfg_json, plan, message_type=MessageType.TRAIN,
+        knowledge=s.cfg["knowledge"], request=s.request_for(server_round),
+    )  # fmt: skip
+    messages, state.bytes_down = {}, {}
     for cid in sampled:
-        message = instruction(
-            server_round, s.info.cfg_json, plan, node_id=s.node_of[cid],
-            message_type=MessageType.TRAIN, payload=s.payload_for(server_round, cid),
-            knowledge=s.cfg["knowledge"], request=request,
-        )  # fmt: skip
+        message = built.to(s.node_of[cid], s.payload_for(server_round, cid))
         state.bytes_down[cid] = wire.payload_bytes(message.content)
-        messages.append(message)
-    return messages
+        messages[cid] = message
+    return [messages[cid] for cid in longest_first(sampled, s.workload)]
+
+
+def longest_first(clients: list[int], workload: dict[int, int]) -> list[int]:
+    """``clients`` by their last reported training samples, most first (ties and clients not
+    heard from yet in sampling order): the engine hands messages to its workers in the order they
+    were pushed, and a round ends with its slowest client, so the longest jobs start first
+    (longest-processing-time-first). Only the order of the pushes changes: the messages
+    are built in sampling order, and no result depends on the order replies arrive in."""
+    return sorted(clients, key=lambda cid: -workload.get(cid, 0))
 
 
 def close_train(
@@ -96,6 +104,7 @@ def close_train(
     )  # fmt: skip
     uploads = {r.cid: r.payload for r in accepted}
     num_train = {r.cid: int(r.metrics.get("num_train", 1)) for r in accepted}
+    s.workload.update(num_train)  # the next rounds push the longest jobs first
     s.confusions.record(record, eval_round, [(r.cid, r.confusion) for r in accepted])
     answered = sum(1 for m in replies if not m.has_error())
     poisoned = s.guard.poisoned(server_round, check.nonfinite_now, answered)
@@ -136,17 +145,12 @@ def evaluate_messages(strategy: FedkdStrategy, server_round: int) -> list[Messag
     if not s.final_evaluation or server_round != int(s.cfg["num_rounds"]):
         return []
     plan = Plan(confusion=s.confusions.due(server_round))
+    built = Instructions(
+        server_round, s.info.cfg_json, plan, message_type=MessageType.EVALUATE,
+        knowledge=s.cfg["knowledge"],
+    )  # fmt: skip
     return [
-        instruction(
-            server_round,
-            s.info.cfg_json,
-            plan,
-            node_id=s.node_of[cid],
-            message_type=MessageType.EVALUATE,
-            payload=s.payload_for(server_round + 1, cid),
-            knowledge=s.cfg["knowledge"],
-        )  # fmt: skip
-        for cid in sorted(s.node_of)
+        built.to(s.node_of[cid], s.payload_for(server_round + 1, cid)) for cid in sorted(s.node_of)
     ]
 
 

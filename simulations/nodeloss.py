@@ -63,6 +63,7 @@ from simulations import vce_patches
 POLICIES = ("replace", "fail")
 REPLACEMENTS_PER_LOSS = 3  # a replacement that dies before answering is replaced again, this often
 TAKE_WAIT = 0.5  # seconds between looks at the engine's stop flag while no actor is idle
+DEPTH = 2  # messages in flight per actor: the next one waits in the actor, not in the driver
 PENDING_WAIT = 0.02  # seconds between looks at actors being placed while no actor is idle
 
 _installed = False
@@ -131,11 +132,20 @@ def _where(actor: Any = None) -> tuple[str, str]:
 
 
 class _Actors:
-    """The pool's idle actors behind a condition, where each runs, actors not placed yet.
+    """The pool's actors behind a condition: idle ones (``pool.pool``), ones running fewer
+    than ``DEPTH`` messages (``open``), where each runs, actors not placed yet.
 
     An actor joins the idle actors only once it has said where it runs: one that Ray
     cannot place (the pool was sized while a dead node was still listed, or no live
     node has room for a replacement) is never handed a message to hang on.
+
+    An actor takes up to ``DEPTH`` messages at a time (the engine runs ``DEPTH`` worker
+    threads per actor, ``install``): Ray queues the second call in the actor, whose worker
+    starts it as soon as the first ends, instead of idling while the driver receives the
+    reply, hands the message's worker thread the next message and sends it (a few
+    milliseconds a message, as long as a small client's round). An idle actor is always
+    taken before a busy one. Every message still runs alone in its worker, with its own
+    ``Context``: only when it starts changes, never what it computes.
     """
 
     def __init__(self, pool: Any) -> None:
@@ -146,6 +156,9 @@ class _Actors:
         self.cond = threading.Condition()
         self.where: dict[Any, tuple[str, str]] = {}
         self.pending: list[tuple[Any, Any, int]] = []  # (actor, its placement ref, tries)
+        self.busy: Counter = Counter()  # actor -> messages in flight
+        self.open: list[Any] = []  # actors with 0 < messages in flight < DEPTH
+        self.lost: dict[Any, tuple[str, str] | None] = {}  # dropped actor -> where it ran
         for actor in pool.pool:
             self.pending.append((actor, actor.__ray_call__.remote(_where), 0))
         pool.pool.clear()
@@ -169,13 +182,30 @@ class _Actors:
                 continue
             self.pool.pool.append(actor)
 
+    def _claim(self) -> Any | None:
+        """An idle actor, else the least busy one with room; None if every actor is full."""
+        if self.pool.pool:
+            actor = self.pool.pool.pop()
+        elif self.open:
+            actor = min(self.open, key=self.busy.__getitem__)
+        else:
+            return None
+        self.busy[actor] += 1
+        if actor in self.open and self.busy[actor] >= DEPTH:
+            self.open.remove(actor)
+        elif actor not in self.open and self.busy[actor] < DEPTH:
+            self.open.append(actor)
+        return actor
+
     def take(self, stop: threading.Event | None) -> Any | None:
-        """An idle live actor, waiting for one; None once the engine stops."""
+        """A live actor with room for a message (an idle one first), waiting for one; None
+        once the engine stops."""
         with self.cond:
             while True:
                 self._adopt()
-                if self.pool.pool:
-                    return self.pool.pool.pop()
+                actor = self._claim()
+                if actor is not None:
+                    return actor
                 if stop is not None and stop.is_set():
                     return None
                 # a busy actor coming back wakes us; one being placed is looked at often
@@ -183,17 +213,35 @@ class _Actors:
 
     def give_back(self, actor: Any) -> None:
         with self.cond:
-            self.pool.pool.append(actor)
+            if actor in self.lost:  # dropped meanwhile (its other message met the loss)
+                return
+            self.busy[actor] -= 1
+            if self.busy[actor] > 0:
+                if actor not in self.open:
+                    self.open.append(actor)
+            else:
+                del self.busy[actor]
+                if actor in self.open:
+                    self.open.remove(actor)
+                self.pool.pool.append(actor)
             self.cond.notify()
 
-    def drop(self, actor: Any) -> tuple[str, str] | None:
-        """Forget a dead actor; where it ran."""
+    def drop(self, actor: Any) -> tuple[tuple[str, str] | None, bool]:
+        """Forget a dead actor: where it ran, and whether this call dropped it (each of its
+        messages in flight meets the loss; the first one drops it, and replaces it)."""
         with self.cond:
-            where = self.where.pop(actor, None)
+            if actor in self.lost:
+                return self.lost[actor], False
+            where = self.lost[actor] = self.where.pop(actor, None)
+            self.busy.pop(actor, None)
+            if actor in self.open:
+                self.open.remove(actor)
+            if actor in self.pool.pool:
+                self.pool.pool.remove(actor)
             self.pool.num_actors -= 1
         with contextlib.suppress(Exception):  # its node is gone: nothing left to kill
             self.ray.kill(actor, no_restart=True)
-        return where
+        return where, True
 
     def replace(self, tries: int = 1) -> None:
         """A new actor from the pool's own factory; Ray places it on a live node with room."""
@@ -258,11 +306,12 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
             future = actor.run.remote(self.app_fn, message, str(partition_id), context)
             _, out_message, updated_context = ray.get(future)
         except ray.exceptions.RayActorError as err:
-            where = actors.drop(actor)
+            where, dropped = actors.drop(actor)
             reason = f"{LOST_REASON} ({type(err).__name__})"
             if watch.policy == "replace" and not retried:
                 watch.lost(client, where, "retrying")
-                actors.replace()
+                if dropped:  # one replacement per lost actor, whatever it was running
+                    actors.replace()
                 retried = True
                 continue
             if retried:  # lost twice: no reply from this client this round
@@ -361,6 +410,7 @@ def install(policy: str = "replace", verbose: bool = False) -> bool:
     ):
         return False
     build, terminate = RayBackend.build, RayBackend.terminate
+    workers = RayBackend.num_workers
 
     def patched_build(self: Any, app_fn: Any) -> None:
         build(self, app_fn)
@@ -382,6 +432,8 @@ def install(policy: str = "replace", verbose: bool = False) -> bool:
     patched_build.__wrapped__ = build  # type: ignore[attr-defined]
     patched_terminate.__wrapped__ = terminate  # type: ignore[attr-defined]
     RayBackend.build = patched_build
+    if isinstance(workers, property):  # the engine's worker threads: DEPTH per actor
+        RayBackend.num_workers = property(lambda self: DEPTH * workers.fget(self))
     RayBackend.terminate = patched_terminate
     RayBackend.process_message = process_message
     vce_api.run_api = patched_run_api

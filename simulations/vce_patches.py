@@ -13,11 +13,17 @@ for one undelivered message, then sleeping 0.1 s. Two costs follow:
 ``install()`` replaces that function by one that asks only for the nodes that
 have an undelivered message (read from the LinkState's store, then fetched
 through the same ``get_message_ins``, which marks them delivered as before) and
-sleeps 2 ms, or four times the last sweep's duration if that is longer, so
-sweeping never takes more than a fifth of a core; once the run stops, it ends the engine
+sleeps four times the last sweep's duration, so sweeping never takes more than a fifth of
+a core, and then until the grid's next push (it counts them: ``_count_pushes``; without
+that count, 2 ms). Messages go to the workers' queue in the
+order the server pushed them (the store's order), so the server decides which client
+starts first; once the run stops, it ends the engine
 threads' waits on the run's queues (``PromptQueue``: Flower's wait up to 1 s before they
 see the stop, and the engine waits for them). Behaviour is otherwise
-Flower's: same queue, same stop event, same delivery marks. If this Flower's
+Flower's: same queue, same stop event, same delivery marks. Its companion
+``put_message_into_state`` stores the replies as Flower's does and counts each one in
+``server.exchange.REPLIES``, so the server pulls a round's replies once, right after the
+last one is stored, instead of polling for them. If this Flower's
 engine does not look like the one this was written against (another function
 signature, a LinkState without ``message_ins_store``), Flower's own function is
 used unchanged.
@@ -71,6 +77,7 @@ from queue import Empty, Queue
 from typing import Any
 
 MIN_WAIT = 0.002  # seconds between sweeps when they are quick
+IDLE_WAIT = 0.02  # seconds an idle pick-up sleeps when it is told of every push
 SWEEP_SHARE = 4  # wait at least this many times the last sweep's duration
 
 _installed = False
@@ -80,14 +87,18 @@ _nodes: dict[int, int] | None = None  # node id -> partition id of this process'
 
 
 def _waiting_nodes(state: Any, nodes: dict[int, int]) -> list[int] | None:
-    """Nodes with an undelivered message, or None if ``state`` is not the in-memory one."""
+    """Nodes with an undelivered message, in the order their first such message was pushed
+    (the store keeps insertion order: the server pushes the longest jobs first), or None
+    if ``state`` is not the in-memory one."""
     store = getattr(state, "message_ins_store", None)
     lock = getattr(state, "lock", None)
     if not isinstance(store, dict) or lock is None:
         return None
     with lock:
         messages = list(store.values())
-    waiting = {m.metadata.dst_node_id for m in messages if m.metadata.delivered_at == ""}
+    waiting = dict.fromkeys(
+        m.metadata.dst_node_id for m in messages if m.metadata.delivered_at == ""
+    )
     return [n for n in waiting if n in nodes]
 
 
@@ -135,22 +146,68 @@ def _stop_queues() -> None:
         queue.stop()
 
 
+def _count_pushes(state: Any) -> Any | None:
+    """Count every message stored in the in-memory ``state`` (the grid's pushes): wraps the
+    instance's ``store_message_ins``; None if ``state`` is not the in-memory LinkState."""
+    from server.exchange import Arrivals
+
+    store = getattr(state, "store_message_ins", None)
+    if store is None or not isinstance(getattr(state, "message_ins_store", None), dict):
+        return None
+    store = getattr(store, "__wrapped__", store)  # a state reused by a later run
+    pushes = Arrivals()
+
+    def store_message_ins(message: Any) -> Any:
+        stored = store(message)
+        pushes.add()
+        return stored
+
+    store_message_ins.__wrapped__ = store  # type: ignore[attr-defined]
+    state.store_message_ins = store_message_ins
+    return pushes
+
+
 def add_messages_to_queue(
     state: Any, queue: Queue, nodes_mapping: dict[int, int], f_stop: threading.Event
 ) -> None:
     """Put the LinkState's undelivered messages in the workers' queue until ``f_stop``, then
-    end the engine threads' waits on the run's queues."""
+    end the engine threads' waits on the run's queues.
+
+    With the in-memory LinkState, the pick-up is told of every push (``_count_pushes``):
+    after a sweep that found nothing it sleeps until the next push (looking at ``f_stop``
+    every ``IDLE_WAIT``) instead of sweeping every ``MIN_WAIT``."""
+    pushes = _count_pushes(state)
     try:
         while not f_stop.is_set():
+            seen = 0 if pushes is None else pushes.count  # a push from here on wakes it
             started = time.perf_counter()
             nodes = _waiting_nodes(state, nodes_mapping)
+            delivered = False
             for node_id in nodes_mapping.keys() if nodes is None else nodes:
                 for message in state.get_message_ins(node_id=node_id, limit=1):
                     queue.put(message)
+                    delivered = True
             swept = time.perf_counter() - started
-            f_stop.wait(max(MIN_WAIT, SWEEP_SHARE * swept))
+            f_stop.wait(max(MIN_WAIT if pushes is None else 0.0, SWEEP_SHARE * swept))
+            if pushes is not None and not delivered:  # a node's second message: sweep again
+                pushes.wait(seen, 1, IDLE_WAIT)
     finally:
         _stop_queues()
+
+
+def put_message_into_state(state: Any, queue: Queue, f_stop: threading.Event) -> None:
+    """Store the workers' replies in the LinkState until ``f_stop``, as Flower's function
+    does, and count each one in ``server.exchange.REPLIES``: the server's exchange sleeps
+    until its round's last reply is stored instead of polling for it."""
+    from server.exchange import REPLIES
+
+    while not f_stop.is_set():
+        try:
+            reply = queue.get(timeout=1.0)
+        except Empty:
+            continue
+        state.store_message_res(reply)
+        REPLIES.add()
 
 
 def install_pickup() -> bool:
@@ -169,6 +226,16 @@ def install_pickup() -> bool:
     if list(inspect.signature(original).parameters) != expected:
         return False
     vce_api.add_messages_to_queue = add_messages_to_queue
+    store = getattr(vce_api, "put_message_into_state", None)
+    if store is not None and list(inspect.signature(store).parameters) == [
+        "state",
+        "queue",
+        "f_stop",
+    ]:
+        from server.exchange import REPLIES
+
+        vce_api.put_message_into_state = put_message_into_state
+        REPLIES.counting = True
     if getattr(vce_api, "Queue", None) is Queue:  # the run's queues: prompt once it stops
         vce_api.Queue = PromptQueue
     _installed = True

@@ -83,6 +83,8 @@ class FedkdStrategy(StrategyTraits, Strategy):
         )
         self.current = RoundState()  # the round in progress (server.rounds)
         self.node_of: dict[int, int] = {}  # client (partition) id -> node id
+        # client id -> training samples it last reported: the order messages are pushed in
+        self.workload: dict[int, int] = {}
         if roster is not None:
             self.use_roster(roster)
         self.checkpointer: Checkpointer | None = None  # set by run_server

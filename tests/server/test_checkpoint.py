@@ -340,13 +340,15 @@ def test_a_checkpoint_some_clients_could_not_save_leaves_no_client_file(tmp_path
     that round are removed and the last good round's files stay."""
     strategy = STRATEGIES.get("fd")(info_for())
     strategy.node_of = {0: 10, 1: 11, 2: 12}
-    strategy.checkpointer = checkpoint.Checkpointer(tmp_path, {"checkpoint": {"every": 5}}, 5)
+    strategy.checkpointer = checkpoint.Checkpointer(
+        tmp_path, {"checkpoint": {"every": 5}, "server": {"poll_interval": 0.05}}, 5
+    )
     folder = strategy.checkpointer.clients_folder
     folder.mkdir(parents=True)
     for cid in (0, 1, 2):
         ckpt_io.save(ckpt_io.client_file(folder, cid, 5), {"client": cid})
 
-    def two_of_three_save(grid, node_of, folder, server_round, keep, timeout):
+    def two_of_three_save(grid, node_of, folder, server_round, keep, timeout, poll):
         for cid in (0, 1):  # client 2 fails
             ckpt_io.save(ckpt_io.client_file(folder, cid, server_round), {"client": cid})
         return "client 2: disk full"

@@ -177,3 +177,75 @@ def test_a_lost_nodes_reply_is_counted_without_a_line_of_its_own(caplog):
     kept = [r for r in caplog.records if r.name == "fedkd.rounds"]  # run.log only
     assert len(kept) == 1 and "client 3" in kept[0].getMessage()
     assert fd.dropped["client_unavailable"] == 2
+
+
+# ---------------------------------------------------------------- messages in flight per actor
+class _Pool:
+    """A Flower actor pool's surface: idle actors, their count, a factory."""
+
+    def __init__(self, actors: list[str]) -> None:
+        self.pool, self.num_actors, self.made = list(actors), len(actors), 0
+
+    def create_actor_fn(self):
+        self.made += 1
+        return _Actor(f"new{self.made}")
+
+
+class _Actor:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.__ray_call__ = type("Call", (), {"remote": staticmethod(lambda fn: f"ref-{name}")})
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class _Ray:
+    """Ray's calls ``_Actors`` makes: nothing placed yet answers, kills are counted."""
+
+    def __init__(self) -> None:
+        self.killed: list[object] = []
+
+    def wait(self, refs, num_returns, timeout):
+        return [], refs
+
+    def kill(self, actor, no_restart):
+        self.killed.append(actor)
+
+
+def _actors(names: list[str]) -> tuple[nodeloss._Actors, _Pool, _Ray]:
+    pool = _Pool([])
+    actors = nodeloss._Actors(pool)  # no actor to place: the pool starts empty
+    actors.ray = _Ray()
+    pool.pool.extend(names)  # placed and idle
+    pool.num_actors = len(names)
+    actors.where = {name: (f"node-{name}", "10.0.0.1") for name in names}
+    return actors, pool, actors.ray
+
+
+def test_each_actor_takes_depth_messages_idle_ones_first():
+    actors, pool, _ = _actors(["a", "b"])
+    first = [actors.take(None) for _ in range(2)]
+    assert sorted(first) == ["a", "b"]  # both idle actors before a second message anywhere
+    second = [actors.take(None) for _ in range(2 * (nodeloss.DEPTH - 1))]
+    assert sorted(first + second) == sorted(["a", "b"] * nodeloss.DEPTH)
+    assert pool.pool == [] and actors.open == []  # every actor full
+    actors.give_back("a")
+    assert actors.take(None) == "a"  # the freed slot
+    for actor in ["a"] * nodeloss.DEPTH + ["b"] * nodeloss.DEPTH:
+        actors.give_back(actor)
+    assert sorted(pool.pool) == ["a", "b"] and not actors.busy and not actors.open
+
+
+def test_an_actor_lost_with_two_messages_in_flight_is_dropped_and_replaced_once():
+    actors, pool, ray = _actors(["a", "b"])
+    taken = [actors.take(None) for _ in range(2 * nodeloss.DEPTH)]
+    assert taken.count("a") == nodeloss.DEPTH
+    where, dropped = actors.drop("a")  # the first message in "a" meets the loss
+    again, dropped_again = actors.drop("a")  # and so does the second
+    assert dropped and not dropped_again and where == again == ("node-a", "10.0.0.1")
+    assert pool.num_actors == 1 and ray.killed == ["a"]
+    actors.give_back("a")  # a late give-back of the lost actor changes nothing
+    assert "a" not in pool.pool and "a" not in actors.open
+    actors.replace()
+    assert pool.num_actors == 2 and [p[0].name for p in actors.pending] == ["new1"]

@@ -106,6 +106,7 @@ def test_exchange_returns_soon_after_the_last_reply_and_respects_the_timeout(mon
 
     clock = _Clock()
     monkeypatch.setattr(exchange, "time", clock)
+    monkeypatch.setattr(exchange, "REPLIES", exchange.Arrivals())  # no engine counts here
     grid = _SlowGrid(clock, {"a": 0.0, "b": 0.02})
     replies = exchange.send_and_receive(grid, [], timeout=5, max_interval=0.05)
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
@@ -117,6 +118,82 @@ def test_exchange_returns_soon_after_the_last_reply_and_respects_the_timeout(mon
     assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
     assert clock.now == pytest.approx(0.3)  # waits exactly the timeout, never longer
     assert late.polls < 0.3 / 0.05 + 15  # backs off to max_interval
+
+
+class _StoringGrid:
+    """A grid whose replies are stored by another thread once the exchange has pulled
+    once, each counted in ``arrivals`` as the simulation engine counts them."""
+
+    def __init__(self, arrivals, ids: list[str]) -> None:
+        import threading
+
+        self.arrivals, self.ids, self.stored, self.polls = arrivals, ids, [], 0
+        self.first_pull = threading.Event()
+        self.lock = threading.Lock()
+
+    def push_messages(self, messages):
+        return list(self.ids)
+
+    def store_all(self) -> None:
+        self.first_pull.wait()
+        for i in self.ids:
+            with self.lock:
+                self.stored.append(i)
+            self.arrivals.add()
+
+    def pull_messages(self, ids):
+        self.polls += 1
+        self.first_pull.set()
+        with self.lock:
+            out, self.stored = [_FakeReply(i) for i in self.stored if i in ids], []
+        return out
+
+
+def test_exchange_sleeps_until_the_engine_has_stored_the_last_reply(monkeypatch):
+    """With the engine counting stored replies, the exchange pulls once more, after the last
+    one: no polls in between (a poll interval of minutes would otherwise be waited)."""
+    import threading
+
+    from server import exchange
+
+    arrivals = exchange.Arrivals()
+    arrivals.counting = True
+    monkeypatch.setattr(exchange, "REPLIES", arrivals)
+    grid = _StoringGrid(arrivals, ["a", "b", "c"])
+    storer = threading.Thread(target=grid.store_all)
+    storer.start()
+    replies = exchange.send_and_receive(grid, [], timeout=600, max_interval=300)
+    storer.join()
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b", "c"]
+    assert grid.polls == 2  # the first pull, then one right after the third reply
+
+
+def test_the_engine_counts_every_reply_it_stores(monkeypatch):
+    import queue
+    import threading
+
+    from server import exchange
+    from simulations import vce_patches
+
+    arrivals = exchange.Arrivals()
+    monkeypatch.setattr(exchange, "REPLIES", arrivals)
+
+    class State:
+        def __init__(self):
+            self.stored = []
+
+        def store_message_res(self, message):
+            self.stored.append(message)
+
+    state, inbox, stop = State(), queue.Queue(), threading.Event()
+    for reply in ("r1", "r2"):
+        inbox.put(reply)
+    thread = threading.Thread(target=vce_patches.put_message_into_state, args=(state, inbox, stop))
+    thread.start()
+    arrivals.wait(0, 2, timeout=600)  # returns once both are counted
+    stop.set()
+    thread.join()
+    assert state.stored == ["r1", "r2"] and arrivals.count == 2
 
 
 # ------------------------------------------------------------------ pick-up patch
@@ -172,6 +249,78 @@ def test_the_pickup_patch_fits_this_flower_and_delivers_every_waiting_message():
         got.append(out.get().metadata.dst_node_id)
     assert sorted(got) == [11, 12, 12]  # both of node 12's messages, one per sweep
     assert 13 not in state.asked  # idle nodes are not scanned
+
+
+def test_an_idle_pickup_is_woken_by_a_push():
+    """With the in-memory LinkState the pick-up sleeps between pushes: a message pushed
+    while it sleeps is still delivered (it wakes on the push, not on a timer)."""
+    import queue
+    import threading
+
+    from simulations import vce_patches
+
+    class Meta:
+        def __init__(self, node):
+            self.dst_node_id, self.delivered_at = node, ""
+
+    class State:
+        def __init__(self):
+            self.lock = threading.Lock()
+            self.message_ins_store = {}
+            self.swept = threading.Event()
+
+        def store_message_ins(self, message):
+            with self.lock:
+                self.message_ins_store[len(self.message_ins_store)] = message
+            return len(self.message_ins_store)
+
+        def get_message_ins(self, node_id, limit):
+            self.swept.set()
+            with self.lock:
+                for m in self.message_ins_store.values():
+                    if m.metadata.dst_node_id == node_id and m.metadata.delivered_at == "":
+                        m.metadata.delivered_at = "now"
+                        return [m]
+            return []
+
+    state, out, stop = State(), queue.Queue(), threading.Event()
+    thread = threading.Thread(
+        target=vce_patches.add_messages_to_queue, args=(state, out, {11: 0, 12: 1}, stop)
+    )
+    thread.start()
+    try:
+        for node in (11, 12, 12):  # pushed as the grid does, through the state
+            state.store_message_ins(type("Msg", (), {"metadata": Meta(node)})())
+        got = sorted(out.get(timeout=120).metadata.dst_node_id for _ in range(3))
+    finally:
+        stop.set()
+        thread.join()
+    assert got == [11, 12, 12]
+    assert hasattr(state.store_message_ins, "__wrapped__")  # the pushes were counted
+
+
+def test_the_pickup_sweeps_the_nodes_in_the_order_their_messages_were_pushed():
+    """The server pushes the longest jobs first; the workers' queue keeps that order."""
+    import threading
+
+    from simulations import vce_patches
+
+    class Meta:
+        def __init__(self, node):
+            self.dst_node_id, self.delivered_at = node, ""
+
+    class State:
+        lock = threading.Lock()
+
+        def __init__(self, order):
+            self.message_ins_store = {
+                f"m{i}": type("Msg", (), {"metadata": Meta(n)})() for i, n in enumerate(order)
+            }
+
+    nodes = {n: i for i, n in enumerate(range(10, 30))}
+    order = [17, 23, 10, 29, 11, 14]
+    assert vce_patches._waiting_nodes(State(order), nodes) == order
+    assert vce_patches._waiting_nodes(State([12, 99, 12, 13]), nodes) == [12, 13]
 
 
 # ------------------------------------------------------------------ config
