@@ -115,3 +115,31 @@ def test_a_finished_run_leaves_no_process_behind(tmp_path):
     finally:
         left = stop_tree([], launch_id=launch, grace=60)
     assert left == []
+
+
+def test_a_private_ray_instance_gets_the_workers_variables_through_its_environment(monkeypatch):
+    """``address: local``: the variables are in the environment while ``ray.init`` starts the
+    instance (its raylet and workers inherit them), no job ``runtime_env`` (which keeps the
+    workers Ray starts ahead of the job from being used), and the launcher's environment is
+    as before afterwards; a cluster still gets them as a ``runtime_env``."""
+    import types
+
+    from simulations.cluster import LOCAL, join_cluster
+
+    seen: list[tuple[dict, str | None, str | None]] = []
+    fake = types.ModuleType("ray")
+    fake.init = lambda **kwargs: seen.append(
+        (kwargs, os.environ.get("FEDKD_PROBE"), os.environ.get("PYTHONPATH"))
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("FEDKD_PROBE", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/given")
+    join_cluster({"address": LOCAL, "num_cpus": 2}, {"FEDKD_PROBE": "1"})
+    kwargs, probe, pythonpath = seen.pop()
+    assert kwargs == {"address": LOCAL, "num_cpus": 2}
+    assert probe == "1" and pythonpath.split(os.pathsep)[-1] == "/given"
+    assert sys.path[1] in pythonpath.split(os.pathsep)
+    assert "FEDKD_PROBE" not in os.environ and os.environ["PYTHONPATH"] == "/given"
+    join_cluster({"address": "10.0.0.1:6379"}, {"FEDKD_PROBE": "1"})
+    kwargs, probe, _ = seen.pop()
+    assert kwargs["runtime_env"]["env_vars"]["FEDKD_PROBE"] == "1" and probe is None
