@@ -143,3 +143,27 @@ def test_a_private_ray_instance_gets_the_workers_variables_through_its_environme
     join_cluster({"address": "10.0.0.1:6379"}, {"FEDKD_PROBE": "1"})
     kwargs, probe, _ = seen.pop()
     assert kwargs["runtime_env"]["env_vars"]["FEDKD_PROBE"] == "1" and probe is None
+
+
+def test_the_start_up_thread_starts_ray_before_importing_flowers_simulation_package():
+    """``flwr.simulation``'s package import (its SuperLink) comes after ``ray.init``: run in a
+    fresh interpreter, ``join_cluster`` is replaced by one that notes what is imported."""
+    code = """
+import sys
+from simulations import cluster, vce_patches
+
+def join(init_args, env_vars):
+    print("flwr.simulation" in sys.modules)
+    raise SystemExit(0)
+
+cluster.join_cluster = join
+vce_patches._start(
+    {"init_args": {"address": "local"}, "client_resources": {"num_cpus": 1.0}}, {}, None
+)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
