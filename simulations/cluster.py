@@ -98,7 +98,16 @@ def join_cluster(init_args: dict[str, Any], env_vars: dict[str, str]) -> None:
     """Connect to the cluster at ``init_args["address"]`` with ``env_vars`` set in every
     worker it starts for this job (the cluster's workers do not inherit the launcher's
     environment). Flower's engine then finds Ray initialised and uses this connection;
-    like Flower, the workers get the launcher's ``sys.path`` as ``PYTHONPATH``."""
+    like Flower, the workers get the launcher's ``sys.path`` as ``PYTHONPATH``.
+
+    A private instance (``"local"``) is started by this process: its raylet, and so every
+    worker, inherits this process's environment. There the variables are set in the
+    environment while ``ray.init`` starts the instance, instead of a job ``runtime_env``:
+    the raylet starts two workers ahead of any job, without a ``runtime_env``; a job that
+    asks for one cannot use them, so its actors waited for two more workers to start (each
+    importing ``ray`` first) while the two idle ones had spent their CPU for nothing
+    (docs/performance.md, start-up).
+    """
     import sys
 
     import ray
@@ -106,7 +115,20 @@ def join_cluster(init_args: dict[str, Any], env_vars: dict[str, str]) -> None:
     pythonpath = os.pathsep.join(sys.path)
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **env_vars}}, **init_args)
+    env = {"PYTHONPATH": pythonpath, **env_vars}
+    if init_args.get("address") != LOCAL:
+        ray.init(runtime_env={"env_vars": env}, **init_args)
+        return
+    before = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        ray.init(**init_args)
+    finally:  # the launcher's own environment as it was
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def keep_launcher_signal_handlers() -> None:

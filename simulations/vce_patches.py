@@ -414,10 +414,8 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
     """Ray (reused if it runs with the same arguments), the pool and the warm-up calls;
     True if this call started Ray."""
     import ray
-    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
     from simulations.cluster import join_cluster
-    from simulations.worker import ClientWorkerActor
 
     started = time.perf_counter()
     _SESSION.warming = []  # an earlier run's, perhaps of a Ray session now gone
@@ -434,6 +432,12 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         _SESSION.init_key = init_key
         _SESSION.local = init_args.get("address") == "local"
     ray_done = time.perf_counter()
+    # only now: flwr.simulation's package import (its SuperLink, SQLAlchemy, FastAPI) is about
+    # 0.8 s of CPU that would hold ``ray.init`` back, and this process imports it anyway
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    from simulations.worker import ClientWorkerActor
+
     resources = dict(backend["client_resources"])
     pool = reused = _SESSION.pool
     if pool is not None and (_SESSION.resources_key != _key(resources) or not _pool_answers(pool)):

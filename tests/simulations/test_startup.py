@@ -115,3 +115,55 @@ def test_a_finished_run_leaves_no_process_behind(tmp_path):
     finally:
         left = stop_tree([], launch_id=launch, grace=60)
     assert left == []
+
+
+def test_a_private_ray_instance_gets_the_workers_variables_through_its_environment(monkeypatch):
+    """``address: local``: the variables are in the environment while ``ray.init`` starts the
+    instance (its raylet and workers inherit them), no job ``runtime_env`` (which keeps the
+    workers Ray starts ahead of the job from being used), and the launcher's environment is
+    as before afterwards; a cluster still gets them as a ``runtime_env``."""
+    import types
+
+    from simulations.cluster import LOCAL, join_cluster
+
+    seen: list[tuple[dict, str | None, str | None]] = []
+    fake = types.ModuleType("ray")
+    fake.init = lambda **kwargs: seen.append(
+        (kwargs, os.environ.get("FEDKD_PROBE"), os.environ.get("PYTHONPATH"))
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("FEDKD_PROBE", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/given")
+    join_cluster({"address": LOCAL, "num_cpus": 2}, {"FEDKD_PROBE": "1"})
+    kwargs, probe, pythonpath = seen.pop()
+    assert kwargs == {"address": LOCAL, "num_cpus": 2}
+    assert probe == "1" and pythonpath.split(os.pathsep)[-1] == "/given"
+    assert sys.path[1] in pythonpath.split(os.pathsep)
+    assert "FEDKD_PROBE" not in os.environ and os.environ["PYTHONPATH"] == "/given"
+    join_cluster({"address": "10.0.0.1:6379"}, {"FEDKD_PROBE": "1"})
+    kwargs, probe, _ = seen.pop()
+    assert kwargs["runtime_env"]["env_vars"]["FEDKD_PROBE"] == "1" and probe is None
+
+
+def test_the_start_up_thread_starts_ray_before_importing_flowers_simulation_package():
+    """``flwr.simulation``'s package import (its SuperLink) comes after ``ray.init``: run in a
+    fresh interpreter, ``join_cluster`` is replaced by one that notes what is imported."""
+    code = """
+import sys
+from simulations import cluster, vce_patches
+
+def join(init_args, env_vars):
+    print("flwr.simulation" in sys.modules)
+    raise SystemExit(0)
+
+cluster.join_cluster = join
+vce_patches._start(
+    {"init_args": {"address": "local"}, "client_resources": {"num_cpus": 1.0}}, {}, None
+)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
