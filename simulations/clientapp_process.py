@@ -116,6 +116,7 @@ class ClientAppProcess:
         beat = threading.Thread(target=_heartbeat, args=(client, stop), daemon=True)
         beat.start()
         message = context = reply = None
+        interrupted = False
         status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
             message, context, run, fab = pull_task_input(client)
@@ -131,6 +132,9 @@ class ClientAppProcess:
             )  # fmt: skip
             reply = self.app(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
+        except KeyboardInterrupt:  # stopped, or the SuperNode is gone: nothing to push
+            interrupted = True
+            raise
         except Exception as ex:  # as run_clientapp: the error goes back as the reply
             code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
             reason = str(type(ex)) + ":<'" + str(ex) + "'>"
@@ -143,9 +147,10 @@ class ClientAppProcess:
                 reply = Message(Error(code=code, reason=reason), reply_to=message)
         finally:
             try:
-                if reply is not None and context is not None:
+                if reply is not None and context is not None and not interrupted:
                     push_message(client, reply, context)
-                push_task_output(client, context, status, details)
+                if not interrupted:
+                    push_task_output(client, context, status, details)
             except Exception as ex:  # a dropped task or a SuperNode gone: the next one
                 log.error("Failed to push the reply of task %d", task_id, exc_info=ex)
             stop.set()
@@ -208,7 +213,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--parent-pid", type=int, help="exit when this process (the SuperNode) has exited"
     )
     parser.add_argument(
-        "--poll", type=float, default=0.05, help="seconds between task polls when idle"
+        "--poll", type=float, default=0.2, help="seconds between task polls when idle"
     )
     return parser.parse_args(argv)
 

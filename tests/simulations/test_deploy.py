@@ -115,6 +115,53 @@ def test_tls_auth_three_nodes_with_own_data(tmp_path):
             assert scalars[tag] == [1, 2], (cid, tag, sorted(scalars))
 
 
+def deploy_run(tmp_path: Path, files: list[Path], isolation: str) -> tuple[Path, Deployment]:
+    """A 2-round run of three nodes with their own files, insecure, in one isolation mode."""
+    run_dir = tmp_path / isolation / "run"
+    dep = Deployment(tmp_path / isolation, tls=False, auth=False, echo=False, isolation=isolation)
+    try:
+        dep.start_superlink()
+        for i, path in enumerate(files):
+            dep.start_supernode(i, {"partition-id": i, "num-partitions": 3, "data-path": str(path)})
+        dep.wait_for_nodes(3)
+        code = dep.submit([*RUN, "server.round_timeout=120"], run_dir, timeout=400)
+        assert code == 0, "\n".join(dep.logs["flwr run"][-30:])
+    finally:
+        stopped(dep)
+    return run_dir, dep
+
+
+def test_one_clientapp_process_per_node_serves_every_round(tmp_path):
+    """With process isolation (fedkd-deploy's default) each node's ClientApp process serves
+    the start-up query and both rounds' train messages: one process id per node for all,
+    the id of the process the Deployment started. The numbers are those of Flower's
+    default layout, a flwr-clientapp process per message."""
+    files = client_files(tmp_path / "data")
+    run_dir, dep = deploy_run(tmp_path, files, "process")
+    for i in range(3):
+        served = [
+            (int(m[1]), m[2])
+            for line in dep.logs[f"clientapp {i}"]
+            if (m := re.search(r"ClientApp process (\d+): task \d+ \(run \d+, (\S+) message", line))
+        ]
+        kinds = [kind for _, kind in served]
+        assert kinds[:3] == ["query", "train", "train"], kinds
+        assert {pid for pid, _ in served} == {dep.procs[f"clientapp {i}"].pid}, served
+    assert not any(name.startswith("clientapp") for name in
+                   deploy_run(tmp_path, files, "subprocess")[1].procs)  # fmt: skip
+    per_message = tmp_path / "subprocess" / "run"
+    assert read_metrics(run_dir) == read_metrics(per_message)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (run_dir, per_message)]
+    assert untimed(summaries[0]) == untimed(summaries[1])
+
+
+def untimed(tree):
+    """A summary without its timings (every key naming a time)."""
+    if isinstance(tree, dict):
+        return {k: untimed(v) for k, v in tree.items() if "time" not in k}
+    return [untimed(v) for v in tree] if isinstance(tree, list) else tree
+
+
 def test_killed_supernode_run_completes_without_it(tmp_path):
     """SIGKILL one SuperNode's process tree mid-run: the others finish; summary says who dropped.
 
