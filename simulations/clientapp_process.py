@@ -59,7 +59,7 @@ from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
 from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.retry import RetryInvoker, make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.tls import validate_and_resolve_root_certificates
@@ -87,7 +87,7 @@ class ClientAppProcess:
             insecure=self.insecure,
             root_certificates=self.certificates,
             interceptors=interceptors,
-            retry_invoker=make_simple_http_retry_invoker(),
+            retry_invoker=_retry_invoker(),
         )
 
     def serve(self, poll: float) -> None:
@@ -170,6 +170,22 @@ class ClientAppProcess:
         cmd += ["--insecure"] if self.insecure else []
         cmd += ["--root-certificates", self.root_path] if self.root_path else []
         subprocess.run(cmd, check=False)
+
+
+def _retry_invoker() -> RetryInvoker:
+    """Flower's HTTP retry policy, except for a refused token (HTTP 401: the SuperNode
+    dropped the task): that ends the task, where Flower's policy would SIGINT the
+    process, right for a process per task but not for this one."""
+    invoker = make_simple_http_retry_invoker()
+    flower_giveup = invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
+            return True
+        return flower_giveup is not None and flower_giveup(exc)
+
+    invoker.should_giveup = should_giveup
+    return invoker
 
 
 def _wait_for_port(address: str) -> None:
