@@ -238,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.insecure == bool(args.root_certificates):
         sys.exit(
-            "simulations.clientapp_process: error: give exactly one of --insecure and --root-certificates "
-            "(as the SuperNode's Runtime API has no TLS or has it)"
+            "simulations.clientapp_process: error: give exactly one of --insecure and "
+            "--root-certificates (as the SuperNode's Runtime API has no TLS or has it)"
         )
     if args.poll <= 0:
         sys.exit(
