@@ -162,6 +162,38 @@ def untimed(tree):
     return [untimed(v) for v in tree] if isinstance(tree, list) else tree
 
 
+def test_a_new_app_version_runs_in_a_process_per_message(tmp_path):
+    """A ClientApp process serves the app version (FAB) it imported first; a run of
+    another version, submitted to the same SuperNodes, still completes: its tasks go to
+    Flower's flwr-clientapp, a process per message, since an imported module stays."""
+    import shutil
+
+    app = tmp_path / "app"  # this checkout with one changed file: another FAB hash
+    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(
+        ".*", "outputs", "multirun", "tests", "__pycache__", "*.egg-info"))  # fmt: skip
+    with (app / "README.md").open("a", encoding="utf-8") as file:
+        file.write("\nAnother version.\n")
+    dep = Deployment(tmp_path / "work", tls=False, auth=False, echo=False)
+    overrides = "num_rounds=1 logging.progress=false logging.table=false server.round_timeout=120"
+    try:
+        dep.start_superlink()
+        for i in range(2):
+            dep.start_supernode(i, {"partition-id": i, "num-partitions": 2})
+        dep.wait_for_nodes(2)
+        assert dep.submit(overrides.split(), tmp_path / "run1", timeout=300) == 0
+        config = f"overrides='{overrides}' run_dir='{tmp_path / 'run2'}'"
+        cmd = [sys.executable, "-m", "simulations.flwr_run", str(app), "fedkd", "-c", config]
+        code = dep.spawn("flwr run 2", cmd, "cli", pythonpath=app).wait(timeout=300)
+        assert code == 0, "\n".join(dep.logs["flwr run 2"][-30:])
+    finally:
+        stopped(dep)
+    for i in range(2):
+        log = dep.logs[f"clientapp {i}"]
+        assert sum("belongs to another FAB" in line for line in log) >= 2, log[-20:]
+    for run in ("run1", "run2"):
+        assert json.loads((tmp_path / run / "summary.json").read_text())["status"] == "finished"
+
+
 def test_killed_supernode_run_completes_without_it(tmp_path):
     """SIGKILL one SuperNode's process tree mid-run: the others finish; summary says who dropped.
 
