@@ -7,6 +7,12 @@ process's log with a ``[name]`` prefix, and stops every process it started at
 the end or on Ctrl-C. These are the same commands docs/deployment.md runs by hand on
 separate machines; only the addresses differ.
 
+Each SuperNode runs with ``--isolation process`` beside one long-lived ClientApp
+process (``simulations.clientapp_process``) that serves all its messages, so
+torch, the app and the node's data are loaded once per node, not once per
+message; ``--isolation subprocess`` keeps Flower's default (a ``flwr-clientapp``
+process per message).
+
 TLS is on unless ``--insecure``; SuperNode authentication is on unless
 ``--no-auth`` (it needs TLS). A development CA and keys are made in the work
 directory (``scripts/certs.sh``, ``scripts/supernode_keys.sh``) unless given.
@@ -37,6 +43,9 @@ from simulations.proctree import MARKER, stop_tree
 ROOT = Path(__file__).resolve().parent.parent  # the Flower App (pyproject.toml)
 BIN = Path(sys.executable).parent
 CONNECTION = "fedkd"  # the SuperLink connection name in the flwr CLI's config
+# process: a long-lived ClientApp process per SuperNode; subprocess: Flower's default,
+# a flwr-clientapp process per message
+ISOLATIONS = ("process", "subprocess")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -66,13 +75,16 @@ class Deployment:
         certs: str | Path | None = None,
         echo: bool = True,
         launch_id: str | None = None,
+        isolation: str = "process",
     ) -> None:
+        if isolation not in ISOLATIONS:
+            raise DeployError(f"isolation {isolation!r} is not one of {', '.join(ISOLATIONS)}")
         if auth and not tls:
             raise DeployError(
                 "SuperNode authentication needs TLS (drop --insecure or add --no-auth)"
             )
         self.work_dir = Path(work_dir).resolve()
-        self.tls, self.auth, self.echo = tls, auth, echo
+        self.tls, self.auth, self.echo, self.isolation = tls, auth, echo, isolation
         self.certs = Path(certs).resolve() if certs else self.work_dir / "certs"
         self.launch_id = launch_id or uuid.uuid4().hex  # MARKER on every process we start
         self.port = free_port()
@@ -274,20 +286,36 @@ class Deployment:
     def start_supernode(
         self, index: int, node_config: dict[str, Any], private_key: Path | None = None
     ) -> subprocess.Popen:
-        """SuperNode ``index`` with its node config (``partition-id``, ``data-path``, ...)."""
+        """SuperNode ``index`` with its node config (``partition-id``, ``data-path``, ...);
+        with process isolation also its ClientApp process (``clientapp <index>``)."""
+        runtime_port = free_port()
         cmd = [
             str(BIN / "flower-supernode"),
             "--superlink",
             self.address,
             "--port",
-            str(free_port()),
+            str(runtime_port),
+            "--isolation",
+            self.isolation,
             "--node-config",
             node_config_arg(node_config),
         ]
         cmd += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if private_key is not None:
             cmd += ["--auth-supernode-private-key", str(private_key)]
-        return self.spawn(f"node {index}", cmd, f"node-{index}")
+        node = self.spawn(f"node {index}", cmd, f"node-{index}")
+        if self.isolation == "process":
+            self.start_clientapp(index, runtime_port, node.pid)
+        return node
+
+    def start_clientapp(self, index: int, runtime_port: int, supernode_pid: int) -> None:
+        """The ClientApp process serving SuperNode ``index``'s Runtime API (loopback, no TLS,
+        as the SuperNode's own ``flwr-clientapp`` processes use it); it exits with the
+        SuperNode."""
+        cmd = [sys.executable, "-m", "simulations.clientapp_process"]
+        cmd += ["--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure"]
+        cmd += ["--parent-pid", str(supernode_pid)]
+        self.spawn(f"clientapp {index}", cmd, f"node-{index}", pythonpath=ROOT)
 
     def wait_for_nodes(
         self, count: int, timeout: float = 90, names: Sequence[str] | None = None
@@ -306,8 +334,10 @@ class Deployment:
             if connected >= count:
                 return
             for name in nodes:
-                if self.procs[name].poll() is not None:
-                    raise DeployError(f"{name} exited: {self._last(name)}")
+                app = name.replace("node", "clientapp")  # its ClientApp process, if any
+                for proc in (name, app) if app in self.procs else (name,):
+                    if self.procs[proc].poll() is not None:
+                        raise DeployError(f"{proc} exited: {self._last(proc)}")
             if time.monotonic() > next_ls:
                 if self.online_nodes() >= count:
                     return
@@ -426,7 +456,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     launch_id = os.environ.get(MARKER)  # set by whoever wants to find our processes (tests)
     with Deployment(
-        work_dir, tls=tls, auth=tls and args.auth, certs=args.certs, launch_id=launch_id
+        work_dir,
+        tls=tls,
+        auth=tls and args.auth,
+        certs=args.certs,
+        launch_id=launch_id,
+        isolation=args.isolation,
     ) as dep:
         dep.start_superlink()
         if dep.auth and args.keys:  # e.g. from `make keys`
@@ -481,6 +516,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--work-dir", help="logs, keys, Flower homes and run/ (default: outputs/deploy/<time>)"
+    )
+    parser.add_argument(
+        "--isolation",
+        choices=ISOLATIONS,
+        default="process",
+        help="process: one ClientApp process per SuperNode for all its messages (default); "
+        "subprocess: Flower's default, a flwr-clientapp process per message",
     )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds the run may take")
     return parser.parse_args(argv)

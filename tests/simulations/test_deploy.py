@@ -115,6 +115,85 @@ def test_tls_auth_three_nodes_with_own_data(tmp_path):
             assert scalars[tag] == [1, 2], (cid, tag, sorted(scalars))
 
 
+def deploy_run(tmp_path: Path, files: list[Path], isolation: str) -> tuple[Path, Deployment]:
+    """A 2-round run of three nodes with their own files, insecure, in one isolation mode."""
+    run_dir = tmp_path / isolation / "run"
+    dep = Deployment(tmp_path / isolation, tls=False, auth=False, echo=False, isolation=isolation)
+    try:
+        dep.start_superlink()
+        for i, path in enumerate(files):
+            dep.start_supernode(i, {"partition-id": i, "num-partitions": 3, "data-path": str(path)})
+        dep.wait_for_nodes(3)
+        code = dep.submit([*RUN, "server.round_timeout=120"], run_dir, timeout=400)
+        assert code == 0, "\n".join(dep.logs["flwr run"][-30:])
+    finally:
+        stopped(dep)
+    return run_dir, dep
+
+
+def test_one_clientapp_process_per_node_serves_every_round(tmp_path):
+    """With process isolation (fedkd-deploy's default) each node's ClientApp process serves
+    the start-up query and both rounds' train messages: one process id per node for all,
+    the id of the process the Deployment started. The numbers are those of Flower's
+    default layout, a flwr-clientapp process per message."""
+    files = client_files(tmp_path / "data")
+    run_dir, dep = deploy_run(tmp_path, files, "process")
+    for i in range(3):
+        served = [
+            (int(m[1]), m[2])
+            for line in dep.logs[f"clientapp {i}"]
+            if (m := re.search(r"ClientApp process (\d+): task \d+ \(run \d+, (\S+) message", line))
+        ]
+        kinds = [kind for _, kind in served]
+        assert kinds[:3] == ["query", "train", "train"], kinds
+        assert {pid for pid, _ in served} == {dep.procs[f"clientapp {i}"].pid}, served
+    assert not any(name.startswith("clientapp") for name in
+                   deploy_run(tmp_path, files, "subprocess")[1].procs)  # fmt: skip
+    per_message = tmp_path / "subprocess" / "run"
+    assert read_metrics(run_dir) == read_metrics(per_message)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (run_dir, per_message)]
+    assert untimed(summaries[0]) == untimed(summaries[1])
+
+
+def untimed(tree):
+    """A summary without its timings (every key naming a time)."""
+    if isinstance(tree, dict):
+        return {k: untimed(v) for k, v in tree.items() if "time" not in k}
+    return [untimed(v) for v in tree] if isinstance(tree, list) else tree
+
+
+def test_a_new_app_version_runs_in_a_process_per_message(tmp_path):
+    """A ClientApp process serves the app version (FAB) it imported first; a run of
+    another version, submitted to the same SuperNodes, still completes: its tasks go to
+    Flower's flwr-clientapp, a process per message, since an imported module stays."""
+    import shutil
+
+    app = tmp_path / "app"  # this checkout with one changed file: another FAB hash
+    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(
+        ".*", "outputs", "multirun", "tests", "__pycache__", "*.egg-info"))  # fmt: skip
+    with (app / "README.md").open("a", encoding="utf-8") as file:
+        file.write("\nAnother version.\n")
+    dep = Deployment(tmp_path / "work", tls=False, auth=False, echo=False)
+    overrides = "num_rounds=1 logging.progress=false logging.table=false server.round_timeout=120"
+    try:
+        dep.start_superlink()
+        for i in range(2):
+            dep.start_supernode(i, {"partition-id": i, "num-partitions": 2})
+        dep.wait_for_nodes(2)
+        assert dep.submit(overrides.split(), tmp_path / "run1", timeout=300) == 0
+        config = f"overrides='{overrides}' run_dir='{tmp_path / 'run2'}'"
+        cmd = [sys.executable, "-m", "simulations.flwr_run", str(app), "fedkd", "-c", config]
+        code = dep.spawn("flwr run 2", cmd, "cli", pythonpath=app).wait(timeout=300)
+        assert code == 0, "\n".join(dep.logs["flwr run 2"][-30:])
+    finally:
+        stopped(dep)
+    for i in range(2):
+        log = dep.logs[f"clientapp {i}"]
+        assert sum("belongs to another FAB" in line for line in log) >= 2, log[-20:]
+    for run in ("run1", "run2"):
+        assert json.loads((tmp_path / run / "summary.json").read_text())["status"] == "finished"
+
+
 def test_killed_supernode_run_completes_without_it(tmp_path):
     """SIGKILL one SuperNode's process tree mid-run: the others finish; summary says who dropped.
 
