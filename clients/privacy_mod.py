@@ -32,7 +32,6 @@ start-up handshake.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from functools import lru_cache
@@ -41,6 +40,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType
 from flwr.common.constant import ErrorCode
 
+from clients.simulation_mark import SIMULATION_ENV, in_simulation  # noqa: F401 (re-exported)
 from fedkd.errors import ConfigError
 from fedkd.plan import Plan, PlanError
 from fedkd.privacy.floor import Floor
@@ -49,11 +49,6 @@ from fedkd.privacy.release import LocalSpec, privatize
 from protocol import channel, wire
 
 _STREAM = 7  # keeps the noise stream apart from the batch-order generator
-SIMULATION_ENV = "FEDKD_SIMULATION"  # set by simulations/run.py for its Ray workers only
-
-
-def in_simulation() -> bool:
-    return os.environ.get(SIMULATION_ENV) == "1"
 
 
 @lru_cache(maxsize=1)

@@ -167,3 +167,20 @@ vce_patches._start(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_the_launcher_names_the_simulation_mark_without_importing_flower():
+    """What ``simulations.run`` imports before it starts Ray (the launcher, the simulation
+    mark) loads neither Flower nor torch: Ray's start waits for every import before it."""
+    code = (
+        "import sys\n"
+        "import simulations.run\n"
+        "from clients.simulation_mark import SIMULATION_ENV\n"
+        "print(sorted(m for m in ('flwr', 'torch') if m in sys.modules), SIMULATION_ENV)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]", "FEDKD_SIMULATION"]
