@@ -226,11 +226,7 @@ def test_the_pickup_patch_fits_this_flower_and_delivers_every_waiting_message():
 
         def get_message_ins(self, node_id, limit):
             self.asked.append(node_id)
-            for m in self.message_ins_store.values():
-                if m.metadata.dst_node_id == node_id and m.metadata.delivered_at == "":
-                    m.metadata.delivered_at = "now"
-                    return [m]
-            return []
+            return _deliver_one(self.message_ins_store, node_id)
 
     state, out, stop = State(), queue.Queue(), threading.Event()
     nodes = {11: 0, 12: 1, 13: 2}  # node 99 is not in this simulation
@@ -277,11 +273,7 @@ def test_an_idle_pickup_is_woken_by_a_push():
         def get_message_ins(self, node_id, limit):
             self.swept.set()
             with self.lock:
-                for m in self.message_ins_store.values():
-                    if m.metadata.dst_node_id == node_id and m.metadata.delivered_at == "":
-                        m.metadata.delivered_at = "now"
-                        return [m]
-            return []
+                return _deliver_one(self.message_ins_store, node_id)
 
     state, out, stop = State(), queue.Queue(), threading.Event()
     thread = threading.Thread(
@@ -657,3 +649,13 @@ def test_tensorboard_keeps_few_writers_open_and_loses_no_scalar(tmp_path, monkey
         acc.Reload()
         steps = sorted((e.step, round(e.value, 4)) for e in acc.Scalars("accuracy/global_test"))
         assert steps == [(r, round(0.1 * cid + r, 4)) for r in (1, 2, 3)]
+
+
+def _deliver_one(store, node_id):
+    """The in-memory LinkState's ``get_message_ins(node_id, limit=1)``: the node's first
+    undelivered message, marked delivered."""
+    for m in store.values():
+        if m.metadata.dst_node_id == node_id and m.metadata.delivered_at == "":
+            m.metadata.delivered_at = "now"
+            return [m]
+    return []
