@@ -135,7 +135,8 @@ class ClientAppProcess:
         except KeyboardInterrupt:  # stopped, or the SuperNode is gone: nothing to push
             interrupted = True
             raise
-        except Exception as ex:  # as run_clientapp: the error goes back as the reply
+        except (Exception, SystemExit) as ex:  # as run_clientapp: the error goes back as
+            # the reply; an app's sys.exit ends its task, not the process serving the node
             code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
             reason = str(type(ex)) + ":<'" + str(ex) + "'>"
             if isinstance(ex, LoadClientAppError):
@@ -149,10 +150,13 @@ class ClientAppProcess:
             try:
                 if reply is not None and context is not None and not interrupted:
                     push_message(client, reply, context)
-                if not interrupted:
-                    push_task_output(client, context, status, details)
             except Exception as ex:  # a dropped task or a SuperNode gone: the next one
                 log.error("Failed to push the reply of task %d", task_id, exc_info=ex)
+            try:  # the task's status too, as Flower's on_exit, even if the reply failed
+                if not interrupted:
+                    push_task_output(client, context, status, details)
+            except Exception as ex:
+                log.error("Failed to push the status of task %d", task_id, exc_info=ex)
             stop.set()
             beat.join()
             client.close()
@@ -174,13 +178,16 @@ class ClientAppProcess:
 
 def _retry_invoker() -> RetryInvoker:
     """Flower's HTTP retry policy, except for a refused token (HTTP 401: the SuperNode
-    dropped the task): that ends the task, where Flower's policy would SIGINT the
-    process, right for a process per task but not for this one."""
+    dropped the task) and a run that is not running (HTTP 403: stopped or finished while
+    the task still pushed): either ends the task with the HTTP error, where Flower's
+    policy would SIGINT the process (401) or raise ``RunNotRunningException``, a
+    ``BaseException`` (403), right for a process per task but not for this one, which
+    serves the node's next tasks."""
     invoker = make_simple_http_retry_invoker()
     flower_giveup = invoker.should_giveup
 
     def should_giveup(exc: Exception) -> bool:
-        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
             return True
         return flower_giveup is not None and flower_giveup(exc)
 

@@ -183,11 +183,14 @@ class _Actors:
             self.pool.pool.append(actor)
 
     def _claim(self) -> Any | None:
-        """An idle actor, else the least busy one with room; None if every actor is full."""
+        """An idle actor, else the least busy one with room; None if every actor is full.
+        Among equally busy actors, the one that joined ``open`` last: the server pushes its
+        longest jobs first, so that actor's current job is likely the shortest, and the
+        queued message starts soonest behind it."""
         if self.pool.pool:
             actor = self.pool.pool.pop()
         elif self.open:
-            actor = min(self.open, key=self.busy.__getitem__)
+            actor = min(reversed(self.open), key=self.busy.__getitem__)
         else:
             return None
         self.busy[actor] += 1

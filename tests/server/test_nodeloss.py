@@ -237,6 +237,18 @@ def test_each_actor_takes_depth_messages_idle_ones_first():
     assert sorted(pool.pool) == ["a", "b"] and not actors.busy and not actors.open
 
 
+def test_a_queued_message_goes_behind_the_job_started_last():
+    """The server pushes its longest jobs first: with every actor running one, the next
+    message queues in the actor that got its job last (likely the shortest), not the first."""
+    actors, _, _ = _actors(["a", "b"])
+    first, second = actors.take(None), actors.take(None)  # the longest job, then the next
+    assert actors.take(None) == second
+    actors.give_back(second)
+    actors.give_back(second)
+    assert actors.take(None) == second  # idle again: an idle actor before a busy one
+    assert actors.take(None) == second and first in actors.open
+
+
 def test_an_actor_lost_with_two_messages_in_flight_is_dropped_and_replaced_once():
     actors, pool, ray = _actors(["a", "b"])
     taken = [actors.take(None) for _ in range(2 * nodeloss.DEPTH)]

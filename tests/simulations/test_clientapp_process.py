@@ -39,10 +39,13 @@ def _status_error(code: int) -> httpx.HTTPStatusError:
 
 
 def test_a_refused_token_ends_the_task_not_the_process():
-    """Flower's policy SIGINTs the process on HTTP 401; ours gives up on that call only,
-    and keeps Flower's retries for a SuperNode that is briefly unavailable."""
+    """Flower's policy SIGINTs the process on HTTP 401 and raises RunNotRunningException (a
+    BaseException, which would end the process) on HTTP 403; ours gives up on that call
+    only (the task's error handling catches the HTTP error), and keeps Flower's retries
+    for a SuperNode that is briefly unavailable."""
     invoker = clientapp_process._retry_invoker()
     assert invoker.should_giveup(_status_error(401)) is True
+    assert invoker.should_giveup(_status_error(403)) is True
     assert invoker.should_giveup(_status_error(503)) is False
     assert invoker.should_giveup(httpx.ConnectError("refused")) is False
 

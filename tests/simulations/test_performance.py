@@ -143,9 +143,9 @@ class _StoringGrid:
 
     def pull_messages(self, ids):
         self.polls += 1
-        self.first_pull.set()
         with self.lock:
             out, self.stored = [_FakeReply(i) for i in self.stored if i in ids], []
+        self.first_pull.set()  # after the snapshot: the first pull finds nothing stored
         return out
 
 
