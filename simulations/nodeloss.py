@@ -63,7 +63,7 @@ from simulations import vce_patches
 POLICIES = ("replace", "fail")
 REPLACEMENTS_PER_LOSS = 3  # a replacement that dies before answering is replaced again, this often
 TAKE_WAIT = 0.5  # seconds between looks at the engine's stop flag while no actor is idle
-DEPTH = 2  # messages in flight per actor: the next one waits in the actor, not in the driver
+DEPTH = 1  # messages in flight per actor (simulation.messages_per_worker, set by install)
 PENDING_WAIT = 0.02  # seconds between looks at actors being placed while no actor is idle
 
 _installed = False
@@ -145,7 +145,10 @@ class _Actors:
     reply, hands the message's worker thread the next message and sends it (a few
     milliseconds a message, as long as a small client's round). An idle actor is always
     taken before a busy one. Every message still runs alone in its worker, with its own
-    ``Context``: only when it starts changes, never what it computes.
+    ``Context``: only when it starts changes, never what it computes, unless the message
+    ahead of it straggles past the round's timeout (then the queued client misses the
+    round too) or kills the worker (then it is retried once elsewhere). So ``DEPTH`` is 1
+    unless ``simulation.messages_per_worker`` asks for more.
     """
 
     def __init__(self, pool: Any) -> None:
@@ -383,12 +386,29 @@ def quiet_node_deaths() -> bool:
     return True
 
 
-def install(policy: str = "replace", verbose: bool = False) -> bool:
+def check_depth(depth: object) -> int:
+    """``simulation.messages_per_worker``: ConfigError (one line) unless a whole number >= 1."""
+    from fedkd.errors import ConfigError
+
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ConfigError(
+            f"simulation.messages_per_worker must be a whole number >= 1 (got {depth!r}); "
+            "1 runs each client alone in its worker, 2 queues the next one behind it"
+        )
+    return depth
+
+
+def install(policy: str = "replace", verbose: bool = False, depth: int | None = None) -> bool:
     """Use the node-loss handling in this process's simulations; False if Flower's is kept.
 
-    ``verbose``: Ray's own notices of a dead node stay on the console too."""
-    global _installed
+    ``verbose``: Ray's own notices of a dead node stay on the console too. ``depth``: the
+    messages an actor holds at once (``simulation.messages_per_worker``; None: unchanged).
+    With 2, the next client waits in the worker instead of the driver, but behind the
+    client before it: a straggler or a hanging client holds it back too."""
+    global _installed, DEPTH
     check_policy(policy)
+    if depth is not None:
+        DEPTH = check_depth(depth)
     WATCH.__init__(policy)
     if not verbose:
         quiet_node_deaths()

@@ -63,6 +63,7 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     address = resolve_address(sim)
     check_connect_timeout(sim)
     nodeloss.check_policy(sim["on_node_loss"])
+    nodeloss.check_depth(sim["messages_per_worker"])
     if address != LOCAL:
         # join a running cluster (``ray start --head`` elsewhere): it owns the resources
         if sim["ray_num_cpus"]:
@@ -192,7 +193,11 @@ def _simulate(
     # lost Ray nodes: replaced or fatal, one line each (simulations/nodeloss.py); placement
     policy = cfg["simulation"]["on_node_loss"]
     verbose = bool(cfg["logging"]["verbose"])
-    watch = nodeloss.WATCH if nodeloss.install(policy, verbose) else None
+    watch = (
+        nodeloss.WATCH
+        if nodeloss.install(policy, verbose, cfg["simulation"]["messages_per_worker"])
+        else None
+    )
 
     waited = vce_patches.wait_session()
     took = vce_patches.session_timings()

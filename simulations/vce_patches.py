@@ -84,6 +84,7 @@ _installed = False
 _session_installed = False
 log = logging.getLogger("fedkd")
 _nodes: dict[int, int] | None = None  # node id -> partition id of this process's simulation
+_registering = False  # the wrapper has begun registering them (the grid lists some already)
 
 
 def _waiting_nodes(state: Any, nodes: dict[int, int]) -> list[int] | None:
@@ -247,14 +248,16 @@ def capture_nodes() -> bool:
     global _nodes
     from flwr.server.superlink.fleet.vce import vce_api
 
-    _nodes = None
+    global _registering
+    _nodes, _registering = None, False
     register = getattr(vce_api, "_register_nodes", None)
     if register is None or "num_nodes" not in inspect.signature(register).parameters:
         return False
     original = getattr(register, "__wrapped__", register)
 
     def _register_nodes(*args: Any, **kwargs: Any) -> dict[int, int]:
-        global _nodes
+        global _nodes, _registering
+        _registering = True  # the grid lists each node as it is made, before they are all made
         mapping = original(*args, **kwargs)
         _nodes = dict(mapping)
         return mapping
@@ -280,7 +283,7 @@ def simulation_roster(grid: Any, timeout: float, expected: int):
         if nodes is not None and len(nodes) == expected and all(n in known for n in nodes):
             wait_warm(deadline - time.monotonic())
             return Roster(node_of={p: n for n, p in nodes.items()}, num_partitions=expected)
-        if nodes is None and len(known) >= expected:
+        if nodes is None and not _registering and len(known) >= expected:
             return None  # registered without our wrapper: ask the nodes
         time.sleep(0.01)
     return None

@@ -223,7 +223,8 @@ def _actors(names: list[str]) -> tuple[nodeloss._Actors, _Pool, _Ray]:
     return actors, pool, actors.ray
 
 
-def test_each_actor_takes_depth_messages_idle_ones_first():
+def test_each_actor_takes_depth_messages_idle_ones_first(monkeypatch):
+    monkeypatch.setattr(nodeloss, "DEPTH", 2)  # simulation.messages_per_worker=2
     actors, pool, _ = _actors(["a", "b"])
     first = [actors.take(None) for _ in range(2)]
     assert sorted(first) == ["a", "b"]  # both idle actors before a second message anywhere
@@ -237,7 +238,8 @@ def test_each_actor_takes_depth_messages_idle_ones_first():
     assert sorted(pool.pool) == ["a", "b"] and not actors.busy and not actors.open
 
 
-def test_a_queued_message_goes_behind_the_job_started_last():
+def test_a_queued_message_goes_behind_the_job_started_last(monkeypatch):
+    monkeypatch.setattr(nodeloss, "DEPTH", 2)  # simulation.messages_per_worker=2
     """The server pushes its longest jobs first: with every actor running one, the next
     message queues in the actor that got its job last (likely the shortest), not the first."""
     actors, _, _ = _actors(["a", "b"])
@@ -249,7 +251,8 @@ def test_a_queued_message_goes_behind_the_job_started_last():
     assert actors.take(None) == second and first in actors.open
 
 
-def test_an_actor_lost_with_two_messages_in_flight_is_dropped_and_replaced_once():
+def test_an_actor_lost_with_two_messages_in_flight_is_dropped_and_replaced_once(monkeypatch):
+    monkeypatch.setattr(nodeloss, "DEPTH", 2)  # simulation.messages_per_worker=2
     actors, pool, ray = _actors(["a", "b"])
     taken = [actors.take(None) for _ in range(2 * nodeloss.DEPTH)]
     assert taken.count("a") == nodeloss.DEPTH
@@ -261,3 +264,10 @@ def test_an_actor_lost_with_two_messages_in_flight_is_dropped_and_replaced_once(
     assert "a" not in pool.pool and "a" not in actors.open
     actors.replace()
     assert pool.num_actors == 2 and [p[0].name for p in actors.pending] == ["new1"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_messages_per_worker_must_be_a_whole_number_of_at_least_one(bad):
+    with pytest.raises(ConfigError, match="simulation.messages_per_worker must be"):
+        nodeloss.check_depth(bad)
+    assert nodeloss.check_depth(2) == 2
