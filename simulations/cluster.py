@@ -69,6 +69,21 @@ def check_connect_timeout(sim: dict[str, Any]) -> float:
     return float(value)
 
 
+INLINE_MAX = 64 * 1024 * 1024  # Ray's gRPC messages stay far below its 512 MiB limit
+
+
+def check_inline_bytes(sim: dict[str, Any]) -> int:
+    """``simulation.inline_bytes``: ConfigError (one line) unless a whole number of bytes
+    from 1024 to 64 MiB."""
+    value = sim["inline_bytes"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= INLINE_MAX:
+        raise ConfigError(
+            f"simulation.inline_bytes must be a whole number of bytes from 1024 to {INLINE_MAX} "
+            f"(got {value!r}); 1048576 suits models up to a few hundred thousand weights"
+        )
+    return value
+
+
 def wait_for_head(address: str, timeout: float) -> None:
     """Return once ``address`` accepts a TCP connection; ConfigError after ``timeout`` seconds."""
     if address == LOCAL:

@@ -36,6 +36,7 @@ from simulations import jobnames, nodeloss, vce_patches
 from simulations.cluster import (
     LOCAL,
     check_connect_timeout,
+    check_inline_bytes,
     join_cluster,
     keep_launcher_signal_handlers,
     resolve_address,
@@ -62,6 +63,7 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     address = resolve_address(sim)
     check_connect_timeout(sim)
+    inline = check_inline_bytes(sim)
     nodeloss.check_policy(sim["on_node_loss"])
     nodeloss.check_depth(sim["messages_per_worker"])
     if address != LOCAL:
@@ -71,8 +73,13 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 "simulation.ray_num_cpus must be null with simulation.ray_address "
                 "(the cluster's `ray start --num-cpus` sets it)"
             )
-    elif sim["ray_num_cpus"]:
-        init_args["num_cpus"] = int(sim["ray_num_cpus"])
+    else:
+        if sim["ray_num_cpus"]:
+            init_args["num_cpus"] = int(sim["ray_num_cpus"])
+        # Ray's own threshold (100 KiB) puts a Context holding ~100 kB of weights, and the
+        # reply carrying it back, through the object store; inline, a message costs about a
+        # fifth of that (docs/performance.md, "Inline calls")
+        init_args["_system_config"] = {"max_direct_call_object_size": inline}
     init_args["address"] = address  # "local": a private instance, never a running cluster
     return {
         "client_resources": {

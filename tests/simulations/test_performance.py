@@ -23,7 +23,7 @@ import torch
 from helpers import ROOT, marked, run_fedkd_sim, stop_tree
 
 from fedkd.config import compose
-from fedkd.errors import FedkdError, PayloadError
+from fedkd.errors import ConfigError, FedkdError, PayloadError
 from fedkd.models import build_model
 from fedkd.weights import load_packed, model_to_arrays, packed_state
 from simulations import bench
@@ -363,6 +363,29 @@ def test_a_plain_run_starts_a_private_ray_instance():
         assert resolve_address({"ray_address": "auto"}) == "127.0.0.1:6390"
     finally:
         del os.environ["RAY_ADDRESS"]
+
+
+def test_a_private_instance_passes_a_client_context_inline():
+    """Ray's 100 KiB threshold would send a Context holding ~100 kB of weights through the
+    object store; a private instance gets ``simulation.inline_bytes``, a cluster keeps its
+    own ``ray start`` setting (``_system_config`` cannot be given to a running cluster)."""
+    from simulations.run import backend_config
+
+    local = backend_config(compose(["simulation.inline_bytes=4096"]))["init_args"]
+    assert local["_system_config"] == {"max_direct_call_object_size": 4096}
+    default = backend_config(compose([]))["init_args"]["_system_config"]
+    assert default["max_direct_call_object_size"] >= 1024 * 1024
+    cluster = backend_config(compose(["simulation.ray_address=127.0.0.1:6390"]))["init_args"]
+    assert "_system_config" not in cluster
+
+
+@pytest.mark.parametrize("bad", [0, 1023, 64 * 1024 * 1024 + 1, 1.5, True, "1MB", None])
+def test_inline_bytes_out_of_range_is_one_line(bad):
+    from simulations.cluster import check_inline_bytes
+
+    with pytest.raises(ConfigError, match="simulation.inline_bytes must be a whole number") as e:
+        check_inline_bytes({"inline_bytes": bad})
+    assert "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------ reference
