@@ -3,9 +3,9 @@
 Why: every ``torch.optim`` optimiser imports ``torch._dynamo`` on first use
 (``Optimizer.__init__`` calls ``add_param_group``, wrapped by ``torch._disable_dynamo``;
 ``step`` is wrapped by ``_use_grad_for_differentiable``, which imports it on every call).
-That import costs about 1.3 s of CPU, as much as ``import torch``, and each Ray worker,
-the sequential reference and each deployment ClientApp paid it on its first client round
-(docs/performance.md, "Start-up").
+That import costs about 1.4 s of CPU after ``import torch`` (as much as ``import torch``
+itself), and each Ray worker, the sequential reference and each deployment ClientApp paid it
+on its first client round (docs/performance.md, "Start-up").
 
 What is ours: the bookkeeping around the kernel call, a dozen lines per class: the
 parameters, one parameter group holding the hyperparameters (``param_groups[0]["lr"]`` can
@@ -18,7 +18,8 @@ parameters after every step are bit-identical to ``torch.optim.SGD`` / ``Adam`` 
 (tests/fedkd/test_optim.py). The constructors take the torch classes' keyword options
 (``foreach``, ``fused``, ``capturable``, ``differentiable`` are handed to the kernel as
 the torch class hands them). Left out: closures, tensor learning rates and betas, more than
-one parameter group, ``state_dict``, hooks and GradScaler's ``grad_scale``/``found_inf``.
+one parameter group, ``state_dict``, hooks, GradScaler's ``grad_scale``/``found_inf`` and
+Adam's CUDA-graph capture warning.
 """
 
 from __future__ import annotations
