@@ -15,20 +15,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedkd import optim
 from fedkd.confusion import counts_from_labels
 from fedkd.errors import ConfigError
+from fedkd.optim import Optimizer
 from fedkd.registry import Registry
 
-OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
-OPTIMIZERS.register("sgd")(torch.optim.SGD)
-OPTIMIZERS.register("adam")(torch.optim.Adam)
-OPTIMIZERS.register("adamw")(torch.optim.AdamW)
+# torch's update kernels without torch.optim's classes, which import torch._dynamo (fedkd/optim.py)
+OPTIMIZERS: Registry[Callable[..., Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("sgd")(optim.SGD)
+OPTIMIZERS.register("adam")(optim.Adam)
+OPTIMIZERS.register("adamw")(optim.AdamW)
 
 # A regulariser added to the supervised loss: (features, logits, labels) -> scalar.
 Regulariser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def make_optimizer(params: Any, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(params: Any, cfg: Mapping[str, Any]) -> Optimizer:
     """Build an optimizer from ``{name: sgd, lr: 0.05, ...}``; null options are left out."""
     options = {k: v for k, v in cfg.items() if k != "name" and v is not None}
     try:
@@ -89,7 +92,7 @@ def train_supervised(
     *,
     epochs: int,
     batch_size: int,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     generator: torch.Generator,
     regulariser: Regulariser | None = None,
     collect: str | None = None,
@@ -146,7 +149,7 @@ def distill(
     temperature: float,
     epochs: int,
     batch_size: int,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     generator: torch.Generator,
     ce_data: tuple[Tensor, Tensor] | None = None,
     ce_weight: float = 0.0,
