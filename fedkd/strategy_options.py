@@ -23,7 +23,7 @@ from typing import Any
 from fedkd.errors import ConfigError
 
 # ---------------------------------------------------------------- optimisers and losses
-# keyword options of torch.optim.SGD / Adam / AdamW (``params`` aside)
+# keyword options of fedkd.optim's SGD / Adam / AdamW, torch.optim's (``params`` aside)
 OPTIMIZER_OPTIONS: dict[str, tuple[str, ...]] = {
     "sgd": (
         "lr",
@@ -90,9 +90,9 @@ def _number(value: Any) -> bool:
 def check_optimizer(where: str, spec: Any) -> None:
     """``spec`` names a known optimiser with options it accepts and values torch accepts.
 
-    Everything torch's constructors refuse is checked here, without torch: building an
-    optimiser imports ``torch._dynamo`` (1.5 s of CPU), which the launcher does not otherwise
-    need (docs/performance.md). tests/fedkd/test_strategy_options.py holds it against torch.
+    Everything torch's constructors refuse is checked here, without importing torch, which the
+    launcher does not need before its data is built (docs/performance.md).
+    tests/fedkd/test_strategy_options.py holds it against the registered classes.
     """
     if not isinstance(spec, Mapping) or "name" not in spec:
         raise ConfigError(

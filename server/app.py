@@ -63,8 +63,7 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
 def check_options(cfg: dict[str, Any]) -> type:
     """Every check that needs no data (``server.options``); returns the strategy class.
 
-    The optimisers are checked there without being built: building one imports
-    ``torch._dynamo``, 1.5 s the launcher would spend on nothing else
+    The optimisers are checked there without being built, so without importing torch
     (``fedkd.strategy_options.check_optimizer`` refuses all torch refuses;
     docs/performance.md)."""
     spec = check_light_options(cfg)
