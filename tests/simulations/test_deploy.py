@@ -1,13 +1,15 @@
 """Flower's deployment runtime with real processes on loopback (``simulations/deploy.py``).
 
-Each test starts its own SuperLink and SuperNodes on free ports and stops every
-process it started (by process id, incl. Flower's detached SuperExec
-processes); a test fails if any is left. ``server.round_timeout`` is short so
-a lost client cannot hang a round for long.
+Each test (or the module fixture ``own_files``, shared by the tests that check
+properties of the same deployment) starts its own SuperLink and SuperNodes on free
+ports and stops every process it started (by process id, incl. Flower's detached
+SuperExec processes); it fails if any is left. ``server.round_timeout`` is short
+so a lost client cannot hang a round for long.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -68,11 +71,26 @@ def stopped(dep: Deployment) -> None:
     assert not marked(dep.launch_id), "a process carrying this deployment's marker survived"
 
 
-def test_tls_auth_three_nodes_with_own_data(tmp_path):
-    """TLS + SuperNode auth, each node reads its own file; an unregistered key is refused."""
-    files = client_files(tmp_path / "data")
-    run_dir = tmp_path / "run"
-    dep = Deployment(tmp_path / "work", tls=True, auth=True, echo=False)
+@pytest.fixture(scope="module")
+def own_files(tmp_path_factory) -> SimpleNamespace:
+    """fedkd-deploy's default layout (TLS, SuperNode authentication, one ClientApp process
+    per SuperNode), three nodes reading their own files, and a fourth node whose key was
+    never registered; two runs on the same SuperNodes: this checkout (2 rounds), then
+    another version of the app (1 round). One deployment for the three tests below, which
+    check different properties of it; the fixture stops every process it started, by
+    process id, before any test reads the outcome."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("own-files")
+    files = client_files(tmp / "data")
+    app = tmp / "app"  # this checkout with one changed file: another FAB hash
+    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(
+        ".*", "outputs", "multirun", "tests", "__pycache__", "*.egg-info"))  # fmt: skip
+    with (app / "README.md").open("a", encoding="utf-8") as file:
+        file.write("\nAnother version.\n")
+    out = SimpleNamespace(files=files, run_dir=tmp / "run", new_version_dir=tmp / "run2")
+    dep = out.dep = Deployment(tmp / "work", tls=True, auth=True, echo=False)
+    out.stranger_code = out.code = out.new_version_code = None
     try:
         dep.start_superlink()
         keys = dep.make_keys(4)
@@ -81,15 +99,30 @@ def test_tls_auth_three_nodes_with_own_data(tmp_path):
         for i, path in enumerate(files):
             config = {"partition-id": i, "num-partitions": 3, "data-path": str(path)}
             dep.start_supernode(i, config, keys[i])
-        assert stranger.wait(timeout=90) != 0, "a SuperNode with an unknown key was accepted"
-        assert any("Failed to activate SuperNode" in line for line in dep.logs["node 3"])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            out.stranger_code = stranger.wait(timeout=90)
         dep.wait_for_nodes(3, names=["node 0", "node 1", "node 2"])
         started = time.monotonic()
-        code = dep.submit([*RUN, "server.round_timeout=120"], run_dir, timeout=400)
+        out.code = dep.submit([*RUN, "server.round_timeout=120"], out.run_dir, timeout=400)
         print(f"2-round deployment run (TLS + auth, 3 nodes): {time.monotonic() - started:.1f}s")
-        assert code == 0, "\n".join(dep.logs["flwr run"][-30:])
+        if out.code == 0:  # the same SuperNodes, another version of the app
+            overrides = " ".join(["num_rounds=1", *RUN[1:], "server.round_timeout=120"])
+            config = f"overrides='{overrides}' run_dir='{out.new_version_dir}'"
+            cmd = [sys.executable, "-m", "simulations.flwr_run", str(app), "fedkd", "-c", config]
+            out.new_version_code = dep.spawn("flwr run 2", cmd, "cli", pythonpath=app).wait(
+                timeout=300
+            )
     finally:
         stopped(dep)
+    return out
+
+
+def test_tls_auth_three_nodes_with_own_data(own_files):
+    """TLS + SuperNode auth, each node reads its own file; an unregistered key is refused."""
+    dep, run_dir = own_files.dep, own_files.run_dir
+    assert own_files.stranger_code not in (0, None), "a SuperNode with an unknown key was accepted"
+    assert any("Failed to activate SuperNode" in line for line in dep.logs["node 3"])
+    assert own_files.code == 0, "\n".join(dep.logs["flwr run"][-30:])
     assert any("No SuperNode found with the given public key" in ln for ln in dep.logs["superlink"])
 
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -131,13 +164,14 @@ def deploy_run(tmp_path: Path, files: list[Path], isolation: str) -> tuple[Path,
     return run_dir, dep
 
 
-def test_one_clientapp_process_per_node_serves_every_round(tmp_path):
+def test_one_clientapp_process_per_node_serves_every_round(own_files, tmp_path):
     """With process isolation (fedkd-deploy's default) each node's ClientApp process serves
     the start-up query and both rounds' train messages: one process id per node for all,
     the id of the process the Deployment started. The numbers are those of Flower's
-    default layout, a flwr-clientapp process per message."""
-    files = client_files(tmp_path / "data")
-    run_dir, dep = deploy_run(tmp_path, files, "process")
+    default layout, a flwr-clientapp process per message (a deployment of its own, the
+    same files and run config)."""
+    dep, run_dir = own_files.dep, own_files.run_dir
+    assert own_files.code == 0, "\n".join(dep.logs["flwr run"][-30:])
     for i in range(3):
         served = [
             (int(m[1]), m[2])
@@ -148,7 +182,7 @@ def test_one_clientapp_process_per_node_serves_every_round(tmp_path):
         assert kinds[:3] == ["query", "train", "train"], kinds
         assert {pid for pid, _ in served} == {dep.procs[f"clientapp {i}"].pid}, served
     assert not any(name.startswith("clientapp") for name in
-                   deploy_run(tmp_path, files, "subprocess")[1].procs)  # fmt: skip
+                   deploy_run(tmp_path, own_files.files, "subprocess")[1].procs)  # fmt: skip
     per_message = tmp_path / "subprocess" / "run"
     assert read_metrics(run_dir) == read_metrics(per_message)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (run_dir, per_message)]
@@ -162,36 +196,18 @@ def untimed(tree):
     return [untimed(v) for v in tree] if isinstance(tree, list) else tree
 
 
-def test_a_new_app_version_runs_in_a_process_per_message(tmp_path):
+def test_a_new_app_version_runs_in_a_process_per_message(own_files):
     """A ClientApp process serves the app version (FAB) it imported first; a run of
     another version, submitted to the same SuperNodes, still completes: its tasks go to
     Flower's flwr-clientapp, a process per message, since an imported module stays."""
-    import shutil
-
-    app = tmp_path / "app"  # this checkout with one changed file: another FAB hash
-    shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(
-        ".*", "outputs", "multirun", "tests", "__pycache__", "*.egg-info"))  # fmt: skip
-    with (app / "README.md").open("a", encoding="utf-8") as file:
-        file.write("\nAnother version.\n")
-    dep = Deployment(tmp_path / "work", tls=False, auth=False, echo=False)
-    overrides = "num_rounds=1 logging.progress=false logging.table=false server.round_timeout=120"
-    try:
-        dep.start_superlink()
-        for i in range(2):
-            dep.start_supernode(i, {"partition-id": i, "num-partitions": 2})
-        dep.wait_for_nodes(2)
-        assert dep.submit(overrides.split(), tmp_path / "run1", timeout=300) == 0
-        config = f"overrides='{overrides}' run_dir='{tmp_path / 'run2'}'"
-        cmd = [sys.executable, "-m", "simulations.flwr_run", str(app), "fedkd", "-c", config]
-        code = dep.spawn("flwr run 2", cmd, "cli", pythonpath=app).wait(timeout=300)
-        assert code == 0, "\n".join(dep.logs["flwr run 2"][-30:])
-    finally:
-        stopped(dep)
-    for i in range(2):
+    dep = own_files.dep
+    assert own_files.code == 0, "\n".join(dep.logs["flwr run"][-30:])
+    assert own_files.new_version_code == 0, "\n".join(dep.logs["flwr run 2"][-30:])
+    for i in range(3):
         log = dep.logs[f"clientapp {i}"]
         assert sum("belongs to another FAB" in line for line in log) >= 2, log[-20:]
-    for run in ("run1", "run2"):
-        assert json.loads((tmp_path / run / "summary.json").read_text())["status"] == "finished"
+    for run_dir in (own_files.run_dir, own_files.new_version_dir):
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 
 def test_killed_supernode_run_completes_without_it(tmp_path):
