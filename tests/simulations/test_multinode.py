@@ -174,11 +174,20 @@ def _run(args: list[str], log: Path) -> tuple[int, str]:
     return proc.returncode, log.read_text(errors="replace")
 
 
+def _runs_a_client(node: subprocess.Popen) -> bool:
+    """A Ray worker under ``node`` is running a client's message: Ray titles an actor's
+    process ``ray::<Class>.<method>`` while the method runs."""
+    return any(_argv0(p).startswith("ray::ClientWorker.run") for p in process_tree([node.pid]))
+
+
 def _run_killing(nodes: Cluster, node, args: list[str], log: Path) -> tuple[int, str]:
-    """Start a run; once its first checkpoint is written, kill ``node``'s raylet."""
+    """Start a run; once its first checkpoint is written and ``node`` runs a client's
+    message (its actor may join the pool late on a loaded machine: killing it before would
+    test nothing), kill ``node``'s raylet. Rounds 2-4 make every client take a second."""
     proc = start_fedkd_sim(args, log, env=_env())
     try:
         _wait_for(lambda: FIRST_CHECKPOINT in log.read_text(errors="replace"), "round 1", proc, log)
+        _wait_for(lambda: _runs_a_client(node), "a client's message on the node", proc, log)
         nodes.kill_raylet(node)
         proc.wait(timeout=GUARD)
     finally:
