@@ -708,6 +708,13 @@ def main(argv: list[str] | None = None) -> None:
             Workload.load(name)
     earlier = earlier_report(args.table) if args.update else {}
     out = args.out or Path("outputs/bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    for wl in workloads:  # a run's log is appended to, and a sweep's folders are counted
+        used = out / wl.name
+        if used.is_dir() and any(used.iterdir()):
+            raise SystemExit(
+                f"fedkd-bench: error: {used} already holds runs of an earlier bench; "
+                "give --out a new folder (or remove that one)"
+            )
     out.mkdir(parents=True, exist_ok=True)
     results = [
         bench_workload(wl, args.repeats, out, not args.no_reference, args.overrides)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +139,65 @@ def join_cluster(init_args: dict[str, Any], env_vars: dict[str, str]) -> None:
     before = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        ray.init(**init_args)
+        with lean_private_instance(init_args):
+            ray.init(**init_args)
     finally:  # the launcher's own environment as it was
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def lean_private_instance(init_args: dict[str, Any]) -> Iterator[None]:
+    """While ``ray.init`` starts a private instance, leave out the head's daemons a
+    one-machine simulation never uses.
+
+    ``ray.init`` has no argument for them (``ray start`` has ``--no-monitor``; the log
+    monitor and the dashboard's API server are always started), and they cost the start-up
+    about 2 s of wall clock and 2.5 s of CPU on two cores (docs/performance.md, start-up):
+
+    - the autoscaler monitor: a private instance has one node and nothing to scale;
+    - the log monitor, unless ``log_to_driver``: it forwards the workers' output to the
+      driver, which does not listen without ``log_to_driver``;
+    - the dashboard's API server, unless ``include_dashboard``: in its minimal mode it serves
+      Ray's job submission and state API, which a simulation does not call, and
+      ``ray.init`` waits for it to come up before it starts the raylet.
+
+    Ray's ``Node`` takes these as ``RayParams`` fields (``no_monitor``,
+    ``include_log_monitor``) that ``ray.init`` does not pass on; they are set on the
+    parameters of the node started inside this block. A Ray without these hooks is
+    started as it is.
+    """
+    try:
+        import ray._private.node as ray_node
+    except ImportError:  # a Ray laid out otherwise
+        yield
+        return
+    node_class = getattr(ray_node, "Node", None)
+    if node_class is None or not hasattr(node_class, "start_api_server"):
+        yield
+        return
+    original_init = node_class.__init__
+    original_api_server = node_class.start_api_server
+    log_monitor = bool(init_args.get("log_to_driver", True))
+    dashboard = bool(init_args.get("include_dashboard"))
+
+    def init(self: Any, ray_params: Any, *args: Any, **kwargs: Any) -> None:
+        ray_params.no_monitor = True
+        if not log_monitor:
+            ray_params.include_log_monitor = False
+        original_init(self, ray_params, *args, **kwargs)
+
+    node_class.__init__ = init
+    if not dashboard:
+        node_class.start_api_server = lambda self, **kwargs: None
+    try:
+        yield
+    finally:
+        node_class.__init__ = original_init
+        node_class.start_api_server = original_api_server
 
 
 def keep_launcher_signal_handlers() -> None:

@@ -546,6 +546,18 @@ def test_bench_refuses_unknown_names_before_running(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
+def test_bench_refuses_an_out_folder_holding_earlier_runs(tmp_path):
+    # a run's log is appended to: a second bench into the same folder would read the first
+    # bench's start-up lines as its own, and a sweep would count the first bench's jobs
+    earlier = tmp_path / "default" / "sim-0"
+    earlier.mkdir(parents=True)
+    (earlier / "run.log").write_text("[2026-01-01 00:00:00,000][fedkd.phase][INFO] - x\n")
+    with pytest.raises(SystemExit, match=r"default already holds runs of an earlier bench"):
+        bench.main(["--workloads", "default", "--out", str(tmp_path)])
+    assert (earlier / "run.log").exists()  # kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]  # nothing ran
+
+
 # ------------------------------------------------------------------ Ray cluster
 def _free_port() -> int:
     with socket.socket() as s:

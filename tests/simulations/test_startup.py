@@ -145,6 +145,59 @@ def test_a_private_ray_instance_gets_the_workers_variables_through_its_environme
     assert kwargs["runtime_env"]["env_vars"]["FEDKD_PROBE"] == "1" and probe is None
 
 
+_LEAN_INSTANCE = """
+import json, os, sys
+import ray._private.node as ray_node
+from simulations.cluster import join_cluster
+from simulations.proctree import process_tree
+
+original = ray_node.Node.__init__
+join_cluster({"address": "local", "num_cpus": 1, "include_dashboard": False,
+              "log_to_driver": sys.argv[1] == "1"}, {})
+import ray
+
+@ray.remote
+def answer():
+    return 42
+
+print(json.dumps({
+    "answer": ray.get(answer.remote()),
+    "restored": ray_node.Node.__init__ is original,
+    "commands": [open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+                 for pid in process_tree([os.getpid()]) if pid != os.getpid()],
+}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_to_driver", [False, True])
+def test_a_private_instance_starts_without_the_daemons_a_simulation_never_uses(log_to_driver):
+    """``cluster.lean_private_instance``: a private instance runs tasks without the
+    autoscaler monitor and the dashboard's API server, and without the log monitor unless
+    the workers' output goes to the driver (``log_to_driver``); Ray's own classes are as
+    they were once it is up."""
+    launch = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(ROOT), MARKER: launch}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _LEAN_INSTANCE, "1" if log_to_driver else "0"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        left = stop_tree([], launch_id=launch, grace=60)
+    assert left == []
+    assert seen["answer"] == 42 and seen["restored"]
+    commands = " | ".join(seen["commands"])
+    assert "raylet" in commands and "gcs_server" in commands
+    assert "autoscaler/_private/monitor.py" not in commands
+    assert "dashboard/dashboard.py" not in commands
+    assert ("log_monitor.py" in commands) == log_to_driver
+
+
 def test_the_start_up_thread_starts_ray_before_importing_flowers_simulation_package():
     """``flwr.simulation``'s package import (its SuperLink) comes after ``ray.init``: run in a
     fresh interpreter, ``join_cluster`` is replaced by one that notes what is imported."""
