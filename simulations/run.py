@@ -32,7 +32,7 @@ from fedkd.console import (
 )
 from fedkd.errors import ConfigError, FedkdError
 from server.nodeloss import STOPPED
-from simulations import jobnames, nodeloss, vce_patches
+from simulations import jobnames, nodeloss, sweepconfig, vce_patches
 from simulations.cluster import (
     LOCAL,
     check_connect_timeout,
@@ -51,6 +51,7 @@ class RunStopped(FedkdError):
 
 
 jobnames.register()  # multirun job folders named by their overrides (configs/config.yaml)
+sweepconfig.remember_job_configs()  # a multirun composes each job's config once
 _JOBS_STARTED = [0]  # jobs this process has started (a multirun runs several)
 
 
