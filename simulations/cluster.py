@@ -155,8 +155,9 @@ def lean_private_instance(init_args: dict[str, Any]) -> Iterator[None]:
     one-machine simulation never uses.
 
     ``ray.init`` has no argument for them (``ray start`` has ``--no-monitor``; the log
-    monitor and the dashboard's API server are always started), and they cost the start-up
-    about 2 s of wall clock and 2.5 s of CPU on two cores (docs/performance.md, start-up):
+    monitor and the dashboard's API server are always started), and they cost ``ray.init``
+    about 1 s and the start-up about 2 s of CPU on two cores (docs/performance.md, "The path
+    to round 1"):
 
     - the autoscaler monitor: a private instance has one node and nothing to scale;
     - the log monitor, unless ``log_to_driver``: it forwards the workers' output to the
