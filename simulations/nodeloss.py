@@ -147,8 +147,9 @@ class _Actors:
     taken before a busy one. Every message still runs alone in its worker, with its own
     ``Context``: only when it starts changes, never what it computes, unless the message
     ahead of it straggles past the round's timeout (then the queued client misses the
-    round too) or kills the worker (then it is retried once elsewhere). So ``DEPTH`` is 1
-    unless ``simulation.messages_per_worker`` asks for more.
+    round too) or kills the worker (then it is retried once elsewhere). So ``DEPTH`` is 2
+    only where no fault holds a client back (``resolve_depth``), or where
+    ``simulation.messages_per_worker`` asks for it.
     """
 
     def __init__(self, pool: Any) -> None:
@@ -386,29 +387,54 @@ def quiet_node_deaths() -> bool:
     return True
 
 
-def check_depth(depth: object) -> int:
-    """``simulation.messages_per_worker``: ConfigError (one line) unless a whole number >= 1."""
+AUTO = "auto"  # simulation.messages_per_worker: 2, or 1 when faults hold clients back
+HELD_BACK = ("hang", "slow")  # fault kinds whose client keeps its worker busy past its turn
+
+
+def check_depth(depth: object) -> int | str:
+    """``simulation.messages_per_worker``: ConfigError (one line) unless ``auto`` or a whole
+    number >= 1."""
     from fedkd.errors import ConfigError
 
+    if depth == AUTO:
+        return AUTO
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ConfigError(
-            f"simulation.messages_per_worker must be a whole number >= 1 (got {depth!r}); "
+            f"simulation.messages_per_worker must be auto or a whole number >= 1 (got {depth!r}); "
             "1 runs each client alone in its worker, 2 queues the next one behind it"
         )
     return depth
+
+
+def resolve_depth(cfg: dict[str, Any]) -> int:
+    """The messages a worker holds at once for the run ``cfg``.
+
+    ``auto`` is 2 unless ``faults.hang`` or ``faults.slow`` picks a client, then 1: in a
+    simulation a client keeps its worker busy past its turn only when a fault makes it (each
+    client runs the same code on its own data; the round timeout, 600 s by default, is far
+    from any of its turns), and a client queued behind one that hangs would miss the round
+    with it. A number is taken as it is."""
+    depth = check_depth(cfg["simulation"]["messages_per_worker"])
+    if depth != AUTO:
+        return int(depth)
+    from fedkd.client.faults import assignments
+
+    return 1 if set(HELD_BACK) & set(assignments(cfg)) else 2
 
 
 def install(policy: str = "replace", verbose: bool = False, depth: int | None = None) -> bool:
     """Use the node-loss handling in this process's simulations; False if Flower's is kept.
 
     ``verbose``: Ray's own notices of a dead node stay on the console too. ``depth``: the
-    messages an actor holds at once (``simulation.messages_per_worker``; None: unchanged).
-    With 2, the next client waits in the worker instead of the driver, but behind the
-    client before it: a straggler or a hanging client holds it back too."""
+    messages an actor holds at once (a number: ``resolve_depth`` of the run; None:
+    unchanged). With 2, the next client waits in the worker instead of the driver, but
+    behind the client before it: a straggler or a hanging client holds it back too."""
     global _installed, DEPTH
     check_policy(policy)
     if depth is not None:
-        DEPTH = check_depth(depth)
+        if check_depth(depth) == AUTO:
+            raise ValueError("messages_per_worker auto: install the number resolve_depth gives")
+        DEPTH = int(depth)
     WATCH.__init__(policy)
     if not verbose:
         quiet_node_deaths()

@@ -201,11 +201,8 @@ def _simulate(
     # lost Ray nodes: replaced or fatal, one line each (simulations/nodeloss.py); placement
     policy = cfg["simulation"]["on_node_loss"]
     verbose = bool(cfg["logging"]["verbose"])
-    watch = (
-        nodeloss.WATCH
-        if nodeloss.install(policy, verbose, cfg["simulation"]["messages_per_worker"])
-        else None
-    )
+    depth = nodeloss.resolve_depth(cfg)  # auto: 2, or 1 when faults hold clients back
+    watch = nodeloss.WATCH if nodeloss.install(policy, verbose, depth) else None
 
     waited = vce_patches.wait_session()
     took = vce_patches.session_timings()
@@ -215,10 +212,13 @@ def _simulate(
         phase(
             "Ray",
             f"up in the background: Ray {ray}, actor pool {pool} "
-            f"(waited {waited:.1f} s for it here)",
+            f"(waited {waited:.1f} s for it here); {depth} message(s) per worker",
         )
     else:
-        phase("Ray", f"starting Ray and {cfg['num_clients']} virtual clients")
+        phase(
+            "Ray",
+            f"starting Ray and {cfg['num_clients']} virtual clients; {depth} message(s) per worker",
+        )
     server_app = make_server_app(
         cfg, run_dir, info, resume=resume, find_roster=find_roster, cluster=watch
     )

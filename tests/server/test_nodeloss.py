@@ -266,8 +266,40 @@ def test_an_actor_lost_with_two_messages_in_flight_is_dropped_and_replaced_once(
     assert pool.num_actors == 2 and [p[0].name for p in actors.pending] == ["new1"]
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
-def test_messages_per_worker_must_be_a_whole_number_of_at_least_one(bad):
-    with pytest.raises(ConfigError, match="simulation.messages_per_worker must be"):
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", "Auto", True, None])
+def test_messages_per_worker_must_be_auto_or_a_whole_number_of_at_least_one(bad):
+    with pytest.raises(ConfigError, match="simulation.messages_per_worker must be auto or"):
         nodeloss.check_depth(bad)
-    assert nodeloss.check_depth(2) == 2
+    assert nodeloss.check_depth(2) == 2 and nodeloss.check_depth("auto") == "auto"
+
+
+def _depth_config(depth, **faults):
+    cfg = compose()
+    cfg["simulation"]["messages_per_worker"] = depth
+    for kind, selection in faults.items():
+        cfg["faults"][kind].update(selection)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("faults", "depth"),
+    [
+        ({}, 2),
+        ({"crash": {"clients": [1]}, "dropout": {"fraction": 0.5}}, 2),  # answer, free the worker
+        ({"bad_payload": {"clients": [0]}}, 2),
+        ({"hang": {"clients": [3]}}, 1),
+        ({"slow": {"fraction": 0.25, "seconds": 1.0}}, 1),
+        ({"slow": {"fraction": 0.01}}, 2),  # rounds to no client out of 20
+    ],
+)
+def test_auto_queues_a_second_message_unless_a_fault_holds_a_client_back(faults, depth):
+    assert nodeloss.resolve_depth(_depth_config("auto", **faults)) == depth
+
+
+def test_a_number_of_messages_per_worker_is_taken_as_it_is():
+    assert nodeloss.resolve_depth(_depth_config(1)) == 1
+    assert nodeloss.resolve_depth(_depth_config(3, hang={"clients": [0]})) == 3
+    with pytest.raises(ConfigError, match="messages_per_worker must be"):
+        nodeloss.resolve_depth(_depth_config("two"))
+    with pytest.raises(ValueError, match="resolve_depth"):
+        nodeloss.install("replace", depth="auto")
