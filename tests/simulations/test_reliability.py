@@ -90,6 +90,8 @@ def test_faulty_and_broken_clients_are_survived_and_counted(tmp_path):
     assert {m["client"] for m in metrics} == set(range(10)) - set(crash) - {1}
     # the console shows one line per rejected reply, not Flower's tracebacks
     assert "Traceback" not in result.stderr + result.stdout
+    # a client made to hang: no worker queues a second client behind it (auto gives 1)
+    assert "; 1 message(s) per worker" in (run_dir / "run.log").read_text()
 
 
 # ---------------------------------------------------------------- hostile clients, resume
