@@ -293,6 +293,8 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
     from flwr.common.constant import PARTITION_ID_KEY
     from flwr.supercore import log
 
+    from simulations.worker import pack, unpack
+
     partition_id = context.node_config[PARTITION_ID_KEY]
     if self.pool is None:
         raise ValueError("The actor pool is empty, unfit to process messages.")
@@ -310,8 +312,8 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
         if actor is None:
             return _unavailable(message, "the simulation is stopping"), context
         try:
-            future = actor.run.remote(self.app_fn, message, str(partition_id), context)
-            _, out_message, updated_context = ray.get(future)
+            future = actor.run.remote(pack(self.app_fn, message, str(partition_id), context))
+            _, out_message, updated_context = unpack(ray.get(future))
         except ray.exceptions.RayActorError as err:
             where, dropped = actors.drop(actor)
             reason = f"{LOST_REASON} ({type(err).__name__})"

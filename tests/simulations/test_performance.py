@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.client_app import ClientAppException
 from helpers import ROOT, marked, run_fedkd_sim, stop_tree
 
 from fedkd.config import compose
@@ -28,6 +31,7 @@ from fedkd.models import build_model
 from fedkd.weights import load_packed, model_to_arrays, packed_state
 from simulations import bench
 from simulations.proctree import MARKER
+from simulations.worker import ClientWorker, pack, unpack
 
 TINY = [
     "num_clients=4",
@@ -66,6 +70,42 @@ def test_packed_state_of_another_architecture_is_refused():
         load_packed(big, packed_state(small))
     for key, value in model_to_arrays(big).items():
         np.testing.assert_array_equal(value, before[key])
+
+
+# ------------------------------------------------------------------ worker calls
+def _train_message(x: int) -> Message:
+    metadata = Metadata(
+        run_id=1, message_id=f"m{x}", src_node_id=1, dst_node_id=7, reply_to_message_id="",
+        group_id="1", created_at=0.0, ttl=600.0, message_type=MessageType.TRAIN,
+    )  # fmt: skip
+    return Message(content=RecordDict({"config": ConfigRecord({"x": x})}), metadata=metadata)
+
+
+def test_a_worker_call_travels_as_one_bytes_object_each_way():
+    """``ClientWorker.run`` takes ``pack(loader, message, cid, context)`` and returns
+    ``pack(cid, reply, context)``; a loader the standard pickler refuses (a closure) goes
+    through cloudpickle; a failing ClientApp raises Flower's ClientAppException as before."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        if msg.content["config"]["x"] < 0:
+            raise ValueError("x must not be negative")
+        ctx.state["seen"] = ConfigRecord({"x": msg.content["config"]["x"]})
+        return Message(RecordDict({"echo": msg.content["config"]}), reply_to=msg)
+
+    context = Context(
+        run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
+    )
+    call = pack(lambda: app, _train_message(3), "0", context)
+    assert isinstance(call, bytes)
+    answer = ClientWorker().run(call)
+    assert isinstance(answer, bytes)
+    cid, reply, updated = unpack(answer)
+    assert (cid, reply.content["echo"]["x"], updated.state["seen"]["x"]) == ("0", 3, 3)
+    assert reply.metadata.reply_to_message_id == "m3"
+    with pytest.raises(ClientAppException, match="x must not be negative"):
+        ClientWorker().run(pack(lambda: app, _train_message(-1), "0", context))
 
 
 # ------------------------------------------------------------------ exchange
