@@ -41,7 +41,8 @@ deployments (``flwr run``, SuperNodes) still discover.
 not initialised yet, builds a fresh actor pool per run and ends every run with
 ``ray.shutdown()``. ``start_session`` starts Ray, the actor pool and each worker's warm-up
 (importing the ClientApp and building the run's federated data) in a background thread,
-while the launcher imports torch and checks the data; ``RayBackend.build`` then takes that
+while the launcher imports and patches Flower's engine (``install_session``; the thread
+builds the pool once that is done), then torch, and checks the data; ``RayBackend.build`` then takes that
 pool instead of creating one. Its actors are ``simulations.worker.ClientWorker``s (Flower's
 actor without ``flwr.simulation``'s imports) and get the fedkd ClientApp's loader by
 reference instead of a closure holding the ClientApp. With ``share_session(True)`` (a Hydra multirun, ``fedkd-compare``)
@@ -301,6 +302,10 @@ class _Session:
     release: threading.Event | None = None  # set once Ray is down: its thread may end
     started: float = 0.0
     error: BaseException | None = None
+    # set once the launcher has imported Flower's engine and patched it (``start_session``);
+    # ``fits``: whether this Flower takes the session's pool
+    patched: threading.Event | None = None
+    fits: bool = False
     timings: dict[str, float] | None = None  # seconds: "ray" (init or reuse), "pool"
     local: bool = False  # Ray is this process's private instance (its daemons are our children)
     ends_with_process: bool = False  # the process stops that instance by pid as it exits
@@ -435,8 +440,12 @@ def _start(backend: dict[str, Any], env_vars: dict[str, str], cfg_json: str | No
         _SESSION.init_key = init_key
         _SESSION.local = init_args.get("address") == "local"
     ray_done = time.perf_counter()
-    # only now: flwr.simulation's package import (its SuperLink, SQLAlchemy, FastAPI) is about
-    # 0.8 s of CPU that would hold ``ray.init`` back, and this process imports it anyway
+    # the launcher imports Flower's engine (its SuperLink, SQLAlchemy, FastAPI: about 1 s of
+    # CPU) while Ray starts; the pool is Flower's class and only for a Flower that fits
+    if _SESSION.patched is not None:
+        _SESSION.patched.wait()
+        if not _SESSION.fits:
+            return started_ray
     from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
     from simulations.worker import ClientWorkerActor
@@ -497,13 +506,15 @@ def start_session(
 ) -> bool:
     """Start Ray (or reuse this process's session), the actor pool and each worker's warm-up
     in a background thread; ``wait_session`` waits for it. False if this Flower does not
-    fit."""
-    if not install_session():
-        return False
+    fit (Ray, if this call started it, is stopped again).
+
+    Ray's daemons start first; this thread meanwhile imports and patches Flower's engine
+    (``install_session``, about 1 s), which only the pool needs."""
     wait_session()
     _SESSION.error = None
     _SESSION.started = time.perf_counter()
     _SESSION.ready = threading.Event()
+    _SESSION.patched, _SESSION.fits = threading.Event(), False
     _SESSION.thread = threading.Thread(
         target=_start_and_stay,
         args=(_SESSION.ready, backend, env_vars, cfg_json),
@@ -511,7 +522,14 @@ def start_session(
         daemon=True,
     )
     _SESSION.thread.start()
-    return True
+    try:
+        _SESSION.fits = install_session()
+    finally:
+        _SESSION.patched.set()
+        if not _SESSION.fits:  # Flower's own start-up runs instead, as it would unpatched
+            wait_session()
+            end_session()
+    return _SESSION.fits
 
 
 def _ray_is_up() -> bool:

@@ -222,6 +222,44 @@ vce_patches._start(
     assert done.stdout.strip() == "False"
 
 
+START_SESSION = """
+import threading
+from simulations import cluster, vce_patches
+
+joined = threading.Event()
+
+def join(init_args, env_vars):  # Ray's start: noted, then no Ray in this test
+    joined.set()
+    raise RuntimeError("no Ray here")
+
+def install():  # the engine's import and patches: done only once Ray's start has begun
+    return joined.wait(120) and FITS
+
+cluster.join_cluster = join
+vce_patches.install_session = install
+answer = vce_patches.start_session(
+    {"init_args": {"address": "local"}, "client_resources": {"num_cpus": 1.0}}, {}, None
+)
+vce_patches.wait_session()
+print(answer, joined.is_set(), repr(vce_patches._SESSION.error))
+"""
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_ray_starts_while_the_launcher_imports_flowers_engine(fits):
+    """``start_session`` starts Ray's daemons in its thread before this thread imports and
+    patches Flower's engine (``install_session``): here that import waits until Ray's start
+    has been called, so it would wait 120 s and give False if it came first. A Flower that
+    does not fit gets False: the caller then runs Flower's own start-up."""
+    code = START_SESSION.replace("FITS", str(fits))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(fits), "True", "RuntimeError('no", "Ray", "here')"]
+
+
 def test_the_launcher_names_the_simulation_mark_without_importing_flower():
     """What ``simulations.run`` imports before it starts Ray (the launcher, the simulation
     mark) loads neither Flower nor torch: Ray's start waits for every import before it."""
