@@ -42,8 +42,8 @@ not initialised yet, builds a fresh actor pool per run and ends every run with
 ``ray.shutdown()``. ``start_session`` starts Ray, the actor pool and each worker's warm-up
 (importing the ClientApp and building the run's federated data) in a background thread,
 while the launcher imports and patches Flower's engine (``install_session``; the thread
-builds the pool once that is done), then torch, and checks the data; ``RayBackend.build`` then takes that
-pool instead of creating one. Its actors are ``simulations.worker.ClientWorker``s (Flower's
+builds the pool once that is done), then torch, and checks the data; ``RayBackend.build``
+then takes that pool instead of creating one. Its actors are ``simulations.worker.ClientWorker``s (Flower's
 actor without ``flwr.simulation``'s imports) and get the fedkd ClientApp's loader by
 reference instead of a closure holding the ClientApp. With ``share_session(True)`` (a Hydra multirun, ``fedkd-compare``)
 ``RayBackend.terminate`` keeps Ray and the idle pool for the process's next run instead of
