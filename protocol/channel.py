@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from fedkd.plan import Plan
 from protocol import wire
@@ -49,20 +49,21 @@ def shares_measurement(node_config: Mapping[str, Any], simulation: bool) -> bool
 def split(content: RecordDict, share: bool) -> None:
     """Move everything private out of ``metrics``: into ``measurement`` if ``share``, else away
     (the ``eval`` arrays too)."""
-    if wire.METRICS not in content.metric_records:
+    found = wire.get_record(content, wire.METRICS, MetricRecord)
+    if found is None:
         return
-    metrics = dict(content.metric_records[wire.METRICS])
+    metrics = dict(found)
     public = {k: v for k, v in metrics.items() if k in PUBLIC_METRICS}
     private = {k: v for k, v in metrics.items() if k not in PUBLIC_METRICS}
     content[wire.METRICS] = MetricRecord(public)
     if share and private:
         content[MEASUREMENT] = MetricRecord(private)
-    if not share and wire.EVAL in content.array_records:
+    if not share and wire.get_record(content, wire.EVAL, ArrayRecord) is not None:
         del content[wire.EVAL]
 
 
 def measurement_of(content: RecordDict) -> dict[str, Any]:
     """The researcher's channel of a reply (server side), as sent: the server checks it
     against the metrics schema (``fedkd.metrics_schema``) like the ``metrics`` record."""
-    record = content.metric_records.get(MEASUREMENT)
+    record = wire.get_record(content, MEASUREMENT, MetricRecord)
     return {} if record is None else dict(record)

@@ -63,6 +63,11 @@ def get_record(content: RecordDict, key: str, kind: type[R]) -> R | None:
     return record if isinstance(record, kind) else None
 
 
+def records_of(content: RecordDict, kind: type[R]) -> dict[str, R]:
+    """Every ``kind`` record of ``content`` by key, read only (see ``get_record``)."""
+    return {key: found for key, found in content.items() if isinstance(found, kind)}
+
+
 def record(content: RecordDict, key: str, kind: type[R]) -> R:
     """``content[key]``, a ``kind`` record; KeyError (as the typed view raises) if absent."""
     found = get_record(content, key, kind)
@@ -145,15 +150,15 @@ def payload_bytes(content: RecordDict) -> int:
     Evaluation arrays (``eval``) are measurement, not federated traffic: left out.
     """
     return sum(
-        record.count_bytes()
-        for key, record in content.array_records.items()
+        found.count_bytes()
+        for key, found in records_of(content, ArrayRecord).items()
         if key in (KNOWLEDGE, REQUEST)
     )
 
 
 def reply_bytes(content: RecordDict) -> int:
     """Bytes of every array a message carries (knowledge, request and eval): the size limit."""
-    return sum(record.count_bytes() for record in content.array_records.values())
+    return sum(found.count_bytes() for found in records_of(content, ArrayRecord).values())
 
 
 def get_eval_arrays(content: RecordDict) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, MetricRecord
 from flwr.common.constant import ErrorCode
 
 from fedkd.bounds import Bounds, check_magnitude
@@ -242,9 +242,10 @@ class ReplyChecker:
                 f"server.max_payload_bytes={max_payload_bytes}",
                 "too_large",
             )
-        if wire.METRICS not in msg.content.metric_records:
+        found = wire.get_record(msg.content, wire.METRICS, MetricRecord)
+        if found is None:
             raise PayloadError("reply has no metrics record", "bad_metrics")
-        metrics = check_metrics(msg.content.metric_records[wire.METRICS], self.bounds.max_count)
+        metrics = check_metrics(found, self.bounds.max_count)
         try:
             payload = wire.get_payload(msg.content, self.decode_limits)
         except PayloadError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedkd.errors import PayloadError
 from fedkd.knowledge import ClassLogits, ModelWeights, Prototypes, PublicLogits, Votes
@@ -94,6 +94,26 @@ def test_eval_arrays_travel_apart_from_knowledge_and_are_not_counted_as_traffic(
     np.testing.assert_array_equal(wire.get_eval_arrays(content)[wire.GLOBAL_CONFUSION], counts)
     assert isinstance(wire.get_payload(content), ClassLogits)
     assert wire.get_eval_arrays(RecordDict()) == {}
+
+
+def test_records_are_read_by_type_without_changing_the_message():
+    """``records_of``/``get_record`` read what Flower's typed views read (same records, same
+    sizes) and leave the RecordDict as it was; a record of another type under a key is not
+    that key's record."""
+    content = RecordDict()
+    wire.put_payload(content, PAYLOADS[2])
+    content[wire.EVAL] = wire.arrays_to_record({"c": np.ones((2, 2), np.int64)})
+    content[wire.METRICS] = MetricRecord({"num_train": 3})
+    content["odd"] = ConfigRecord({"x": 1})
+    before = list(content.items())
+    arrays = wire.records_of(content, ArrayRecord)
+    assert arrays == dict(content.array_records)
+    assert sorted(arrays) == [wire.EVAL, wire.KNOWLEDGE]
+    assert wire.reply_bytes(content) == sum(r.count_bytes() for r in content.array_records.values())
+    assert wire.get_record(content, wire.METRICS, MetricRecord)["num_train"] == 3
+    assert wire.get_record(content, "odd", MetricRecord) is None
+    assert wire.get_record(content, "absent", ArrayRecord) is None
+    assert list(content.items()) == before
 
 
 @pytest.mark.parametrize(
