@@ -92,7 +92,11 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def quiet_libraries(verbose: bool) -> None:
-    """Flower logs every message at INFO; keep the console for the progress bar."""
+    """Flower logs every message at INFO; keep the console for the progress bar.
+
+    Called again once Flower is imported: its logger module sets the level to DEBUG as it
+    loads, after which Flower's DEBUG lines (its backend config, every start and stop
+    step) would reach the console and run.log."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     flwr_logger = logging.getLogger("flwr")
@@ -168,6 +172,8 @@ def _simulate(
 ) -> dict[str, Any]:
     phase("libraries", "loading torch and Flower")
     from flwr.simulation import run_simulation
+
+    quiet_libraries(bool(cfg["logging"]["verbose"]))  # Flower's import set its level to DEBUG
 
     from clients.app import app as client_app
     from server.app import make_server_app, prepare_run

@@ -108,6 +108,9 @@ def test_a_finished_run_leaves_no_process_behind(tmp_path):
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "bytes/round" in result.stdout  # the table was printed before the exit
+        # Flower's own notices (its DEBUG steps, the deprecation of run_simulation) stay
+        # off the console at the default logging level
+        assert "[flwr]" not in result.stdout + result.stderr
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "finished" and len(summary["rounds"]) == 2
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) > 0
