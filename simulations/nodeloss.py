@@ -17,7 +17,8 @@ and the run still ends ``finished``.
 - ``simulation.on_node_loss: replace``: asks the pool's own ``create_actor_fn`` for a
   replacement, which Ray places on a live node once one has room (it joins the pool
   when it answers; with no room left the pool goes on with the actors it has), and
-  runs the message once more on the next idle live actor. If that attempt is lost
+  runs the message (with the rest of its batch, ``simulations/batching.py``) once more
+  on the next idle live actor. If that attempt is lost
   too, the client's reply is ``NODE_UNAVAILABLE``: the server counts it as
   ``client_unavailable`` that round;
 - ``fail``: no retry and no replacement; the reply is ``NODE_UNAVAILABLE`` and the
@@ -58,7 +59,7 @@ from collections import Counter
 from typing import Any
 
 from server.nodeloss import LOST_REASON
-from simulations import vce_patches
+from simulations import batching, vce_patches
 
 POLICIES = ("replace", "fail")
 REPLACEMENTS_PER_LOSS = 3  # a replacement that dies before answering is replaced again, this often
@@ -287,15 +288,16 @@ def _unavailable(message: Any, reason: str) -> Any:
     return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=message)
 
 
-def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
-    """Flower's ``RayBackend.process_message``, with lost actors dropped (module docstring)."""
+def process_messages(self: Any, messages: list[Any], contexts: list[Any]) -> list[Any]:
+    """Flower's ``RayBackend.process_message`` for a batch (``simulations/batching.py``), with
+    lost actors dropped (module docstring): one entry per message, ``(reply, updated
+    context)`` or the exception its ClientApp met (Flower's engine turns it into the
+    message's error reply)."""
     import ray
     from flwr.common.constant import PARTITION_ID_KEY
-    from flwr.supercore import log
 
-    from simulations.worker import pack, unpack
+    from simulations.worker import Failure, pack, unpack
 
-    partition_id = context.node_config[PARTITION_ID_KEY]
     if self.pool is None:
         raise ValueError("The actor pool is empty, unfit to process messages.")
     if self.app_fn is None:
@@ -304,43 +306,69 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
             "Call the backend's `build()` method before processing messages."
         )
     actors: _Actors = self.fedkd_actors
-    client = int(partition_id)
+    clients = [int(context.node_config[PARTITION_ID_KEY]) for context in contexts]
+    call = pack(
+        self.app_fn,
+        [(m, str(c), ctx) for m, c, ctx in zip(messages, clients, contexts, strict=True)],
+    )
     watch = WATCH
     retried = False
     while True:
         actor = actors.take(watch.stop)
         if actor is None:
-            return _unavailable(message, "the simulation is stopping"), context
+            reason = "the simulation is stopping"
+            return [(_unavailable(m, reason), c) for m, c in zip(messages, contexts, strict=True)]
         try:
-            future = actor.run.remote(pack(self.app_fn, message, str(partition_id), context))
-            _, out_message, updated_context = unpack(ray.get(future))
+            (outcomes,) = unpack(ray.get(actor.run.remote(call)))
         except ray.exceptions.RayActorError as err:
             where, dropped = actors.drop(actor)
             reason = f"{LOST_REASON} ({type(err).__name__})"
             if watch.policy == "replace" and not retried:
-                watch.lost(client, where, "retrying")
+                for client in clients:
+                    watch.lost(client, where, "retrying")
                 if dropped:  # one replacement per lost actor, whatever it was running
                     actors.replace()
                 retried = True
                 continue
-            if retried:  # lost twice: no reply from this client this round
-                watch.outcome(client, "no_reply")
-            else:  # on_node_loss: fail
-                watch.lost(client, where, "stopped")
-            return _unavailable(message, reason), context
+            for client in clients:
+                if retried:  # lost twice: no reply from this client this round
+                    watch.outcome(client, "no_reply")
+                else:  # on_node_loss: fail
+                    watch.lost(client, where, "stopped")
+            return [(_unavailable(m, reason), c) for m, c in zip(messages, contexts, strict=True)]
         except Exception:
             from logging import ERROR
+
+            from flwr.supercore import log
 
             log(ERROR, "An exception was raised when processing a message by RayBackend")
             actors.give_back(actor)
             raise
         where = actors.where.get(actor)
         actors.give_back(actor)
-        if where is not None:
-            watch.ran(client, where)
-        if retried:
-            watch.outcome(client, "recovered")
-        return out_message, updated_context
+        if len(outcomes) != len(messages):
+            raise RuntimeError(f"a worker answered {len(outcomes)} of {len(messages)} messages")
+        results: list[Any] = []
+        for client, outcome in zip(clients, outcomes, strict=True):
+            if retried:
+                watch.outcome(client, "recovered")
+            if isinstance(outcome, Failure):
+                results.append(outcome.exception())
+                continue
+            if where is not None:
+                watch.ran(client, where)
+            _, reply, updated = outcome
+            results.append((reply, updated))
+        return results
+
+
+def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
+    """Flower's ``RayBackend.process_message``: a batch of one (for Flower's own engine
+    threads, if ``simulations/batching.py`` does not fit this Flower)."""
+    (outcome,) = process_messages(self, [message], [context])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 def check_policy(policy: Any) -> str:
@@ -487,6 +515,8 @@ def install(policy: str = "replace", verbose: bool = False, depth: int | None = 
         RayBackend.num_workers = property(lambda self: DEPTH * workers.fget(self))
     RayBackend.terminate = patched_terminate
     RayBackend.process_message = process_message
+    RayBackend.process_messages = process_messages
+    batching.install()  # the engine's threads send batches (when its worker loop fits)
     vce_api.run_api = patched_run_api
     _installed = True
     return True

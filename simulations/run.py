@@ -32,7 +32,7 @@ from fedkd.console import (
 )
 from fedkd.errors import ConfigError, FedkdError
 from server.nodeloss import STOPPED
-from simulations import jobnames, nodeloss, sweepconfig, vce_patches
+from simulations import batching, jobnames, nodeloss, sweepconfig, vce_patches
 from simulations.cluster import (
     LOCAL,
     check_connect_timeout,
@@ -67,6 +67,7 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     inline = check_inline_bytes(sim)
     nodeloss.check_policy(sim["on_node_loss"])
     nodeloss.check_depth(sim["messages_per_worker"])
+    batching.check_limit(sim["messages_per_call"])
     if address != LOCAL:
         # join a running cluster (``ray start --head`` elsewhere): it owns the resources
         if sim["ray_num_cpus"]:
@@ -208,7 +209,10 @@ def _simulate(
     policy = cfg["simulation"]["on_node_loss"]
     verbose = bool(cfg["logging"]["verbose"])
     depth = nodeloss.resolve_depth(cfg)  # auto: 2, or 1 when faults hold clients back
+    # auto: a share of the queued messages per Ray call, or 1 where the depth is 1
+    batching.LIMIT = batching.resolve_limit(cfg["simulation"]["messages_per_call"], depth)
     watch = nodeloss.WATCH if nodeloss.install(policy, verbose, depth) else None
+    per_call = "a share of the queue" if batching.LIMIT is None else f"up to {batching.LIMIT}"
 
     waited = vce_patches.wait_session()
     took = vce_patches.session_timings()
@@ -218,12 +222,14 @@ def _simulate(
         phase(
             "Ray",
             f"up in the background: Ray {ray}, actor pool {pool} "
-            f"(waited {waited:.1f} s for it here); {depth} message(s) per worker",
+            f"(waited {waited:.1f} s for it here); {depth} message(s) per worker, "
+            f"{per_call} per call",
         )
     else:
         phase(
             "Ray",
-            f"starting Ray and {cfg['num_clients']} virtual clients; {depth} message(s) per worker",
+            f"starting Ray and {cfg['num_clients']} virtual clients; {depth} message(s) per "
+            f"worker, {per_call} per call",
         )
     server_app = make_server_app(
         cfg, run_dir, info, resume=resume, find_roster=find_roster, cluster=watch

@@ -31,7 +31,7 @@ from fedkd.models import build_model
 from fedkd.weights import load_packed, model_to_arrays, packed_state
 from simulations import bench
 from simulations.proctree import MARKER
-from simulations.worker import ClientWorker, pack, unpack
+from simulations.worker import ClientWorker, Failure, pack, unpack
 
 TINY = [
     "num_clients=4",
@@ -73,39 +73,79 @@ def test_packed_state_of_another_architecture_is_refused():
 
 
 # ------------------------------------------------------------------ worker calls
-def _train_message(x: int) -> Message:
+def _train_message(x: int, node: int = 7) -> Message:
     metadata = Metadata(
-        run_id=1, message_id=f"m{x}", src_node_id=1, dst_node_id=7, reply_to_message_id="",
+        run_id=1, message_id=f"m{x}", src_node_id=1, dst_node_id=node, reply_to_message_id="",
         group_id="1", created_at=0.0, ttl=600.0, message_type=MessageType.TRAIN,
     )  # fmt: skip
     return Message(content=RecordDict({"config": ConfigRecord({"x": x})}), metadata=metadata)
 
 
-def test_a_worker_call_travels_as_one_bytes_object_each_way():
-    """``ClientWorker.run`` takes ``pack(loader, message, cid, context)`` and returns
-    ``pack(cid, reply, context)``; a loader the standard pickler refuses (a closure) goes
-    through cloudpickle; a failing ClientApp raises Flower's ClientAppException as before."""
+def _echo_app() -> ClientApp:
+    """A ClientApp that counts its node's messages in the Context and refuses x < 0."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, ctx: Context) -> Message:
         if msg.content["config"]["x"] < 0:
             raise ValueError("x must not be negative")
-        ctx.state["seen"] = ConfigRecord({"x": msg.content["config"]["x"]})
+        seen = ctx.state["seen"]["n"] if "seen" in ctx.state else 0
+        ctx.state["seen"] = ConfigRecord({"x": msg.content["config"]["x"], "n": seen + 1})
         return Message(RecordDict({"echo": msg.content["config"]}), reply_to=msg)
 
-    context = Context(
-        run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
+    return app
+
+
+def _context(node: int = 7) -> Context:
+    return Context(
+        run_id=1, node_id=node, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
     )
-    call = pack(lambda: app, _train_message(3), "0", context)
+
+
+def test_a_worker_call_travels_as_one_bytes_object_each_way():
+    """``ClientWorker.run`` takes ``pack(loader, [(message, cid, context), ...])`` and returns
+    ``pack([(cid, reply, context), ...])``; a loader the standard pickler refuses (a closure)
+    goes through cloudpickle."""
+    app = _echo_app()
+    call = pack(lambda: app, [(_train_message(3), "0", _context())])
     assert isinstance(call, bytes)
     answer = ClientWorker().run(call)
     assert isinstance(answer, bytes)
-    cid, reply, updated = unpack(answer)
+    ((cid, reply, updated),) = unpack(answer)[0]
     assert (cid, reply.content["echo"]["x"], updated.state["seen"]["x"]) == ("0", 3, 3)
     assert reply.metadata.reply_to_message_id == "m3"
-    with pytest.raises(ClientAppException, match="x must not be negative"):
-        ClientWorker().run(pack(lambda: app, _train_message(-1), "0", context))
+
+
+def test_a_failing_client_app_fails_its_own_message_and_the_batch_goes_on():
+    """In a batch, a ClientApp that raises leaves a ``Failure`` (Flower's ClientAppException,
+    with the worker's traceback) in its message's place; the messages after it still run,
+    and a second message for the same node gets the Context the first one left."""
+    app = _echo_app()
+    batch = [
+        (_train_message(1, node=7), "0", _context(7)),
+        (_train_message(-1, node=8), "1", _context(8)),
+        (_train_message(2, node=7), "0", _context(7)),  # the same node again, stale Context
+    ]
+    first, failed, again = unpack(ClientWorker().run(pack(lambda: app, batch)))[0]
+    assert first[1].content["echo"]["x"] == 1
+    assert isinstance(failed, Failure) and failed.kind == "app"
+    error = failed.exception()
+    assert isinstance(error, ClientAppException)
+    assert "x must not be negative" in str(error) and "ValueError" in error.fedkd_traceback
+    assert again[1].content["echo"]["x"] == 2 and again[2].state["seen"]["n"] == 2
+    assert first[2] is again[2]  # the node's Context after both: stored last, it is the one kept
+
+
+def test_a_client_app_that_cannot_be_loaded_fails_every_message_of_its_batch():
+    from flwr.clientapp.client_app import LoadClientAppError
+
+    def loader():
+        raise LoadClientAppError("no such app")
+
+    batch = [(_train_message(x), "0", _context()) for x in (1, 2)]
+    outcomes = unpack(ClientWorker().run(pack(loader, batch)))[0]
+    assert [o.kind for o in outcomes] == ["load", "load"]
+    assert isinstance(outcomes[0].exception(), LoadClientAppError)
 
 
 # ------------------------------------------------------------------ exchange
@@ -432,7 +472,7 @@ def test_inline_bytes_out_of_range_is_one_line(bad):
 @pytest.mark.slow
 def test_the_reference_and_the_simulation_compute_the_same_run(tmp_path, sim_session):
     """The benchmark's sequential loop is the same computation: same accuracies, every round
-    (the simulation runs in the tests' shared Ray session)."""
+    (the simulation runs in the tests' shared Ray session), batched or one call per message."""
     overrides = ["num_clients=5", "num_rounds=3", "server.fraction_train=0.6"]
     ref = subprocess.run(
         [sys.executable, "-m", "simulations.reference", "--out", str(tmp_path / "ref"), *overrides],
@@ -441,12 +481,18 @@ def test_the_reference_and_the_simulation_compute_the_same_run(tmp_path, sim_ses
     assert ref.returncode == 0, ref.stderr
     sim = sim_session.run([*TINY, *overrides, f"hydra.run.dir={tmp_path / 'sim'}"])
     assert sim.status == 0, sim.last_line
+    # one Ray call per message (Flower's way) computes what the batched calls computed
+    single = ["simulation.messages_per_call=1", f"hydra.run.dir={tmp_path / 'single'}"]
+    one = sim_session.run([*TINY, *overrides, *single])
+    assert one.status == 0, one.last_line
     a = json.loads((tmp_path / "ref" / "summary.json").read_text())
     b = json.loads((tmp_path / "sim" / "summary.json").read_text())
-    for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
+    c = json.loads((tmp_path / "single" / "summary.json").read_text())
+    for ra, rb, rc in zip(a["rounds"], b["rounds"], c["rounds"], strict=True):
         assert ra["num_clients"] == rb["num_clients"] == 3  # the same seeded sampling
         for key in ("global_test_acc", "local_test_acc"):
             assert ra[key] == pytest.approx(rb[key], abs=1e-6)
+            assert rb[key] == rc[key]
 
 
 def test_the_reference_refuses_what_it_cannot_compute_exactly():
