@@ -18,9 +18,10 @@ by a poll every ``max_interval``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -31,23 +32,53 @@ GROWTH = 1.5
 
 class Arrivals:
     """A count of replies stored, which a waiting exchange sleeps on. ``counting`` is set
-    by whoever calls ``add`` for every stored reply (the simulation engine's patch)."""
+    by whoever calls ``add`` for every stored reply (the simulation engine's patch).
+
+    A waiter is woken once, when the count reaches what it waits for, not at every
+    ``add``: an exchange waiting for a round's 20 replies wakes after the 20th, instead
+    of taking the interpreter's lock 20 times while the engine's threads need it. Inside
+    ``held()`` (a burst of adds, such as a round's pushes) nobody is woken until the
+    burst ends."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.count = 0
         self.counting = False
+        self.waiting: list[int] = []  # the counts the waiters wait for
+        self.holds = 0
+
+    def _due(self) -> bool:
+        return not self.holds and any(self.count >= target for target in self.waiting)
 
     def add(self) -> None:
         with self.cond:
             self.count += 1
-            self.cond.notify_all()
+            if self._due():
+                self.cond.notify_all()
 
     def wait(self, seen: int, expected: int, timeout: float) -> None:
         """Until ``expected`` replies have been stored since the count was ``seen``, at
         most ``timeout`` seconds."""
         with self.cond:
-            self.cond.wait_for(lambda: self.count - seen >= expected, timeout)
+            target = seen + expected
+            self.waiting.append(target)
+            try:
+                self.cond.wait_for(lambda: self.count >= target and not self.holds, timeout)
+            finally:
+                self.waiting.remove(target)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Adds inside count at once and wake the waiters they complete as the block ends."""
+        with self.cond:
+            self.holds += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.holds -= 1
+                if self._due():
+                    self.cond.notify_all()
 
 
 REPLIES = Arrivals()  # the process's own engine, when it counts (simulation)

@@ -15,7 +15,9 @@ have an undelivered message (read from the LinkState's store, then fetched
 through the same ``get_message_ins``, which marks them delivered as before) and
 sleeps four times the last sweep's duration, so sweeping never takes more than a fifth of
 a core, and then until the grid's next push (it counts them: ``_count_pushes``; without
-that count, 2 ms). Messages go to the workers' queue in the
+that count, 2 ms). A push of a round's messages wakes it once, after the last one is stored
+(``_hold_pushes``), not at the first while the server thread still pushes the others.
+A sweep's messages go to the workers' queue at once (``PromptQueue.put_many``), in the
 order the server pushed them (the store's order), so the server decides which client
 starts first; once the run stops, it ends the engine
 threads' waits on the run's queues (``PromptQueue``: Flower's wait up to 1 s before they
@@ -121,6 +123,17 @@ class PromptQueue(Queue):
             self.stopped = True
             self.not_empty.notify_all()
 
+    def put_many(self, items: list[Any]) -> None:
+        """Queue ``items`` at once (one lock, one wake-up per item): a thread woken by the
+        first one finds all of them queued, so it takes its share of the whole round."""
+        if not items:
+            return
+        with self.not_full:
+            for item in items:
+                self._put(item)
+            self.unfinished_tasks += len(items)
+            self.not_empty.notify(len(items))
+
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         with self.not_empty:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -166,7 +179,34 @@ def _count_pushes(state: Any) -> Any | None:
 
     store_message_ins.__wrapped__ = store  # type: ignore[attr-defined]
     state.store_message_ins = store_message_ins
+    state.fedkd_pushes = pushes  # the grid holds it while it pushes a round (_hold_pushes)
     return pushes
+
+
+def _hold_pushes() -> bool:
+    """Wake the pick-up once per push of several messages (a round's), after the last one
+    is stored, instead of at the first while the server thread still pushes the others:
+    wraps ``InMemoryGrid.push_messages`` to hold the state's push count meanwhile."""
+    try:
+        from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+    except ImportError:
+        return False
+    push = getattr(InMemoryGrid, "push_messages", None)
+    if push is None or list(inspect.signature(push).parameters) != ["self", "messages"]:
+        return False
+    if hasattr(push, "__wrapped__"):
+        return True
+
+    def push_messages(self: Any, messages: Any) -> Any:
+        pushes = getattr(getattr(self, "state", None), "fedkd_pushes", None)
+        if pushes is None:
+            return push(self, messages)
+        with pushes.held():
+            return push(self, messages)
+
+    push_messages.__wrapped__ = push  # type: ignore[attr-defined]
+    InMemoryGrid.push_messages = push_messages
+    return True
 
 
 def add_messages_to_queue(
@@ -184,11 +224,15 @@ def add_messages_to_queue(
             seen = 0 if pushes is None else pushes.count  # a push from here on wakes it
             started = time.perf_counter()
             nodes = _waiting_nodes(state, nodes_mapping)
-            delivered = False
+            found: list[Any] = []
             for node_id in nodes_mapping.keys() if nodes is None else nodes:
-                for message in state.get_message_ins(node_id=node_id, limit=1):
+                found.extend(state.get_message_ins(node_id=node_id, limit=1))
+            delivered = bool(found)
+            if isinstance(queue, PromptQueue):
+                queue.put_many(found)
+            else:
+                for message in found:
                     queue.put(message)
-                    delivered = True
             swept = time.perf_counter() - started
             f_stop.wait(max(MIN_WAIT if pushes is None else 0.0, SWEEP_SHARE * swept))
             if pushes is not None and not delivered:  # a node's second message: sweep again
@@ -240,6 +284,7 @@ def install_pickup() -> bool:
         REPLIES.counting = True
     if getattr(vce_api, "Queue", None) is Queue:  # the run's queues: prompt once it stops
         vce_api.Queue = PromptQueue
+    _hold_pushes()
     _installed = True
     return True
 

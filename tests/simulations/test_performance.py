@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -274,6 +275,98 @@ def test_the_engine_counts_every_reply_it_stores(monkeypatch):
     stop.set()
     thread.join()
     assert state.stored == ["r1", "r2"] and arrivals.count == 2
+
+
+class _CountingCondition(threading.Condition):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+
+    def notify_all(self) -> None:
+        self.wakeups += 1
+        super().notify_all()
+
+
+def _waiting(arrivals, target: int) -> None:
+    """Until a waiter has registered for ``target`` (an event, not a time window)."""
+    while True:
+        with arrivals.cond:
+            if target in arrivals.waiting:
+                return
+        time.sleep(0.001)
+
+
+def test_a_waiting_exchange_is_woken_once_when_its_last_reply_is_counted():
+    from server import exchange
+
+    arrivals = exchange.Arrivals()
+    arrivals.cond = _CountingCondition()
+    waiter = threading.Thread(target=arrivals.wait, args=(0, 3, 600))
+    waiter.start()
+    _waiting(arrivals, 3)
+    for _ in range(3):
+        arrivals.add()
+    waiter.join()
+    assert arrivals.count == 3 and arrivals.cond.wakeups == 1 and arrivals.waiting == []
+
+
+def test_adds_held_as_a_burst_wake_the_waiter_once_the_burst_ends():
+    from server import exchange
+
+    arrivals = exchange.Arrivals()
+    arrivals.cond = _CountingCondition()
+    waiter = threading.Thread(target=arrivals.wait, args=(0, 1, 600))
+    waiter.start()
+    _waiting(arrivals, 1)
+    with arrivals.held():
+        for _ in range(5):  # a round's pushes: the first would wake the pick-up mid-push
+            arrivals.add()
+        assert arrivals.cond.wakeups == 0 and waiter.is_alive()
+    waiter.join()
+    assert arrivals.count == 5 and arrivals.cond.wakeups == 1
+
+
+def test_the_grid_holds_the_push_count_while_it_pushes_a_round():
+    """``InMemoryGrid.push_messages`` (wrapped by ``install_pickup``) stores every message
+    while the state's push count is held: the pick-up wakes once, after the last."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from server import exchange
+    from simulations import vce_patches
+
+    assert vce_patches.install_pickup() and hasattr(InMemoryGrid.push_messages, "__wrapped__")
+
+    class State:
+        def __init__(self) -> None:
+            self.fedkd_pushes = exchange.Arrivals()
+            self.held_at_store: list[int] = []
+
+        def store_message_ins(self, message):
+            self.held_at_store.append(self.fedkd_pushes.holds)
+            self.fedkd_pushes.add()
+            return message.metadata._message_id  # set by the grid
+
+    class Grid:
+        def __init__(self) -> None:
+            self.state = State()
+
+        def _check_message(self, message) -> None:
+            pass
+
+    grid = Grid()
+    messages = [type("Msg", (), {"metadata": type("Meta", (), {})()})() for _ in range(3)]
+    ids = InMemoryGrid.push_messages(grid, messages)
+    assert len(ids) == 3 and grid.state.held_at_store == [1, 1, 1]
+    assert grid.state.fedkd_pushes.holds == 0 and grid.state.fedkd_pushes.count == 3
+
+
+def test_a_sweep_queues_its_messages_at_once_in_order():
+    from simulations.vce_patches import PromptQueue
+
+    queue = PromptQueue()
+    queue.put_many(["a", "b", "c"])
+    queue.put_many([])
+    assert queue.qsize() == 3 and [queue.get_nowait() for _ in range(3)] == ["a", "b", "c"]
 
 
 # ------------------------------------------------------------------ pick-up patch
