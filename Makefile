@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint format compare figure certs keys deploy clean
+.PHONY: install bytecode run test test-fast lint format compare figure certs keys deploy clean
 
 CERT_DIR ?= certs
 CERT_HOST ?=
@@ -18,14 +18,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) bytecode
+
+# the project's modules compiled once: where PYTHONDONTWRITEBYTECODE is set, every process
+# (the launcher, each Ray worker) would compile them again at import (~0.2 s of CPU each)
+PACKAGES := fedkd protocol clients server simulations
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q $(PACKAGES) > /dev/null
 
 ## run the default simulation (digits, 10 clients, FD)
-run: $(STAMP)
+run: $(STAMP) bytecode
 	$(BIN)/fedkd-sim
 
 ## lint, format check, then the test suite
-test: $(STAMP)
+test: $(STAMP) bytecode
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
