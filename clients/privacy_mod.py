@@ -87,6 +87,24 @@ def _floor(context: Context, cfg: Mapping[str, Any]) -> FloorOrError:
         return err
 
 
+_PLAN_DICTS: dict[int, tuple[Plan, dict[str, Any]]] = {}  # id -> (plan, its wire form)
+_PLAN_DICTS_MAX = 64
+
+
+def _plan_dict(plan: Plan) -> dict[str, Any]:
+    """``plan.to_dict()`` once per plan object (``wire.read_config`` hands out one per
+    distinct config record): the floor only reads it. Keyed by identity, the plan kept
+    beside it so its id cannot be reused meanwhile."""
+    hit = _PLAN_DICTS.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    if len(_PLAN_DICTS) >= _PLAN_DICTS_MAX:
+        _PLAN_DICTS.clear()
+    wire_form = plan.to_dict()
+    _PLAN_DICTS[id(plan)] = (plan, wire_form)
+    return wire_form
+
+
 def _refusal(message: Message, context: Context) -> tuple[str | None, FloorOrError | None]:
     """(``refusal``'s answer, the floor it held the plan against: None if it got no floor)."""
     try:
@@ -99,7 +117,7 @@ def _refusal(message: Message, context: Context) -> tuple[str | None, FloorOrErr
         floor = _floor(context, cfg)
         if isinstance(floor, ConfigError):
             return str(floor), floor
-        return floor[0].refusal(plan.to_dict(), seeded_allowed=floor[1]), floor
+        return floor[0].refusal(_plan_dict(plan), seeded_allowed=floor[1]), floor
     except (KeyError, ValueError, TypeError) as err:
         return f"unreadable plan ({type(err).__name__}: {err})", None
 

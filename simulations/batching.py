@@ -147,6 +147,7 @@ def worker(
         if started is not None:
             metrics.add_clientapp_runtime(time.perf_counter() - started)
         logged: set[int] = set()
+        replies: list[Any] = []
         for message, outcome in zip(batch, outcomes, strict=True):
             if not isinstance(outcome, BaseException):
                 reply, context = outcome
@@ -162,7 +163,18 @@ def worker(
                     logged.add(id(outcome))
                 reply = _failure_reply(message, outcome)
             reply.metadata.__dict__["_message_id"] = str(uuid4())
-            messageres_queue.put(reply)
+            replies.append(reply)
+        _put_all(messageres_queue, replies)
+
+
+def _put_all(queue: Queue, replies: list[Any]) -> None:
+    """The batch's replies to the engine's reply store, at once where the queue can."""
+    put_many = getattr(queue, "put_many", None)
+    if put_many is not None:
+        put_many(replies)
+        return
+    for reply in replies:
+        queue.put(reply)
 
 
 def install() -> bool:

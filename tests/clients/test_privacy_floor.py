@@ -316,3 +316,19 @@ def test_in_a_real_run_clients_refuse_a_calibrated_noise_below_their_floor(tmp_p
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["privacy"]["rounds_charged"] == {"0": 1, "1": 1, "2": 1}  # charged anyway
+
+
+def test_the_floor_reads_each_plans_wire_form_built_once():
+    """The privacy mod's check reads ``plan.to_dict()``: built once per plan object (the
+    decoded config's cache hands out one per record), equal to a fresh one, never another
+    plan's, and the memo stays bounded."""
+    from clients import privacy_mod
+    from fedkd.plan import Plan
+
+    plan, other = Plan(), Plan(confusion=True)
+    first = privacy_mod._plan_dict(plan)
+    assert privacy_mod._plan_dict(plan) is first and first == plan.to_dict()
+    assert privacy_mod._plan_dict(other) == other.to_dict() != first
+    for confusion in [True, False] * privacy_mod._PLAN_DICTS_MAX:
+        privacy_mod._plan_dict(Plan(confusion=confusion))
+    assert len(privacy_mod._PLAN_DICTS) <= privacy_mod._PLAN_DICTS_MAX

@@ -122,7 +122,7 @@ class _Metrics:
 
 
 def _run_engine(messages: list[Message], threads: int, stores: dict[int, _Store]):
-    ins, outs = PromptQueue(), Queue()
+    ins, outs = PromptQueue(), PromptQueue()  # a batch's replies go to the store at once
     for message in messages:
         ins.put(message)
     stop = threading.Event()
@@ -175,7 +175,7 @@ def test_a_backend_that_fails_a_whole_batch_answers_each_message_with_an_error()
             self.stop.set()
             raise RuntimeError("the actor pool is gone")
 
-    ins, outs = PromptQueue(), Queue()
+    ins, outs = PromptQueue(), Queue()  # a plain queue: the replies one by one
     for message in (_message(0, 1), _message(1, 2)):
         ins.put(message)
     stop = threading.Event()
