@@ -352,6 +352,7 @@ class _Session:
     patched: threading.Event | None = None
     fits: bool = False
     timings: dict[str, float] | None = None  # seconds: "ray" (init or reuse), "pool"
+    switch: float | None = None  # the interpreter's switch interval before start_session
     local: bool = False  # Ray is this process's private instance (its daemons are our children)
     ends_with_process: bool = False  # the process stops that instance by pid as it exits
     warming: list[Any] = field(default_factory=list)  # the queued warm-up calls' ObjectRefs
@@ -359,6 +360,8 @@ class _Session:
 
 _SESSION = _Session()
 PING_TIMEOUT = 10.0  # seconds a kept actor may take to answer before its pool is rebuilt
+# the interpreter's switch interval while the session starts (Python's default is 0.005 s)
+START_SWITCH = 0.0005
 
 
 def _key(value: Any) -> str:
@@ -554,8 +557,18 @@ def start_session(
     fit (Ray, if this call started it, is stopped again).
 
     Ray's daemons start first; this thread meanwhile imports and patches Flower's engine
-    (``install_session``, about 1 s), which only the pool needs."""
+    (``install_session``, about 1 s), which only the pool needs.
+
+    Until ``wait_session`` returns, the interpreter hands its lock between threads every
+    ``START_SWITCH`` seconds instead of every 5 ms: the start-up thread's many short steps
+    (starting Ray's daemons, connecting, creating the actors) each wait for the lock while
+    this thread imports libraries, and Ray's start took 0.2 s longer for it (three runs of
+    each, docs/performance.md)."""
     wait_session()
+    import sys
+
+    _SESSION.switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(START_SWITCH, _SESSION.switch))
     _SESSION.error = None
     _SESSION.started = time.perf_counter()
     _SESSION.ready = threading.Event()
@@ -599,6 +612,11 @@ def wait_session() -> float:
         _SESSION.ready = None
         if _SESSION.error is not None:
             log.debug("starting Ray early failed: %r", _SESSION.error)
+    if _SESSION.switch is not None:  # the start-up is over: the interpreter's own interval
+        import sys
+
+        sys.setswitchinterval(_SESSION.switch)
+        _SESSION.switch = None
     return time.perf_counter() - waited
 
 

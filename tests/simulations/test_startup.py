@@ -240,11 +240,15 @@ def install():  # the engine's import and patches: done only once Ray's start ha
 
 cluster.join_cluster = join
 vce_patches.install_session = install
+import sys
+before = sys.getswitchinterval()
 answer = vce_patches.start_session(
     {"init_args": {"address": "local"}, "client_resources": {"num_cpus": 1.0}}, {}, None
 )
+during = sys.getswitchinterval()
 vce_patches.wait_session()
 print(answer, joined.is_set(), repr(vce_patches._SESSION.error))
+print(during == vce_patches.START_SWITCH < before, sys.getswitchinterval() == before)
 """
 
 
@@ -253,14 +257,18 @@ def test_ray_starts_while_the_launcher_imports_flowers_engine(fits):
     """``start_session`` starts Ray's daemons in its thread before this thread imports and
     patches Flower's engine (``install_session``): here that import waits until Ray's start
     has been called, so it would wait 120 s and give False if it came first. A Flower that
-    does not fit gets False: the caller then runs Flower's own start-up."""
+    does not fit gets False: the caller then runs Flower's own start-up. The interpreter
+    switches threads every ``START_SWITCH`` seconds while the session starts, then as before."""
     code = START_SESSION.replace("FITS", str(fits))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(fits), "True", "RuntimeError('no", "Ray", "here')"]
+    lowered = str(fits)  # a Flower that does not fit: the session ended before it returned
+    assert done.stdout.split() == [
+        str(fits), "True", "RuntimeError('no", "Ray", "here')", lowered, "True"
+    ]  # fmt: skip
 
 
 def test_the_launcher_names_the_simulation_mark_without_importing_flower():
