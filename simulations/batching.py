@@ -44,19 +44,23 @@ AUTO = "auto"
 LIMIT: int | None = None  # messages per call at most (None: a share of the queue)
 
 
-def check_limit(value: object) -> int | str:
-    """``simulation.messages_per_call``: ConfigError (one line) unless ``auto`` or a whole
-    number >= 1."""
+def check_auto_or_count(key: str, value: object, hint: str) -> int | str:
+    """``key``'s ``value``: ``auto`` or a whole number >= 1, else ConfigError (one line,
+    ending with ``hint``)."""
     from fedkd.errors import ConfigError
 
     if value == AUTO:
         return AUTO
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"simulation.messages_per_call must be auto or a whole number >= 1 (got {value!r}); "
-            "1 sends each client message in its own Ray call"
-        )
+        raise ConfigError(f"{key} must be auto or a whole number >= 1 (got {value!r}); {hint}")
     return value
+
+
+def check_limit(value: object) -> int | str:
+    """``simulation.messages_per_call``: ``auto`` or a whole number >= 1."""
+    return check_auto_or_count(
+        "simulation.messages_per_call", value, "1 sends each client message in its own Ray call"
+    )
 
 
 def resolve_limit(value: object, depth: int) -> int | None:

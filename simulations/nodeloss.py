@@ -417,23 +417,17 @@ def quiet_node_deaths() -> bool:
     return True
 
 
-AUTO = "auto"  # simulation.messages_per_worker: 2, or 1 when faults hold clients back
+AUTO = batching.AUTO  # simulation.messages_per_worker: 2, or 1 when faults hold clients back
 HELD_BACK = ("hang", "slow")  # fault kinds whose client keeps its worker busy past its turn
 
 
 def check_depth(depth: object) -> int | str:
-    """``simulation.messages_per_worker``: ConfigError (one line) unless ``auto`` or a whole
-    number >= 1."""
-    from fedkd.errors import ConfigError
-
-    if depth == AUTO:
-        return AUTO
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ConfigError(
-            f"simulation.messages_per_worker must be auto or a whole number >= 1 (got {depth!r}); "
-            "1 runs each client alone in its worker, 2 queues the next one behind it"
-        )
-    return depth
+    """``simulation.messages_per_worker``: ``auto`` or a whole number >= 1."""
+    return batching.check_auto_or_count(
+        "simulation.messages_per_worker",
+        depth,
+        "1 runs each client alone in its worker, 2 queues the next one behind it",
+    )
 
 
 def resolve_depth(cfg: dict[str, Any]) -> int:

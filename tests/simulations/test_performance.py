@@ -296,14 +296,20 @@ def _waiting(arrivals, target: int) -> None:
         time.sleep(0.001)
 
 
-def test_a_waiting_exchange_is_woken_once_when_its_last_reply_is_counted():
+def _waiter(expected: int):
+    """Arrivals whose wake-ups are counted, and a thread waiting for ``expected`` adds."""
     from server import exchange
 
     arrivals = exchange.Arrivals()
     arrivals.cond = _CountingCondition()
-    waiter = threading.Thread(target=arrivals.wait, args=(0, 3, 600))
+    waiter = threading.Thread(target=arrivals.wait, args=(0, expected, 600))
     waiter.start()
-    _waiting(arrivals, 3)
+    _waiting(arrivals, expected)
+    return arrivals, waiter
+
+
+def test_a_waiting_exchange_is_woken_once_when_its_last_reply_is_counted():
+    arrivals, waiter = _waiter(3)
     for _ in range(3):
         arrivals.add()
     waiter.join()
@@ -311,13 +317,7 @@ def test_a_waiting_exchange_is_woken_once_when_its_last_reply_is_counted():
 
 
 def test_adds_held_as_a_burst_wake_the_waiter_once_the_burst_ends():
-    from server import exchange
-
-    arrivals = exchange.Arrivals()
-    arrivals.cond = _CountingCondition()
-    waiter = threading.Thread(target=arrivals.wait, args=(0, 1, 600))
-    waiter.start()
-    _waiting(arrivals, 1)
+    arrivals, waiter = _waiter(1)
     with arrivals.held():
         for _ in range(5):  # a round's pushes: the first would wake the pick-up mid-push
             arrivals.add()
