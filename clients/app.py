@@ -5,7 +5,9 @@ everything else from the run config the server sends. Its personal model lives
 in ``context.state`` between rounds; ``query.save_state`` /
 ``query.restore_state`` write it to and read it from a checkpoint file
 (``server/checkpoint.py``). Faults (``fedkd/client/faults.py``) and attacks
-(``fedkd/client/attacks.py``) configured in the run config happen here too. Node
+(``fedkd/client/attacks.py``) configured in the run config happen here too. The model,
+the round and the evaluation are in ``clients/training.py``, imported with torch at the
+first ``train`` or ``evaluate`` message (importing this module loads no torch). Node
 config keys:
 
 - ``partition-id``: this client's id (0..N-1); with no ``data-path`` it is also
@@ -20,30 +22,21 @@ config keys:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from clients.privacy_mod import privacy_mod
-from clients.subteachers import load_teachers, save_teachers, teacher_release
 from fedkd import checkpoint as ckpt_io
-from fedkd.client import attacks, faults
-from fedkd.client.round import evaluate_client, round_generator, run_round
-from fedkd.client.runtime import client_tensors, configure_torch, data_key
+from fedkd.client import faults
+from fedkd.client.runtime import client_tensors, data_key
 from fedkd.errors import ConfigError, DataError
-from fedkd.knowledge import ModelWeights
-from fedkd.models import build_model, spec_for_client
-from fedkd.train import resolve_device
-from fedkd.weights import arrays_to_model, load_packed, packed_state
 from protocol import wire
 
 MODEL_STATE = "model"
@@ -98,54 +91,6 @@ def tensors(node: NodeData, cfg: dict[str, Any]):
     return client_tensors(data_key(cfg), node.partition_id, node.data_path, node.label_column)
 
 
-def load_model(context: Context, cfg: dict[str, Any], pid: int, data) -> torch.nn.Module:
-    """The client's personal model: restored from context.state, else freshly seeded.
-
-    A restored model is loaded into this process's one module of that architecture
-    (``_skeleton``): every parameter and buffer is overwritten (``load_packed``
-    checks the layout), so building and initialising a new module each round, a tenth
-    of a small client's round, buys nothing.
-    """
-    spec = spec_for_client(cfg["model"], pid)
-    feature_dim = int(cfg["model"]["feature_dim"])
-    state = wire.get_record(context.state, MODEL_STATE, ArrayRecord)
-    if state is None:
-        # every draw of the client's computation has its own seeded generator; the
-        # global RNG only initialises new modules
-        torch.manual_seed(cfg["seed"] * 7919 + pid)
-        return build_model(spec, data.input_shape, data.num_classes, feature_dim)
-    key = json.dumps(spec, sort_keys=True)
-    model = _skeleton(key, tuple(data.input_shape), data.num_classes, feature_dim)
-    load_packed(model, wire.record_to_arrays(state))
-    return model
-
-
-@lru_cache(maxsize=16)
-def _skeleton(spec_json: str, input_shape, num_classes: int, feature_dim: int) -> torch.nn.Module:
-    """One module per architecture and process, reused for every client that has one."""
-    return build_model(json.loads(spec_json), input_shape, num_classes, feature_dim)
-
-
-@lru_cache(maxsize=4)
-def _device(name: str) -> torch.device:
-    """``resolve_device`` once per name and process (a torch.device per message was 0.4 %
-    of a small client's round); a refused name raises for every message."""
-    return resolve_device(name)
-
-
-def _setup(message: Message, context: Context):
-    server_round, cfg, plan = wire.read_config(message.content)
-    configure_torch(int(cfg["simulation"]["torch_threads"]))
-    node = checked_node(context, cfg)
-    pid = node.partition_id
-    data = tensors(node, cfg)
-    device = _device(str(cfg["client"]["device"]))
-    model = load_model(context, cfg, pid, data)
-    if device.type != "cpu":
-        model = model.to(device)
-    return server_round, cfg, plan, pid, data, device, model
-
-
 @app.train()
 def train(message: Message, context: Context) -> Message:
     start = time.perf_counter()
@@ -153,49 +98,9 @@ def train(message: Message, context: Context) -> Message:
     unavailable = faults.before_round(cfg, checked_node(context, cfg).partition_id, server_round)
     if unavailable is not None:  # what Flower replies for a node that has gone
         return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=unavailable), reply_to=message)
-    server_round, cfg, plan, pid, data, device, model = _setup(message, context)
-    received = wire.get_payload(message.content)
-    request = wire.get_record(message.content, wire.REQUEST, ArrayRecord)
-    indices = wire.record_to_arrays(request)["indices"] if request is not None else None
-    teachers_spec = plan.teachers
-    teachers = (
-        load_teachers(context, cfg, pid, data, int(teachers_spec.shards), device)
-        if teachers_spec
-        else None
-    )
-    output = run_round(
-        model,
-        data,
-        plan=plan,
-        client_cfg=cfg["client"],
-        received=received,
-        request_indices=indices,
-        generator=round_generator(int(cfg["seed"]), server_round, pid),
-        server_round=server_round,
-        device=device,
-    )
-    if teachers is not None:  # record-level privacy: release the shard models' noised mean
-        output.payload = teacher_release(
-            teachers, data, teachers_spec, indices, cfg["client"],
-            round_generator(int(cfg["seed"]), server_round, pid), device,
-            int(cfg["seed"]), server_round, pid,
-        )  # fmt: skip
-        save_teachers(context, teachers)
-    context.state[MODEL_STATE] = wire.arrays_to_record(packed_state(model))
-    content = RecordDict()
-    payload = attacks.apply(
-        cfg, pid, server_round, output.payload, wire.PayloadStore(context.state), data.num_classes
-    )
-    if payload is not None:
-        parts = payload.to_arrays(), {"kind": payload.kind, **payload.meta()}
-        if faults.fault_of(cfg, pid, server_round) == "bad_payload":  # sent raw, as corrupted
-            wire.put_knowledge(content, *faults.corrupt(cfg, server_round, payload.kind, *parts))
-        else:
-            wire.put_knowledge(content, *parts, encoding=cfg["knowledge"])
-    output.metrics.update(partition_id=pid, client_time=time.perf_counter() - start)
-    attacks.claim_count(cfg, pid, output.metrics)
-    _put_metrics(content, output.metrics)
-    return Message(content=content, reply_to=message)
+    from clients import training  # torch and the round code, at the first round (module doc)
+
+    return training.train(message, context, start)
 
 
 @app.query()
@@ -278,18 +183,9 @@ def state_tree(state: RecordDict) -> dict[str, Any]:
 @app.evaluate()
 def evaluate_model(message: Message, context: Context) -> Message:
     """Evaluate received weights (e.g. the final FedAvg model) or the personal model."""
-    server_round, cfg, plan, pid, data, device, model = _setup(message, context)
-    received = wire.get_payload(message.content)
-    if isinstance(received, ModelWeights):
-        arrays_to_model(model, received.arrays)
-    batch = int(cfg["client"]["eval_batch_size"])
-    metrics = {
-        "partition_id": pid,
-        **evaluate_client(model, data, batch, device, confusion=plan.confusion),
-    }
-    content = RecordDict()
-    _put_metrics(content, metrics)
-    return Message(content=content, reply_to=message)
+    from clients import training
+
+    return training.evaluate(message, context)
 
 
 def _put_metrics(content: RecordDict, metrics: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ raise :class:`~fedkd.errors.ConfigError` listing the known names.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,14 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._checks: dict[str, Callable[[Mapping[str, Any]], None]] = {}
+        self._modules: dict[str, str] = {}  # name -> module that registers it when imported
+
+    def lazy(self, name: str, module: str) -> None:
+        """Know ``name`` now and import ``module`` (which registers it) at its first ``get``:
+        a process that never uses a component does not pay for its imports."""
+        if name in self._items or name in self._modules:
+            raise RuntimeError(f"{self.kind} '{name}' is registered twice")
+        self._modules[name] = module
 
     def register(
         self, name: str, check: Callable[[Mapping[str, Any]], None] | None = None
@@ -34,6 +43,7 @@ class Registry(Generic[T]):
         """
 
         def decorator(obj: T) -> T:
+            self._modules.pop(name, None)  # a lazy name's module registering it
             if name in self._items:
                 raise RuntimeError(f"{self.kind} '{name}' is registered twice")
             self._items[name] = obj
@@ -45,11 +55,15 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the component called ``name`` or raise a one-line ConfigError."""
+        if name not in self._items and name in self._modules:
+            importlib.import_module(self._modules[name])
+            if name not in self._items:
+                raise RuntimeError(f"module {self._modules[name]} does not register {name!r}")
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items)) or "(none)"
-            close = difflib.get_close_matches(str(name), sorted(self._items), n=1)
+            known = ", ".join(self.names()) or "(none)"
+            close = difflib.get_close_matches(str(name), self.names(), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"unknown {self.kind} '{name}'; known: {known}{hint}") from None
 
@@ -67,10 +81,10 @@ class Registry(Generic[T]):
         self._checks.pop(name, None)
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted({*self._items, *self._modules})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._modules
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())

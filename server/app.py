@@ -20,7 +20,6 @@ from fedkd.client import attacks, faults
 from fedkd.client.runtime import data_key, federated_data
 from fedkd.console import phase
 from fedkd.errors import CheckpointError, ConfigError
-from fedkd.models import build_model, spec_for_client
 from server import ledger_log, nodeloss
 from server.checkpoint import Checkpointer, set_rng_state
 from server.options import check_deployment  # noqa: F401  (re-exported)
@@ -33,11 +32,14 @@ from server.strategies import STRATEGIES, RunInfo
 log = logging.getLogger("fedkd")
 
 
-def prepare_run(cfg: dict[str, Any]) -> RunInfo:
+def prepare_run(cfg: dict[str, Any], build_models: bool = True) -> RunInfo:
     """Check the whole config and the data before any client starts.
 
     Raises a FedkdError (one line) for unknown names, bad values, data that
     cannot be split as asked, or a strategy that refuses the models.
+    ``build_models=False`` leaves out building each client architecture once
+    (``fedkd.models.check_client_models``, which loads torch): the simulation's launcher
+    has a warm worker do it instead (``simulations.run``).
     """
     strategy = check_options(cfg)
     fed = federated_data(data_key(cfg))
@@ -46,9 +48,10 @@ def prepare_run(cfg: dict[str, Any]) -> RunInfo:
             f"strategy '{strategy.name}' needs a public set, but split.public_fraction gives none"
         )
     check_record_delta(cfg, max((len(c.train.y) for c in fed.clients), default=0))
-    for pid in range(min(len(fed.clients), len(cfg["model"]["family"]))):  # each architecture once
-        spec = spec_for_client(cfg["model"], pid)
-        build_model(spec, fed.input_shape, fed.num_classes, int(cfg["model"]["feature_dim"]))
+    if build_models:
+        from fedkd.models import check_client_models
+
+        check_client_models(cfg["model"], len(fed.clients), tuple(fed.input_shape), fed.num_classes)
     return RunInfo(
         num_clients=int(cfg["num_clients"]),
         num_classes=fed.num_classes,

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from fedkd import checkpoint as ckpt_io
@@ -142,14 +142,19 @@ def resume_config(
 
 # ---------------------------------------------------------------- RNG
 def rng_state() -> dict[str, Any]:
-    """The server process's global random states (python, numpy, torch)."""
+    """The server process's global random states: python's, numpy's, and torch's if this
+    process has loaded torch (a strategy that computes on the server imports it when it is
+    looked up; a server that never loads torch never draws from it)."""
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
-    return {
+    state = {
         "python": [version, list(internal), gauss],
         "numpy": [np_state[0], np_state[1], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state().numpy().copy(),
     }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        state["torch"] = torch.get_rng_state().numpy().copy()
+    return state
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
@@ -157,7 +162,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((int(version), tuple(int(i) for i in internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.from_numpy(np.asarray(state["torch"], np.uint8)))
+    if "torch" in state:
+        import torch
+
+        torch.set_rng_state(torch.from_numpy(np.asarray(state["torch"], np.uint8)))
 
 
 # ---------------------------------------------------------------- clients

@@ -177,6 +177,15 @@ class JsonlOutput(Output):
         self.file.close()
 
 
+def load_tensorboard_writer() -> None:
+    """Import torch's ``SummaryWriter`` (and torch with it, about 1.5 s of CPU) now.
+
+    The writer is opened when round 1's events are written, before the round is shown; a
+    launcher that loads torch for nothing else (``simulations.run``) calls this while its
+    workers warm up, as it loaded torch before, instead of between round 1 and its line."""
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+
+
 class TensorBoardOutput(Output):
     """Per-client scalars in ``tensorboard/client_<id>/``, the round's row and its number
     mappings in ``tensorboard/server/`` (``server/tags.py``), images, and the HParams

@@ -11,11 +11,11 @@ is written: the recorder's files are left for ``RunRecorder`` to truncate.
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
 from fedkd.errors import CheckpointError
 from server.checkpoint import set_rng_state
@@ -52,7 +52,15 @@ def check_resume(info: RunInfo, tree: Mapping[str, Any]) -> None:
         raise CheckpointError(
             f"{where} is of strategy {tree.get('strategy_name')!r}, the run's is {name!r}"
         )
-    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    rng = tree.get("rng")
+    if isinstance(rng, Mapping) and "torch" in rng:  # saved by a server that had loaded torch
+        import torch  # noqa: F401  (its state is saved below and restored after the trial)
+    torch = sys.modules.get("torch")
+    saved = (
+        random.getstate(),
+        np.random.get_state(),
+        None if torch is None else torch.get_rng_state(),
+    )
     try:
         strategy = STRATEGIES.get(name)(info, None, None)
         strategy.load_state_dict(tree["strategy"])
@@ -66,4 +74,5 @@ def check_resume(info: RunInfo, tree: Mapping[str, Any]) -> None:
     finally:  # run_server restores them itself
         random.setstate(saved[0])
         np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
+        if saved[2] is not None:
+            torch.set_rng_state(saved[2])

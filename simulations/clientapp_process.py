@@ -14,7 +14,7 @@ ClientApp task and runs it itself, with the same Runtime API calls and the same
 error replies as ``flwr-clientapp`` (pull the task's message, context and FAB,
 run the app, push the reply, then the task's status and context). The app's
 modules and its per-process caches (``fedkd.client.runtime``: the node's data,
-``clients.app``: model skeletons) therefore live across rounds, as in a Ray actor
+``clients.training``: model skeletons) therefore live across rounds, as in a Ray actor
 of the simulation; the client's state still travels in the context the SuperNode
 keeps, so the numbers are those of a process per message.
 

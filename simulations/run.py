@@ -168,10 +168,27 @@ def simulate(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         vce_patches.abandon_session()  # joins an unfinished start; Ray stays only if shared
 
 
+def check_models(cfg: dict[str, Any], info: Any) -> None:
+    """Build each client architecture once before the server starts (a one-line ConfigError
+    if one cannot be built): in a warm Ray worker, which loads torch for its rounds anyway,
+    so this process never imports torch for a strategy that computes nothing on the server
+    (about 1.5 s of CPU while the workers start, docs/performance.md); here if no worker
+    of this session can."""
+    from simulations.worker import check_models as in_worker
+
+    args = (cfg["model"], info.num_clients, tuple(info.input_shape), info.num_classes)
+    phase("data", "building each client architecture once, in a worker")
+    ran, error = vce_patches.call_in_worker(in_worker, *args)
+    if not ran:
+        error = in_worker(*args)
+    if error is not None:
+        raise ConfigError(error)
+
+
 def _simulate(
     cfg: dict[str, Any], run_dir: Path, backend: dict[str, Any], early: bool, simulation_env: str
 ) -> dict[str, Any]:
-    phase("libraries", "loading torch and Flower")
+    phase("libraries", "loading Flower")
     from flwr.simulation import run_simulation
 
     quiet_libraries(bool(cfg["logging"]["verbose"]))  # Flower's import set its level to DEBUG
@@ -181,8 +198,13 @@ def _simulate(
     from server.checkpoint import load_server_checkpoint
     from server.resume_check import check_resume
 
-    phase("data", "checking the data against the strategy and building the models")
-    info = prepare_run(cfg)  # raises FedkdError before the simulation starts
+    phase("data", "checking the data against the strategy")
+    info = prepare_run(cfg, build_models=False)  # raises FedkdError before the simulation starts
+    if cfg["logging"]["tensorboard"]:
+        from server.recorder import load_tensorboard_writer
+
+        phase("libraries", "loading torch for TensorBoard's writer")
+        load_tensorboard_writer()
     phase(
         "data",
         f"{info.num_clients} clients, {info.num_classes} classes, {info.num_public} public samples",
@@ -215,6 +237,7 @@ def _simulate(
     per_call = "a share of the queue" if batching.LIMIT is None else f"up to {batching.LIMIT}"
 
     waited = vce_patches.wait_session()
+    check_models(cfg, info)
     took = vce_patches.session_timings()
     if early and took:
         ray = "reused" if took["reused_ray"] else f"{took['ray']:.1f} s"

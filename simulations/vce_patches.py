@@ -360,6 +360,7 @@ class _Session:
 
 _SESSION = _Session()
 PING_TIMEOUT = 10.0  # seconds a kept actor may take to answer before its pool is rebuilt
+CALL_TIMEOUT = 300.0  # seconds ``call_in_worker`` waits (a worker's warm-up included)
 # the interpreter's switch interval while the session starts (Python's default is 0.005 s)
 START_SWITCH = 0.0005
 
@@ -395,7 +396,7 @@ def _warm_worker(actor: Any, cfg_json: str) -> int:
     """In a worker: import what a client round needs and build the run's data (cached per
     process by ``fedkd.client.runtime``). A failure is left for the round itself to report."""
     try:
-        import clients.app  # noqa: F401  (torch, Flower's records, the round code)
+        import clients.training  # noqa: F401  (torch, Flower's records, the round code)
         from fedkd.client.runtime import data_key, federated_data
 
         federated_data(data_key(json.loads(cfg_json)))
@@ -418,6 +419,32 @@ def wait_warm(timeout: float) -> None:
 
     with contextlib.suppress(Exception):  # Ray gone meanwhile: the round reports it
         ray.wait(refs, num_returns=len(refs), timeout=timeout)
+
+
+def call_in_worker(fn: Any, *args: Any) -> tuple[bool, Any]:
+    """``(True, fn(*args))`` run on the session pool's first worker, after its warm-up (an
+    actor runs its calls in order, so the libraries are loaded by then); ``(False, None)``
+    without a local session pool, or if the call could not complete there (the worker
+    lost, still busy after ``CALL_TIMEOUT``, or ``fn`` raised: the caller runs it itself
+    and meets the same error).
+
+    The launcher has a worker build the models instead of importing torch for it
+    (``simulations.run``)."""
+    pool = _SESSION.pool
+    if pool is None or not _SESSION.local or not getattr(pool, "pool", None):
+        return False, None
+    import ray
+
+    try:
+        ref = pool.pool[0].__ray_call__.remote(_call, fn, args)
+        return True, ray.get(ref, timeout=CALL_TIMEOUT)
+    except Exception as err:  # the caller's fallback reports what matters
+        log.debug("a worker could not run %s: %r", getattr(fn, "__name__", fn), err)
+        return False, None
+
+
+def _call(actor: Any, fn: Any, args: tuple) -> Any:
+    return fn(*args)
 
 
 def warm_new_actors(pool: Any, cfg_json: str | None) -> None:

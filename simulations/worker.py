@@ -51,6 +51,21 @@ def fedkd_client_app() -> Any:
     return app
 
 
+def check_models(
+    model_cfg: dict[str, Any], num_clients: int, input_shape: tuple[int, ...], num_classes: int
+) -> str | None:
+    """In a worker: build each client architecture once (``fedkd.models.check_client_models``);
+    the one-line error if one cannot be built, else None."""
+    from fedkd.errors import FedkdError
+    from fedkd.models import check_client_models
+
+    try:
+        check_client_models(model_cfg, num_clients, input_shape, num_classes)
+    except FedkdError as err:
+        return str(err)
+    return None
+
+
 @dataclass(frozen=True)
 class Failure:
     """A message whose ClientApp failed in the worker: ``load`` (the ClientApp could not be

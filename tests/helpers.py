@@ -58,6 +58,17 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def python_stdout(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """What ``python -c CODE`` prints, run from the checkout in a fresh interpreter (what a
+    module imports shows only there); its exit status must be 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def run_fedkd_sim(
     args: list[str], timeout: float, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

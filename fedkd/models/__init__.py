@@ -29,7 +29,14 @@ MODELS: Registry[Any] = Registry("model")
 # Register the built-in models (each file decorates its class with MODELS.register).
 from fedkd.models import cnn, mlp, resnet  # noqa: E402, F401
 
-__all__ = ["MODELS", "build_model", "is_homogeneous", "model_params", "spec_for_client"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "check_client_models",
+    "is_homogeneous",
+    "model_params",
+    "spec_for_client",
+]
 
 
 def model_params(name: str) -> list[str]:
@@ -61,3 +68,17 @@ def build_model(
         if int(value) < 1:
             raise ConfigError(f"model '{name}': {label} must be >= 1, got {value}")
     return factory(shape, int(num_classes), int(feature_dim), **params)
+
+
+def check_client_models(
+    model_cfg: Mapping[str, Any], num_clients: int, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    """Build each architecture of the family once, as the clients will (a one-line
+    ConfigError for one that cannot be built), on a forked RNG: checking draws nothing from
+    the process's global torch generator."""
+    import torch
+
+    feature_dim = int(model_cfg["feature_dim"])
+    with torch.random.fork_rng(devices=[]):
+        for pid in range(min(int(num_clients), len(model_cfg["family"]))):
+            build_model(spec_for_client(model_cfg, pid), input_shape, num_classes, feature_dim)

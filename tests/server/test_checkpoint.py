@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, info_for, uploads_for
+from helpers import ROOT, info_for, python_stdout, uploads_for
 
 from fedkd import checkpoint as ckpt_io
 from fedkd.config import compose
@@ -298,6 +298,24 @@ def test_rng_states_round_trip(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     checkpoint.set_rng_state(ckpt_io.load(tmp_path / "r.ckpt"))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_a_server_without_torch_saves_and_restores_its_rng_without_loading_it(tmp_path):
+    """A server whose strategy computes nothing with torch never loads it: its checkpoint's
+    RNG holds python's and numpy's states, and restoring them loads no torch either."""
+    code = (
+        "import random, sys\n"
+        "import numpy as np\n"
+        "from fedkd import checkpoint as ckpt_io\n"
+        "from server import checkpoint\n"
+        f"path = {str(tmp_path / 'r.ckpt')!r}\n"
+        "ckpt_io.save(path, checkpoint.rng_state())\n"
+        "expected = (random.random(), np.random.rand())\n"
+        "state = ckpt_io.load(path)\n"
+        "checkpoint.set_rng_state(state)\n"
+        "print(sorted(state), (random.random(), np.random.rand()) == expected, 'torch' in sys.modules)\n"
+    )
+    assert python_stdout(code).split() == ["['numpy',", "'python']", "True", "False"]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from helpers import ROOT, alive, marked, run_fedkd_sim, stop_tree
+from helpers import ROOT, alive, marked, python_stdout, run_fedkd_sim, stop_tree
 
 from simulations import vce_patches
 from simulations.proctree import MARKER
@@ -114,6 +114,10 @@ def test_a_finished_run_leaves_no_process_behind(tmp_path):
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "finished" and len(summary["rounds"]) == 2
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) > 0
+        # TensorBoard is on: torch's writer is loaded before the server starts, not while
+        # round 1 is written (simulations/run.py)
+        log = (run_dir / "run.log").read_text(encoding="utf-8")
+        assert log.index("loading torch for TensorBoard's writer") < log.index("the server is up")
         assert not marked(launch)
     finally:
         left = stop_tree([], launch_id=launch, grace=60)
@@ -218,11 +222,7 @@ vce_patches._start(
 )
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert python_stdout(code, env).strip() == "False"
 
 
 START_SESSION = """
@@ -261,12 +261,8 @@ def test_ray_starts_while_the_launcher_imports_flowers_engine(fits):
     switches threads every ``START_SWITCH`` seconds while the session starts, then as before."""
     code = START_SESSION.replace("FITS", str(fits))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
     lowered = str(fits)  # a Flower that does not fit: the session ended before it returned
-    assert done.stdout.split() == [
+    assert python_stdout(code, env).split() == [
         str(fits), "True", "RuntimeError('no", "Ray", "here')", lowered, "True"
     ]  # fmt: skip
 
@@ -281,8 +277,89 @@ def test_the_launcher_names_the_simulation_mark_without_importing_flower():
         "print(sorted(m for m in ('flwr', 'torch') if m in sys.modules), SIMULATION_ENV)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    assert python_stdout(code, env).split() == ["[]", "FEDKD_SIMULATION"]
+
+
+def _run_reporting_torch(args: list[str], launch: str) -> subprocess.CompletedProcess:
+    """``fedkd-sim ARGS``, printing as it exits whether the launcher process loaded torch."""
+    code = (
+        "import sys\n"
+        "import simulations.run as run\n"
+        "exit_now = run.exit_now\n"
+        "def report(status):\n"
+        "    print('TORCH', 'torch' in sys.modules, flush=True)\n"
+        "    exit_now(status)\n"
+        "run.exit_now = report\n"
+        "sys.argv = ['fedkd-sim', *sys.argv[1:]]\n"
+        "run.main()\n"
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["[]", "FEDKD_SIMULATION"]
+    env = {**os.environ, MARKER: launch, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+def test_the_launcher_of_a_strategy_that_computes_nothing_on_the_server_never_loads_torch(
+    tmp_path,
+):
+    """``fd``'s server only averages logits: its launcher imports the ClientApp object
+    without the round code, looks up only its own strategy, saves its checkpoint without a
+    torch RNG state, and has a warm worker build the client models (simulations/run.py,
+    ``check_models``). TensorBoard's writer (torch's ``SummaryWriter``) is left off here:
+    with it on, the launcher loads torch for it before its server starts
+    (``test_a_finished_run_leaves_no_process_behind``)."""
+    launch = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    try:
+        done = _run_reporting_torch(
+            ["strategy=fd", "num_clients=4", "num_rounds=2", "checkpoint.every=1",
+             "logging.level=quiet", "logging.tensorboard=false", f"hydra.run.dir={run_dir}"],
+            launch,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "TORCH False" in done.stdout
+        log = (run_dir / "run.log").read_text(encoding="utf-8")
+        assert "building each client architecture once, in a worker" in log
+        from fedkd import checkpoint as ckpt_io
+        from server.checkpoint import server_file
+
+        rng = ckpt_io.load(server_file(run_dir))["rng"]
+        assert sorted(rng) == ["numpy", "python"]
+    finally:
+        left = stop_tree([], launch_id=launch, grace=60)
+    assert left == []
+
+
+@pytest.mark.slow
+def test_a_client_model_that_cannot_be_built_stops_the_run_with_one_line(tmp_path):
+    """The worker's check fails the run before its server starts, as the launcher's own
+    check did: one line naming the model and its parameter, status 1, nothing left behind."""
+    launch = uuid.uuid4().hex
+    try:
+        done = _run_reporting_torch(
+            ["num_clients=4", "num_rounds=2", "model=cnn",
+             "model.family=[{name:cnn,channels:[8,16],hidden:0}]", "logging.tensorboard=false",
+             f"hydra.run.dir={tmp_path / 'run'}"],
+            launch,
+        )  # fmt: skip
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert lines == ["fedkd-sim: error: model 'cnn' has no param 'hidden'; known: channels"]
+        assert "TORCH False" in done.stdout
+    finally:
+        left = stop_tree([], launch_id=launch, grace=60)
+    assert left == []
+
+
+def test_a_call_in_a_worker_without_a_session_pool_is_left_to_the_caller(monkeypatch):
+    """No local pool (a cluster, or a Flower the session does not fit): the launcher checks
+    the models itself."""
+    monkeypatch.setattr(vce_patches._SESSION, "pool", None)
+    assert vce_patches.call_in_worker(len, "abc") == (False, None)
